@@ -1,0 +1,62 @@
+"""Settings: every knob of the platform, read from `TUNEGATE_*` environment variables.
+
+Owns configuration only. There is no global settings object: the app factory, the CLI and the
+worker each build one `Settings` and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEGATE_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(default=Path("./.tunegate"), description="Where the database, files and artifacts live.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite file in data_dir.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, description="Largest accepted upload (413 above).")
+    model_cache_dir: Path | None = Field(
+        default=None, description="Where converted base models are cached; default: data_dir/models."
+    )
+    default_model: str = "smollm2-135m-instruct"
+    base_models: dict[str, Path] = Field(
+        default_factory=dict, description="Extra base models: name -> local Hugging Face model folder."
+    )
+    worker_concurrency: int = Field(default=1, ge=1, description="Training jobs run at once by the local executor.")
+    max_job_retries: int = Field(default=2, ge=0, description="Restarts of a crashed training worker before failing.")
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    heartbeat_timeout_seconds: float = Field(default=60.0, gt=0)
+    keep_checkpoints: int = Field(default=3, ge=1)
+    torch_threads: int | None = Field(default=None, description="Threads per worker; default: all cores.")
+    bootstrap_admin: bool = Field(default=True, description="Create a local admin key on first start.")
+    adapter_cache_size: int = Field(default=8, ge=1, description="Adapters kept loaded by the serving engine.")
+    max_batch_size: int = Field(default=16, ge=1, description="Sequences decoded together by the serving engine.")
+    max_queue: int = Field(default=64, ge=1, description="Waiting chat requests before answering 429.")
+    request_timeout_seconds: float = Field(default=300.0, gt=0)
+    moderator: str = Field(default="builtin", description="Moderator name in the moderator registry (builtin|http).")
+    moderation_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible moderation API.")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'tunegate.db').resolve()}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "models"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.models_dir, self.files_dir, self.artifacts_dir):
+            d.mkdir(parents=True, exist_ok=True)
