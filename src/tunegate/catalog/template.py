@@ -1,0 +1,127 @@
+"""Render chat examples with the model's own chat template and find the trained (assistant) tokens.
+
+This is the single place that turns `messages` into token ids and a loss mask, shared by dataset
+validation (token statistics) and the trainer, so the two can never disagree.
+
+How the mask is found with one render per example, for templates without `{% generation %}`
+markers (SmolLM2's has none): every trained assistant content is wrapped in private sentinel
+characters before rendering; after rendering the sentinels are cut out and their positions give
+the character spans, extended over the end-of-turn token that the template writes right after
+the content. Character spans become token masks through the fast tokenizer's offsets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# Unicode private-use characters: never produced by tokenizers' normalisers, never in real chat data.
+_OPEN = "\ue000"
+_CLOSE = "\ue001"
+
+
+@dataclass
+class Rendered:
+    text: str
+    spans: list[tuple[int, int]]  # character spans [start, end) that carry loss
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    loss_mask: list[int]  # 1 where the token is trained
+
+    @property
+    def n_trained(self) -> int:
+        return sum(self.loss_mask)
+
+
+def content_text(content: Any) -> str:
+    """OpenAI content: a string, a list of `{"type": "text", "text": ...}` parts, or None."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def normalize_messages(messages: list[dict], *, mark_trained: bool) -> list[dict]:
+    """Plain `{"role", "content"}` dicts the template understands; trained content gets sentinels."""
+    out = []
+    for m in messages:
+        role = m.get("role")
+        text = content_text(m.get("content"))
+        if role == "assistant" and (m.get("tool_calls") or m.get("function_call")):
+            calls = m.get("tool_calls") or [{"type": "function", "function": m.get("function_call")}]
+            text += "".join(
+                "<tool_call>" + json.dumps(c.get("function", c), ensure_ascii=False) + "</tool_call>" for c in calls
+            )
+        if role == "function":
+            role = "tool"
+        if mark_trained and role == "assistant" and m.get("weight", 1) != 0:
+            text = _OPEN + text + _CLOSE
+        out.append({"role": role, "content": text})
+    return out
+
+
+def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
+    """The prompt text exactly as the model sees it (used for serving and the gate)."""
+    return tokenizer.apply_chat_template(
+        normalize_messages(messages, mark_trained=False), tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def render_with_spans(tokenizer, messages: list[dict]) -> Rendered:
+    marked = tokenizer.apply_chat_template(normalize_messages(messages, mark_trained=True), tokenize=False)
+    eos = tokenizer.eos_token or ""
+    text_parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    pos = 0  # position in the output text
+    i = 0
+    while True:
+        start = marked.find(_OPEN, i)
+        if start < 0:
+            text_parts.append(marked[i:])
+            break
+        end = marked.find(_CLOSE, start)
+        text_parts.append(marked[i:start])
+        pos += start - i
+        content = marked[start + 1 : end]
+        text_parts.append(content)
+        span_start = pos
+        pos += len(content)
+        i = end + 1
+        # The end-of-turn token the template writes after the content is trained too.
+        span_end = pos + len(eos) if eos and marked.startswith(eos, i) else pos
+        spans.append((span_start, span_end))
+    return Rendered("".join(text_parts), spans)
+
+
+def tokenize_rendered(tokenizer, rendered: list[Rendered]) -> list[Tokenized]:
+    """One batched fast-tokenizer pass; a token is trained when it starts inside a trained span."""
+    if not rendered:
+        return []
+    enc = tokenizer(
+        [r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
+    )
+    out = []
+    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+        mask = [0] * len(ids)
+        if r.spans:
+            k = 0
+            for t, (s, e) in enumerate(offsets):
+                while k < len(r.spans) and r.spans[k][1] <= s:
+                    k += 1
+                if k == len(r.spans):
+                    break
+                if e > s and r.spans[k][0] <= s < r.spans[k][1]:
+                    mask[t] = 1
+        out.append(Tokenized(list(ids), mask))
+    return out
+
+
+def tokenize_examples(tokenizer, examples: list[list[dict]]) -> list[Tokenized]:
+    return tokenize_rendered(tokenizer, [render_with_spans(tokenizer, m) for m in examples])

@@ -1,0 +1,1 @@
+"""Command-line interface (typer + rich): thin commands that call the stages and print."""
