@@ -1,1 +1,1 @@
-"""api stage."""
+"""HTTP edge: the FastAPI app factory, shared dependencies and the conversion of errors to JSON."""

@@ -1,0 +1,91 @@
+"""The FastAPI app factory: wires settings, the database, the routers of every stage, error
+handling and the background services (job supervisor, serving engine) into one app."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tunegate import __version__
+from tunegate.api import errors
+from tunegate.auth import ensure_admin_key
+from tunegate.db import open_database
+from tunegate.settings import Settings
+
+log = logging.getLogger("tunegate")
+
+# Stage routers, left to right along the data flow. Each module exposes `router`.
+ROUTERS = [
+    "tunegate.files.router",
+    "tunegate.jobs.router",
+    "tunegate.models.router",
+    "tunegate.serve.router",
+    "tunegate.safety.router",
+    "tunegate.api.admin",
+]
+MAX_JSON_BODY = 16 * 1024 * 1024  # uploads stream separately and have their own limit
+
+
+def create_app(settings: Settings | None = None, *, start_workers: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    settings.ensure_dirs()
+    db = open_database(settings.db_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.bootstrap_admin:
+            key = ensure_admin_key(db, settings.data_dir)
+            if key:
+                print(f"Created a local admin API key (saved in {settings.data_dir / 'admin_key'}):\n{key}", flush=True)
+        services = [s for s in app.state.services if start_workers or not getattr(s, "is_worker", False)]
+        for service in services:
+            await service.start()
+        try:
+            yield
+        finally:
+            for service in reversed(services):
+                await service.stop()
+
+    app = FastAPI(title="tunegate", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.db = db
+    app.state.services = []  # objects with async start()/stop(), appended by stages' `setup(app)`
+    errors.install(app)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        limit = settings.max_upload_bytes + 1024 * 1024 if request.url.path == "/v1/files" else MAX_JSON_BODY
+        if length and length.isdigit() and int(length) > limit:
+            return errors.error_response(
+                413, f"The request body is {int(length)} bytes; the limit is {limit} bytes.", code="payload_too_large"
+            )
+        return await call_next(request)
+
+    for name in ROUTERS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a stage that is not built yet
+            if exc.name and exc.name.startswith("tunegate"):
+                log.debug("router %s not available: %s", name, exc)
+                continue
+            raise
+        if hasattr(module, "setup"):
+            module.setup(app)
+        app.include_router(module.router)
+
+    @app.get("/health", include_in_schema=False)
+    def health():
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    try:
+        from tunegate.dashboard import mount
+
+        mount(app)
+    except ImportError:
+        pass
+    return app

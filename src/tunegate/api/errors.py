@@ -1,0 +1,81 @@
+"""Converts every error to OpenAI's shape `{"error": {"message", "type", "param", "code"}}`.
+
+This is the only place HTTP errors are built: stages raise `tunegate.errors` exceptions; unknown
+routes (404), wrong methods (405), request validation (400 with `param`) and unexpected failures
+(500, no traceback leaked) are converted here too.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunegate.errors import TunegateError
+
+log = logging.getLogger("tunegate.api")
+
+_HTTP_CODES = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def error_response(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def param_from_loc(loc: tuple) -> str | None:
+    """FastAPI's `("body", "messages", 0, "role")` -> OpenAI's `messages[0].role`."""
+    parts = [p for p in loc if p not in ("body", "query", "path", "header", "form")]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif not str(p).startswith("function-") and p not in ("str", "list[str]", "int", "float", "bool"):
+            out += ("." if out else "") + str(p)
+    return out or None
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(TunegateError)
+    async def _tunegate(_: Request, exc: TunegateError):
+        return error_response(exc.status_code, exc.message, type_=exc.type, param=exc.param, code=exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            return error_response(400, "We could not parse the JSON body of your request. Send valid UTF-8 JSON "
+                                  "with `Content-Type: application/json`.", code="invalid_json")
+        param = param_from_loc(tuple(first.get("loc", ())))
+        msgs = []
+        for e in errors[:5]:
+            p = param_from_loc(tuple(e.get("loc", ()))) or "body"
+            msg = e.get("msg", "invalid value")
+            if e.get("type") == "missing":
+                msg = "this field is required"
+            msgs.append(f"`{p}`: {msg}")
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        return error_response(400, "Invalid request: " + "; ".join(msgs) + more + ".", param=param,
+                              code="missing_required_parameter" if first.get("type") == "missing" else "invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            msg = f"Invalid URL ({request.method} {request.url.path}). See /docs for the routes."
+        elif exc.status_code == 405:
+            msg = f"Method {request.method} is not allowed on {request.url.path}."
+        else:
+            msg = str(exc.detail)
+        return error_response(exc.status_code, msg, code=_HTTP_CODES.get(exc.status_code),
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "The server had an error while processing your request. It was logged; "
+                              "retry, and report it if it persists.", type_="server_error", code="internal_error")

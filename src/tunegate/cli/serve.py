@@ -1,0 +1,28 @@
+"""`tunegate serve`: run the API server (and the local job executor) on the embedded defaults."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from tunegate.cli.app import app
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Interface to listen on (default: TUNEGATE_HOST or 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (default: TUNEGATE_PORT or 8000)."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+):
+    """Serve the OpenAI-compatible API, the dashboard and the job workers."""
+    import uvicorn
+
+    from tunegate.api.app import create_app
+    from tunegate.settings import Settings
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)

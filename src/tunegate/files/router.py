@@ -1,0 +1,92 @@
+"""Files API routes: `/v1/files` like OpenAI's, plus `GET /v1/files/{id}/validation` (our extension)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+
+from tunegate.api.deps import DbDep, PrincipalDep, SettingsDep
+from tunegate.errors import InvalidRequestError
+from tunegate.files import service
+from tunegate.files.schemas import UPLOAD_PURPOSES, FileDeleted, FileObject
+from tunegate.files.store import receive_upload
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+# Files up to this size are validated before the upload call returns; larger ones in the background.
+INLINE_VALIDATION_BYTES = 8 * 1024 * 1024
+
+
+@router.post("", response_model=FileObject)
+async def upload_file(request: Request, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
+    upload = await receive_upload(request.headers.get("content-type"), request.stream(),
+                                  settings.files_dir / ".tmp", settings.max_upload_bytes)
+    try:
+        purpose = upload.fields.get("purpose")
+        if upload.tmp_path is None:
+            raise InvalidRequestError("Missing the `file` part of the upload.", param="file",
+                                      code="missing_required_parameter")
+        if not purpose:
+            raise InvalidRequestError("Missing `purpose`: use `fine-tune` or `evals`.", param="purpose",
+                                      code="missing_required_parameter")
+        if purpose not in UPLOAD_PURPOSES:
+            raise InvalidRequestError(f"Invalid purpose `{purpose[:64]}`: use one of {', '.join(UPLOAD_PURPOSES)}.",
+                                      param="purpose", code="invalid_value")
+        row = await asyncio.to_thread(service.create, db, settings, principal, upload=upload, purpose=purpose)
+    finally:
+        upload.discard()
+    if purpose == "fine-tune":
+        task = asyncio.to_thread(service.validate_stored, db, settings, row.id)
+        if row.bytes <= INLINE_VALIDATION_BYTES:
+            await task
+        else:
+            request.app.state.background = getattr(request.app.state, "background", set())
+            t = asyncio.ensure_future(task)
+            request.app.state.background.add(t)
+            t.add_done_callback(request.app.state.background.discard)
+    else:
+        with db.session() as s:
+            s.get(type(row), row.id).status = "processed"
+    return service.to_object(service.get(db, principal, row.id))
+
+
+@router.get("")
+def list_files(db: DbDep, principal: PrincipalDep, purpose: str | None = None,
+               limit: int = Query(10000, description="1..10000"), order: str = "desc", after: str | None = None):
+    rows = service.list_files(db, principal, purpose=purpose, limit=limit, order=order, after=after)
+    has_more = len(rows) > limit
+    data = [service.to_object(r) for r in rows[:limit]]
+    return {"object": "list", "data": data, "has_more": has_more,
+            "first_id": data[0].id if data else None, "last_id": data[-1].id if data else None}
+
+
+@router.get("/{file_id}", response_model=FileObject)
+def retrieve_file(file_id: str, db: DbDep, principal: PrincipalDep):
+    return service.to_object(service.get(db, principal, file_id))
+
+
+@router.get("/{file_id}/content")
+def file_content(file_id: str, db: DbDep, principal: PrincipalDep):
+    row = service.get(db, principal, file_id)
+    return FileResponse(Path(row.path), media_type="application/octet-stream", filename=row.filename)
+
+
+@router.get("/{file_id}/validation")
+def file_validation(file_id: str, db: DbDep, principal: PrincipalDep):
+    """The full validation report (all problems with line numbers, token statistics)."""
+    row = service.get(db, principal, file_id)
+    if row.validation is None:
+        if row.purpose != "fine-tune":
+            raise InvalidRequestError(f"File {file_id} has purpose `{row.purpose}`; only `fine-tune` files are "
+                                      "validated.", param="file_id", code="not_validated")
+        return {"object": "file.validation", "file_id": file_id, "status": "pending"}
+    return {"object": "file.validation", "file_id": file_id, "status": "completed", **row.validation}
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(file_id: str, db: DbDep, principal: PrincipalDep):
+    service.delete(db, principal, file_id)
+    return FileDeleted(id=file_id)

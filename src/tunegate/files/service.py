@@ -1,0 +1,138 @@
+"""Files: storing, listing, reading and deleting file objects of one organisation, and running
+dataset validation on uploaded fine-tuning data.
+
+Owns the file rows and their bytes under `data_dir/files/<org>/<id>`. The validation rules live
+in `files/validate.py`; this module only decides when to run them and stores the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from tunegate.auth import Principal
+from tunegate.audit import record
+from tunegate.db import Database, File
+from tunegate.errors import InvalidRequestError, NotFoundError
+from tunegate.files.schemas import FileObject
+from tunegate.ids import new_id
+from tunegate.settings import Settings
+
+log = logging.getLogger("tunegate.files")
+
+
+def to_object(row: File) -> FileObject:
+    return FileObject(id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename,
+                      purpose=row.purpose, status=row.status, status_details=row.status_details, sha256=row.sha256)
+
+
+def file_path(settings: Settings, org_id: str, file_id: str) -> Path:
+    return settings.files_dir / org_id / file_id
+
+
+def create(db: Database, settings: Settings, principal: Principal, *, upload, purpose: str) -> File:
+    """Register an upload whose bytes are in a temp file; validation runs for `fine-tune` data."""
+    file_id = new_id("file", 12)
+    final = file_path(settings, principal.org_id, file_id)
+    upload.commit(final)
+    row = File(id=file_id, org_id=principal.org_id, project_id=principal.project_id, purpose=purpose,
+               filename=upload.filename or "upload.jsonl", bytes=upload.bytes, sha256=upload.sha256,
+               path=str(final), status="uploaded")
+    with db.session() as s:
+        s.add(row)
+    record(db, "file.uploaded", org_id=principal.org_id, actor=principal.key_id, object_id=file_id,
+           details={"purpose": purpose, "bytes": upload.bytes, "sha256": upload.sha256, "filename": row.filename})
+    return row
+
+
+def store_bytes(db: Database, settings: Settings, org_id: str, *, purpose: str, filename: str, data: bytes) -> File:
+    """Write a server-made file (e.g. a job's results CSV) as a file object of `org_id`."""
+    import hashlib
+
+    file_id = new_id("file", 12)
+    final = file_path(settings, org_id, file_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name("." + final.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(final)
+    row = File(id=file_id, org_id=org_id, purpose=purpose, filename=filename, bytes=len(data),
+               sha256=hashlib.sha256(data).hexdigest(), path=str(final), status="processed")
+    with db.session() as s:
+        s.add(row)
+    return row
+
+
+def validate_stored(db: Database, settings: Settings, file_id: str, model: str | None = None) -> dict[str, Any]:
+    """Run dataset validation on a stored file with the base model's real tokenizer; store the report."""
+    from tunegate.catalog import get_base_model, load_tokenizer
+    from tunegate.files.validate import validate_file
+
+    with db.session() as s:
+        row = s.get(File, file_id)
+        path = Path(row.path)
+    info = get_base_model(model or settings.default_model, settings)
+    report = validate_file(path, tokenizer=load_tokenizer(info.path), context_length=info.context_length)
+    data = report.model_dump()
+    data["model"] = info.name
+    with db.session() as s:
+        row = s.get(File, file_id)
+        row.validation = data
+        row.status = "processed" if data["valid"] else "error"
+        row.status_details = None if data["valid"] else summarize_errors(data)
+    return data
+
+
+def summarize_errors(report: dict[str, Any], n: int = 5) -> str:
+    errs = report.get("errors", [])
+    parts = [f"line {e.get('line')}: {e.get('code')} ({e.get('message')})" if e.get("line") else
+             f"{e.get('code')} ({e.get('message')})" for e in errs[:n]]
+    more = f"; and {len(errs) - n} more" if len(errs) > n else ""
+    return f"{len(errs)} problem(s): " + "; ".join(parts) + more
+
+
+def get(db: Database, principal: Principal, file_id: str) -> File:
+    with db.session() as s:
+        row = s.get(File, file_id)
+    # Another organisation's file answers exactly like a file that does not exist.
+    if row is None or row.org_id != principal.org_id:
+        raise NotFoundError(f"No such File object: {file_id}", param="file_id", code="file_not_found")
+    return row
+
+
+def list_files(db: Database, principal: Principal, *, purpose: str | None, limit: int, order: str,
+               after: str | None) -> list[File]:
+    if order not in ("asc", "desc"):
+        raise InvalidRequestError("`order` must be `asc` or `desc`.", param="order")
+    if not 1 <= limit <= 10000:
+        raise InvalidRequestError("`limit` must be between 1 and 10000.", param="limit")
+    q = select(File).where(File.org_id == principal.org_id)
+    if purpose:
+        q = q.where(File.purpose == purpose)
+    key = (File.created_at, File.id)
+    if after:
+        cursor = get(db, principal, after)
+        if order == "desc":
+            q = q.where((File.created_at < cursor.created_at) |
+                        ((File.created_at == cursor.created_at) & (File.id < cursor.id)))
+        else:
+            q = q.where((File.created_at > cursor.created_at) |
+                        ((File.created_at == cursor.created_at) & (File.id > cursor.id)))
+    q = q.order_by(*(k.desc() for k in key) if order == "desc" else key).limit(limit + 1)
+    with db.session() as s:
+        return list(s.scalars(q))
+
+
+def delete(db: Database, principal: Principal, file_id: str) -> None:
+    row = get(db, principal, file_id)
+    with db.session() as s:
+        s.delete(s.get(File, file_id))
+    Path(row.path).unlink(missing_ok=True)
+    record(db, "file.deleted", org_id=principal.org_id, actor=principal.key_id, object_id=file_id)
+
+
+def delete_org_files(settings: Settings, org_id: str) -> None:
+    shutil.rmtree(settings.files_dir / org_id, ignore_errors=True)

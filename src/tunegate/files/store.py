@@ -1,0 +1,124 @@
+"""Streams a multipart upload straight into the file store, atomically, with a size limit.
+
+Owns the bytes on disk: a part is hashed and written to a temporary file next to its final place
+while it arrives (never held in memory), then renamed into place. An upload over the limit, a
+broken body or a client that disconnects leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from tunegate.errors import InvalidRequestError, PayloadTooLargeError
+
+MAX_FIELD_BYTES = 64 * 1024
+
+
+@dataclass
+class Upload:
+    fields: dict[str, str] = field(default_factory=dict)
+    filename: str | None = None
+    tmp_path: Path | None = None
+    bytes: int = 0
+    sha256: str = ""
+
+    def discard(self) -> None:
+        if self.tmp_path is not None:
+            self.tmp_path.unlink(missing_ok=True)
+            self.tmp_path = None
+
+    def commit(self, final: Path) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp_path, final)
+        self.tmp_path = None
+
+
+async def receive_upload(content_type: str | None, stream: AsyncIterator[bytes], tmp_dir: Path, limit: int) -> Upload:
+    """Parse a multipart/form-data body; the part named `file` goes to disk, others are small fields."""
+    ctype, params = parse_options_header(content_type or "")
+    boundary = params.get(b"boundary")
+    if ctype != b"multipart/form-data" or not boundary:
+        raise InvalidRequestError(
+            "Upload files as multipart/form-data with fields `file` and `purpose` (the openai SDK does this).",
+            param="file", code="invalid_content_type",
+        )
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    up = Upload()
+    state: dict = {"headers": {}, "hname": b"", "hval": b"", "name": None, "buf": None, "fh": None, "hash": None}
+
+    def on_header_field(data, start, end):
+        state["hname"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        state["hval"] += data[start:end]
+
+    def on_header_end():
+        state["headers"][state["hname"].decode("latin-1").lower()] = state["hval"]
+        state["hname"], state["hval"] = b"", b""
+
+    def on_headers_finished():
+        _, disp = parse_options_header(state["headers"].get("content-disposition", b""))
+        name = disp.get(b"name", b"").decode("utf-8", "replace")
+        state["name"] = name
+        if name == "file":
+            if up.tmp_path is not None:
+                raise InvalidRequestError("Send exactly one `file` part.", param="file")
+            up.filename = disp.get(b"filename", b"upload.jsonl").decode("utf-8", "replace")[:512]
+            fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=tmp_dir)
+            up.tmp_path = Path(tmp)
+            state["fh"] = os.fdopen(fd, "wb")
+            state["hash"] = hashlib.sha256()
+        else:
+            state["buf"] = bytearray()
+
+    def on_part_data(data, start, end):
+        chunk = data[start:end]
+        if state["fh"] is not None:
+            up.bytes += len(chunk)
+            if up.bytes > limit:
+                raise PayloadTooLargeError(
+                    f"The file is larger than the upload limit of {limit} bytes (TUNEGATE_MAX_UPLOAD_BYTES). "
+                    "Split it or raise the limit.", param="file", code="file_too_large")
+            state["fh"].write(chunk)
+            state["hash"].update(chunk)
+        else:
+            state["buf"] += chunk
+            if len(state["buf"]) > MAX_FIELD_BYTES:
+                raise InvalidRequestError(f"Form field `{state['name']}` is too long.", param=state["name"])
+
+    def on_part_end():
+        if state["fh"] is not None:
+            state["fh"].close()
+            state["fh"] = None
+            up.sha256 = state["hash"].hexdigest()
+        elif state["buf"] is not None:
+            up.fields[state["name"]] = bytes(state["buf"]).decode("utf-8", "replace")
+        state.update(headers={}, buf=None, name=None)
+
+    parser = MultipartParser(boundary, {
+        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end,
+    })
+    try:
+        async for chunk in stream:
+            parser.write(chunk)
+        parser.finalize()
+        if state["fh"] is not None:  # body ended in the middle of the file part
+            raise InvalidRequestError("The upload ended before the file was complete. Retry the upload.", param="file")
+    except BaseException as exc:
+        if state["fh"] is not None:
+            state["fh"].close()
+        up.discard()
+        if isinstance(exc, (InvalidRequestError, PayloadTooLargeError)):
+            raise
+        if isinstance(exc, Exception) and exc.__class__.__module__.startswith("python_multipart"):
+            raise InvalidRequestError(f"Malformed multipart body: {exc}", param="file") from None
+        raise
+    return up

@@ -1,0 +1,106 @@
+"""Files API through the official openai SDK against a real server."""
+
+import io
+import json
+
+import httpx
+import openai
+import pytest
+
+GOOD = "\n".join(
+    json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Say {i}"},
+                             {"role": "assistant", "content": f"{i}"}]})
+    for i in range(12)
+).encode() + b"\n"
+
+
+def test_upload_list_retrieve_download_delete(server):
+    client = server.client(server.key_a)
+    created = [client.files.create(file=(f"train{i}.jsonl", io.BytesIO(GOOD)), purpose="fine-tune") for i in range(3)]
+    f = created[0]
+    assert f.id.startswith("file-") and f.bytes == len(GOOD) and f.purpose == "fine-tune"
+    assert f.status == "processed" and f.filename == "train0.jsonl"
+    assert client.files.retrieve(f.id).id == f.id
+    assert client.files.content(f.id).content == GOOD  # byte-identical
+
+    page1 = client.files.list(limit=2, purpose="fine-tune")
+    assert len(page1.data) == 2 and page1.has_more
+    page2 = client.files.list(limit=2, purpose="fine-tune", after=page1.data[-1].id)
+    ids = [x.id for x in page1.data] + [x.id for x in page2.data]
+    assert set(c.id for c in created) <= set(ids) and len(ids) == len(set(ids))
+    assert [x.id for x in client.files.list(order="asc").data][:3] == [c.id for c in created]
+    all_ids = [x.id for x in client.files.list(limit=2).auto_paging_iter()]  # SDK cursor pagination
+    assert sorted(all_ids) == sorted(c.id for c in created)
+
+    deleted = client.files.delete(f.id)
+    assert deleted.deleted and deleted.id == f.id
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(f.id)
+
+
+def test_validation_report_stored_and_served(server):
+    client = server.client(server.key_a)
+    bad = b'{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n'
+    f = client.files.create(file=("bad.jsonl", io.BytesIO(bad)), purpose="fine-tune")
+    assert f.status == "error" and "line 2" in f.status_details
+    r = httpx.get(f"{server.base_url}/files/{f.id}/validation", headers={"Authorization": f"Bearer {server.key_a}"})
+    report = r.json()
+    assert r.status_code == 200 and report["valid"] is False
+    codes = {(e["code"], e.get("line")) for e in report["errors"]}
+    assert ("example_missing_assistant_message", 1) in codes
+    good = client.files.create(file=("good.jsonl", io.BytesIO(GOOD)), purpose="fine-tune")
+    rep = httpx.get(f"{server.base_url}/files/{good.id}/validation",
+                    headers={"Authorization": f"Bearer {server.key_a}"}).json()
+    assert rep["valid"] is True and rep["n_examples"] == 12 and rep["tokens"]
+
+
+def test_auth_and_isolation(server):
+    f = server.client(server.key_a).files.create(file=("t.jsonl", io.BytesIO(GOOD)), purpose="evals")
+    with pytest.raises(openai.AuthenticationError):
+        server.client("tg-wrong").files.list()
+    other = server.client(server.key_b)
+    for call in (lambda: other.files.retrieve(f.id), lambda: other.files.content(f.id),
+                 lambda: other.files.delete(f.id)):
+        with pytest.raises(openai.NotFoundError) as e:
+            call()
+        assert e.value.body["code"] == "file_not_found"
+    with pytest.raises(openai.NotFoundError):
+        other.files.retrieve("file-doesnotexist")
+    assert f.id not in [x.id for x in other.files.list().data]
+    assert server.client(server.key_a).files.retrieve(f.id).id == f.id  # still intact
+
+
+def test_bad_purpose_and_errors_have_openai_shape(server):
+    client = server.client(server.key_a)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.files.create(file=("t.jsonl", io.BytesIO(GOOD)), purpose="assistants")
+    assert e.value.body["param"] == "purpose"
+    h = {"Authorization": f"Bearer {server.key_a}"}
+    for method, path, status in [("GET", "/v1/nope", 404), ("PUT", "/v1/files", 405), ("GET", "/v1/files", 401)]:
+        r = httpx.request(method, server.url + path, headers=h if status != 401 else {})
+        assert r.status_code == status
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    r = httpx.get(server.base_url + "/files?limit=abc", headers=h)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
+
+
+def test_upload_limits_leave_nothing_behind(server):
+    h = {"Authorization": f"Bearer {server.key_a}"}
+    # A 2 GB declared upload is refused before any byte is read.
+    r = httpx.post(server.base_url + "/files", headers={**h, "Content-Length": str(2 * 1024**3),
+                   "Content-Type": "multipart/form-data; boundary=x"}, content=b"--x--")
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    # Empty and binary files are stored and reported, never a 500.
+    for name, data in [("empty.jsonl", b""), ("garbage.bin", bytes(range(256)) * 100), ("utf.jsonl", b"\xff\xfe{}\n")]:
+        r = httpx.post(server.base_url + "/files", headers=h, files={"file": (name, data)},
+                       data={"purpose": "fine-tune"})
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "error"
+    # Not multipart, missing file, missing purpose.
+    assert httpx.post(server.base_url + "/files", headers=h, json={"a": 1}).json()["error"]["param"] == "file"
+    r = httpx.post(server.base_url + "/files", headers=h, data={"purpose": "fine-tune"}, files={"x": ("a", b"1")})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "file"
+    r = httpx.post(server.base_url + "/files", headers=h, files={"file": ("a.jsonl", GOOD)})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
+    tmp = server.data_dir / "files" / ".tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []

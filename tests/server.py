@@ -1,0 +1,74 @@
+"""A real `tunegate serve` on a free port, for tests that talk to it with the official SDK."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = self.url + "/v1"
+        self.env = {**os.environ, "TUNEGATE_DATA_DIR": str(data_dir), "TUNEGATE_PORT": str(self.port), **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir / "server.log"
+
+    def start(self, timeout: float = 120) -> "RunningServer":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tunegate.cli.main", "serve", "--log-level", "warning"],
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server did not start:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def create_key(self, org: str, admin: bool = False) -> str:
+        cmd = [sys.executable, "-m", "tunegate.cli.main", "keys", "create", "--org", org] + (["--admin"] if admin else [])
+        out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    def client(self, key: str):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=600)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
