@@ -48,3 +48,12 @@ def log_unknown_fields(body: BaseModel, where: str) -> None:
     extra = getattr(body, "model_extra", None)
     if extra:
         log.info("ignoring unknown fields on %s: %s", where, sorted(extra))
+
+
+def resolve_model(request: Request, principal: Principal, model: str):
+    """The servable model `model` for this caller: `ResolvedModel(id, base: BaseModelInfo,
+    adapter_path: Path | None, owned_by, created, kind, job_id)`; 404 `model_not_found` otherwise
+    (unknown, another organisation's, or blocked by the safety gate)."""
+    from tunegate.models.service import resolve
+
+    return resolve(request.app.state.db, request.app.state.settings, principal, model)

@@ -1,0 +1,159 @@
+"""Fine-tuning job objects, shaped like openai-python's `types/fine_tuning` (FineTuningJob,
+FineTuningJobEvent, FineTuningJobCheckpoint) and the create request with OpenAI's ranges."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Auto = Literal["auto"]
+JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
+TERMINAL = ("succeeded", "failed", "cancelled")
+SUFFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class SupervisedHyperparameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    n_epochs: Union[Auto, int] = Field("auto", description="1..50 or `auto`.")
+    batch_size: Union[Auto, int] = Field("auto", description="1..256 or `auto`.")
+    learning_rate_multiplier: Union[Auto, float] = Field("auto", description="(0, 10] or `auto`.")
+
+    @field_validator("n_epochs")
+    @classmethod
+    def _epochs(cls, v):
+        if v != "auto" and not 1 <= v <= 50:
+            raise ValueError("n_epochs must be `auto` or an integer from 1 to 50")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v):
+        if v != "auto" and not 1 <= v <= 256:
+            raise ValueError("batch_size must be `auto` or an integer from 1 to 256")
+        return v
+
+    @field_validator("learning_rate_multiplier")
+    @classmethod
+    def _lrm(cls, v):
+        if v != "auto" and not 0 < v <= 10:
+            raise ValueError("learning_rate_multiplier must be `auto` or a number above 0 and at most 10")
+        return v
+
+
+class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
+
+
+class Method(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class JobCreate(BaseModel):
+    """`POST /v1/fine_tuning/jobs`. Unknown fields are accepted and logged."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(..., min_length=1, max_length=256)
+    training_file: str = Field(..., min_length=1, max_length=64)
+    validation_file: str | None = Field(None, max_length=64)
+    suffix: str | None = None
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = None
+    hyperparameters: SupervisedHyperparameters | None = None
+    method: Method | None = None
+    integrations: list[Any] | None = None
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, v):
+        if v is not None and not SUFFIX_RE.match(v):
+            raise ValueError("suffix must be 1-64 characters of letters, digits, '-', '_' or '.'")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v):
+        if v is None:
+            return v
+        if len(v) > 16:
+            raise ValueError("metadata holds at most 16 key-value pairs")
+        for k, val in v.items():
+            if len(k) > 64 or len(val) > 512:
+                raise ValueError("metadata keys are at most 64 characters and values at most 512")
+        return v
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class Hyperparameters(BaseModel):
+    batch_size: Union[Auto, int, None] = None
+    learning_rate_multiplier: Union[Auto, float, None] = None
+    n_epochs: Union[Auto, int, None] = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    """`ftjob-...`"""
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None = None
+    """Why the job failed (`invalid_training_file`, `unsafe_training_file`, `unsafe_model`, ...)."""
+    fine_tuned_model: str | None = None
+    """`ft:<base>:<org>:<suffix>:<id>` once the job succeeded."""
+    finished_at: int | None = None
+    hyperparameters: Hyperparameters
+    """Resolved numbers once training starts; `auto` before."""
+    model: str
+    organization_id: str
+    result_files: list[str] = []
+    seed: int
+    status: JobStatus
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    estimated_finish: int | None = None
+    integrations: list[Any] | None = None
+    metadata: dict[str, str] | None = None
+    method: dict[str, Any] | None = None
+    suffix: str | None = None
+    """Our extension: the requested suffix."""
+
+
+class FineTuningJobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    data: Any = None
+    type: Literal["message", "metrics", "moderation_checks"] = "message"
+
+
+class CheckpointMetrics(BaseModel):
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+    step: float | None = None
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+
+
+class FineTuningJobCheckpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int

@@ -1,0 +1,216 @@
+"""Fine-tuning jobs: creation with parameter checks, the state machine, events and checkpoints.
+
+Owns the job rows and their legal transitions:
+
+    validating_files -> queued -> running -> succeeded | failed | cancelled
+                                   running <-> paused (pause / resume)
+
+Running jobs are driven by the executor (`jobs/executor.py`); this module never trains.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from sqlalchemy import select
+
+from tunegate.auth import Principal
+from tunegate.audit import record
+from tunegate.db import Checkpoint, Database, File, Job, JobEvent
+from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError
+from tunegate.ids import new_id, now
+from tunegate.jobs.schemas import TERMINAL, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, JobCreate
+from tunegate.settings import Settings
+
+
+def to_object(job: Job, org_name: str | None = None) -> FineTuningJob:
+    hp = job.hyperparameters or {}
+    return FineTuningJob(
+        id=job.id, created_at=job.created_at, error=job.error, fine_tuned_model=job.fine_tuned_model,
+        finished_at=job.finished_at, hyperparameters=hp, model=job.model, organization_id=job.org_id,
+        result_files=job.result_files or [], seed=job.seed, status=job.status, trained_tokens=job.trained_tokens,
+        training_file=job.training_file, validation_file=job.validation_file, estimated_finish=job.estimated_finish,
+        metadata=job.metadata_, method=job.method, suffix=job.suffix, integrations=[],
+    )
+
+
+def model_name(base: str, org_name: str, suffix: str | None, job_id: str) -> str:
+    """OpenAI's `ft:<base>:<org>:<suffix>:<id>` (the suffix part is empty when none was given)."""
+    return f"ft:{base}:{org_name}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
+
+
+def _requested_method(body: JobCreate) -> dict[str, Any]:
+    if body.method is not None and body.hyperparameters is not None:
+        raise InvalidRequestError("Pass hyperparameters either in `method.supervised.hyperparameters` or in the "
+                                  "deprecated top-level `hyperparameters`, not both.", param="hyperparameters")
+    if body.method is not None:
+        if body.method.type != "supervised":
+            raise InvalidRequestError(
+                f"Method `{body.method.type}` is not available yet: tunegate trains `supervised` (SFT) jobs. "
+                "Use `method={'type': 'supervised'}`.", param="method.type", code="unsupported_method")
+        sup = body.method.supervised or type(body.method).model_fields["supervised"].annotation.__args__[0]()
+        return {"type": "supervised", "supervised": {"hyperparameters": sup.hyperparameters.model_dump(
+            include={"n_epochs", "batch_size", "learning_rate_multiplier"})}}
+    hp = body.hyperparameters.model_dump(include={"n_epochs", "batch_size", "learning_rate_multiplier"}) \
+        if body.hyperparameters else {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    return {"type": "supervised", "supervised": {"hyperparameters": hp}}
+
+
+def _own_file(s, principal: Principal, file_id: str, param: str) -> File:
+    row = s.get(File, file_id)
+    if row is None or row.org_id != principal.org_id:
+        raise InvalidRequestError(f"File {file_id} does not exist. Upload it with purpose `fine-tune` first.",
+                                  param=param, code="file_not_found")
+    if row.purpose != "fine-tune":
+        raise InvalidRequestError(f"File {file_id} has purpose `{row.purpose}`; fine-tuning needs a file uploaded "
+                                  "with purpose `fine-tune`.", param=param, code="invalid_file_purpose")
+    return row
+
+
+def create(db: Database, settings: Settings, principal: Principal, body: JobCreate) -> Job:
+    from tunegate.catalog.registry import list_base_models
+
+    if body.model not in list_base_models(settings):
+        raise InvalidRequestError(f"Model `{body.model}` cannot be fine-tuned here. Base models: "
+                                  f"{', '.join(list_base_models(settings))}.", param="model", code="model_not_available")
+    method = _requested_method(body)
+    options = dict(body.model_extra.get("tunegate") or {}) if body.model_extra else {}
+    if options.get("safety_mixing") is False and not principal.is_admin:
+        raise InvalidRequestError("Only an admin key may turn off safety data mixing.", param="tunegate.safety_mixing",
+                                  code="admin_required")
+    with db.session() as s:
+        _own_file(s, principal, body.training_file, "training_file")
+        if body.validation_file:
+            _own_file(s, principal, body.validation_file, "validation_file")
+        job = Job(id=new_id("ftjob", 12), org_id=principal.org_id, project_id=principal.project_id,
+                  created_by=principal.key_id, model=body.model, training_file=body.training_file,
+                  validation_file=body.validation_file, suffix=body.suffix,
+                  seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1),
+                  metadata_=body.metadata, method=method, hyperparameters=method["supervised"]["hyperparameters"],
+                  options=options, status="validating_files", result_files=[], progress={}, safety={})
+        s.add(job)
+        s.add(_event(job.id, "Created fine-tuning job: " + job.id))
+    record(db, "job.created", org_id=principal.org_id, actor=principal.key_id, object_id=job.id,
+           details={"model": body.model, "training_file": body.training_file, "options": options})
+    return job
+
+
+def _event(job_id: str, message: str, level: str = "info", type_: str = "message", data: Any = None) -> JobEvent:
+    return JobEvent(id=new_id("ftevent", 12), job_id=job_id, message=message, level=level, type=type_, data=data)
+
+
+def add_event(db: Database, job_id: str, message: str, *, level: str = "info", type_: str = "message",
+              data: Any = None) -> None:
+    with db.session() as s:
+        s.add(_event(job_id, message, level, type_, data))
+
+
+def get(db: Database, principal: Principal, job_id: str) -> Job:
+    with db.session() as s:
+        job = s.get(Job, job_id)
+    if job is None or job.org_id != principal.org_id:
+        raise NotFoundError(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
+    return job
+
+
+def list_jobs(db: Database, principal: Principal, *, after: str | None, limit: int,
+              metadata: dict[str, str]) -> list[Job]:
+    _check_limit(limit)
+    q = select(Job).where(Job.org_id == principal.org_id)
+    if after:
+        cursor = get(db, principal, after)
+        q = q.where((Job.created_at < cursor.created_at) | ((Job.created_at == cursor.created_at) & (Job.id < cursor.id)))
+    q = q.order_by(Job.created_at.desc(), Job.id.desc())
+    with db.session() as s:
+        rows = s.scalars(q).all() if metadata else s.scalars(q.limit(limit + 1)).all()
+    if metadata:  # JSON filtering is portable only in Python; job counts per org are small
+        rows = [j for j in rows if all((j.metadata_ or {}).get(k) == v for k, v in metadata.items())][: limit + 1]
+    return list(rows)
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= 100:
+        raise InvalidRequestError("`limit` must be between 1 and 100.", param="limit")
+
+
+def list_events(db: Database, principal: Principal, job_id: str, *, after: str | None, limit: int) -> list[JobEvent]:
+    get(db, principal, job_id)
+    _check_limit(limit)
+    q = select(JobEvent).where(JobEvent.job_id == job_id)
+    with db.session() as s:
+        if after:
+            cursor = s.scalar(select(JobEvent).where(JobEvent.id == after, JobEvent.job_id == job_id))
+            if cursor is None:
+                raise InvalidRequestError(f"No event {after} in job {job_id}.", param="after")
+            q = q.where(JobEvent.seq < cursor.seq)
+        return list(s.scalars(q.order_by(JobEvent.seq.desc()).limit(limit + 1)))
+
+
+def event_object(e: JobEvent) -> FineTuningJobEvent:
+    return FineTuningJobEvent(id=e.id, created_at=e.created_at, level=e.level, message=e.message, data=e.data,
+                              type=e.type)
+
+
+def list_checkpoints(db: Database, principal: Principal, job_id: str, *, after: str | None,
+                     limit: int) -> list[Checkpoint]:
+    get(db, principal, job_id)
+    _check_limit(limit)
+    q = select(Checkpoint).where(Checkpoint.job_id == job_id)
+    with db.session() as s:
+        if after:
+            cursor = s.get(Checkpoint, after)
+            if cursor is None or cursor.job_id != job_id:
+                raise InvalidRequestError(f"No checkpoint {after} in job {job_id}.", param="after")
+            q = q.where(Checkpoint.step < cursor.step)
+        return list(s.scalars(q.order_by(Checkpoint.step.desc()).limit(limit + 1)))
+
+
+def checkpoint_object(c: Checkpoint) -> FineTuningJobCheckpoint:
+    return FineTuningJobCheckpoint(id=c.id, created_at=c.created_at, fine_tuned_model_checkpoint=c.model_id,
+                                   fine_tuning_job_id=c.job_id, metrics=c.metrics or {}, step_number=c.step)
+
+
+def request_control(db: Database, principal: Principal, job_id: str, action: str) -> Job:
+    """cancel | pause | resume. Jobs not running change at once; running ones are told via `control`."""
+    get(db, principal, job_id)
+    with db.session() as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        st = job.status
+        if action == "cancel":
+            if st in TERMINAL:
+                raise ConflictError(f"Job {job_id} is already {st}; only unfinished jobs can be cancelled.",
+                                    param="fine_tuning_job_id", code="job_not_cancellable")
+            if st == "running":
+                job.control = "cancel"
+                s.add(_event(job_id, "Cancellation requested; training stops after the current step."))
+            else:
+                job.status, job.finished_at, job.control = "cancelled", now(), None
+                s.add(_event(job_id, "Job cancelled."))
+        elif action == "pause":
+            if st != "running" and st != "queued":
+                raise ConflictError(f"Job {job_id} is {st}; only queued or running jobs can be paused.",
+                                    param="fine_tuning_job_id", code="job_not_pausable")
+            if st == "running":
+                job.control = "pause"
+                s.add(_event(job_id, "Pause requested; a checkpoint is saved after the current step."))
+            else:
+                job.status = "paused"
+                s.add(_event(job_id, "Job paused."))
+        elif action == "resume":
+            if st != "paused":
+                raise ConflictError(f"Job {job_id} is {st}; only paused jobs can be resumed.",
+                                    param="fine_tuning_job_id", code="job_not_resumable")
+            job.status, job.control = "queued", None
+            s.add(_event(job_id, "Job resumed; it is queued and continues from its last checkpoint."))
+        s.flush()
+    record(db, f"job.{action}", org_id=principal.org_id, actor=principal.key_id, object_id=job_id)
+    return get(db, principal, job_id)
+
+
+def fail(db: Database, job_id: str, code: str, message: str, param: str | None = None) -> None:
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        job.status, job.finished_at, job.worker_pid = "failed", now(), None
+        job.error = {"code": code, "message": message, "param": param}
+        s.add(_event(job_id, f"Job failed: {message}", level="error"))

@@ -1,0 +1,145 @@
+"""The training worker process: `python -m tunegate.jobs.worker JOB_ID`.
+
+Started by the local executor. Builds the frozen training config from the job row, runs the
+trainer with callbacks that write events and read cancel/pause requests, keeps a heartbeat, and
+records the outcome. If it is killed, nothing is recorded and the supervisor re-queues the job;
+the next worker resumes from the last checkpoint in the same artifact folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from tunegate.db import Database, File, Job
+from tunegate.errors import TunegateError
+from tunegate.ids import now
+from tunegate.jobs import pipeline, service
+from tunegate.settings import Settings
+
+log = logging.getLogger("tunegate.worker")
+
+
+def _heartbeat(db: Database, job_id: str, every: float, stop: threading.Event, parent: int) -> None:
+    while not stop.wait(every):
+        if os.getppid() != parent:  # the server died: stop; the next server resumes the job
+            os._exit(3)
+        try:
+            with db.session() as s:
+                s.get(Job, job_id).heartbeat_at = time.time()
+        except Exception:  # a busy database must not kill training; the next beat retries
+            log.warning("heartbeat failed", exc_info=True)
+
+
+def build_config(db: Database, settings: Settings, job: Job):
+    from tunegate.catalog import get_base_model
+    from tunegate.train.config import TrainConfig, resolve_hyperparameters
+
+    base = get_base_model(job.model, settings)
+    with db.session() as s:
+        train_file = s.get(File, job.training_file)
+        valid_file = s.get(File, job.validation_file) if job.validation_file else None
+    report = train_file.validation or {}
+    hp = (job.method or {}).get("supervised", {}).get("hyperparameters", {})
+    n_epochs, batch_size, lr = resolve_hyperparameters(
+        hp.get("n_epochs", "auto"), hp.get("batch_size", "auto"), hp.get("learning_rate_multiplier", "auto"),
+        n_examples=int(report.get("n_examples") or 0))
+    opts = job.options or {}
+    config = TrainConfig(
+        base_model=base.name, base_model_path=str(base.path), template_sha256=base.template_sha256,
+        training_file=train_file.path, validation_file=valid_file.path if valid_file else None,
+        n_epochs=n_epochs, batch_size=batch_size, learning_rate=lr, seed=job.seed,
+        keep_checkpoints=settings.keep_checkpoints,
+        **{k: v for k, v in opts.items() if k in TrainConfig.__dataclass_fields__},
+    )
+    multiplier = lr / TrainConfig.base_learning_rate() if hasattr(TrainConfig, "base_learning_rate") else None
+    return config, {"n_epochs": n_epochs, "batch_size": batch_size,
+                    "learning_rate_multiplier": multiplier if multiplier is not None else hp.get(
+                        "learning_rate_multiplier", "auto")}
+
+
+def run(job_id: str, settings: Settings | None = None) -> int:
+    from tunegate.train.recipe import run_training
+
+    settings = settings or Settings()
+    db = Database(settings.db_url)
+    with db.session() as s:
+        job = s.get(Job, job_id)
+    if job is None or job.status != "running":
+        return 0
+    stop = threading.Event()
+    threading.Thread(target=_heartbeat, args=(db, job_id, settings.heartbeat_seconds, stop, os.getppid()),
+                     daemon=True).start()
+    out_dir = settings.artifacts_dir / job_id
+    model_id = pipeline.fine_tuned_model_id(db, job)
+    try:
+        config, resolved = build_config(db, settings, job)
+        with db.session() as s:
+            row = s.get(Job, job_id)
+            row.hyperparameters = resolved
+        resuming = (out_dir / "checkpoints").exists() and any((out_dir / "checkpoints").iterdir())
+        if resuming:
+            service.add_event(db, job_id, "Resuming training from the last checkpoint.")
+        reporter = pipeline.JobReporter(db, settings, job, model_id, out_dir)
+
+        def should_stop() -> str | None:
+            with db.session() as s:
+                return s.get(Job, job_id).control
+
+        result = run_training(config, out_dir, reporter, should_stop)
+        reporter.sync_checkpoints()
+        if result.status == "cancelled":
+            with db.session() as s:
+                row = s.get(Job, job_id)
+                row.status, row.finished_at, row.control, row.worker_pid = "cancelled", now(), None, None
+            service.add_event(db, job_id, "Training stopped: the job was cancelled.")
+        elif result.status == "paused":
+            with db.session() as s:
+                row = s.get(Job, job_id)
+                row.status, row.control, row.worker_pid = "paused", None, None
+            service.add_event(db, job_id, "Training paused; a checkpoint was saved. Resume to continue.")
+        else:
+            after_training(db, settings, job_id, model_id, Path(result.adapter_dir), out_dir, result.trained_tokens)
+        return 0
+    except TunegateError as exc:
+        service.fail(db, job_id, exc.code or "training_error", exc.message, exc.param)
+        return 0
+    except Exception as exc:  # recorded as a clean failure; the traceback goes to the worker log only
+        traceback.print_exc()
+        service.fail(db, job_id, "training_error", f"Training failed: {type(exc).__name__}: {exc}")
+        return 0
+    finally:
+        stop.set()
+
+
+def after_training(db: Database, settings: Settings, job_id: str, model_id: str, adapter_dir: Path, out_dir: Path,
+                   trained_tokens: int | None) -> None:
+    """Safety gate (when installed), then the fine-tuned model is registered."""
+    try:
+        from tunegate.safety.jobs import gate_job
+    except ImportError:
+        gate_job = None
+    deployable = True
+    if gate_job is not None:
+        deployable = gate_job(db, settings, job_id, adapter_dir)
+        if not deployable:
+            return  # gate_job failed the job with `unsafe_model`
+    pipeline.finish_succeeded(db, settings, job_id, model_id, adapter_dir, out_dir / "results.csv", trained_tokens,
+                              deployable=deployable)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if len(sys.argv) != 2:
+        print("usage: python -m tunegate.jobs.worker JOB_ID", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()

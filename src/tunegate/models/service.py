@@ -1,0 +1,109 @@
+"""Model lookup: base models from the catalog, an organisation's fine-tuned models and checkpoints.
+
+Owns the rules of who sees which model: fine-tuned models and their checkpoints belong to one
+organisation (others get 404 exactly like unknown ids) and are listed and servable only while
+deployable (the safety gate passed, or an admin overrode it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from tunegate.auth import Principal
+from tunegate.audit import record
+from tunegate.catalog import BaseModelInfo, get_base_model, list_base_models
+from tunegate.db import Checkpoint, Database, FineTunedModel, Job
+from tunegate.errors import InvalidRequestError, NotFoundError
+from tunegate.settings import Settings
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    id: str
+    base: BaseModelInfo
+    adapter_path: Path | None
+    owned_by: str
+    created: int
+    kind: str  # base | fine-tuned | checkpoint
+    job_id: str | None = None
+
+
+def _not_found(model: str) -> NotFoundError:
+    return NotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model",
+                         code="model_not_found")
+
+
+def _blocked(model: str) -> NotFoundError:
+    return NotFoundError(f"The model `{model}` did not pass the safety gate and cannot be served. See its job's "
+                         "safety report; an admin can override with a reason.", param="model", code="model_not_found")
+
+
+def resolve(db: Database, settings: Settings, principal: Principal, model: str) -> ResolvedModel:
+    """The servable model named `model` for this caller, or 404 `model_not_found`."""
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("`model` is required: a base model or one of your `ft:` models.", param="model")
+    if not model.startswith("ft:"):
+        if model not in list_base_models(settings):
+            raise _not_found(model)
+        info = get_base_model(model, settings)
+        return ResolvedModel(model, info, None, "tunegate", info.created, "base")
+    with db.session() as s:
+        ft = s.get(FineTunedModel, model)
+        if ft is not None and ft.org_id == principal.org_id:
+            if not ft.deployable:
+                raise _blocked(model)
+            return ResolvedModel(ft.id, get_base_model(ft.base_model, settings), Path(ft.adapter_path),
+                                 principal.org_name, ft.created_at, "fine-tuned", ft.job_id)
+        ck = s.scalar(select(Checkpoint).where(Checkpoint.model_id == model))
+        if ck is None or ck.org_id != principal.org_id:
+            raise _not_found(model)
+        job = s.get(Job, ck.job_id)
+        parent = s.scalar(select(FineTunedModel).where(FineTunedModel.job_id == ck.job_id))
+    # Checkpoints of a blocked job are not servable either; nor those of a job the gate has not passed yet
+    # unless the job is still training (checkpoints are for inspecting progress).
+    if parent is not None and not parent.deployable or job.error and job.error.get("code") == "unsafe_model":
+        raise _blocked(model)
+    return ResolvedModel(ck.model_id, get_base_model(job.model, settings), Path(ck.path), principal.org_name,
+                         ck.created_at, "checkpoint", ck.job_id)
+
+
+def list_models(db: Database, settings: Settings, principal: Principal) -> list[dict]:
+    out = []
+    for name in list_base_models(settings):
+        try:
+            created = get_base_model(name, settings).created
+        except Exception:  # a registered folder that went missing must not break the whole list
+            continue
+        out.append({"id": name, "object": "model", "created": created, "owned_by": "tunegate"})
+    with db.session() as s:
+        fts = list(s.scalars(select(FineTunedModel).where(FineTunedModel.org_id == principal.org_id,
+                                                          FineTunedModel.deployable.is_(True))
+                             .order_by(FineTunedModel.created_at)))
+        deployable_jobs = {f.job_id for f in fts}
+        cks = list(s.scalars(select(Checkpoint).where(Checkpoint.org_id == principal.org_id)
+                             .order_by(Checkpoint.created_at, Checkpoint.step)))
+    for f in fts:
+        out.append({"id": f.id, "object": "model", "created": f.created_at, "owned_by": principal.org_name})
+    for c in cks:
+        if c.job_id in deployable_jobs:
+            out.append({"id": c.model_id, "object": "model", "created": c.created_at, "owned_by": principal.org_name})
+    return out
+
+
+def delete(db: Database, settings: Settings, principal: Principal, model: str) -> None:
+    if not model.startswith("ft:"):
+        if model in list_base_models(settings):
+            raise InvalidRequestError(f"`{model}` is a base model; only your fine-tuned models can be deleted.",
+                                      param="model", code="cannot_delete_base_model")
+        raise _not_found(model)
+    with db.session() as s:
+        ft = s.get(FineTunedModel, model)
+        if ft is None or ft.org_id != principal.org_id:
+            raise _not_found(model)
+        s.delete(ft)
+        for ck in s.scalars(select(Checkpoint).where(Checkpoint.job_id == ft.job_id)):
+            s.delete(ck)
+    record(db, "model.deleted", org_id=principal.org_id, actor=principal.key_id, object_id=model)
