@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     base_models: dict[str, Path] = Field(
         default_factory=dict, description="Extra base models: name -> local Hugging Face model folder."
     )
+    start_workers: bool = Field(default=True, description="Run the job supervisor and workers in this server.")
     worker_concurrency: int = Field(default=1, ge=1, description="Training jobs run at once by the local executor.")
     max_job_retries: int = Field(default=2, ge=0, description="Restarts of a crashed training worker before failing.")
     heartbeat_seconds: float = Field(default=5.0, gt=0)

@@ -30,7 +30,7 @@ ROUTERS = [
 MAX_JSON_BODY = 16 * 1024 * 1024  # uploads stream separately and have their own limit
 
 
-def create_app(settings: Settings | None = None, *, start_workers: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.ensure_dirs()
     db = open_database(settings.db_url)
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True) 
             key = ensure_admin_key(db, settings.data_dir)
             if key:
                 print(f"Created a local admin API key (saved in {settings.data_dir / 'admin_key'}):\n{key}", flush=True)
-        services = [s for s in app.state.services if start_workers or not getattr(s, "is_worker", False)]
+        services = [s for s in app.state.services if settings.start_workers or not getattr(s, "is_worker", False)]
         for service in services:
             await service.start()
         try:

@@ -75,8 +75,14 @@ def validate_stored(db: Database, settings: Settings, file_id: str, model: str |
         row = s.get(File, file_id)
         path = Path(row.path)
     info = get_base_model(model or settings.default_model, settings)
-    report = validate_file(path, tokenizer=load_tokenizer(info.path), context_length=info.context_length)
-    data = report.model_dump()
+    try:
+        report = validate_file(path, tokenizer=load_tokenizer(info.path), context_length=info.context_length)
+        data = report.model_dump()
+    except Exception as exc:  # a validator bug must not lose the upload: the file is kept and marked
+        log.exception("validation of %s failed", file_id)
+        data = {"valid": False, "format": None, "n_examples": 0, "warnings": [], "tokens": None, "errors": [
+            {"code": "validation_failed", "line": None, "param": None,
+             "message": f"Validation failed unexpectedly ({type(exc).__name__}); the file is stored. Report this."}]}
     data["model"] = info.name
     with db.session() as s:
         row = s.get(File, file_id)
