@@ -1,0 +1,112 @@
+"""Durability of the job queue: a worker killed with SIGKILL resumes from its checkpoint, cancel
+stops a running job, and a server restart loses no queued or running job (tiny model, real workers)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from tests.conftest import MODEL_CACHE
+from tests.server import RunningServer
+
+
+def _data(n: int) -> bytes:
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"Tell me about item {i}."},
+                                      {"role": "assistant", "content": f"Item {i} is a fine item, number {i}."}]})
+             for i in range(n)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _server(tmp_path, tiny_model_path, **env) -> RunningServer:
+    return RunningServer(tmp_path / "data", {
+        "TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE), "TUNEGATE_BASE_MODELS": json.dumps({"tiny": str(tiny_model_path)}),
+        "TUNEGATE_HEARTBEAT_SECONDS": "0.5", "TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS": "5", **env})
+
+
+def _wait(fn, timeout=240, every=0.3):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def _job_row(srv, job_id):
+    con = sqlite3.connect(srv.data_dir / "tunegate.db")
+    try:
+        return con.execute("select status, worker_pid, attempts from jobs where id=?", (job_id,)).fetchone()
+    finally:
+        con.close()
+
+
+def _create(client, n_examples=120, epochs=3, batch=1):
+    f = client.files.create(file=("t.jsonl", io.BytesIO(_data(n_examples))), purpose="fine-tune")
+    return client.fine_tuning.jobs.create(model="tiny", training_file=f.id, seed=3, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs, "batch_size": batch}}})
+
+
+def _messages(client, job_id):
+    return [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=100).data]
+
+
+def test_sigkill_worker_resumes_from_checkpoint(tmp_path, tiny_model_path):
+    with _server(tmp_path, tiny_model_path) as srv:
+        client = srv.client(srv.create_key("faults"))
+        job = _create(client)
+        # Wait until the first epoch's checkpoint exists and training is past it, then kill the worker.
+        _wait(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data)
+        status, pid, _ = _job_row(srv, job.id)
+        assert status == "running" and pid
+        os.kill(pid, signal.SIGKILL)
+        done = _wait(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in
+                     ("succeeded", "failed") and j)
+        assert done.status == "succeeded", done.error
+        msgs = _messages(client, job.id)
+        assert any("interrupted" in m for m in msgs) and any("Resuming" in m for m in msgs)
+        assert _job_row(srv, job.id)[2] == 1  # one retry used
+        steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data
+                 if e.type == "metrics"]
+        assert max(steps) == 360  # 120 examples x 3 epochs / batch 1: the whole job was trained
+
+
+def test_cancel_running_job(tmp_path, tiny_model_path):
+    with _server(tmp_path, tiny_model_path) as srv:
+        client = srv.client(srv.create_key("faults"))
+        job = _create(client, n_examples=200, epochs=5)
+        _wait(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id).data))
+        client.fine_tuning.jobs.cancel(job.id)
+        done = _wait(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in
+                     ("cancelled", "succeeded", "failed") and j, timeout=60)
+        assert done.status == "cancelled" and done.fine_tuned_model is None
+        assert any("cancelled" in m for m in _messages(client, job.id))
+        assert _job_row(srv, job.id)[1] is None  # no worker left recorded
+
+
+def test_restart_keeps_queued_and_running_jobs(tmp_path, tiny_model_path):
+    srv = _server(tmp_path, tiny_model_path, TUNEGATE_START_WORKERS="false").start()
+    client = srv.client(srv.create_key("faults"))
+    queued = _create(client, n_examples=20, epochs=1, batch=4)
+    srv.stop()
+    # Restart with workers: the job created while no worker ran is trained.
+    srv2 = RunningServer(srv.data_dir, {**srv.env, "TUNEGATE_START_WORKERS": "true"})
+    srv2.port, srv2.url, srv2.base_url = srv.port, srv.url, srv.base_url
+    with srv2.start():
+        c2 = srv2.client(client.api_key)
+        assert _wait(lambda: c2.fine_tuning.jobs.retrieve(queued.id).status == "succeeded", timeout=240)
+        running = _create(c2, n_examples=200, epochs=4)
+        _wait(lambda: c2.fine_tuning.jobs.checkpoints.list(running.id).data)
+        srv2.stop(kill=True)  # the server dies hard while the job is running
+    with RunningServer(srv.data_dir, srv2.env) as srv3:
+        c3 = srv3.client(client.api_key)
+        done = _wait(lambda: (j := c3.fine_tuning.jobs.retrieve(running.id)).status in ("succeeded", "failed") and j,
+                     timeout=300)
+        assert done.status == "succeeded", done.error
+        assert any("Resuming" in m for m in _messages(c3, running.id))
