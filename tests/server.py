@@ -24,7 +24,7 @@ class RunningServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = self.url + "/v1"
-        self.env = {**os.environ, "TUNEGATE_DATA_DIR": str(data_dir), "TUNEGATE_PORT": str(self.port), **(env or {})}
+        self.env = {**os.environ, **(env or {}), "TUNEGATE_DATA_DIR": str(data_dir), "TUNEGATE_PORT": str(self.port)}
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir / "server.log"
 

@@ -97,7 +97,6 @@ def test_restart_keeps_queued_and_running_jobs(tmp_path, tiny_model_path):
     srv.stop()
     # Restart with workers: the job created while no worker ran is trained.
     srv2 = RunningServer(srv.data_dir, {**srv.env, "TUNEGATE_START_WORKERS": "true"})
-    srv2.port, srv2.url, srv2.base_url = srv.port, srv.url, srv.base_url
     with srv2.start():
         c2 = srv2.client(client.api_key)
         assert _wait(lambda: c2.fine_tuning.jobs.retrieve(queued.id).status == "succeeded", timeout=240)
