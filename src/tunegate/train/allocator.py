@@ -1,0 +1,67 @@
+"""Process environment for training workers: the memory allocator and thread settings.
+
+Owns `worker_env()`, the variables the executor adds to a worker's environment. They must be set
+before the worker process starts (LD_PRELOAD and OpenMP read them at load time), which is why
+this is an environment and not a call inside the trainer. Does not start processes (jobs/).
+
+Why jemalloc with decay off: with glibc malloc the large per-step activation tensors are mapped
+and unmapped every step (millions of minor page faults, 30-40% of CPU time in the kernel on the
+machines we measured); jemalloc keeping freed pages removes that, and lowers peak RSS. With its
+default decay settings jemalloc is worse than glibc, so both settings go together. A worker runs
+one job and exits, so never returning memory to the system costs nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+_JEMALLOC_GLOBS = ("/usr/lib/*/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2", "/usr/lib64/libjemalloc.so.2")
+
+
+def jemalloc_path() -> str | None:
+    """Debian's `libjemalloc2` (apt-get install libjemalloc2), when installed."""
+    for pattern in _JEMALLOC_GLOBS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_env(threads: int | None = None, *, allocator: bool = True) -> dict[str, str]:
+    """Variables to add to the current environment of a training worker.
+
+    `threads`: torch/OpenMP threads (default: the CPUs this process may use).
+    `allocator`: preload jemalloc with decay off when it is installed.
+    """
+    n = str(threads or available_cpus())
+    env = {
+        "OMP_NUM_THREADS": n,
+        "MKL_NUM_THREADS": n,
+        "TUNEGATE_TORCH_THREADS": n,
+        # The tokenizer runs before training; its thread pool would only compete with torch's.
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    lib = jemalloc_path() if allocator else None
+    if lib:
+        preload = [p for p in os.environ.get("LD_PRELOAD", "").split(":") if p and "jemalloc" not in p]
+        env["LD_PRELOAD"] = ":".join([lib, *preload])
+        env["MALLOC_CONF"] = MALLOC_CONF
+    return env
+
+
+def allocator_in_use() -> str:
+    """'jemalloc' when this process runs with it preloaded (for logs and benchmark tables)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return "jemalloc" if "libjemalloc" in f.read() else "glibc"
+    except OSError:
+        return "unknown"

@@ -1,0 +1,179 @@
+"""The frozen training config and the documented "auto" hyperparameter rules.
+
+Owns `TrainConfig` (one frozen dataclass, saved as meta.json beside every checkpoint and adapter)
+and `resolve_hyperparameters`, which turns the job's `"auto"`/number hyperparameters into
+numbers. Does not own the API-level range checks of the jobs router, nor training itself.
+
+The "auto" rules (also in the README):
+
+- `n_epochs`: OpenAI's rule (`tunegate.files.tokens.auto_n_epochs`): 3, raised or lowered so that
+  examples x epochs lies in 100..25,000, within 1..25.
+- `batch_size`: the largest power of two not above n_examples / 10 (so an epoch has about ten
+  optimizer steps or more), within 1..32, and at most ~64k tokens per batch when the token count
+  is known.
+- `learning_rate`: `BASE_LEARNING_RATE` (2e-4, a usual LoRA SFT rate at batch size 8) times the
+  multiplier; the "auto" multiplier is sqrt(batch_size / 8) within 0.5..2 (Adam's square-root
+  scaling with batch size).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from tunegate.errors import InvalidRequestError
+
+BASE_LEARNING_RATE = 2e-4
+# SmolLM2 is a Llama: LoRA on every projection of attention and MLP trains best for its size.
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_DEVICES = ("auto", "cpu", "cuda")
+_DTYPES = ("auto", "float32", "bfloat16")
+_SCHEDULERS = ("linear", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Numbers here are resolved: no "auto"."""
+
+    base_model: str
+    base_model_path: str
+    template_sha256: str
+    training_file: str
+    validation_file: str | None = None
+    n_epochs: int = 3
+    batch_size: int = 8
+    learning_rate: float = BASE_LEARNING_RATE
+    seed: int = 0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    max_seq_len: int | None = None  # None: the base model's context length
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "linear"  # decay to 0 after warmup: "linear" or "cosine"
+    keep_checkpoints: int = 3
+    micro_batch_tokens: int = 4096  # tokens per forward pass; accumulation fills batch_size
+    eval_batch_size: int | None = None  # examples in the per-step validation batch; None: batch_size
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    dtype: str = "auto"  # "auto" (fp32 on CPU, bf16 autocast on CUDA) | "float32" | "bfloat16"
+    num_threads: int | None = None  # torch intra-op threads; None: leave the process default
+
+    @staticmethod
+    def base_learning_rate() -> float:
+        return BASE_LEARNING_RATE
+
+    def __post_init__(self) -> None:
+        # Values come from JSON (lists, None seeds); normalise so equal configs compare equal.
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        object.__setattr__(self, "seed", int(self.seed) if self.seed is not None else 0)
+        problems = []
+
+        def need(ok: bool, name: str, fix: str) -> None:
+            if not ok:
+                problems.append((name, fix))
+
+        need(self.n_epochs >= 1, "n_epochs", "use an integer of at least 1")
+        need(self.batch_size >= 1, "batch_size", "use an integer of at least 1")
+        need(self.learning_rate > 0, "learning_rate", "use a positive number")
+        need(self.lora_r >= 1, "lora_r", "use an integer of at least 1 (16 is a good default)")
+        need(self.lora_alpha > 0, "lora_alpha", "use a positive number (usually 2 x lora_r)")
+        need(0 <= self.lora_dropout < 1, "lora_dropout", "use a number in [0, 1)")
+        need(len(self.target_modules) > 0, "target_modules", f"name modules such as {list(DEFAULT_TARGET_MODULES)}")
+        need(self.max_seq_len is None or self.max_seq_len >= 16, "max_seq_len", "use at least 16 tokens, or null")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "use a number in [0, 1)")
+        need(self.weight_decay >= 0, "weight_decay", "use a number >= 0")
+        need(self.max_grad_norm > 0, "max_grad_norm", "use a positive number")
+        need(self.lr_scheduler in _SCHEDULERS, "lr_scheduler", f"use one of {list(_SCHEDULERS)}")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints", "keep at least 1 checkpoint")
+        need(self.micro_batch_tokens >= 16, "micro_batch_tokens", "use at least 16 tokens")
+        need(self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size", "use at least 1, or null")
+        need(self.device in _DEVICES, "device", f"use one of {list(_DEVICES)}")
+        need(self.dtype in _DTYPES, "dtype", f"use one of {list(_DTYPES)}")
+        need(self.num_threads is None or self.num_threads >= 1, "num_threads", "use at least 1, or null")
+        if problems:
+            text = "; ".join(f"`{name}` is invalid: {fix}" for name, fix in problems)
+            raise InvalidRequestError(f"Invalid training configuration: {text}.", param=problems[0][0],
+                                      code="invalid_training_config")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of `to_dict`; unknown keys (from newer versions) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _fallback_auto_n_epochs(n_examples: int) -> int:
+    # Used only while tunegate.files.tokens is not installed in this build; same rule.
+    n = max(n_examples, 1)
+    epochs = 3
+    if n * epochs < 100:
+        epochs = math.ceil(100 / n)
+    elif n * epochs > 25_000:
+        epochs = 25_000 // n
+    return max(1, min(25, epochs))
+
+
+def auto_n_epochs(n_examples: int) -> int:
+    try:
+        from tunegate.files.tokens import auto_n_epochs as rule
+    except ImportError:
+        rule = _fallback_auto_n_epochs
+    return int(rule(n_examples))
+
+
+def auto_batch_size(n_examples: int, n_tokens: int | None = None) -> int:
+    batch = 1
+    while batch * 2 <= min(32, n_examples / 10):
+        batch *= 2
+    if n_tokens and n_examples:
+        mean_len = n_tokens / n_examples
+        while batch > 1 and batch * mean_len > 65_536:
+            batch //= 2
+    return batch
+
+
+def auto_learning_rate_multiplier(batch_size: int) -> float:
+    return min(2.0, max(0.5, math.sqrt(batch_size / 8)))
+
+
+def _number(value: Any, param: str, kind: type, low: float, high: float) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequestError(f"`{param}` must be \"auto\" or a number, got {value!r}.", param=param)
+    if kind is int and float(value) != int(value):
+        raise InvalidRequestError(f"`{param}` must be a whole number, got {value!r}.", param=param)
+    if not low <= value <= high:
+        raise InvalidRequestError(f"`{param}` must be between {low} and {high}, got {value!r}.", param=param)
+    return kind(value)
+
+
+def resolve_hyperparameters(
+    n_epochs: Any = "auto",
+    batch_size: Any = "auto",
+    learning_rate_multiplier: Any = "auto",
+    *,
+    n_examples: int,
+    n_tokens: int | None = None,
+) -> tuple[int, int, float]:
+    """(n_epochs, batch_size, learning_rate) from the job's hyperparameters, each "auto" or a number."""
+    prefix = "method.supervised.hyperparameters."
+    if n_epochs == "auto" or n_epochs is None:
+        n_epochs = auto_n_epochs(n_examples)
+    else:
+        n_epochs = _number(n_epochs, prefix + "n_epochs", int, 1, 50)
+    if batch_size == "auto" or batch_size is None:
+        batch_size = auto_batch_size(n_examples, n_tokens)
+    else:
+        batch_size = _number(batch_size, prefix + "batch_size", int, 1, 256)
+    if learning_rate_multiplier == "auto" or learning_rate_multiplier is None:
+        multiplier = auto_learning_rate_multiplier(batch_size)
+    else:
+        multiplier = _number(learning_rate_multiplier, prefix + "learning_rate_multiplier", float, 1e-6, 50)
+    return n_epochs, batch_size, BASE_LEARNING_RATE * multiplier

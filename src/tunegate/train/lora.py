@@ -1,0 +1,121 @@
+"""The trainable model: a frozen base with PEFT LoRA adapters, on the right device and precision.
+
+Owns loading the base model for training (with the packed attention of packing.py), wrapping it
+with LoRA from the config, restoring adapter weights from a checkpoint, and the one forward pass
+the recipe uses (loss and accuracy on the trained positions only). Does not own saving or
+exporting adapters (registry/).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tunegate.train.config import TrainConfig
+from tunegate.train.packing import PACKED_ATTENTION, PackedRow
+
+
+@dataclass(frozen=True)
+class Precision:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: plain fp32
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def choose_precision(config: TrainConfig) -> Precision:
+    """fp32 on CPU (bf16 matmuls are half as fast there without AMX); bf16 autocast on CUDA."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if config.device == "auto" and cuda else
+                          "cpu" if config.device == "auto" else config.device)
+    if config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda"
+                                      and torch.cuda.is_bf16_supported()):
+        return Precision(device, torch.bfloat16)
+    return Precision(device, None)
+
+
+def build_model(config: TrainConfig, precision: Precision):
+    """The base model with fresh LoRA adapters; LoRA init depends only on the config's seed."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(
+        config.base_model_path, dtype=torch.float32, attn_implementation=PACKED_ATTENTION)
+    base.config.use_cache = False
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(config.seed)
+    try:
+        model = get_peft_model(base, lora)
+    except ValueError as exc:  # PEFT names the missing modules
+        from tunegate.errors import InvalidRequestError
+
+        raise InvalidRequestError(f"LoRA `target_modules` do not fit this base model: {exc}",
+                                  param="target_modules", code="invalid_training_config") from exc
+    return model.to(precision.device)
+
+
+def load_adapter_weights(model, adapter_dir: Path) -> None:
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    weights = load_peft_weights(str(adapter_dir), device=str(next(model.parameters()).device))
+    result = set_peft_model_state_dict(model, weights)
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"Checkpoint {adapter_dir} does not match the LoRA config: {result.unexpected_keys[:3]}")
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@dataclass
+class StepStats:
+    """Sums over loss positions, so micro-batches and epochs add up exactly."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    n_loss: int = 0
+    n_tokens: int = 0
+
+    def add(self, other: StepStats) -> None:
+        self.loss_sum += other.loss_sum
+        self.correct += other.correct
+        self.n_loss += other.n_loss
+        self.n_tokens += other.n_tokens
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.n_loss, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.n_loss, 1)
+
+
+def forward_loss(model, row: PackedRow, precision: Precision) -> tuple[torch.Tensor, StepStats]:
+    """Summed cross-entropy over the trained positions, computing the LM head only there.
+
+    The vocabulary is large (49,152 for SmolLM2), so projecting only the trained positions
+    (`logits_to_keep` as a boolean mask) gives the exact same loss about 1.4x faster on CPU.
+    """
+    with precision.autocast():
+        logits = model(**row.model_inputs(precision.device)).logits
+    targets = row.targets.to(precision.device)
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    loss_sum = F.cross_entropy(logits, targets, reduction="sum")
+    with torch.no_grad():
+        correct = int((logits.argmax(-1) == targets).sum())
+    return loss_sum, StepStats(float(loss_sum.detach()), correct, row.n_loss, row.n_tokens)
