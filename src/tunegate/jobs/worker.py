@@ -57,10 +57,8 @@ def build_config(db: Database, settings: Settings, job: Job):
         keep_checkpoints=settings.keep_checkpoints,
         **{k: v for k, v in opts.items() if k in TrainConfig.__dataclass_fields__},
     )
-    multiplier = lr / TrainConfig.base_learning_rate() if hasattr(TrainConfig, "base_learning_rate") else None
     return config, {"n_epochs": n_epochs, "batch_size": batch_size,
-                    "learning_rate_multiplier": multiplier if multiplier is not None else hp.get(
-                        "learning_rate_multiplier", "auto")}
+                    "learning_rate_multiplier": round(lr / TrainConfig.base_learning_rate(), 6)}
 
 
 def run(job_id: str, settings: Settings | None = None) -> int:
