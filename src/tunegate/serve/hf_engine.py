@@ -175,7 +175,8 @@ class _Worker:
         self.seqs: list[_Seq] = []
         self.cache = None
         self.mask: torch.Tensor | None = None
-        self.stats = {"decode_steps": 0, "prefills": 0, "max_batch": 0, "mixed_adapter_steps": 0, "adapter_loads": 0}
+        self.stats = {"decode_steps": 0, "prefills": 0, "max_batch": 0, "mixed_adapter_steps": 0, "adapter_loads": 0,
+                      "forward_s": 0.0, "sampling_s": 0.0}
         self.thread = threading.Thread(target=self._run, name=f"tunegate-engine-{base.name}", daemon=True)
 
     # --- queue side --------------------------------------------------------------------------------
@@ -387,8 +388,10 @@ class _Worker:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(live), 1)], dim=1)
         slots = [s.slot for s in live]
         self.adapters.set_batch(slots)
+        start = time.perf_counter()
         out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, past_key_values=self.cache,
                          use_cache=True)
+        self.stats["forward_s"] += time.perf_counter() - start
         self.stats["decode_steps"] += 1
         self.stats["max_batch"] = max(self.stats["max_batch"], len(live))
         self.stats["mixed_adapter_steps"] += len(set(slots)) > 1
@@ -397,6 +400,13 @@ class _Worker:
         self._emit(live, out.logits[:, -1, :])
 
     def _emit(self, seqs: list[_Seq], logits: torch.Tensor) -> None:
+        start = time.perf_counter()
+        try:
+            self._choose(seqs, logits)
+        finally:
+            self.stats["sampling_s"] += time.perf_counter() - start
+
+    def _choose(self, seqs: list[_Seq], logits: torch.Tensor) -> None:
         params = [s.r.req.params for s in seqs]
         tokens = next_tokens(logits, params, [s.generator for s in seqs], [s.output for s in seqs])
         want = [i for i, p in enumerate(params) if p.logprobs]

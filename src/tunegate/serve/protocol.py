@@ -62,6 +62,8 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
+    ignore_eos: bool | None = None
+    """Not OpenAI's (vLLM's extension): keep generating past the end-of-turn token; for benchmarks."""
 
     @field_validator("stop")
     @classmethod

@@ -94,6 +94,7 @@ class ChatService:
             frequency_penalty=request.frequency_penalty or 0.0,
             logprobs=bool(request.logprobs),
             top_logprobs=request.top_logprobs or 0,
+            ignore_eos=bool(request.ignore_eos),
         )
         return GenerationRequest(model, prompt_ids, params, n=request.n or 1, request_id=new_id("chatcmpl"))
 

@@ -1,0 +1,203 @@
+"""Serving benchmark: 16 concurrent streaming clients over 4 LoRA adapters of the real
+SmolLM2-135M-Instruct, against the baseline of issue 4 measured in the same run (the same requests
+one at a time with plain transformers `generate` after PEFT `set_adapter`).
+
+Both sides decode greedily exactly `--tokens` new tokens (EOS ignored), from the same prompt ids,
+in the same process (same allocator, same torch threads). The engine side goes through the chat
+service (prompt rendering, sampling, detokenization, OpenAI chunks), in process.
+
+    python bench/serve.py [--clients 16] [--adapters 4] [--tokens 64] [--threads 2] [--jemalloc]
+
+TTFT is the time from a client's request to its first content token (not the empty role chunk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"  # Debian's libjemalloc2
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+QUESTIONS = [
+    "What is the capital of France?", "Give me three tips for sleeping better.", "Explain photosynthesis simply.",
+    "Write a short poem about rain.", "How do I boil an egg?", "What is a prime number?",
+    "Why is the sky blue?", "Suggest a name for a grey cat.", "What does a compiler do?",
+    "Summarise the plot of Cinderella.", "How many legs does a spider have?", "What is machine learning?",
+    "Tell me a fun fact about octopuses.", "How can I learn to juggle?", "What is the boiling point of water?",
+    "Describe a sunset in two sentences.",
+]
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def make_adapters(base, root: Path, count: int) -> list[Path]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    paths = []
+    for k in range(count):
+        torch.manual_seed(1000 + k)
+        model = AutoModelForCausalLM.from_pretrained(base.path)
+        # init_lora_weights=False: random A and non-zero B, so every adapter really changes the model.
+        config = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False)
+        out = root / f"adapter{k}"
+        get_peft_model(model, config).save_pretrained(out)
+        (out / "meta.json").write_text(json.dumps({"template_sha256": base.template_sha256, "base_model": base.name}))
+        paths.append(out)
+    return paths
+
+
+async def engine_run(settings, base, adapters, questions, tokens):
+    from tunegate.serve.engine import ServableModel
+    from tunegate.serve.hf_engine import HFEngine
+    from tunegate.serve.protocol import parse_request
+    from tunegate.serve.service import ChatService
+
+    engine = HFEngine(settings)
+    service = ChatService(engine)
+    models = [ServableModel(f"ft-{i}", base, p) for i, p in enumerate(adapters)]
+
+    def request(q):
+        return parse_request({"model": "m", "messages": [{"role": "user", "content": q}], "temperature": 0,
+                              "max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True},
+                              "ignore_eos": True})
+
+    async def client(q, model, t0):
+        chunks = await service.stream(request(q), model)
+        ttft, usage = None, None
+        async for c in chunks:
+            if c.choices and c.choices[0].delta.content and ttft is None:
+                ttft = time.perf_counter() - t0
+            if c.usage:
+                usage = c.usage
+        return ttft, usage.completion_tokens, time.perf_counter() - t0
+
+    try:
+        for m in models:  # warm-up: load the base once and every adapter
+            await client("Hello", m, time.perf_counter())
+        lone = []
+        for i in range(3):
+            t0 = time.perf_counter()
+            lone.append((await client(questions[i], models[i % len(models)], t0))[0])
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(client(q, models[i % len(models)], t0) for i, q in enumerate(questions)))
+        wall = time.perf_counter() - t0
+        return {"lone_ttft": statistics.median(lone), "ttft": [r[0] for r in results],
+                "tokens": sum(r[1] for r in results), "wall": wall, "stats": engine.stats()}
+    finally:
+        await engine.stop()
+
+
+def baseline_run(base, adapters, prompts, tokens):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from transformers.generation.streamers import BaseStreamer
+
+    class FirstToken(BaseStreamer):
+        def __init__(self):
+            self.calls, self.first = 0, None
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls == 2 and self.first is None:  # the first call carries the prompt
+                self.first = time.perf_counter()
+
+        def end(self):
+            pass
+
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, adapters[0], adapter_name="a0")
+    for i, p in enumerate(adapters[1:], 1):
+        model.load_adapter(p, adapter_name=f"a{i}")
+    model.eval()
+    lone, from_start, produced = [], [], 0
+    with torch.inference_mode():
+        model.set_adapter("a0")
+        model.generate(torch.tensor([prompts[0]]), max_new_tokens=4, do_sample=False, pad_token_id=2)  # warm-up
+        t0 = time.perf_counter()
+        for i, ids in enumerate(prompts):
+            model.set_adapter(f"a{i % len(adapters)}")
+            streamer, start = FirstToken(), time.perf_counter()
+            out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                 pad_token_id=2, streamer=streamer)
+            produced += out.shape[1] - len(ids)
+            lone.append(streamer.first - start)
+            from_start.append(streamer.first - t0)
+        wall = time.perf_counter() - t0
+    return {"lone_ttft": statistics.median(lone), "ttft": from_start, "tokens": produced, "wall": wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--adapters", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--jemalloc", action="store_true",
+                        help="re-run under jemalloc with decay off (see PERF-NOTES); both sides get it")
+    args = parser.parse_args()
+    if args.jemalloc and "jemalloc" not in os.environ.get("LD_PRELOAD", ""):
+        env = {**os.environ, "LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+
+    from tunegate.catalog import get_base_model
+    from tunegate.settings import Settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp) / "data", model_cache_dir=ROOT / ".cache" / "models",
+                            max_batch_size=args.clients, adapter_cache_size=max(8, args.adapters),
+                            torch_threads=args.threads)
+        base = get_base_model("smollm2-135m-instruct", settings)
+        adapters = make_adapters(base, Path(tmp), args.adapters)
+        questions = (QUESTIONS * ((args.clients + len(QUESTIONS) - 1) // len(QUESTIONS)))[: args.clients]
+
+        from tunegate.serve.engine import ServableModel
+        from tunegate.serve.hf_engine import HFEngine
+        from tunegate.serve.protocol import parse_request
+        from tunegate.serve.service import ChatService
+
+        prep = ChatService(HFEngine(settings))
+        prompts = [prep.prepare_sync(parse_request({"model": "m", "messages": [{"role": "user", "content": q}]}),
+                                     ServableModel("m", base, None)).prompt_ids for q in questions]
+
+        base_res = baseline_run(base, adapters, prompts, args.tokens)
+        eng = asyncio.run(engine_run(settings, base, adapters, questions, args.tokens))
+
+    b_tps, e_tps = base_res["tokens"] / base_res["wall"], eng["tokens"] / eng["wall"]
+    allocator = "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
+    print(f"\nSmolLM2-135M-Instruct fp32, {args.clients} requests over {args.adapters} LoRA adapters (r=16, 7 modules), "
+          f"greedy, {args.tokens} new tokens each, {args.threads} torch threads, {allocator}; "
+          f"prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens.\n")
+    print("| run | output tokens | wall (s) | aggregate tok/s | TTFT p50 (s) | TTFT p95 (s) | lone-request TTFT (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r, tps in [("baseline: one at a time, `generate` after PEFT `set_adapter`", base_res, b_tps),
+                         (f"tunegate engine: {args.clients} concurrent streams, mixed adapters", eng, e_tps)]:
+        print(f"| {name} | {r['tokens']} | {r['wall']:.2f} | {tps:.1f} | {percentile(r['ttft'], .5):.3f} | "
+              f"{percentile(r['ttft'], .95):.3f} | {r['lone_ttft']:.3f} |")
+    ratio = e_tps / b_tps
+    ttft_ratio = percentile(eng["ttft"], .5) / eng["lone_ttft"]
+    print(f"\nthroughput: {ratio:.2f}x the baseline (target >= 4x): {'PASS' if ratio >= 4 else 'MISS'}")
+    print(f"p50 TTFT under load / lone-request TTFT: {ttft_ratio:.2f}x (target <= 2x): "
+          f"{'PASS' if ttft_ratio <= 2 else 'MISS'}")
+    print(f"engine counters: {eng['stats']}")
+
+
+if __name__ == "__main__":
+    main()
