@@ -64,13 +64,14 @@ def demo(
     base_url = f"http://{settings.host}:{settings.port}/v1"
     client = OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600)
 
-    console.print(f"Sample task: {samples.DEMO_DESCRIPTION}")
-    with open(samples.path("demo_train.jsonl"), "rb") as f:
+    console.print("Sample task: teach the model to answer in two lines, `Answer: ...` then "
+                  "`Confidence: high|medium|low` (a format the base model never uses).")
+    with open(samples.path("demo_train"), "rb") as f:
         train = client.files.create(file=("demo_train.jsonl", f), purpose="fine-tune")
-    with open(samples.path("demo_valid.jsonl"), "rb") as f:
+    with open(samples.path("demo_valid"), "rb") as f:
         valid = client.files.create(file=("demo_valid.jsonl", f), purpose="fine-tune")
     console.print(f"Uploaded {train.id} ({train.status}) and {valid.id} ({valid.status}).")
-    hp = {"n_epochs": epochs} if epochs else {}
+    hp = {**samples.DEMO_HYPERPARAMETERS, **({"n_epochs": epochs} if epochs else {})}
     job = client.fine_tuning.jobs.create(model=model, training_file=train.id, validation_file=valid.id,
                                          suffix="demo", seed=0,
                                          method={"type": "supervised", "supervised": {"hyperparameters": hp}})
@@ -84,21 +85,20 @@ def demo(
     table = Table("prompt", f"base: {model}", f"fine-tuned: {ft_model}", show_lines=True)
     hits = {"base": 0, "ft": 0}
     prompts = samples.held_out_prompts()
-    for prompt in prompts:
+    for messages in prompts:
         answers = []
         for name, m in (("base", model), ("ft", ft_model)):
-            r = client.chat.completions.create(model=m, messages=[{"role": "user", "content": prompt}],
-                                               temperature=0, max_tokens=64)
+            r = client.chat.completions.create(model=m, messages=messages, temperature=0, max_tokens=64)
             text = r.choices[0].message.content or ""
             hits[name] += samples.follows_format(text)
             answers.append(text)
-        table.add_row(prompt, *answers)
+        table.add_row(messages[-1]["content"], *answers)
     out.print(table)
     n = len(prompts)
     out.print(f"Follows the taught format: base {hits['base']}/{n}, fine-tuned {hits['ft']}/{n}.")
     out.print(f"\nServer: [bold]{base_url}[/bold]   dashboard: http://{settings.host}:{settings.port}/   "
               f"API key: [bold]{key}[/bold]")
-    out.print(f'Try: tunegate chat "{ft_model}" -m "{prompts[0]}"')
+    out.print(f'Try: tunegate chat "{ft_model}" -m "{prompts[0][-1]["content"]}"')
     if keep_serving:
         out.print("The server keeps running; press Ctrl+C to stop.")
         try:
