@@ -67,15 +67,60 @@ def normalize_messages(messages: list[dict], *, mark_trained: bool) -> list[dict
     return out
 
 
+_IM_START, _IM_END = "<|im_start|>", "<|im_end|>"
+_CHATML_PROFILES: dict[tuple[int, str], str | None] = {}
+
+
+def _chatml(messages: list[dict], default_system: str, add_generation_prompt: bool = False) -> str:
+    head = default_system if not messages or messages[0]["role"] != "system" else ""
+    body = "".join(f"{_IM_START}{m['role']}\n{m['content']}{_IM_END}\n" for m in messages)
+    return head + body + (f"{_IM_START}assistant\n" if add_generation_prompt else "")
+
+
+def chatml_default_system(tokenizer) -> str | None:
+    """When the tokenizer's template is plain ChatML (SmolLM2's is), the text it inserts when a
+    conversation has no system message; None when it is anything else. Proven by rendering probe
+    conversations with the real Jinja template, once per tokenizer, so the fast path below can
+    never disagree with the template."""
+    key = (id(tokenizer), tokenizer.chat_template or "")
+    if key in _CHATML_PROFILES:
+        return _CHATML_PROFILES[key]
+    profile = None
+    try:
+        plain = [{"role": "user", "content": "u1"}, {"role": "assistant", "content": "a1"}]
+        full = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "a"}, {"role": "tool", "content": "t"},
+                {"role": "user", "content": " x\n"}, {"role": "assistant", "content": ""}]
+        jinja = tokenizer.apply_chat_template(plain, tokenize=False)
+        tail = _chatml(plain, "")
+        if jinja.endswith(tail):
+            candidate = jinja[: len(jinja) - len(tail)]
+            if candidate == "" or (candidate.startswith(_IM_START + "system\n") and candidate.endswith(_IM_END + "\n")):
+                ok = all(
+                    tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=g) == _chatml(m, candidate, g)
+                    for m in (plain, full, plain[:1]) for g in (False, True)
+                )
+                profile = candidate if ok else None
+    except Exception:  # any template that cannot render the probes simply uses Jinja
+        profile = None
+    _CHATML_PROFILES[key] = profile
+    return profile
+
+
+def _apply(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    default_system = chatml_default_system(tokenizer)
+    if default_system is not None:  # ~10x faster than Jinja, identical output (see above)
+        return _chatml(messages, default_system, add_generation_prompt)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
 def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
     """The prompt text exactly as the model sees it (used for serving and the gate)."""
-    return tokenizer.apply_chat_template(
-        normalize_messages(messages, mark_trained=False), tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    return _apply(tokenizer, normalize_messages(messages, mark_trained=False), add_generation_prompt)
 
 
 def render_with_spans(tokenizer, messages: list[dict]) -> Rendered:
-    marked = tokenizer.apply_chat_template(normalize_messages(messages, mark_trained=True), tokenize=False)
+    marked = _apply(tokenizer, normalize_messages(messages, mark_trained=True))
     eos = tokenizer.eos_token or ""
     text_parts: list[str] = []
     spans: list[tuple[int, int]] = []
