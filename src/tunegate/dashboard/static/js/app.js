@@ -94,7 +94,7 @@ function renderSignIn(message) {
     replace(status);
     if (!key) {
       input.setAttribute("aria-invalid", "true");
-      status.append(errorBox({ message: "Enter an API key (it starts with `sk-`).", param: "api_key" }, { title: "Cannot sign in" }));
+      status.append(errorBox({ message: "Enter your API key.", param: "api_key" }, { title: "Cannot sign in" }));
       input.focus();
       return;
     }

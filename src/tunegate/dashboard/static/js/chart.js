@@ -28,14 +28,21 @@ export function niceTicks(lo, hi, count = 5) {
   const raw = (hi - lo) / count;
   const mag = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || 10 * mag;
+  // The ticks enclose [lo, hi]: the first is at or below lo, the last at or above hi, so charts
+  // that take their range from the outer ticks never draw outside their axes.
   const out = [];
-  for (let v = Math.floor(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+  const start = Math.floor(lo / step + 1e-9) * step;
+  for (let i = 0; i <= 1000; i++) {
+    const v = Number((start + i * step).toPrecision(12));
+    out.push(v);
+    if (v >= hi - step * 1e-9) break;
+  }
   return out.length >= 2 ? out : [lo, hi];
 }
 
 function tickLabel(v) {
   if (Math.abs(v) >= 1000) return formatNumber(v);
-  return Number(v.toPrecision(4)).toString();
+  return Number(v.toPrecision(6)).toString();
 }
 
 /**
@@ -59,7 +66,11 @@ export function createMetricChart({ title, yLabel, series, id }) {
   const hoverBox = svg("g", { class: "hover-box" });
   hover.append(hoverLine, hoverBox);
   const capture = svg("rect", { width: PW, height: PH, class: "capture" });
-  plot.append(grid, layers, hover, capture);
+  const clipId = `${id || "chart"}-clip`;
+  layers.setAttribute("clip-path", `url(#${clipId})`);
+  // Markers at the plot's edge stay whole: the clip box is a marker's size larger than the plot.
+  const clip = svg("clipPath", { id: clipId }, svg("rect", { x: -8, y: -8, width: PW + 16, height: PH + 16 }));
+  plot.append(svg("defs", {}, clip), grid, layers, hover, capture);
   root.append(
     plot,
     svg("text", { x: M.left + PW / 2, y: H - 6, class: "axis-label", "text-anchor": "middle" }, "step"),
@@ -70,7 +81,7 @@ export function createMetricChart({ title, yLabel, series, id }) {
     "ul",
     { class: "legend", "aria-label": `${title} legend` },
     series.map((s) =>
-      h("li", {}, svg("svg", { viewBox: "0 0 28 12", class: "swatch", "aria-hidden": "true" }, swatch(s)), s.name),
+      h("li", { dataset: { series: s.key } }, svg("svg", { viewBox: "0 0 28 12", class: "swatch", "aria-hidden": "true" }, swatch(s)), s.name, h("span", { class: "no-data-note" }, " (no data)")),
     ),
   );
   const emptyNote = h("p", { class: "chart-empty muted" }, "Waiting for the first training step…");
@@ -114,6 +125,7 @@ export function createMetricChart({ title, yLabel, series, id }) {
     for (const s of series) {
       const n = pts.filter((p) => typeof p[s.key] === "number" && Number.isFinite(p[s.key])).length;
       root.dataset[`${camel(s.key)}Points`] = String(n);
+      legend.querySelector(`[data-series="${s.key}"]`)?.classList.toggle("no-data", n === 0);
     }
     if (!values.length) {
       state = { points: [], x: null, y: null };
@@ -238,7 +250,7 @@ export function createHistogram({ title, xLabel, bins, limit, limitLabel }) {
       svg("rect", { x: x(b.lo) + 0.5, y: y(b.count), width: bw, height: ph - y(b.count), class: "bar" }, svg("title", {}, `${formatNumber(b.lo)}–${formatNumber(b.hi)} tokens: ${b.count} example(s)`)),
     );
   }
-  for (const t of niceTicks(lo, hi, 6).filter((t) => t >= lo && t <= hi)) {
+  for (const t of niceTicks(lo, hi, 6).filter((t) => t >= lo && t <= hi && (hi - lo < 6 || Number.isInteger(t)))) {
     g.append(svg("line", { x1: x(t), x2: x(t), y1: ph, y2: ph + 5, class: "axis" }), svg("text", { x: x(t), y: ph + 19, "text-anchor": "middle", class: "tick" }, tickLabel(t)));
   }
   g.append(svg("line", { x1: 0, x2: pw, y1: ph, y2: ph, class: "axis" }));
@@ -253,7 +265,7 @@ export function createHistogram({ title, xLabel, bins, limit, limitLabel }) {
   const rows = bins.map((b) => h("tr", {}, h("td", {}, `${formatNumber(b.lo)}–${formatNumber(b.hi)}`), h("td", {}, b.count)));
   return h(
     "figure",
-    { class: "chart-figure" },
+    { class: "chart-figure histogram-figure" },
     h("figcaption", {}, title),
     root,
     h("details", { class: "chart-data" }, h("summary", {}, `${title} as a table`), h("table", { class: "data compact" }, h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "tokens"), h("th", { scope: "col" }, "examples"))), h("tbody", {}, rows))),
@@ -314,7 +326,7 @@ export function createIntervalPlot({ title, rows, aName, bName }) {
     h("li", {}, svg("svg", { viewBox: "0 0 16 12", class: "swatch", "aria-hidden": "true" }, svg("g", { class: "interval interval-base" }, svg("circle", { cx: 8, cy: 6, r: 4.5, class: "dot" }))), aName),
     h("li", {}, svg("svg", { viewBox: "0 0 16 12", class: "swatch", "aria-hidden": "true" }, svg("g", { class: "interval interval-tuned" }, svg("rect", { x: 3.5, y: 1.5, width: 9, height: 9, class: "dot" }))), bName),
   );
-  return h("figure", { class: "chart-figure" }, h("figcaption", {}, title), root, legend);
+  return h("figure", { class: "chart-figure interval-figure" }, h("figcaption", {}, title), root, legend);
 }
 
 function pct(v) {

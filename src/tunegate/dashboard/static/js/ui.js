@@ -110,10 +110,10 @@ export function table({ caption, columns, rows, empty = "Nothing here yet.", cap
 }
 
 /** A definition list from [term, value] pairs; pairs with an undefined value are dropped. */
-export function details(pairs) {
+export function details(pairs, { compact = false } = {}) {
   return h(
     "dl",
-    { class: "kv" },
+    { class: compact ? "kv compact" : "kv" },
     pairs.filter(([, v]) => v !== undefined).map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v ?? "—"))),
   );
 }

@@ -150,7 +150,7 @@ export async function render(main, { id }) {
       progressHolder.append(
         h("label", { for: "job-progress" }, `Step ${formatNumber(latest.step)} of ${formatNumber(total)}`),
         h("progress", { id: "job-progress", max: String(total), value: String(latest.step || 0) }),
-        h("p", { class: "muted" }, `${pct}%`, job.estimated_finish && ACTIVE.has(job.status) ? ` · about ${formatDuration(job.estimated_finish - Date.now() / 1000)} left` : ""),
+        h("p", { class: "muted" }, `${pct}%`, job.estimated_finish > Date.now() / 1000 && ACTIVE.has(job.status) ? ` · about ${formatDuration(job.estimated_finish - Date.now() / 1000)} left` : ""),
       );
     } else if (ACTIVE.has(job.status)) {
       progressHolder.append(h("p", { class: "muted" }, job.status === "validating_files" ? "Checking the training data…" : job.status === "queued" ? "Waiting for a worker…" : "Starting…"));
@@ -161,8 +161,8 @@ export async function render(main, { id }) {
       details([
         ["Base model", h("code", {}, job.model)],
         ["Fine-tuned model", job.fine_tuned_model ? h("code", { class: "id", id: "fine-tuned-model" }, job.fine_tuned_model) : "—"],
-        ["Training file", h("a", { href: `#/files/${job.training_file}` }, job.training_file)],
-        ["Validation file", job.validation_file ? h("a", { href: `#/files/${job.validation_file}` }, job.validation_file) : "—"],
+        ["Training file", h("a", { href: `#/files/${job.training_file}` }, idCode(job.training_file))],
+        ["Validation file", job.validation_file ? h("a", { href: `#/files/${job.validation_file}` }, idCode(job.validation_file)) : "—"],
         ["Epochs", String(hp.n_epochs ?? "auto")],
         ["Batch size", String(hp.batch_size ?? "auto")],
         ["Learning rate multiplier", String(hp.learning_rate_multiplier ?? "auto")],
@@ -173,7 +173,7 @@ export async function render(main, { id }) {
         ["Latest training accuracy", formatPercent(lastValue(points, "train_mean_token_accuracy"))],
         ["Created", formatTime(job.created_at)],
         ["Finished", formatTime(job.finished_at)],
-      ]),
+      ], { compact: true }),
     );
     lossChart.update(points, { xMax: total });
     accChart.update(points, { xMax: total });
