@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, create_engine, event
+import time
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -64,6 +66,8 @@ class File(Base):
     status_details: Mapped[str | None] = mapped_column(Text, nullable=True)
     validation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
+    # Nanoseconds: orders objects created within the same second (ids are random, like OpenAI's).
+    created_ns: Mapped[int] = mapped_column(BigInteger, default=time.time_ns, index=True)
 
 
 class Job(Base):
@@ -84,6 +88,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(32), index=True)
     control: Mapped[str | None] = mapped_column(String(16), nullable=True)  # cancel|pause requested
     created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
+    created_ns: Mapped[int] = mapped_column(BigInteger, default=time.time_ns, index=True)
     started_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -8,6 +8,7 @@ routes (404), wrong methods (405), request validation (400 with `param`) and une
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,9 +35,12 @@ def param_from_loc(loc: tuple) -> str | None:
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif not str(p).startswith("function-") and p not in ("str", "list[str]", "int", "float", "bool"):
+        elif not _TYPE_TAG.match(str(p)):  # pydantic's union-branch tags are not field names
             out += ("." if out else "") + str(p)
     return out or None
+
+
+_TYPE_TAG = re.compile(r"^([a-z_-]+\[.*\]|str|int|float|bool|list|dict|none|bytes|tagged-union\[.*)$")
 
 
 def install(app: FastAPI) -> None:
@@ -69,6 +73,9 @@ def install(app: FastAPI) -> None:
             msg = f"Invalid URL ({request.method} {request.url.path}). See /docs for the routes."
         elif exc.status_code == 405:
             msg = f"Method {request.method} is not allowed on {request.url.path}."
+        elif exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            return error_response(400, "We could not parse the body of your request. Send valid UTF-8 JSON with "
+                                  "`Content-Type: application/json`.", code="invalid_json")
         else:
             msg = str(exc.detail)
         return error_response(exc.status_code, msg, code=_HTTP_CODES.get(exc.status_code),

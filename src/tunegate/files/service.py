@@ -118,16 +118,10 @@ def list_files(db: Database, principal: Principal, *, purpose: str | None, limit
     q = select(File).where(File.org_id == principal.org_id)
     if purpose:
         q = q.where(File.purpose == purpose)
-    key = (File.created_at, File.id)
     if after:
         cursor = get(db, principal, after)
-        if order == "desc":
-            q = q.where((File.created_at < cursor.created_at) |
-                        ((File.created_at == cursor.created_at) & (File.id < cursor.id)))
-        else:
-            q = q.where((File.created_at > cursor.created_at) |
-                        ((File.created_at == cursor.created_at) & (File.id > cursor.id)))
-    q = q.order_by(*(k.desc() for k in key) if order == "desc" else key).limit(limit + 1)
+        q = q.where(File.created_ns < cursor.created_ns if order == "desc" else File.created_ns > cursor.created_ns)
+    q = q.order_by(File.created_ns.desc() if order == "desc" else File.created_ns).limit(limit + 1)
     with db.session() as s:
         return list(s.scalars(q))
 

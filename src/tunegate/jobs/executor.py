@@ -132,7 +132,7 @@ class JobSupervisor:
     def tick(self) -> None:
         with self.db.session() as s:
             jobs = list(s.scalars(select(Job).where(Job.status.in_(("validating_files", "queued", "running")))
-                                  .order_by(Job.created_at)))
+                                  .order_by(Job.created_ns)))
         running = 0
         for job in jobs:
             if job.status == "validating_files" and job.id not in self._validating:

@@ -120,8 +120,8 @@ def list_jobs(db: Database, principal: Principal, *, after: str | None, limit: i
     q = select(Job).where(Job.org_id == principal.org_id)
     if after:
         cursor = get(db, principal, after)
-        q = q.where((Job.created_at < cursor.created_at) | ((Job.created_at == cursor.created_at) & (Job.id < cursor.id)))
-    q = q.order_by(Job.created_at.desc(), Job.id.desc())
+        q = q.where(Job.created_ns < cursor.created_ns)
+    q = q.order_by(Job.created_ns.desc())
     with db.session() as s:
         rows = s.scalars(q).all() if metadata else s.scalars(q.limit(limit + 1)).all()
     if metadata:  # JSON filtering is portable only in Python; job counts per org are small

@@ -52,11 +52,13 @@ def upgrade() -> None:
     sa.Column('status_details', sa.Text(), nullable=True),
     sa.Column('validation', sa.JSON(), nullable=True),
     sa.Column('created_at', sa.Integer(), nullable=False),
+    sa.Column('created_ns', sa.BigInteger(), nullable=False),
     sa.ForeignKeyConstraint(['org_id'], ['organizations.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('files', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_files_created_at'), ['created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_files_created_ns'), ['created_ns'], unique=False)
         batch_op.create_index(batch_op.f('ix_files_org_id'), ['org_id'], unique=False)
 
     op.create_table('fine_tuned_models',
@@ -91,6 +93,7 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=32), nullable=False),
     sa.Column('control', sa.String(length=16), nullable=True),
     sa.Column('created_at', sa.Integer(), nullable=False),
+    sa.Column('created_ns', sa.BigInteger(), nullable=False),
     sa.Column('started_at', sa.Integer(), nullable=True),
     sa.Column('finished_at', sa.Integer(), nullable=True),
     sa.Column('estimated_finish', sa.Integer(), nullable=True),
@@ -108,6 +111,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_jobs_created_at'), ['created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_jobs_created_ns'), ['created_ns'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_org_id'), ['org_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_status'), ['status'], unique=False)
 
@@ -197,6 +201,7 @@ def downgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_jobs_status'))
         batch_op.drop_index(batch_op.f('ix_jobs_org_id'))
+        batch_op.drop_index(batch_op.f('ix_jobs_created_ns'))
         batch_op.drop_index(batch_op.f('ix_jobs_created_at'))
 
     op.drop_table('jobs')
@@ -207,6 +212,7 @@ def downgrade() -> None:
     op.drop_table('fine_tuned_models')
     with op.batch_alter_table('files', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_files_org_id'))
+        batch_op.drop_index(batch_op.f('ix_files_created_ns'))
         batch_op.drop_index(batch_op.f('ix_files_created_at'))
 
     op.drop_table('files')
