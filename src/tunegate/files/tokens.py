@@ -1,15 +1,28 @@
 """Token statistics of a dataset with the model's real tokenizer and chat template, in bounded
 memory, and OpenAI's automatic epoch rule.
 
-Owns counting only: rendering and the loss mask come from `catalog/template.py`, the same code the
-trainer uses, so "trained tokens" here are exactly the tokens the trainer puts loss on.
+Owns `auto_n_epochs` (the trainer imports it from here, so the epoch count validation shows is the
+one training uses) and `TokenCounter`, which renders examples and tokenizes them in batches. It
+keeps only value counts of the per-example lengths (a 100M-token file has at most ~14,000 distinct
+lengths), so the quantiles are exact and memory does not grow with the number of examples.
+Rendering and the loss mask come from `catalog/template.py`, the same code the trainer uses, so
+"trained tokens" here are exactly the tokens the trainer puts loss on. Does not own the structural
+checks (files/checks.py) or the report (files/validate.py).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Callable
 
 from pydantic import BaseModel
+
+from tunegate.catalog.template import Rendered, render_with_spans, tokenize_rendered
+
+# A batch goes to the tokenizer at this many examples or characters (long lines bound the memory).
+BATCH_EXAMPLES = 256
+BATCH_CHARS = 4 << 20
 
 MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 100, 25_000
 MIN_EPOCHS, MAX_EPOCHS, DEFAULT_EPOCHS = 1, 25, 3
@@ -65,11 +78,11 @@ def _distribution(counts: Counter) -> Distribution | None:
         return None
     keys = sorted(counts)
 
-    def pct(q: float) -> int:
-        rank, seen = q * (n - 1), 0
+    def pct(q: float) -> int:  # nearest rank: the smallest value with at least q of the examples at or below
+        rank, seen = max(1, math.ceil(q * n)), 0
         for k in keys:
             seen += counts[k]
-            if seen > rank:
+            if seen >= rank:
                 return k
         return keys[-1]
 
@@ -77,28 +90,77 @@ def _distribution(counts: Counter) -> Distribution | None:
                         mean=round(sum(k * c for k, c in counts.items()) / n, 2))
 
 
-class TokenCounter:
-    """Accumulates per-example counts; memory is bounded by the number of distinct lengths."""
+# report(code, line, param, message, is_error): how the counter adds problems to the report.
+Report = Callable[[str, int, "str | None", str, bool], None]
 
-    def __init__(self, context_length: int | None):
+
+class TokenCounter:
+    """Renders and tokenizes examples in batches; keeps per-length counts only."""
+
+    def __init__(self, tokenizer, context_length: int | None, report: Report):
+        self.tokenizer = tokenizer
         self.context_length = context_length
+        self.report = report
         self.total = Counter()
         self.trained = Counter()
         self.total_tokens = self.trained_tokens = self.n_truncated = self.n_untrained = 0
+        self._pending: list[tuple[int, Rendered]] = []
+        self._pending_chars = 0
 
-    def add(self, n_total: int, mask: list[int]) -> bool:
-        """Count one example; True when it is longer than the context (truncated)."""
-        truncated = self.context_length is not None and n_total > self.context_length
-        n_trained = sum(mask[: self.context_length] if truncated else mask)
+    def add(self, line: int, messages: list[dict]) -> None:
+        try:
+            rendered = render_with_spans(self.tokenizer, messages)
+        except Exception as exc:  # a template may raise anything: jinja2 errors, its own raise_exception()
+            self.report("template_error", line, "messages", f"The model's chat template cannot render this example "
+                        f"({str(exc)[:200]}). Change the messages so the template accepts them, e.g. put the roles "
+                        "in the order it expects.", True)
+            return
+        self._pending.append((line, rendered))
+        self._pending_chars += len(rendered.text)
+        if len(self._pending) >= BATCH_EXAMPLES or self._pending_chars >= BATCH_CHARS:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self._pending, self._pending_chars = self._pending, [], 0
+        if not batch:
+            return
+        try:
+            results = tokenize_rendered(self.tokenizer, [r for _, r in batch])
+        except Exception:
+            # One text the tokenizer refuses fails the whole batch: redo it one by one to name the line.
+            results = [self._one(line, r) for line, r in batch]
+        for (line, _), tok in zip(batch, results):
+            if tok is not None:
+                self._count(line, len(tok.input_ids), tok.loss_mask)
+
+    def _one(self, line: int, rendered: Rendered):
+        try:
+            return tokenize_rendered(self.tokenizer, [rendered])[0]
+        except Exception as exc:
+            self.report("tokenization_error", line, "messages", f"The tokenizer cannot encode this example "
+                        f"({str(exc)[:200]}). Remove invalid characters such as unpaired surrogate escapes "
+                        "(\\ud800-\\udfff).", True)
+            return None
+
+    def _count(self, line: int, n_total: int, mask: list[int]) -> None:
+        ctx = self.context_length
+        truncated = ctx is not None and n_total > ctx
+        n_trained = sum(mask[:ctx] if truncated else mask)
         self.total[n_total] += 1
         self.trained[n_trained] += 1
         self.total_tokens += n_total
         self.trained_tokens += n_trained
         self.n_truncated += truncated
         self.n_untrained += n_trained == 0
-        return truncated
+        if truncated:
+            lost = sum(mask) - n_trained
+            self.report("example_truncated", line, "messages", f"The example has {n_total:,} tokens with the chat "
+                        f"template, more than the model's context length of {ctx:,}: training truncates it"
+                        f"{f' and {lost:,} trained tokens are lost' if lost else ''}. Shorten it or split the "
+                        "conversation.", False)
 
     def stats(self, n_examples: int) -> TokenStats:
+        self.flush()
         epochs = auto_n_epochs(n_examples)
         return TokenStats(
             context_length=self.context_length, n_examples=sum(self.total.values()), total_tokens=self.total_tokens,
@@ -111,9 +173,9 @@ class TokenCounter:
         if not self.total:
             return []
         lo, hi = min(self.total), max(self.total)
-        width = max(1, -(-(hi - lo + 1) // bins))
+        width = max(1, math.ceil((hi - lo + 1) / bins))
         out = [HistogramBin(start=lo + i * width, end=lo + (i + 1) * width - 1, count=0)
-               for i in range(-(-(hi - lo + 1) // width))]
+               for i in range(math.ceil((hi - lo + 1) / width))]
         for k, c in self.total.items():
             out[(k - lo) // width].count += c
         return out

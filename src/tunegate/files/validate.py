@@ -1,60 +1,58 @@
-"""Dataset validation: every problem of a fine-tuning file in one streaming pass.
+"""Dataset validation: every problem of a fine-tuning file in one streaming pass, and its report.
 
-Owns the rules for SFT chat files (`messages`) and DPO preference files (`input`,
-`preferred_output`, `non_preferred_output`): each problem has a `code` (OpenAI's cookbook names
-where they exist), a 1-based `line`, a `param` (JSON path inside the line) and a message saying how
-to fix it. Memory stays bounded whatever the file size: lines are read one at a time, token counts
-are kept as histograms, duplicate detection keeps 8-byte digests up to a cap, and the number of
-problems listed per code is capped (the counts stay exact). It never raises on any input bytes.
+Owns `validate_file` and the report models. It reads the file line by line (never whole), decodes
+and parses each line, dispatches to the structural rules of files/checks.py (SFT chat `messages`
+or DPO `input`/`preferred_output`/`non_preferred_output`), finds repeated examples in fixed memory
+(files/dedup.py) and hands clean examples to the token counter (files/tokens.py), which renders
+them with the model's own chat template in batches. Each problem has a `code`, a 1-based `line`, a
+`param` (JSON path inside the line, e.g. `messages[2].content`) and a message that says how to fix
+it. Memory does not grow with the file: lines over MAX_LINE_BYTES are skipped unread, problems are
+listed up to MAX_LISTED_PER_CODE per code (the counts stay exact), token lengths are kept as value
+counts. It never raises on any input bytes. Does not own storing the report (files/service.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tunegate.catalog.template import content_text, render_with_spans, tokenize_rendered
+from tunegate.files.checks import PREFERENCE_KEYS, ExampleChecker, control_tokens_of
+from tunegate.files.dedup import SeenLines
 from tunegate.files.tokens import TokenCounter, TokenStats
 
-MIN_EXAMPLES = 10
-MAX_LINE_BYTES = 16 * 1024 * 1024
+MIN_EXAMPLES = 10  # OpenAI's minimum for a fine-tuning file
+MAX_LINE_BYTES = 8 << 20  # no chat example is near this; a line over it is reported, not read
 MAX_LISTED_PER_CODE = 50
-MAX_DUPLICATE_DIGESTS = 500_000
-BATCH = 512
-ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
-CHAT_KEYS = {"messages", "tools", "parallel_tool_calls", "functions", "metadata"}
-PREF_KEYS = {"input", "preferred_output", "non_preferred_output", "metadata"}
-DEFAULT_CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>", "<|eot_id|>",
-                          "<|start_header_id|>", "<|end_header_id|>", "[INST]", "[/INST]", "<s>", "</s>")
 
 
 class Problem(BaseModel):
-    code: str
-    line: int | None = None
-    param: str | None = None
-    message: str
+    code: str = Field(description="Stable problem code, e.g. `missing_content` (OpenAI's cookbook names).")
+    line: int | None = Field(None, description="1-based line of the file; null for the whole file.")
+    param: str | None = Field(None, description="JSON path inside the line, e.g. `messages[2].content`.")
+    message: str = Field(description="What is wrong and how to fix it.")
 
 
 class ValidationReport(BaseModel):
-    valid: bool
-    format: str | None = Field(None, description="`chat` (SFT) or `preference` (DPO); None when undetectable.")
-    n_examples: int
+    valid: bool = Field(description="True when there is no error (warnings do not block training).")
+    format: Literal["chat", "preference"] | None = Field(
+        None, description="`chat` (SFT `messages`) or `preference` (DPO); null when no line shows a format.")
+    n_examples: int = Field(description="Non-blank lines: the examples the file holds.")
     n_lines: int = 0
-    errors: list[Problem]
-    warnings: list[Problem]
-    error_counts: dict[str, int] = {}
-    """Exact number of each error code (the list is capped per code)."""
-    warning_counts: dict[str, int] = {}
-    tokens: TokenStats | None = None
+    errors: list[Problem] = Field(description=f"Errors, at most {MAX_LISTED_PER_CODE} listed per code.")
+    warnings: list[Problem] = Field(description=f"Warnings, at most {MAX_LISTED_PER_CODE} listed per code.")
+    error_counts: dict[str, int] = Field(default_factory=dict, description="Exact number of each error code.")
+    warning_counts: dict[str, int] = Field(default_factory=dict, description="Exact number of each warning code.")
+    tokens: TokenStats | None = Field(None, description="Token statistics; null without a tokenizer.")
 
 
 class _Collector:
+    """Problems as they are found: exact counts per code, the first few of each listed."""
+
     def __init__(self):
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
@@ -71,284 +69,134 @@ class _Collector:
         if self.warning_counts[code] <= MAX_LISTED_PER_CODE:
             self.warnings.append(Problem(code=code, line=line, param=param, message=message))
 
+    def add(self, code: str, line: int | None, param: str | None, message: str, is_error: bool) -> None:
+        (self.error if is_error else self.warn)(code, line, param, message)
+
 
 def _lines(f) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, raw bytes) — None for a line over MAX_LINE_BYTES, which is skipped unread."""
+    """(line number, raw bytes); None for a line over MAX_LINE_BYTES, which is skipped unread."""
     n = 0
-    while True:
-        raw = f.readline(MAX_LINE_BYTES + 1)
-        if not raw:
-            return
+    while raw := f.readline(MAX_LINE_BYTES + 1):
         n += 1
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
             while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
                 pass
             yield n, None
-            continue
-        yield n, raw
+        else:
+            yield n, raw
 
 
-def control_tokens_of(tokenizer) -> tuple[str, ...]:
-    if tokenizer is None:
-        return DEFAULT_CONTROL_TOKENS
-    toks = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    for tok in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values():
-        if getattr(tok, "special", False):
-            toks.add(str(tok))
-    return tuple(sorted(t for t in toks if len(t) > 2)) or DEFAULT_CONTROL_TOKENS
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def _json_error(exc: Exception, line: int) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        if line == 1 and exc.msg.startswith("Unexpected UTF-8 BOM"):
+            return "The file starts with a byte order mark (BOM). Save it as UTF-8 without BOM."
+        return (f"Invalid JSON at column {exc.colno}: {exc.msg}. Each line must hold one complete JSON object "
+                "(JSON Lines): check quotes, commas and brackets, and that no example spans several lines.")
+    if isinstance(exc, RecursionError):
+        return "Invalid JSON: nested too deeply. Each line must hold one chat example."
+    return f"Invalid JSON: {str(exc)[:200]}."
 
 
 def validate_file(path: Path | str, *, tokenizer=None, context_length: int | None = None) -> ValidationReport:
-    """Validate a JSONL fine-tuning file. With a tokenizer, token statistics use its chat template."""
+    """Validate a JSONL fine-tuning file; with a tokenizer, count tokens with its chat template.
+
+    Reports every problem in one pass and never raises on the file's contents."""
     out = _Collector()
-    control = control_tokens_of(tokenizer)
-    counter = TokenCounter(context_length) if tokenizer is not None else None
-    pending: list[tuple[int, list[dict]]] = []
-    digests: dict[bytes, int] = {}
+    checker = ExampleChecker(out, control_tokens_of(tokenizer))
+    counter = TokenCounter(tokenizer, context_length, out.add) if tokenizer is not None else None
+    seen = SeenLines()
     file_format: str | None = None
     n_examples = n_lines = 0
-
-    def flush() -> None:
-        if counter is None or not pending:
-            return
-        rendered = [render_with_spans(tokenizer, msgs) for _, msgs in pending]
-        for (line, _), tok in zip(pending, tokenize_rendered(tokenizer, rendered)):
-            if counter.add(len(tok.input_ids), tok.loss_mask):
-                out.warn("example_truncated", line, None,
-                         f"This example has {len(tok.input_ids)} tokens, more than the model's context of "
-                         f"{context_length}; it will be truncated. Shorten it or split the conversation.")
-        pending.clear()
-
     try:
         f = open(path, "rb")
     except OSError as exc:
-        out.error("unreadable_file", None, None, f"The file cannot be read ({exc.strerror}). Upload it again.")
+        out.error("unreadable_file", None, None, f"The file cannot be read ({exc.strerror or exc}). Check the path "
+                  "and permissions, or upload it again.")
         return _report(out, None, 0, 0, None)
-    with f:
-        for line_no, raw in _lines(f):
-            n_lines = line_no
-            if raw is None:
-                out.error("line_too_long", line_no, None, f"This line is over {MAX_LINE_BYTES} bytes. Shorten the "
-                          "example or split it.")
-                continue
-            if not raw.strip():
-                out.error("blank_line", line_no, None, "Blank line. Remove it: every line must hold one JSON example.")
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                out.error("invalid_utf8", line_no, None, f"Invalid UTF-8 at byte {exc.start} of this line. Save the "
-                          "file as UTF-8.")
-                continue
-            try:
-                example = json.loads(text)
-            except (json.JSONDecodeError, RecursionError) as exc:
-                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-                col = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-                out.error("invalid_json", line_no, None, f"Invalid JSON{col}: {msg}. Each line must be one complete "
-                          "JSON object (JSON Lines).")
-                continue
-            n_examples += 1
-            if not isinstance(example, dict):
-                out.error("data_type", line_no, None, f"Each example must be a JSON object, not "
-                          f"{type(example).__name__}. Wrap it as {{\"messages\": [...]}}.")
-                continue
-            fmt = "preference" if "input" in example or "preferred_output" in example else "chat"
-            if file_format is None:
-                file_format = fmt
-            elif fmt != file_format:
-                out.error("mixed_formats", line_no, None, f"This example is in `{fmt}` format but the file started "
-                          f"as `{file_format}`. Put SFT (`messages`) and DPO (`input`/`preferred_output`) data in "
-                          "separate files.")
-                continue
-            msgs = (_check_chat if fmt == "chat" else _check_preference)(example, line_no, out, control)
-            digest = hashlib.blake2b(json.dumps(example, sort_keys=True, ensure_ascii=False).encode(),
-                                     digest_size=8).digest()
-            if digest in digests:
-                out.warn("duplicate_example", line_no, None, f"Same example as line {digests[digest]}. Duplicates "
-                         "weigh those examples more; remove them unless that is intended.")
-            elif len(digests) < MAX_DUPLICATE_DIGESTS:
-                digests[digest] = line_no
-            if msgs is not None and counter is not None:
-                pending.append((line_no, msgs))
-                if len(pending) >= BATCH:
-                    flush()
-        flush()
-    if n_lines == 0:
-        out.error("empty_file", None, None, "The file is empty. Upload JSONL with one example per line.")
+    try:
+        with f:
+            for line, raw in _lines(f):
+                n_lines = line
+                if raw is None:
+                    out.error("line_too_long", line, None, f"The line is longer than {MAX_LINE_BYTES >> 20} MiB. "
+                              "An example must fit the model's context: shorten it or split the conversation.")
+                    n_examples += 1
+                    continue
+                body = raw.strip()
+                if not body:
+                    out.error("blank_line", line, None, "Blank line. Remove it: every line must hold one JSON "
+                              "example (JSON Lines).")
+                    continue
+                n_examples += 1
+                try:
+                    text = body.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    out.error("invalid_utf8", line, None, f"The line is not valid UTF-8 (byte {exc.start + 1} of "
+                              "the line). Save the file with UTF-8 encoding.")
+                    continue
+                try:
+                    example = json.loads(text)
+                except (ValueError, RecursionError) as exc:
+                    out.error("invalid_json", line, None, _json_error(exc, line))
+                    continue
+                if not isinstance(example, dict):
+                    out.error("data_type", line, None, f"Each line must be a JSON object like "
+                              f'{{"messages": [...]}}, not {type(example).__name__ if example is not None else "null"}.')
+                    continue
+                # Escapes can decode to lone surrogates, which tokenizers (and UTF-8) reject.
+                if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(json.dumps(example, ensure_ascii=False)):
+                    out.error("invalid_unicode", line, None, "The line has an unpaired surrogate escape "
+                              "(\\ud800-\\udfff), which no tokenizer can encode. Escape emoji and other characters "
+                              "as complete pairs, or write them as UTF-8.")
+                    continue
+                is_chat = "messages" in example
+                is_pref = any(k in example for k in PREFERENCE_KEYS)
+                fmt = "chat" if is_chat and not is_pref else "preference" if is_pref and not is_chat else None
+                if is_chat and is_pref:
+                    out.error("mixed_formats", line, None, "The example has both `messages` (SFT) and "
+                              "`input`/`preferred_output` (preference) keys. Use one format per example.")
+                elif fmt is not None and file_format is not None and fmt != file_format:
+                    out.error("mixed_formats", line, None, f"This example is in `{fmt}` format but the file "
+                              f"started in `{file_format}` format. Put SFT (`messages`) and preference "
+                              "(`input`/`preferred_output`) data in separate files.")
+                file_format = file_format or fmt
+                check = checker.preference if (fmt or file_format) == "preference" else checker.chat
+                messages = check(line, example)
+                first = seen.first_line(body, line)
+                if first is not None:
+                    out.warn("duplicate_example", line, None, f"This example is identical to line {first}. Remove "
+                             "the copy unless you mean to weigh it double.")
+                if messages is not None and counter is not None and (fmt is None or fmt == file_format):
+                    counter.add(line, messages)
+            if seen.full:
+                out.warn("duplicates_partly_checked", None, None, f"Duplicates were looked for among the first "
+                         f"{seen.size:,} distinct examples only (fixed memory); later repeats may be unreported.")
+            stats = counter.stats(n_examples) if counter is not None else None
+    finally:
+        seen.close()
+    if n_examples == 0:
+        out.error("empty_file", None, None, "The file has no examples. Upload JSON Lines: one example per line, "
+                  'like {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}.')
     elif n_examples < MIN_EXAMPLES:
-        out.error("too_few_examples", None, None, f"The file has {n_examples} example(s); fine-tuning needs at "
-                  f"least {MIN_EXAMPLES} (50-100 good examples usually give clear improvements).")
-    stats = counter.stats(n_examples) if counter is not None and counter.total else None
+        out.error("too_few_examples", None, None, f"The file has {n_examples} example(s); fine-tuning needs at least "
+                  f"{MIN_EXAMPLES} (50 to 100 good examples usually give clear improvements).")
     return _report(out, file_format, n_examples, n_lines, stats)
 
 
-def _report(out: _Collector, fmt, n_examples, n_lines, stats) -> ValidationReport:
-    return ValidationReport(valid=not out.errors, format=fmt, n_examples=n_examples, n_lines=n_lines,
-                            errors=out.errors, warnings=out.warnings, error_counts=dict(out.error_counts),
-                            warning_counts=dict(out.warning_counts), tokens=stats)
+def _report(out: _Collector, fmt: str | None, n_examples: int, n_lines: int, stats: TokenStats | None
+            ) -> ValidationReport:
+    def order(p: Problem) -> tuple:  # whole-file problems first, then by line
+        return (p.line is not None, p.line or 0)
 
-
-def _check_content(m: dict, line: int, p: str, out: _Collector, control) -> bool:
-    """Content: a string or a list of text parts; returns False when unusable."""
-    content = m.get("content")
-    if isinstance(content, list):
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                out.error("data_type", line, f"{p}.content[{j}]", "Content parts must be {\"type\": \"text\", "
-                          "\"text\": \"...\"}; images and audio cannot be trained here.")
-                return False
-    elif content is not None and not isinstance(content, str):
-        out.error("data_type", line, f"{p}.content", f"`content` must be a string or a list of text parts, not "
-                  f"{type(content).__name__}.")
-        return False
-    text = content_text(content)
-    for tok in control:
-        if tok in text:
-            out.error("control_token_in_content", line, f"{p}.content", f"The content contains the template "
-                      f"control token `{tok}`. Remove it: the chat template adds these itself, and a literal one "
-                      "would break the conversation structure.")
-            break
-    return True
-
-
-def _check_messages(messages: Any, line: int, out: _Collector, control, prefix: str = "messages",
-                    require_assistant: bool = True) -> list[dict] | None:
-    if not isinstance(messages, list) or not messages:
-        out.error("missing_messages_list", line, prefix, f"`{prefix}` must be a non-empty list of messages like "
-                  "[{\"role\": \"user\", \"content\": \"...\"}, {\"role\": \"assistant\", \"content\": \"...\"}].")
-        return None
-    ok = True
-    call_ids: set[str] = set()
-    roles = []
-    for i, m in enumerate(messages):
-        p = f"{prefix}[{i}]"
-        if not isinstance(m, dict):
-            out.error("data_type", line, p, "Each message must be an object with `role` and `content`.")
-            ok = False
-            continue
-        for key in sorted(set(m) - MESSAGE_KEYS):
-            out.error("message_unrecognized_key", line, f"{p}.{key}", f"Unrecognized key `{key}` in a message. "
-                      f"Allowed: {', '.join(sorted(MESSAGE_KEYS))}.")
-            ok = False
-        role = m.get("role")
-        roles.append(role)
-        if "role" not in m:
-            out.error("message_missing_key", line, f"{p}.role", "This message has no `role`. Add one of "
-                      f"{', '.join(ROLES)}.")
-            ok = False
-        elif role not in ROLES:
-            out.error("unrecognized_role", line, f"{p}.role", f"Unrecognized role `{str(role)[:40]}`. Use one of "
-                      f"{', '.join(ROLES)}.")
-            ok = False
-        has_calls = bool(m.get("tool_calls") or m.get("function_call"))
-        if "content" not in m and not has_calls:
-            out.error("message_missing_key", line, f"{p}.content", "This message has no `content`. Add the text.")
-            ok = False
-        elif not _check_content(m, line, p, out, control):
-            ok = False
-        elif not content_text(m.get("content")).strip() and not has_calls:
-            out.error("missing_content", line, f"{p}.content", "This message's content is empty. Write the text, "
-                      "or drop the message.")
-            ok = False
-        if "weight" in m:
-            if role != "assistant":
-                out.error("weight_on_non_assistant", line, f"{p}.weight", "`weight` is only allowed on assistant "
-                          "messages (it says whether that reply is trained). Remove it here.")
-                ok = False
-            elif m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
-                out.error("invalid_weight", line, f"{p}.weight", f"`weight` must be 0 or 1, not "
-                          f"{json.dumps(m['weight'])[:20]}.")
-                ok = False
-        if "name" in m and not isinstance(m["name"], str):
-            out.error("data_type", line, f"{p}.name", "`name` must be a string.")
-            ok = False
-        if m.get("tool_calls") is not None:
-            ok &= _check_tool_calls(m["tool_calls"], line, f"{p}.tool_calls", out, call_ids, role)
-        if role == "tool":
-            tid = m.get("tool_call_id")
-            if not isinstance(tid, str):
-                out.error("message_missing_key", line, f"{p}.tool_call_id", "Tool messages need `tool_call_id`, "
-                          "the id of the assistant tool call they answer.")
-                ok = False
-            elif tid not in call_ids:
-                out.error("unknown_tool_call_id", line, f"{p}.tool_call_id", f"`tool_call_id` `{tid[:40]}` does not "
-                          "match any earlier assistant tool call in this example. Use the id from `tool_calls`.")
-                ok = False
-    if require_assistant and "assistant" not in roles:
-        out.error("example_missing_assistant_message", line, prefix, "The example has no assistant message: "
-                  "there is nothing to learn. Add the reply the model should give.")
-        ok = False
-    if require_assistant and ok:
-        if "user" not in roles:
-            out.warn("missing_user_message", line, prefix, "No user message: the model learns replies without a "
-                     "request. Add the user turn unless that is intended.")
-        if "system" not in roles and "developer" not in roles:
-            out.warn("missing_system_message", line, prefix, "No system message: the base model's default system "
-                     "prompt is used. Add one if you will serve with a system prompt.")
-    return messages if ok else None
-
-
-def _check_tool_calls(calls: Any, line: int, p: str, out: _Collector, call_ids: set, role) -> bool:
-    if role != "assistant":
-        out.error("message_unrecognized_key", line, p, "Only assistant messages may carry `tool_calls`.")
-        return False
-    if not isinstance(calls, list):
-        out.error("data_type", line, p, "`tool_calls` must be a list of {id, type: \"function\", function: "
-                  "{name, arguments}}.")
-        return False
-    ok = True
-    for j, c in enumerate(calls):
-        fn = c.get("function") if isinstance(c, dict) else None
-        if not isinstance(c, dict) or not isinstance(c.get("id"), str) or not isinstance(fn, dict) \
-                or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), str):
-            out.error("invalid_tool_call", line, f"{p}[{j}]", "Each tool call needs `id` (string), `type: "
-                      "\"function\"` and `function` with `name` and `arguments` (a JSON string).")
-            ok = False
-            continue
-        call_ids.add(c["id"])
-    return ok
-
-
-def _check_chat(example: dict, line: int, out: _Collector, control) -> list[dict] | None:
-    for key in sorted(set(example) - CHAT_KEYS):
-        out.error("example_unrecognized_key", line, key, f"Unrecognized top-level key `{key}`. Allowed: "
-                  f"{', '.join(sorted(CHAT_KEYS))}.")
-    if "messages" not in example:
-        out.error("missing_messages_list", line, "messages", "The example has no `messages` list. Each line must "
-                  "look like {\"messages\": [...]}.")
-        return None
-    for key in ("tools", "functions"):
-        if key in example and not isinstance(example[key], list):
-            out.error("data_type", line, key, f"`{key}` must be a list of tool definitions.")
-    if "parallel_tool_calls" in example and not isinstance(example["parallel_tool_calls"], bool):
-        out.error("data_type", line, "parallel_tool_calls", "`parallel_tool_calls` must be true or false.")
-    msgs = _check_messages(example["messages"], line, out, control)
-    return msgs if msgs is not None and not (set(example) - CHAT_KEYS) else None
-
-
-def _check_preference(example: dict, line: int, out: _Collector, control) -> list[dict] | None:
-    for key in sorted(set(example) - PREF_KEYS):
-        out.error("example_unrecognized_key", line, key, f"Unrecognized top-level key `{key}` in a preference "
-                  f"example. Allowed: {', '.join(sorted(PREF_KEYS))}.")
-    inp = example.get("input")
-    if not isinstance(inp, dict):
-        out.error("message_missing_key" if inp is None else "data_type", line, "input", "`input` must be an object "
-                  "with `messages` (the conversation so far, ending with a user turn).")
-        prompt = None
-    else:
-        prompt = _check_messages(inp.get("messages"), line, out, control, "input.messages", require_assistant=False)
-    outputs = {}
-    for key in ("preferred_output", "non_preferred_output"):
-        val = example.get(key)
-        if val is None:
-            out.error("message_missing_key", line, key, f"`{key}` is missing: a list with one assistant message.")
-            continue
-        msgs = _check_messages(val, line, out, control, key)
-        if msgs is not None and (len(msgs) != 1 or msgs[0].get("role") != "assistant"):
-            out.error("data_type", line, key, f"`{key}` must hold exactly one assistant message.")
-            msgs = None
-        outputs[key] = msgs
-    if prompt is None or outputs.get("preferred_output") is None or outputs.get("non_preferred_output") is None:
-        return None
-    return prompt + outputs["preferred_output"]
+    return ValidationReport(valid=not out.error_counts, format=fmt, n_examples=n_examples, n_lines=n_lines,
+                            errors=sorted(out.errors, key=order), warnings=sorted(out.warnings, key=order),
+                            error_counts=dict(out.error_counts), warning_counts=dict(out.warning_counts),
+                            tokens=stats if stats is not None and stats.n_examples else None)
