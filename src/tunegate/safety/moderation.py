@@ -1,0 +1,130 @@
+"""The moderator registry: named moderators that turn texts into OpenAI moderation results.
+
+Owns the `Moderator` interface, the registry (`register_moderator`, `get_moderator`), the two
+built-ins (`builtin`: the packaged classifier; `http`: any OpenAI-compatible `/v1/moderations`
+endpoint such as a Llama Guard server), and building a `ModerationCreateResponse`. The built-ins
+register themselves exactly as a plug-in would. Does not own the HTTP route (`router.py`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Protocol, runtime_checkable
+
+from tunegate.errors import InvalidRequestError, ServerError
+from tunegate.ids import new_id
+from tunegate.safety.schemas import DEFAULT_MODEL, MAX_INPUTS, ModerationCreateResponse, ModerationResult
+from tunegate.settings import Settings
+
+
+@runtime_checkable
+class Moderator(Protocol):
+    name: str
+    model: str
+    """The model name reported in responses."""
+
+    def moderate(self, texts: list[str]) -> list[ModerationResult]:
+        """One result per text, in order."""
+
+
+ModeratorFactory = Callable[[Settings], Moderator]
+_REGISTRY: dict[str, ModeratorFactory] = {}
+_INSTANCES: dict[tuple, Moderator] = {}
+_LOCK = threading.Lock()
+
+
+def register_moderator(name: str, factory: ModeratorFactory) -> None:
+    """Make a moderator selectable with `TUNEGATE_MODERATOR=name`."""
+    _REGISTRY[name] = factory
+
+
+def moderator_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_moderator(settings: Settings) -> Moderator:
+    """The moderator named by `settings.moderator`, built once per process and configuration."""
+    name = settings.moderator
+    if name not in _REGISTRY:
+        raise InvalidRequestError(
+            f"Unknown moderator `{name}`. Set TUNEGATE_MODERATOR to one of: {', '.join(moderator_names())}.",
+            param="moderator",
+        )
+    key = (name, str(settings.data_dir.resolve()), settings.moderation_url)
+    with _LOCK:
+        if key not in _INSTANCES:
+            _INSTANCES[key] = _REGISTRY[name](settings)
+        return _INSTANCES[key]
+
+
+def create_response(moderator: Moderator, texts: list[str], model: str | None = None) -> ModerationCreateResponse:
+    return ModerationCreateResponse(id=new_id("modr"), model=model or moderator.model, results=moderator.moderate(texts))
+
+
+class BuiltinModerator:
+    """The packaged classifier (MiniLM + per-category heads), trained on first use and cached."""
+
+    name = "builtin"
+    model = DEFAULT_MODEL
+    batch_size = 64
+
+    def __init__(self, settings: Settings):
+        from tunegate.safety.classifier import load_classifier
+
+        self.classifier = load_classifier(settings)
+
+    def moderate(self, texts: list[str]) -> list[ModerationResult]:
+        out: list[ModerationResult] = []
+        for start in range(0, len(texts), self.batch_size):
+            out.extend(self.classifier.moderate(texts[start : start + self.batch_size]))
+        return out
+
+
+class HttpModerator:
+    """Any OpenAI-compatible moderation endpoint at `settings.moderation_url` (with or without `/v1`)."""
+
+    name = "http"
+    timeout = 60.0
+
+    def __init__(self, settings: Settings, api_key: str | None = None, model: str | None = None):
+        import httpx
+
+        if not settings.moderation_url:
+            raise InvalidRequestError(
+                "The `http` moderator needs a URL. Set TUNEGATE_MODERATION_URL to the base URL of an "
+                "OpenAI-compatible moderation API, e.g. http://127.0.0.1:9000/v1.",
+                param="moderation_url",
+            )
+        base = settings.moderation_url.rstrip("/")
+        self.url = base + ("/moderations" if base.endswith("/v1") else "/v1/moderations")
+        self.model = model or DEFAULT_MODEL
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(timeout=self.timeout, headers=headers)
+
+    def moderate(self, texts: list[str]) -> list[ModerationResult]:
+        import httpx
+
+        out: list[ModerationResult] = []
+        for start in range(0, len(texts), MAX_INPUTS):
+            chunk = texts[start : start + MAX_INPUTS]
+            try:
+                resp = self._client.post(self.url, json={"input": chunk, "model": self.model})
+            except httpx.HTTPError as e:
+                raise ServerError(f"The moderation endpoint {self.url} could not be reached: {e}. Check "
+                                  "TUNEGATE_MODERATION_URL or switch to TUNEGATE_MODERATOR=builtin.", code="moderation_unavailable") from e
+            if resp.status_code != 200:
+                raise ServerError(f"The moderation endpoint {self.url} answered HTTP {resp.status_code}: {resp.text[:300]}",
+                                  code="moderation_unavailable")
+            results = ModerationCreateResponse.model_validate(resp.json()).results
+            if len(results) != len(chunk):
+                raise ServerError(f"The moderation endpoint {self.url} returned {len(results)} results for {len(chunk)} inputs.",
+                                  code="moderation_unavailable")
+            out.extend(results)
+        return out
+
+    def close(self) -> None:
+        self._client.close()
+
+
+register_moderator("builtin", BuiltinModerator)
+register_moderator("http", HttpModerator)
