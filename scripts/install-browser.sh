@@ -12,4 +12,5 @@ if [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 if [ -x .venv/bin/python ]; then . .venv/bin/activate; fi
-python -c "import playwright" 2>/dev/null || pip install -q playwright
+# axe-playwright-python ships the axe-core engine the tests use to check accessibility.
+python -c "import playwright, axe_playwright_python" 2>/dev/null || pip install -q playwright axe-playwright-python

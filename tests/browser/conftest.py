@@ -32,6 +32,8 @@ def browser():
         pytest.skip(f"{CHROMIUM} is missing: run scripts/install-browser.sh (installs Debian's chromium)")
     if importlib.util.find_spec("playwright") is None:
         pytest.skip("the `playwright` Python package is missing: run scripts/install-browser.sh")
+    # axe-core (accessibility checks) ships inside this package; it is part of the same set-up.
+    assert importlib.util.find_spec("axe_playwright_python"), "axe-playwright-python is missing: run scripts/install-browser.sh"
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -82,6 +84,15 @@ class Page:
         self.page.get_by_label("API key").fill(key)
         self.page.get_by_role("button", name="Sign in").click()
         self.page.get_by_role("navigation", name="Main").wait_for()
+
+    def check_accessibility(self) -> None:
+        """axe-core's serious and critical findings (labels, roles, contrast, focus) on the page as it is now."""
+        from axe_playwright_python.sync_playwright import Axe
+
+        violations = Axe().run(self.page).response["violations"]
+        bad = [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+               for v in violations if v["impact"] in ("serious", "critical")]
+        assert not bad, f"accessibility problems on {self.page.url}:\n" + "\n".join(bad)
 
     def shot(self, name: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)

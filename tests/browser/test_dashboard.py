@@ -61,6 +61,7 @@ def test_sign_in_shows_why_a_key_is_refused_and_keeps_the_key_for_the_tab(ui, se
     assert page.get_by_label("API key").get_attribute("aria-invalid") == "true"
     assert not page.get_by_role("navigation", name="Main").is_visible()
     ui.shot("01-sign-in-refused")
+    ui.check_accessibility()
 
     ui.sign_in(server.key)
     assert page.evaluate("sessionStorage.getItem('tunegate.apiKey')") == server.key
@@ -89,6 +90,7 @@ def test_upload_shows_progress_then_the_validation_report(ui, server):
     assert page.locator("svg.histogram rect.bar").count() >= 1
     assert page.get_by_role("link", name="Fine-tune with this file").is_visible()
     ui.shot("02-file-validation-report")
+    ui.check_accessibility()
 
     # An evals file is stored as is; the form reports the finished upload and the list shows it.
     upload(ui, "evals.jsonl", GOOD, purpose="evals")
@@ -98,6 +100,7 @@ def test_upload_shows_progress_then_the_validation_report(ui, server):
     row.wait_for()
     assert "evals" in row.inner_text()
     ui.shot("03-files-list")
+    ui.check_accessibility()
 
 
 def test_bad_file_and_api_errors_are_shown_as_readable_messages(ui, server):
@@ -120,6 +123,7 @@ def test_bad_file_and_api_errors_are_shown_as_readable_messages(ui, server):
     # The offending line itself is shown under its problem, so the fix is easy to find.
     assert "this is not json" in page.locator("tr[data-line='2'] pre.line-text").first.inner_text()
     ui.shot("04-file-with-problems")
+    ui.check_accessibility()
 
     # A file over the server's upload limit: the upload form says so instead of failing silently.
     upload(ui, "huge.jsonl", GOOD * 200, purpose="evals")
@@ -140,6 +144,7 @@ def test_bad_file_and_api_errors_are_shown_as_readable_messages(ui, server):
     assert page.get_by_label("Epochs").get_attribute("aria-invalid") == "true"
     assert "HTTP 400" in page.locator("#job-create-status [role=alert]").inner_text()
     ui.shot("06-job-form-error")
+    ui.check_accessibility()
 
     # An unknown job: the page shows the API's 404 message, not a blank screen.
     page.goto(f"{server.url}/#/jobs/ftjob-doesnotexist")
@@ -200,6 +205,7 @@ def test_job_trains_on_the_tiny_model_with_a_live_loss_chart_and_succeeds(ui, se
     assert page.locator("svg#accuracy-chart").is_visible() and not chart.is_visible()
     page.get_by_role("tab", name="Loss").click()
     ui.shot("08-job-succeeded")
+    ui.check_accessibility()
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +254,7 @@ def test_playground_streams_answers_from_base_and_fine_tuned_side_by_side(ui, se
         assert msg.get_attribute("data-finish-reason") in ("stop", "length")
         assert page.locator(f"{log} .message-user").inner_text().endswith("What is 3 plus 3?")
     ui.shot("09-playground-side-by-side")
+    ui.check_accessibility()
 
     # A second turn goes to the single model and carries the conversation.
     page.get_by_label("Side by side: send each message to two models").uncheck()

@@ -85,7 +85,7 @@ export function createMetricChart({ title, yLabel, series, id }) {
     ),
   );
   const emptyNote = h("p", { class: "chart-empty muted" }, "Waiting for the first training step…");
-  const tableHolder = h("div", { class: "table-wrap" });
+  const tableHolder = h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": `${title} data` });
   const disclosure = h("details", { class: "chart-data" }, h("summary", {}, `${title} as a table`), tableHolder);
   const el = h("figure", { class: "chart-figure" }, h("figcaption", { class: "visually-hidden" }, title), root, emptyNote, legend, disclosure);
 
@@ -247,7 +247,7 @@ export function createHistogram({ title, xLabel, bins, limit, limitLabel }) {
   for (const b of bins) {
     const bw = Math.max(1, x(b.hi) - x(b.lo) - 1);
     g.append(
-      svg("rect", { x: x(b.lo) + 0.5, y: y(b.count), width: bw, height: ph - y(b.count), class: "bar" }, svg("title", {}, `${formatNumber(b.lo)}–${formatNumber(b.hi)} tokens: ${b.count} example(s)`)),
+      svg("rect", { x: x(b.lo) + 0.5, y: y(b.count), width: bw, height: ph - y(b.count), class: "bar" }, svg("title", {}, `${binLabel(b)} tokens: ${b.count} example(s)`)),
     );
   }
   for (const t of niceTicks(lo, hi, 6).filter((t) => t >= lo && t <= hi && (hi - lo < 6 || Number.isInteger(t)))) {
@@ -262,14 +262,27 @@ export function createHistogram({ title, xLabel, bins, limit, limitLabel }) {
   }
   root.append(g, svg("text", { x: m.left + pw / 2, y: height - 6, "text-anchor": "middle", class: "axis-label" }, xLabel));
   root.setAttribute("aria-label", `${title}: ${total} examples in ${bins.length} bins from ${formatNumber(lo)} to ${formatNumber(hi)} tokens.`);
-  const rows = bins.map((b) => h("tr", {}, h("td", {}, `${formatNumber(b.lo)}–${formatNumber(b.hi)}`), h("td", {}, b.count)));
+  const rows = bins.map((b) => h("tr", {}, h("td", {}, binLabel(b)), h("td", {}, b.count)));
   return h(
     "figure",
     { class: "chart-figure histogram-figure" },
     h("figcaption", {}, title),
     root,
-    h("details", { class: "chart-data" }, h("summary", {}, `${title} as a table`), h("table", { class: "data compact" }, h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "tokens"), h("th", { scope: "col" }, "examples"))), h("tbody", {}, rows))),
+    h(
+      "details",
+      { class: "chart-data" },
+      h("summary", {}, `${title} as a table`),
+      h(
+        "div",
+        { class: "table-wrap", tabindex: "0", role: "region", "aria-label": `${title} data` },
+        h("table", { class: "data compact" }, h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "tokens"), h("th", { scope: "col" }, "examples"))), h("tbody", {}, rows)),
+      ),
+    ),
   );
+}
+
+function binLabel(b) {
+  return b.label ?? `${formatNumber(b.lo)}–${formatNumber(b.hi)}`;
 }
 
 /** Equal-width bins over raw values (used when the report carries per-example counts, not bins). */

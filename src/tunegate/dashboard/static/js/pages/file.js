@@ -89,12 +89,15 @@ async function fetchLines(id) {
 export function renderReport(report, lines) {
   const errors = [...(report.errors || [])].sort(byLine);
   const warnings = [...(report.warnings || [])].sort(byLine);
+  // The lists are capped per code; the counts are exact.
+  const nErrors = Math.max(errors.length, sum(report.error_counts));
+  const nWarnings = Math.max(warnings.length, sum(report.warning_counts));
   const verdict = report.valid
     ? h("div", { class: "banner banner-ok", role: "status", id: "validation-verdict" }, h("strong", {}, "Valid. "), `${formatNumber(report.n_examples)} examples in ${report.format || "chat"} format are ready for fine-tuning.`)
     : h(
         "div",
         { class: "banner banner-error", role: "alert", id: "validation-verdict" },
-        h("strong", {}, `${errors.length} problem${errors.length === 1 ? "" : "s"} found. `),
+        h("strong", {}, `${formatNumber(nErrors)} problem${nErrors === 1 ? "" : "s"} found. `),
         "Fix every problem listed below, then upload the file again.",
       );
   const summary = section(
@@ -104,15 +107,17 @@ export function renderReport(report, lines) {
       ["Result", report.valid ? badge("valid") : badge("invalid")],
       ["Format", report.format || "—"],
       ["Examples", formatNumber(report.n_examples)],
-      ["Errors", formatNumber(errors.length)],
-      ["Warnings", formatNumber(warnings.length)],
+      ["Lines", report.n_lines ? formatNumber(report.n_lines) : undefined],
+      ["Errors", formatNumber(nErrors)],
+      ["Warnings", formatNumber(nWarnings)],
       ["Checked with", report.model ? h("code", {}, report.model) : undefined],
     ]),
   );
   const out = [summary];
-  if (errors.length) out.push(problemSection("Errors", errors, lines, "errors"));
-  if (warnings.length) out.push(problemSection("Warnings", warnings, lines, "warnings"));
+  // Errors block training, so they come first; warnings (often many of one kind) come last.
+  if (errors.length) out.push(problemSection("Errors", errors, lines, "errors", report.error_counts, nErrors));
   if (report.tokens) out.push(tokenSection(report.tokens, report));
+  if (warnings.length) out.push(problemSection("Warnings", warnings, lines, "warnings", report.warning_counts, nWarnings));
   return out;
 }
 
@@ -120,7 +125,11 @@ function byLine(a, b) {
   return (a.line ?? Infinity) - (b.line ?? Infinity);
 }
 
-function problemSection(title, problems, lines, kind) {
+function sum(counts) {
+  return Object.values(counts || {}).reduce((a, b) => a + (Number(b) || 0), 0);
+}
+
+function problemSection(title, problems, lines, kind, counts, total) {
   const rows = problems.map((p) =>
     h(
       "tr",
@@ -132,18 +141,36 @@ function problemSection(title, problems, lines, kind) {
         "td",
         {},
         h("span", { class: "problem-message" }, p.message || ""),
-        lines && p.line && lines[p.line - 1] !== undefined ? h("pre", { class: "line-text", "aria-label": `Content of line ${p.line}` }, clip(lines[p.line - 1])) : null,
+        lines && p.line && lines[p.line - 1] !== undefined ? h("pre", { class: "line-text", tabindex: "0", "aria-label": `Content of line ${p.line}` }, clip(lines[p.line - 1])) : null,
       ),
     ),
   );
+  const listed = {};
+  for (const p of problems) listed[p.code] = (listed[p.code] || 0) + 1;
+  const exact = { ...listed, ...(counts || {}) };
+  const unlisted = Object.entries(exact).filter(([code, n]) => n > (listed[code] || 0));
+  const byKind = h(
+    "ul",
+    { class: "code-counts", "aria-label": `${title} by kind` },
+    Object.entries(exact)
+      .sort((a, b) => b[1] - a[1])
+      .map(([code, n]) => h("li", {}, h("code", {}, code), ` × ${formatNumber(n)}`)),
+  );
+  const rowsTable = table({
+    caption: `${title}, by line. Each message says how to fix the problem.`,
+    columns: ["Line", "Code", "Field", "Problem and fix"],
+    rows,
+    className: `problems problems-${kind}`,
+  });
+  // A long list of one repeated warning would bury everything below it: long lists start folded.
+  const folded = kind === "warnings" ? rows.length > 8 : rows.length > 60;
   return section(
-    `${title} (${problems.length})`,
-    table({
-      caption: `${title}, by line. Each message says how to fix the problem.`,
-      columns: ["Line", "Code", "Field", "Problem and fix"],
-      rows,
-      className: `problems problems-${kind}`,
-    }),
+    `${title} (${formatNumber(total)})`,
+    byKind,
+    unlisted.length
+      ? notice(`Only the first problems of each kind are listed. Not shown: ${unlisted.map(([code, n]) => `${formatNumber(n - (listed[code] || 0))} more ${code}`).join(", ")}.`, "info")
+      : null,
+    h("details", { class: "problem-list", open: !folded }, h("summary", {}, `Show the ${formatNumber(rows.length)} listed ${title.toLowerCase()} by line`), rowsTable),
   );
 }
 
@@ -151,28 +178,26 @@ function clip(text) {
   return text.length > 240 ? `${text.slice(0, 240)}… (${text.length} characters)` : text || "(blank line)";
 }
 
-const STAT_KEYS = ["min", "mean", "p50", "median", "p90", "p95", "p99", "max", "sum", "total"];
+const STAT_KEYS = ["min", "mean", "p50", "median", "p90", "p95", "p99", "max"];
+// Known fields of the report's `tokens` (files/tokens.py TokenStats), in reading order, with the
+// words a person needs; fields not listed here are still shown after them.
 const LABELS = {
-  total: "Tokens per example",
-  total_tokens: "Tokens per example",
-  trained: "Trained tokens per example",
-  trained_tokens: "Trained tokens per example",
-  assistant: "Trained tokens per example",
-  n_truncated: "Examples truncated",
-  truncated: "Examples truncated",
-  n_examples_truncated: "Examples truncated",
-  examples_truncated: "Examples truncated",
-  context_length: "Context length",
-  n_epochs: "Epochs (auto)",
-  auto_n_epochs: "Epochs (auto)",
-  n_epochs_auto: "Epochs (auto)",
-  estimated_trained_tokens: "Estimated trained tokens",
-  trained_tokens_estimate: "Estimated trained tokens",
-  estimated_tokens_trained: "Estimated trained tokens",
+  n_examples: ["Examples", "Examples counted."],
+  total_tokens: ["Total tokens", "All examples rendered with the model's chat template, before truncation."],
+  trained_tokens: ["Trained tokens", "Assistant tokens with weight 1, including each end-of-turn token: what carries the loss."],
+  context_length: ["Context length", "The model's limit; longer examples are truncated."],
+  n_truncated: ["Examples truncated", "Longer than the context length: the tokens past it are not trained."],
+  n_without_trained_tokens: ["Examples with nothing to train", "No assistant message with weight 1 (or all of it truncated)."],
+  auto_n_epochs: ["Epochs with auto", "OpenAI's rule: 3, adjusted so examples x epochs lands between 100 and 25,000."],
+  estimated_trained_tokens: ["Estimated trained tokens", "Trained tokens x epochs with auto: what a job with auto epochs trains on."],
+};
+const DISTRIBUTION_LABELS = {
+  per_example_total: "Tokens per example (whole conversation)",
+  per_example_trained: "Trained tokens per example",
 };
 
 function humanize(key) {
-  return LABELS[key] || key.replace(/^n_/, "number of ").replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+  return LABELS[key]?.[0] || DISTRIBUTION_LABELS[key] || key.replace(/^n_/, "number of ").replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
 }
 
 function isStats(v) {
@@ -185,7 +210,14 @@ export function findBins(tokens) {
     if (!/hist/i.test(key) || !v) continue;
     const src = Array.isArray(v) ? v : v.bins ?? v.buckets ?? null;
     if (Array.isArray(src) && src.length && typeof src[0] === "object") {
-      return src.map((b) => (Array.isArray(b) ? { lo: b[0], hi: b[1], count: b[2] } : { lo: b.lo ?? b.start ?? b.min ?? b.left, hi: b.hi ?? b.end ?? b.max ?? b.right, count: b.count ?? b.n ?? 0 }));
+      return src.map((b) => {
+        if (Array.isArray(b)) return { lo: b[0], hi: b[1], count: b[2] };
+        // files/tokens.py writes integer bins with an inclusive `end`: [start, end] is [start, end + 1).
+        if (typeof b.start === "number" && typeof b.end === "number") {
+          return { lo: b.start, hi: b.end + 1, count: b.count ?? 0, label: b.start === b.end ? `${b.start}` : `${b.start}–${b.end}` };
+        }
+        return { lo: b.lo ?? b.min ?? b.left, hi: b.hi ?? b.max ?? b.right, count: b.count ?? b.n ?? 0 };
+      });
     }
     const edges = v.edges ?? v.bin_edges ?? v.boundaries;
     const counts = v.counts ?? v.count ?? v.values;
@@ -204,27 +236,41 @@ export function findBins(tokens) {
 function tokenSection(tokens, report) {
   const statsRows = [];
   const scalars = [];
-  for (const [key, value] of Object.entries(tokens)) {
+  const ordered = [...Object.keys(LABELS).filter((k) => k in tokens), ...Object.keys(tokens).filter((k) => !(k in LABELS))];
+  for (const key of ordered) {
+    const value = tokens[key];
     if (/hist/i.test(key) || Array.isArray(value)) continue;
     if (isStats(value)) statsRows.push([key, value]);
     else if (typeof value === "number" || typeof value === "string" || typeof value === "boolean") scalars.push([key, value]);
   }
   const columns = STAT_KEYS.filter((k) => statsRows.some(([, v]) => typeof v[k] === "number"));
   const parts = [];
-  const truncatedKey = Object.keys(tokens).find((k) => /truncat/i.test(k) && typeof tokens[k] === "number");
-  if (truncatedKey && tokens[truncatedKey] > 0) {
-    const ctx = tokens.context_length ?? report.context_length;
+  const ctx = tokens.context_length ?? report.context_length;
+  if (tokens.n_truncated > 0) {
     parts.push(
       notice(
-        `${formatNumber(tokens[truncatedKey])} example(s) are longer than the model's context${ctx ? ` of ${formatNumber(ctx)} tokens` : ""} and will be truncated: the tokens past the limit are not trained. Shorten them or split long conversations.`,
+        `${formatNumber(tokens.n_truncated)} example(s) are longer than the model's context${ctx ? ` of ${formatNumber(ctx)} tokens` : ""} and will be truncated: the tokens past the limit are not trained. Shorten them or split long conversations.`,
         "warn",
       ),
     );
   }
+  if (tokens.n_without_trained_tokens > 0) {
+    parts.push(notice(`${formatNumber(tokens.n_without_trained_tokens)} example(s) have no trained tokens (no assistant message with weight 1 inside the context), so they teach nothing.`, "warn"));
+  }
   if (scalars.length) {
     parts.push(
-      details(
-        scalars.map(([k, v]) => [humanize(k), h("span", { dataset: { token: k } }, typeof v === "number" ? formatNumber(v, 3) : String(v))]),
+      h(
+        "dl",
+        { class: "kv token-facts" },
+        scalars.map(([k, v]) =>
+          h(
+            "div",
+            { dataset: { token: k } },
+            h("dt", {}, humanize(k)),
+            h("dd", {}, typeof v === "number" ? formatNumber(v, 3) : String(v)),
+            LABELS[k] ? h("dd", { class: "help" }, LABELS[k][1]) : null,
+          ),
+        ),
       ),
     );
   }
@@ -232,7 +278,7 @@ function tokenSection(tokens, report) {
     parts.push(
       table({
         caption: "Token counts per example, with the model's own chat template",
-        columns: ["", ...columns.map((c) => (c === "p50" ? "median (p50)" : c))],
+        columns: [h("span", { class: "visually-hidden" }, "Measure"), ...columns.map((c) => (c === "p50" ? "median (p50)" : c))],
         rows: statsRows.map(([k, v]) => [h("strong", {}, humanize(k)), ...columns.map((c) => (typeof v[c] === "number" ? formatNumber(v[c], 1) : "—"))]),
         className: "token-stats",
       }),
@@ -245,7 +291,7 @@ function tokenSection(tokens, report) {
         title: "Tokens per example",
         xLabel: "tokens per example (rendered with the chat template)",
         bins,
-        limit: tokens.context_length ?? report.context_length,
+        limit: ctx,
         limitLabel: "context length",
       }),
     );

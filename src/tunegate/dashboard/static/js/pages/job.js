@@ -87,7 +87,7 @@ export async function render(main, { id }) {
   });
   accChart.el.hidden = true;
   const chartTabs = metricTabs(lossChart.el, accChart.el);
-  const eventsHolder = h("div", { class: "events", id: "job-events" });
+  const eventsHolder = h("div", { class: "events", id: "job-events", tabindex: "0", role: "region", "aria-label": "Job events, newest first" });
   const checkpointsHolder = h("div", { id: "job-checkpoints" });
   const safety = createSafetySection(id);
   const pollError = h("div");

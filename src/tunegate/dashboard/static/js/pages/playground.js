@@ -20,7 +20,7 @@ class Pane {
       models.map((m) => h("option", { value: m.id }, `${m.id} (${modelKind(m)})`)),
     );
     if (selected) this.select.value = selected;
-    this.log = h("div", { class: "chat-log", role: "log", "aria-live": "polite", "aria-label": `Conversation with model ${index + 1}`, id: `pg-log-${index}` });
+    this.log = h("div", { class: "chat-log", role: "log", tabindex: "0", "aria-live": "polite", "aria-label": `Conversation with model ${index + 1}`, id: `pg-log-${index}` });
     this.el = h(
       "section",
       { class: "card chat-pane", "aria-labelledby": `pg-title-${index}` },
