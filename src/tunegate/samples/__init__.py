@@ -1,0 +1,51 @@
+"""The project's own sample datasets (written for tunegate, shipped as package data).
+
+Owns the demo dataset "answer format": every assistant reply is exactly two lines,
+
+    Answer: <a one-line answer>
+    Confidence: high|medium|low
+
+a behaviour the base SmolLM2-135M-Instruct never shows and learns in a minute or two of CPU
+LoRA training, and that `follows_format` checks mechanically. Files: a training set
+(`demo_train`, 106 chat examples, some multi-turn, some with system prompts), a validation set
+(`demo_valid`, 15) and held-out prompts (`demo_prompts`, 16, in neither set). Does not own
+uploading or training them (the demo command and the trainer do that).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib.resources import files
+from pathlib import Path
+
+FILES = {
+    "demo_train": "answer_format_train.jsonl",
+    "demo_valid": "answer_format_valid.jsonl",
+    "demo_prompts": "answer_format_prompts.jsonl",
+}
+# Hyperparameters for the demo dataset on SmolLM2-135M-Instruct: the format is learned within
+# these ~40 optimizer steps (measured by tests/e2e/test_trainer_learns.py).
+DEMO_HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 5.0}
+
+_FORMAT = re.compile(r"Answer: \S[^\n]*\nConfidence: (high|medium|low)\.?")
+
+
+def path(name: str) -> Path:
+    """The file of a sample dataset, by name (`demo_train`, `demo_valid`, `demo_prompts`) or file name."""
+    filename = FILES.get(name, name)
+    if filename not in FILES.values():
+        raise KeyError(f"Unknown sample `{name}`; samples are {', '.join(FILES)}.")
+    return Path(str(files(__package__).joinpath(filename)))
+
+
+def held_out_prompts() -> list[list[dict]]:
+    """The held-out conversations (each a list of messages ending with a user turn)."""
+    with open(path("demo_prompts"), encoding="utf-8") as f:
+        return [json.loads(line)["messages"] for line in f if line.strip()]
+
+
+def follows_format(text: str) -> bool:
+    """True when a reply is exactly the two lines "Answer: ..." and "Confidence: high|medium|low"."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    return _FORMAT.fullmatch("\n".join(lines)) is not None
