@@ -304,7 +304,9 @@ export function binValues(values, nBins = 20) {
 export function createIntervalPlot({ title, rows, aName, bName }) {
   const width = 640;
   const rowH = 34;
-  const m = { top: 10, right: 20, bottom: 36, left: 170 };
+  // Room for the longest row label (about 7 px a character at the chart's font size).
+  const longest = Math.max(...rows.map((r) => String(r.label).length), 8);
+  const m = { top: 10, right: 20, bottom: 36, left: Math.min(320, longest * 7 + 20) };
   const pw = width - m.left - m.right;
   const height = m.top + m.bottom + rows.length * rowH;
   const x = (v) => Math.max(0, Math.min(1, v)) * pw;
@@ -339,7 +341,7 @@ export function createIntervalPlot({ title, rows, aName, bName }) {
     h("li", {}, svg("svg", { viewBox: "0 0 16 12", class: "swatch", "aria-hidden": "true" }, svg("g", { class: "interval interval-base" }, svg("circle", { cx: 8, cy: 6, r: 4.5, class: "dot" }))), aName),
     h("li", {}, svg("svg", { viewBox: "0 0 16 12", class: "swatch", "aria-hidden": "true" }, svg("g", { class: "interval interval-tuned" }, svg("rect", { x: 3.5, y: 1.5, width: 9, height: 9, class: "dot" }))), bName),
   );
-  return h("figure", { class: "chart-figure interval-figure" }, h("figcaption", {}, title), root, legend);
+  return h("figure", { class: "chart-figure interval-figure" }, h("figcaption", { class: "visually-hidden" }, title), root, legend);
 }
 
 function pct(v) {

@@ -226,7 +226,7 @@ export async function render(main, { id }) {
       checkpointsHolder,
       table({
         caption: "Checkpoints (one per epoch; the last few are kept)",
-        columns: ["Step", "Model name", "Training loss", "Full validation loss", "Full validation accuracy", "Created", ""],
+        columns: ["Step", "Model name", "Training loss", "Full validation loss", "Full validation accuracy", "Created", h("span", { class: "visually-hidden" }, "Actions")],
         rows: cks.map((c) => [
           String(c.step_number),
           h("code", { class: "id" }, c.fine_tuned_model_checkpoint),
