@@ -262,3 +262,30 @@ def test_playground_streams_answers_from_base_and_fine_tuned_side_by_side(ui, se
     page.get_by_role("button", name="Send").click()
     page.locator("#pg-log-0 .message-assistant[data-streaming=false]").nth(1).wait_for(timeout=60_000)
     assert page.locator("#pg-log-1 .message-assistant").count() == 1
+
+
+def test_chart_ticks_enclose_the_data_and_reports_are_read_as_the_server_writes_them(ui, server):
+    """The page's own helpers, run in the browser: axis ticks always enclose the data (a chart
+    once drew its lines above its top tick), the validator's inclusive histogram bins, and error
+    bodies that are not OpenAI JSON still become sentences."""
+    page = ui.page
+    page.goto(server.url + "/")
+    ranges = [(10.68, 10.79), (0.0012, 0.0013), (0, 1), (2.5, 2.5), (-3.2, 7.9), (123, 98765)]
+    ticks = page.evaluate("rs => import('/dashboard/static/js/chart.js').then(m => rs.map(([a, b]) => m.niceTicks(a, b)))", ranges)
+    for (lo, hi), t in zip(ranges, ticks):
+        assert t[0] <= lo and t[-1] >= hi and len(t) >= 2 and t == sorted(t), (lo, hi, t)
+
+    bins = page.evaluate("b => import('/dashboard/static/js/pages/file.js').then(m => m.findBins({histogram: b}))",
+                         [{"start": 38, "end": 39, "count": 5}, {"start": 40, "end": 41, "count": 0}, {"start": 42, "end": 43, "count": 2}])
+    assert [(b["lo"], b["hi"], b["count"]) for b in bins] == [(38, 40, 5), (40, 42, 0), (42, 44, 2)]
+    assert bins[0]["label"] == "38–39"
+
+    errors = page.evaluate("""cases => import('/dashboard/static/js/api.js').then(m =>
+        cases.map(([status, body]) => { const e = m.errorFromBody(status, body); return [e.message, e.code, e.param]; }))""",
+                           [[400, json.dumps({"error": {"message": "Bad n_epochs", "type": "invalid_request_error",
+                                                        "param": "n_epochs", "code": "invalid_value"}})],
+                            [502, "<html><body><h1>502 Bad Gateway</h1></body></html>"],
+                            [500, ""]])
+    assert errors[0] == ["Bad n_epochs", "invalid_value", "n_epochs"]
+    assert "could not be reached" in errors[1][0] and "502 Bad Gateway" in errors[1][0] and "<" not in errors[1][0]
+    assert errors[2][0] == "The server had an error."

@@ -51,6 +51,9 @@ function parseHash() {
 function setSignedIn(signedIn) {
   nav.hidden = !signedIn;
   session.hidden = !signedIn;
+  const key = api.getKey();
+  // Only the last characters: enough to tell two keys apart, useless to someone looking over a shoulder.
+  document.getElementById("session-key").textContent = signedIn && key ? `Key …${key.slice(-4)}` : "";
 }
 
 function renderSignIn(message) {
