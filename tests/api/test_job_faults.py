@@ -26,7 +26,8 @@ def _data(n: int) -> bytes:
 def _server(tmp_path, tiny_model_path, **env) -> RunningServer:
     return RunningServer(tmp_path / "data", {
         "TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE), "TUNEGATE_BASE_MODELS": json.dumps({"tiny": str(tiny_model_path)}),
-        "TUNEGATE_HEARTBEAT_SECONDS": "0.5", "TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS": "5", **env})
+        "TUNEGATE_HEARTBEAT_SECONDS": "0.5", "TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS": "5", "TUNEGATE_TORCH_THREADS": "1",
+        **env})
 
 
 def _wait(fn, timeout=240, every=0.3):
@@ -47,7 +48,7 @@ def _job_row(srv, job_id):
         con.close()
 
 
-def _create(client, n_examples=120, epochs=3, batch=1):
+def _create(client, n_examples=40, epochs=3, batch=1):
     f = client.files.create(file=("t.jsonl", io.BytesIO(_data(n_examples))), purpose="fine-tune")
     return client.fine_tuning.jobs.create(model="tiny", training_file=f.id, seed=3, method={
         "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs, "batch_size": batch}}})
@@ -74,7 +75,7 @@ def test_sigkill_worker_resumes_from_checkpoint(tmp_path, tiny_model_path):
         assert _job_row(srv, job.id)[2] == 1  # one retry used
         steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data
                  if e.type == "metrics"]
-        assert max(steps) == 360  # 120 examples x 3 epochs / batch 1: the whole job was trained
+        assert max(steps) == 120  # 40 examples x 3 epochs / batch 1: the whole job was trained
 
 
 def test_cancel_running_job(tmp_path, tiny_model_path):
@@ -100,7 +101,7 @@ def test_restart_keeps_queued_and_running_jobs(tmp_path, tiny_model_path):
     with srv2.start():
         c2 = srv2.client(client.api_key)
         assert _wait(lambda: c2.fine_tuning.jobs.retrieve(queued.id).status == "succeeded", timeout=240)
-        running = _create(c2, n_examples=200, epochs=4)
+        running = _create(c2, n_examples=60, epochs=3)
         _wait(lambda: c2.fine_tuning.jobs.checkpoints.list(running.id).data)
         srv2.stop(kill=True)  # the server dies hard while the job is running
     with RunningServer(srv.data_dir, srv2.env) as srv3:
