@@ -48,7 +48,8 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
-def normalize_messages(messages: list[dict], *, mark_trained: bool) -> list[dict]:
+def normalize_messages(messages: list[dict], *, mark_trained: bool, marks: tuple[str, str] = (_OPEN, _CLOSE)
+                       ) -> list[dict]:
     """Plain `{"role", "content"}` dicts the template understands; trained content gets sentinels."""
     out = []
     for m in messages:
@@ -62,7 +63,7 @@ def normalize_messages(messages: list[dict], *, mark_trained: bool) -> list[dict
         if role == "function":
             role = "tool"
         if mark_trained and role == "assistant" and m.get("weight", 1) != 0:
-            text = _OPEN + text + _CLOSE
+            text = marks[0] + text + marks[1]
         out.append({"role": role, "content": text})
     return out
 
@@ -119,19 +120,33 @@ def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool = Fal
     return _apply(tokenizer, normalize_messages(messages, mark_trained=False), add_generation_prompt)
 
 
+def _free_marks(text: str) -> tuple[str, str]:
+    """Two private-use characters that `text` does not contain (the data itself may hold the usual ones)."""
+    used = set(text)
+    free = (c for c in map(chr, [*range(0xE002, 0xF900), *range(0xF0000, 0xFFFFE)]) if c not in used)
+    return next(free), next(free)
+
+
 def render_with_spans(tokenizer, messages: list[dict]) -> Rendered:
+    marks = (_OPEN, _CLOSE)
     marked = _apply(tokenizer, normalize_messages(messages, mark_trained=True))
+    n_trained = sum(1 for m in messages if m.get("role") == "assistant" and m.get("weight", 1) != 0)
+    if marked.count(_OPEN) > n_trained or marked.count(_CLOSE) > n_trained:
+        # A message contains a sentinel character itself: render again with characters it does not contain.
+        marks = _free_marks(marked)
+        marked = _apply(tokenizer, normalize_messages(messages, mark_trained=True, marks=marks))
+    open_mark, close_mark = marks
     eos = tokenizer.eos_token or ""
     text_parts: list[str] = []
     spans: list[tuple[int, int]] = []
     pos = 0  # position in the output text
     i = 0
     while True:
-        start = marked.find(_OPEN, i)
-        if start < 0:
+        start = marked.find(open_mark, i)
+        end = marked.find(close_mark, start + 1) if start >= 0 else -1
+        if end < 0:  # no (complete) marked content left
             text_parts.append(marked[i:])
             break
-        end = marked.find(_CLOSE, start)
         text_parts.append(marked[i:start])
         pos += start - i
         content = marked[start + 1 : end]
