@@ -53,23 +53,14 @@ def validate_job_files(db: Database, settings: Settings, job_id: str) -> None:
             raise InvalidRequestError(f"The training file is in `{report.get('format')}` format; only supervised "
                                       "chat data can be trained until DPO is implemented.", param=param,
                                       code="invalid_training_file")
-    screen = _screening_hook()
-    if screen is not None:
-        screen(db, settings, job_id)
+    from tunegate.safety.jobs import screen_job  # raises `unsafe_training_file` when blocked
+
+    screen_job(db, settings, job_id)
     with db.session() as s:
         job = s.get(Job, job_id)
         if job.status == "validating_files":
             job.status = "queued"
             s.add(JobEvent(id=new_id("ftevent", 12), job_id=job_id, message="Files validated; job queued."))
-
-
-def _screening_hook():
-    """Training-data screening (safety stage), when it is installed in this build."""
-    try:
-        from tunegate.safety.jobs import screen_job
-    except ImportError:
-        return None
-    return screen_job
 
 
 class JobReporter:
@@ -151,7 +142,7 @@ def fine_tuned_model_id(db: Database, job: Job) -> str:
 
 
 def finish_succeeded(db: Database, settings: Settings, job_id: str, model_id: str, adapter_dir: Path,
-                     results_path: Path, trained_tokens: int | None, deployable: bool = True) -> None:
+                     results_path: Path, trained_tokens: int | None) -> None:
     from tunegate.files.service import store_bytes
 
     with db.session() as s:
@@ -163,7 +154,7 @@ def finish_succeeded(db: Database, settings: Settings, job_id: str, model_id: st
         job = s.get(Job, job_id)
         if s.get(FineTunedModel, model_id) is None:
             s.add(FineTunedModel(id=model_id, org_id=org_id, job_id=job_id, base_model=base,
-                                 adapter_path=str(adapter_dir), deployable=deployable))
+                                 adapter_path=str(adapter_dir), deployable=True))
         job.status, job.finished_at, job.control, job.worker_pid = "succeeded", now(), None, None
         job.fine_tuned_model, job.result_files = model_id, [result.id]
         job.trained_tokens = trained_tokens if trained_tokens is not None else job.trained_tokens

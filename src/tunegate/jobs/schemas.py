@@ -55,6 +55,25 @@ class Method(BaseModel):
     reinforcement: dict[str, Any] | None = None
 
 
+class JobOptions(BaseModel):
+    """Our extension, `tunegate: {...}` in the create body: LoRA knobs and (admin only) safety switches."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_r: int | None = Field(None, ge=1, le=256)
+    lora_alpha: float | None = Field(None, gt=0, le=1024)
+    lora_dropout: float | None = Field(None, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, min_length=1, max_length=32)
+    max_seq_len: int | None = Field(None, ge=16, le=131072)
+    safety_mixing: bool | None = None
+    """Admin only when false: mix the project's refusal examples into the data (default on)."""
+    skip_screening: bool = False
+    """Admin only: skip training-data screening for this job (audited)."""
+
+    def admin_only(self) -> list[str]:
+        return [name for name, on in (("safety_mixing", self.safety_mixing is False),
+                                      ("skip_screening", self.skip_screening)) if on]
+
+
 class JobCreate(BaseModel):
     """`POST /v1/fine_tuning/jobs`. Unknown fields are accepted and logged."""
 
@@ -68,6 +87,7 @@ class JobCreate(BaseModel):
     hyperparameters: SupervisedHyperparameters | None = None
     method: Method | None = None
     integrations: list[Any] | None = None
+    tunegate: JobOptions | None = None
 
     @field_validator("suffix")
     @classmethod

@@ -75,9 +75,11 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
         raise InvalidRequestError(f"Model `{body.model}` cannot be fine-tuned here. Base models: "
                                   f"{', '.join(list_base_models(settings))}.", param="model", code="model_not_available")
     method = _requested_method(body)
-    options = dict(body.model_extra.get("tunegate") or {}) if body.model_extra else {}
-    if options.get("safety_mixing") is False and not principal.is_admin:
-        raise InvalidRequestError("Only an admin key may turn off safety data mixing.", param="tunegate.safety_mixing",
+    options = body.tunegate.model_dump(exclude_none=True) if body.tunegate else {}
+    restricted = body.tunegate.admin_only() if body.tunegate else []
+    if restricted and not principal.is_admin:
+        raise InvalidRequestError(f"Only an admin key may set `tunegate.{restricted[0]}`: safety steps cannot be "
+                                  "turned off by a regular key.", param=f"tunegate.{restricted[0]}",
                                   code="admin_required")
     with db.session() as s:
         _own_file(s, principal, body.training_file, "training_file")
@@ -92,7 +94,8 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
         s.add(job)
         s.add(_event(job.id, "Created fine-tuning job: " + job.id))
     record(db, "job.created", org_id=principal.org_id, actor=principal.key_id, object_id=job.id,
-           details={"model": body.model, "training_file": body.training_file, "options": options})
+           details={"model": body.model, "training_file": body.training_file, "options": options,
+                    "safety_switches": restricted})
     return job
 
 

@@ -50,9 +50,13 @@ def build_config(db: Database, settings: Settings, job: Job):
         hp.get("n_epochs", "auto"), hp.get("batch_size", "auto"), hp.get("learning_rate_multiplier", "auto"),
         n_examples=int(report.get("n_examples") or 0))
     opts = job.options or {}
+    # The job pipeline orchestrates the stages to its right: safety mixes refusal data in first.
+    from tunegate.safety.jobs import mixed_training_file
+
+    training_path = mixed_training_file(db, settings, job, train_file.path)
     config = TrainConfig(
         base_model=base.name, base_model_path=str(base.path), template_sha256=base.template_sha256,
-        training_file=train_file.path, validation_file=valid_file.path if valid_file else None,
+        training_file=training_path, validation_file=valid_file.path if valid_file else None,
         n_epochs=n_epochs, batch_size=batch_size, learning_rate=lr, seed=job.seed,
         keep_checkpoints=settings.keep_checkpoints,
         **{k: v for k, v in opts.items() if k in TrainConfig.__dataclass_fields__},
@@ -117,18 +121,12 @@ def run(job_id: str, settings: Settings | None = None) -> int:
 
 def after_training(db: Database, settings: Settings, job_id: str, model_id: str, adapter_dir: Path, out_dir: Path,
                    trained_tokens: int | None) -> None:
-    """Safety gate (when installed), then the fine-tuned model is registered."""
-    try:
-        from tunegate.safety.jobs import gate_job
-    except ImportError:
-        gate_job = None
-    deployable = True
-    if gate_job is not None:
-        deployable = gate_job(db, settings, job_id, adapter_dir)
-        if not deployable:
-            return  # gate_job failed the job with `unsafe_model`
-    pipeline.finish_succeeded(db, settings, job_id, model_id, adapter_dir, out_dir / "results.csv", trained_tokens,
-                              deployable=deployable)
+    """Safety gate, then the fine-tuned model is registered as servable."""
+    from tunegate.safety.jobs import gate_job
+
+    if not gate_job(db, settings, job_id, adapter_dir, model_id):
+        return  # the gate failed the job with `unsafe_model`
+    pipeline.finish_succeeded(db, settings, job_id, model_id, adapter_dir, out_dir / "results.csv", trained_tokens)
 
 
 def main() -> None:

