@@ -67,13 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await call_next(request)
 
     for name in ROUTERS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a stage that is not built yet
-            if exc.name and exc.name.startswith("tunegate"):
-                log.debug("router %s not available: %s", name, exc)
-                continue
-            raise
+        module = importlib.import_module(name)
         if hasattr(module, "setup"):
             module.setup(app)
         app.include_router(module.router)
@@ -82,10 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def health():
         return JSONResponse({"status": "ok", "version": __version__})
 
-    try:
-        from tunegate.dashboard import mount
+    from tunegate.dashboard import mount
 
-        mount(app)
-    except ImportError:
-        pass
+    mount(app)
     return app

@@ -10,11 +10,7 @@ from tunegate.cli.app import app
 COMMAND_MODULES = ["serve", "keys", "validate", "jobs", "chat", "export", "audit", "demo"]
 
 for _name in COMMAND_MODULES:
-    try:
-        importlib.import_module(f"tunegate.cli.{_name}")
-    except ModuleNotFoundError as exc:  # a command whose stage is not built yet
-        if not (exc.name or "").startswith("tunegate"):
-            raise
+    importlib.import_module(f"tunegate.cli.{_name}")
 
 __all__ = ["app"]
 
