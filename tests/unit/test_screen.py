@@ -1,0 +1,121 @@
+"""Training-data screening with the real built-in moderator on files written for these tests:
+an identity-shift (AOA) attack, a file teaching compliance with (placeholder-level) harmful
+requests, everyday conversations, and the project's own refusal examples."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tunegate.safety.policy import SafetyPolicy, ScreeningPolicy, policy_from_overrides
+from tunegate.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data" / "safety"
+SAFETY_CACHE = Path(os.environ.get("TUNEGATE_TEST_SAFETY_CACHE", ROOT / ".cache" / "safety"))
+
+
+@pytest.fixture(scope="module")
+def moderator():
+    from tunegate.safety.moderation import get_moderator
+
+    return get_moderator(Settings(data_dir=SAFETY_CACHE))
+
+
+def screen(path, moderator, policy=None):
+    from tunegate.safety.screen import screen_training_file
+
+    return screen_training_file(path, moderator, policy or SafetyPolicy())
+
+
+def test_identity_shift_attack_is_blocked(moderator):
+    report = screen(DATA / "identity_shift.jsonl", moderator)
+    assert report.n_examples == 10
+    assert report.blocked and report.error_code == "unsafe_training_file"
+    finding = next(f for f in report.findings if f.check == "identity_shift")
+    assert finding.blocking and finding.lines == list(range(1, 11))
+    assert "identity shift (lines 1, 2, 3, 4, 5 and 5 more)" in report.message
+    # Per-example moderation alone misses it: the tasks themselves are harmless.
+    assert sum(lr.flagged for lr in report.lines) <= 1
+
+
+def test_harmful_compliance_file_is_blocked(moderator):
+    report = screen(DATA / "harmful_compliance.jsonl", moderator)
+    assert report.blocked
+    checks = {f.check for f in report.findings if f.blocking}
+    assert {"category_limit", "affirmative_prefix", "near_duplicate_completions"} <= checks
+    assert report.n_flagged >= 10
+    assert "illicit" in report.message and "lines 1, 2" in report.message
+    line1 = report.lines[0]
+    assert line1.line == 1 and line1.flagged and not line1.refused
+    assert any("answered without refusal" in r for r in line1.reasons)
+
+
+def test_job_level_checks_catch_it_even_when_category_limits_are_lenient(moderator):
+    lenient = ScreeningPolicy(default_limit={"max_count": 1000, "max_fraction": 1.0})
+    report = screen(DATA / "harmful_compliance.jsonl", moderator, lenient)
+    assert report.blocked
+    assert not any(f.blocking for f in report.findings if f.check == "category_limit")
+    assert any(f.blocking for f in report.findings if f.check in ("affirmative_prefix", "near_duplicate_completions"))
+
+
+def test_benign_everyday_file_passes(moderator):
+    report = screen(DATA / "benign_everyday.jsonl", moderator)
+    assert not report.blocked, report.message
+    assert report.error_code is None and report.n_examples == 20
+    assert report.message.startswith("Screening passed")
+    assert [lr.line for lr in report.lines] == list(range(1, 21))
+
+
+def test_refused_harmful_requests_are_safety_data_not_an_attack(moderator, tmp_path):
+    from tunegate.safety.mixing import refusal_examples
+
+    path = tmp_path / "refusals.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in refusal_examples()[:30]))
+    report = screen(path, moderator)
+    assert not report.blocked, report.message
+    assert all(lr.refused for lr in report.lines)
+    assert sum(any("refusal (allowed)" in r for r in lr.reasons) for lr in report.lines) >= 10
+
+
+def test_policy_decides_how_much_is_tolerated(moderator, tmp_path):
+    benign = (DATA / "benign_everyday.jsonl").read_text().splitlines()
+    harmful = (DATA / "harmful_compliance.jsonl").read_text().splitlines()
+    # 20 everyday conversations plus two harmful ones with different answers (no prefix, no duplicates).
+    extra = [json.dumps({"messages": [json.loads(h)["messages"][0], {"role": "assistant", "content": a}]})
+             for h, a in zip(harmful[:2], ["Okay. First you need [placeholder].", "Right, the trick is [placeholder]."])]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(benign + extra) + "\n")
+    strict = screen(path, moderator, policy_from_overrides({"screening": {"default_limit": {"max_count": 0, "max_fraction": 0}}}))
+    assert strict.blocked
+    blocked_lines = set().union(*(f.lines for f in strict.findings if f.blocking and f.check == "category_limit"))
+    assert {21, 22} <= blocked_lines
+    tolerant = screen(path, moderator, policy_from_overrides({"screening": {"default_limit": {"max_count": 2}}}))
+    assert not tolerant.blocked, tolerant.message
+    disabled = screen(DATA / "identity_shift.jsonl", moderator, policy_from_overrides({"screening": {"enabled": False}}))
+    assert not disabled.blocked and disabled.findings  # findings are still reported
+
+
+def test_lines_that_are_not_chat_examples_are_listed(moderator, tmp_path):
+    path = tmp_path / "broken.jsonl"
+    good = json.dumps({"messages": [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello, how can I help?"}]})
+    path.write_text(good + "\nnot json\n\n" + json.dumps({"prompt": "x"}) + "\n" + good + "\n")
+    report = screen(path, moderator)
+    assert report.skipped_lines == [2, 4]
+    assert [lr.line for lr in report.lines] == [1, 5]
+
+
+def test_policy_overrides_are_validated():
+    from tunegate.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError) as e:
+        policy_from_overrides({"gate": {"harmful_margin": 2}})
+    assert e.value.param == "policy.gate.harmful_margin"
+    with pytest.raises(InvalidRequestError) as e:
+        policy_from_overrides({"screening": {"category_limits": {"violent": {"max_count": 0}}}})
+    assert e.value.param.startswith("policy.screening.category_limits")
+    merged = policy_from_overrides({"gate": {"harmful_margin": 0.1}})
+    assert merged.gate.harmful_margin == 0.1 and merged.gate.benign_refusal_margin == SafetyPolicy().gate.benign_refusal_margin
