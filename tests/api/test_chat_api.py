@@ -1,0 +1,151 @@
+"""Chat completions through the official openai SDK against a real server: base and fine-tuned
+(produced by the jobs flow), streaming, n, stop, seed, exact usage, errors and isolation."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL_CACHE
+from tests.server import RunningServer
+
+DATA = ("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Tell me about item {i}."},
+                                           {"role": "assistant", "content": f"Item {i} is a fine item."}]})
+                  for i in range(20)) + "\n").encode()
+MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture(scope="module")
+def chat_server(tmp_path_factory, tiny_model_path):
+    data_dir = tmp_path_factory.mktemp("chat") / "data"
+    env = {"TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE), "TUNEGATE_TORCH_THREADS": "1",
+           "TUNEGATE_BASE_MODELS": json.dumps({"tiny": str(tiny_model_path)})}
+    with RunningServer(data_dir, env) as srv:
+        srv.key_a, srv.key_b = srv.create_key("chat-a"), srv.create_key("chat-b")
+        c = srv.client(srv.key_a)
+        f = c.files.create(file=("t.jsonl", io.BytesIO(DATA)), purpose="fine-tune")
+        job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="chat", method={
+            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+        deadline = time.time() + 600
+        while (job := c.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+            assert time.time() < deadline, "job did not finish"
+            time.sleep(1)
+        assert job.status == "succeeded", job.error
+        srv.ft_model = job.fine_tuned_model
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def tokenizer_tiny(tiny_model_path):
+    from tunegate.catalog import load_tokenizer
+
+    return load_tokenizer(tiny_model_path)
+
+
+@pytest.mark.parametrize("model_attr", ["base", "ft"])
+def test_non_streaming_and_streaming_agree_with_exact_usage(chat_server, tokenizer_tiny, model_attr):
+    from tunegate.catalog.template import render
+
+    model = "tiny" if model_attr == "base" else chat_server.ft_model
+    c = chat_server.client(chat_server.key_a)
+    r = c.chat.completions.create(model=model, messages=MSGS, max_tokens=12, temperature=0)
+    assert r.object == "chat.completion" and r.model == model and r.id.startswith("chatcmpl-")
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    prompt_ids = tokenizer_tiny(render(tokenizer_tiny, MSGS, add_generation_prompt=True),
+                                add_special_tokens=False)["input_ids"]
+    assert r.usage.prompt_tokens == len(prompt_ids)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    if choice.finish_reason == "length":
+        assert r.usage.completion_tokens == 12
+
+    chunks = list(c.chat.completions.create(model=model, messages=MSGS, max_tokens=12, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    assert chunks[-2].choices[0].finish_reason == choice.finish_reason
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks[:-1]) == choice.message.content
+    assert len({ch.id for ch in chunks}) == 1
+
+
+def test_n_seed_and_stop(chat_server):
+    c = chat_server.client(chat_server.key_a)
+    kw = dict(model="tiny", messages=MSGS, max_tokens=10, temperature=1.0)
+    two = c.chat.completions.create(n=2, seed=5, **kw)
+    assert [ch.index for ch in two.choices] == [0, 1]
+    again = c.chat.completions.create(n=2, seed=5, **kw)
+    assert [ch.message.content for ch in two.choices] == [ch.message.content for ch in again.choices]
+    greedy = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=16, temperature=0)
+    text = greedy.choices[0].message.content
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    cut = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=16, temperature=0, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+
+
+def test_unknown_and_other_orgs_models_are_404(chat_server):
+    a, b = chat_server.client(chat_server.key_a), chat_server.client(chat_server.key_b)
+    for client, model in ((a, "no-such-model"), (b, chat_server.ft_model), (a, chat_server.ft_model + "x")):
+        with pytest.raises(openai.NotFoundError) as e:
+            client.chat.completions.create(model=model, messages=MSGS, max_tokens=4)
+        assert e.value.body["code"] == "model_not_found"
+    assert chat_server.ft_model in [m.id for m in a.models.list().data]
+    assert chat_server.ft_model not in [m.id for m in b.models.list().data]
+    with pytest.raises(openai.NotFoundError):
+        b.models.retrieve(chat_server.ft_model)
+    assert a.models.retrieve(chat_server.ft_model).owned_by == "chat-a"
+    assert {m.owned_by for m in a.models.list().data if not m.id.startswith("ft:")} == {"tunegate"}
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": -5}, "max_tokens"),
+    ({"max_tokens": 10**9}, "max_tokens"),
+    ({"temperature": 5}, "temperature"),
+    ({"n": 0}, "n"),
+    ({"n": 200}, "n"),
+    ({"top_p": 2}, "top_p"),
+    ({"messages": "hello"}, "messages"),
+])
+def test_bad_input_is_400_naming_the_field(chat_server, body, param):
+    payload = {"model": "tiny", "messages": MSGS, **body}
+    r = httpx.post(chat_server.base_url + "/chat/completions", json=payload,
+                   headers={"Authorization": f"Bearer {chat_server.key_a}"}, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_huge_prompt_and_broken_json_then_still_healthy(chat_server):
+    h = {"Authorization": f"Bearer {chat_server.key_a}"}
+    big = [{"role": "user", "content": "word " * 200_000}]  # ~1 MB
+    r = httpx.post(chat_server.base_url + "/chat/completions", json={"model": "tiny", "messages": big}, headers=h,
+                   timeout=120)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    r = httpx.post(chat_server.base_url + "/chat/completions", content=b'{"model": "tiny", "messages": [',
+                   headers={**h, "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    ok = chat_server.client(chat_server.key_a).chat.completions.create(model="tiny", messages=MSGS, max_tokens=3)
+    assert ok.choices[0].message.content is not None
+
+
+def test_delete_model_rules(chat_server):
+    a, b = chat_server.client(chat_server.key_a), chat_server.client(chat_server.key_b)
+    with pytest.raises(openai.BadRequestError):
+        a.models.delete("tiny")
+    with pytest.raises(openai.NotFoundError):
+        b.models.delete(chat_server.ft_model)
+    ckpt = [m.id for m in a.models.list().data if ":ckpt-step-" in m.id]
+    assert ckpt and a.chat.completions.create(model=ckpt[0], messages=MSGS, max_tokens=2).choices
+    r = httpx.get(f"{chat_server.base_url}/models/{chat_server.ft_model}/content",
+                  headers={"Authorization": f"Bearer {chat_server.key_a}"})
+    assert r.status_code == 200 and r.content[:2] == b"\x1f\x8b"  # a gzip archive of the adapter
+    assert a.models.delete(chat_server.ft_model).deleted
+    with pytest.raises(openai.NotFoundError):
+        a.chat.completions.create(model=chat_server.ft_model, messages=MSGS, max_tokens=2)
