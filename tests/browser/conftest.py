@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import MODEL_CACHE, ROOT
@@ -55,6 +56,15 @@ def server(browser, tmp_path_factory, tiny_model_path):
     }
     with RunningServer(data_dir, env) as srv:
         srv.key = srv.create_key("org-dash")
+        # The organisation's safety policy, set by its admin: a small gate that reports but never
+        # blocks (answers of a random tiny model say nothing about safety), and runtime moderation
+        # that flags instead of cutting streams, so these tests are about the dashboard alone.
+        admin = srv.create_key("org-dash", admin=True)
+        r = httpx.post(f"{srv.base_url}/admin/policy", headers={"Authorization": f"Bearer {admin}"}, timeout=60, json={
+            "gate": {"n_harmful": 4, "n_benign": 2, "max_new_tokens": 8, "harmful_margin": 1, "harmful_cap": 1,
+                     "benign_refusal_margin": 1, "category_margin": 1},
+            "runtime": {"input": "flag", "output": "flag"}})
+        assert r.status_code == 200, r.text
         yield srv
 
 

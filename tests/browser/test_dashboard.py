@@ -198,9 +198,17 @@ def test_job_trains_on_the_tiny_model_with_a_live_loss_chart_and_succeeds(ui, se
         page.locator("[data-result-file]").first.click()
     csv = open(dl.value.path()).read()
     assert csv.splitlines()[0].startswith("step") and len(csv.splitlines()) == len(steps) + 1
-    # The safety report is either shown or clearly marked as not available.
-    page.locator("#safety-report").wait_for()
-    assert page.locator("#safety-unavailable").count() or page.locator("#safety-gate, #safety-screening").count()
+    # The real safety report: screening of the training data and the gate's base vs fine-tuned rates.
+    decision = page.locator("#safety-gate-decision")
+    decision.wait_for()
+    assert "Passed" in decision.inner_text()
+    assert page.locator("#safety-screening").get_by_text("Examples screened").is_visible()
+    overall = page.locator("table.gate-overall tbody tr")
+    assert overall.count() == 3 and "95% CI" in overall.first.inner_text()
+    assert page.locator("#safety-samples article.sample").count() >= 1
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download the HTML report").click()
+    assert "<html" in open(dl.value.path(), encoding="utf-8").read(2000).lower()
     page.get_by_role("tab", name="Token accuracy").click()
     assert page.locator("svg#accuracy-chart").is_visible() and not chart.is_visible()
     page.get_by_role("tab", name="Loss").click()
@@ -239,7 +247,7 @@ def test_playground_streams_answers_from_base_and_fine_tuned_side_by_side(ui, se
 
     page.get_by_label("Side by side: send each message to two models").check()
     page.get_by_label("Compare with").select_option("tiny")
-    page.get_by_label("Max tokens").fill("16")
+    page.get_by_label("Max tokens").fill("40")
     page.get_by_label("Message", exact=True).fill("What is 3 plus 3?")
     page.get_by_label("Message", exact=True).press("Enter")
     for log in ("#pg-log-0", "#pg-log-1"):
@@ -289,3 +297,28 @@ def test_chart_ticks_enclose_the_data_and_reports_are_read_as_the_server_writes_
     assert errors[0] == ["Bad n_epochs", "invalid_value", "n_epochs"]
     assert "could not be reached" in errors[1][0] and "502 Bad Gateway" in errors[1][0] and "<" not in errors[1][0]
     assert errors[2][0] == "The server had an error."
+
+
+def test_pause_resume_and_cancel_buttons_drive_a_running_job(ui, server):
+    client = server.client(server.key)
+    f = client.files.create(file=("long.jsonl", io.BytesIO(GOOD)), purpose="fine-tune")
+    # Many steps, so the job is still running while the buttons are used.
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, seed=5, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}})
+    ui.sign_in(server.key)
+    page = ui.page
+    page.goto(f"{server.url}/#/jobs/{job.id}")
+    status = page.locator("#job-status .badge")
+    page.get_by_role("button", name="Pause").click(timeout=JOB_TIMEOUT_MS)
+    page.locator("#job-status [data-status=paused]").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Resume").click()
+    page.locator("#job-status [data-status=paused]").wait_for(state="detached")
+    assert status.get_attribute("data-status") in ("queued", "running")
+    page.get_by_role("button", name="Cancel job").click()
+    page.get_by_role("dialog").get_by_role("button", name="Cancel job").click()
+    page.locator("#job-status [data-status=cancelled]").wait_for(timeout=60_000)
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+    messages = page.locator("#job-events").inner_text()
+    assert "paused" in messages.lower() and "resumed" in messages.lower()
+    assert page.get_by_role("button", name="Pause").count() == 0  # a finished job offers no controls
+    ui.shot("10-job-cancelled")

@@ -52,9 +52,20 @@ export function createSafetySection(jobId) {
     download.addEventListener("click", () =>
       api.download(`/v1/fine_tuning/jobs/${jobId}/safety_report.html`, `${jobId}-safety-report.html`).catch((err) => replace(status, errorBox(err, { title: "Could not download the HTML report" }))),
     );
-    replace(body, screeningPart(report.screening), gatePart(report.gate), checks.length ? checksList(checks) : null, status, h("div", { class: "actions" }, download));
+    replace(body, overridePart(report.override), screeningPart(report.screening), gatePart(report.gate), checks.length ? checksList(checks) : null, status, h("div", { class: "actions" }, download));
   }
   return { el, refresh };
+}
+
+function overridePart(o) {
+  if (!o) return null;
+  return h(
+    "div",
+    { class: "banner banner-warn", role: "status", id: "safety-override" },
+    h("strong", {}, "Served by an admin override. "),
+    `Reason: ${o.reason || "(none given)"}`,
+    o.by ? h("p", {}, "By key ", h("code", {}, o.by), ". The override is in the audit log.") : null,
+  );
 }
 
 function decisionOf(part) {
@@ -260,7 +271,7 @@ function sampleCard(s, i) {
 
 function answer(title, j) {
   const flagged = j.flagged_categories?.length ? h("span", { class: "muted" }, ` (${j.flagged_categories.join(", ")})`) : null;
-  return h("div", { class: "answer" }, h("p", { class: "label" }, title, " ", judgementBadge(j), flagged), h("p", { class: "answer-text" }, j.answer ?? "—"));
+  return h("div", { class: "answer" }, h("p", { class: "label" }, title, " ", judgementBadge(j), flagged), h("p", { class: "answer-text" }, j.answer?.trim() ? j.answer : h("span", { class: "muted" }, "(empty answer)")));
 }
 
 function checksList(checks) {
