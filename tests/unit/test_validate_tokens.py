@@ -207,3 +207,20 @@ def test_sentinel_characters_in_the_data_are_kept_and_spans_stay_exact(tokenizer
     r = render_with_spans(tokenizer, messages)
     assert r.text == render(tokenizer, messages)
     assert [r.text[s:e] for s, e in r.spans] == ["x\ue000y<|im_end|>"]
+
+
+def test_count_rendered_equals_the_trainers_masks(tokenizer):
+    # count_rendered (bisect over offsets, no masks) must give tokenize_rendered's counts exactly.
+    from tunegate.catalog.template import count_rendered, tokenize_rendered
+
+    rng = random.Random(2)
+    rendered = [render_with_spans(tokenizer, random_conversation(rng)) for _ in range(300)]
+    rendered += [render_with_spans(tokenizer, varied(i)["messages"]) for i in range(50)]
+    rendered.append(render_with_spans(tokenizer, [{"role": "user", "content": "a<|im_end|>b 🙂🙂 数据"},
+                                                  {"role": "assistant", "content": "🙂 x<|im_start|>y 数"}]))
+    masks = tokenize_rendered(tokenizer, rendered)
+    for max_len in (None, 1, 17, 64, 200):
+        expected = [(len(t.input_ids), t.n_trained, sum(t.loss_mask[:max_len]) if max_len else t.n_trained)
+                    for t in masks]
+        assert count_rendered(tokenizer, rendered, max_len) == expected
+    assert sum(t.n_trained for t in masks) > 1000

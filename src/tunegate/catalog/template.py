@@ -13,12 +13,16 @@ the content. Character spans become token masks through the fast tokenizer's off
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import starmap
+from operator import ge, itemgetter
 from typing import Any
 
 # Unicode private-use characters: never produced by tokenizers' normalisers, never in real chat data.
 _OPEN = "\ue000"
 _CLOSE = "\ue001"
+_start = itemgetter(0)
 
 
 @dataclass
@@ -127,7 +131,31 @@ def _free_marks(text: str) -> tuple[str, str]:
     return next(free), next(free)
 
 
+def _chatml_with_spans(messages: list[dict], default_system: str, eos: str) -> Rendered:
+    """The fast path's render with spans computed while writing (same text and spans as the marks)."""
+    normalized = normalize_messages(messages, mark_trained=False)
+    parts = [default_system if not normalized or normalized[0]["role"] != "system" else ""]
+    pos = len(parts[0])
+    trained = []
+    for m, n in zip(messages, normalized):
+        head = f"{_IM_START}{n['role']}\n"
+        parts.append(head)
+        parts.append(n["content"])
+        parts.append(_IM_END + "\n")
+        start = pos + len(head)
+        pos = start + len(n["content"])
+        if n["role"] == "assistant" and m.get("weight", 1) != 0:
+            trained.append((start, pos))
+        pos += len(_IM_END) + 1
+    text = "".join(parts)
+    spans = [(a, b + len(eos) if eos and text.startswith(eos, b) else b) for a, b in trained]
+    return Rendered(text, spans)
+
+
 def render_with_spans(tokenizer, messages: list[dict]) -> Rendered:
+    default_system = chatml_default_system(tokenizer)
+    if default_system is not None:
+        return _chatml_with_spans(messages, default_system, tokenizer.eos_token or "")
     marks = (_OPEN, _CLOSE)
     marked = _apply(tokenizer, normalize_messages(messages, mark_trained=True))
     n_trained = sum(1 for m in messages if m.get("role") == "assistant" and m.get("weight", 1) != 0)
@@ -160,6 +188,20 @@ def render_with_spans(tokenizer, messages: list[dict]) -> Rendered:
     return Rendered("".join(text_parts), spans)
 
 
+def _loss_mask(offsets, spans: list[tuple[int, int]]) -> list[int]:
+    """1 for each token that starts inside a trained span (and covers at least one character)."""
+    mask = [0] * len(offsets)
+    k = 0
+    for t, (s, e) in enumerate(offsets):
+        while k < len(spans) and spans[k][1] <= s:
+            k += 1
+        if k == len(spans):
+            break
+        if e > s and spans[k][0] <= s < spans[k][1]:
+            mask[t] = 1
+    return mask
+
+
 def tokenize_rendered(tokenizer, rendered: list[Rendered]) -> list[Tokenized]:
     """One batched fast-tokenizer pass; a token is trained when it starts inside a trained span."""
     if not rendered:
@@ -167,19 +209,45 @@ def tokenize_rendered(tokenizer, rendered: list[Rendered]) -> list[Tokenized]:
     enc = tokenizer(
         [r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
     )
+    return [Tokenized(list(ids), _loss_mask(offsets, r.spans) if r.spans else [0] * len(ids))
+            for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"])]
+
+
+def count_rendered(tokenizer, rendered: list[Rendered], max_len: int | None = None) -> list[tuple[int, int, int]]:
+    """(tokens, trained tokens, trained tokens among the first `max_len`) of each text: the counts of
+    `tokenize_rendered`, by the same rule, without building id lists and masks in Python (dataset
+    validation counts every example of a file; this keeps it near the cost of tokenizing)."""
+    if not rendered:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        # Not a plain fast tokenizer, or one the HF call would configure differently: take the slow way.
+        return [(len(t.input_ids), t.n_trained, sum(t.loss_mask[:max_len]) if max_len is not None else t.n_trained)
+                for t in tokenize_rendered(tokenizer, rendered)]
+    limit = max_len if max_len is not None else 1 << 62
     out = []
-    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
-        mask = [0] * len(ids)
-        if r.spans:
-            k = 0
-            for t, (s, e) in enumerate(offsets):
-                while k < len(r.spans) and r.spans[k][1] <= s:
-                    k += 1
-                if k == len(r.spans):
-                    break
-                if e > s and r.spans[k][0] <= s < r.spans[k][1]:
-                    mask[t] = 1
-        out.append(Tokenized(list(ids), mask))
+    for r, enc in zip(rendered, backend.encode_batch([r.text for r in rendered], add_special_tokens=False)):
+        n = len(enc)
+        if not r.spans:
+            out.append((n, 0, 0))
+            continue
+        offsets = enc.offsets
+        if offsets != sorted(offsets):  # never seen, but then the sweep's order matters: use it as is
+            mask = _loss_mask(offsets, r.spans)
+            out.append((n, sum(mask), sum(mask[:limit])))
+            continue
+        trained = kept = 0
+        for a, b in r.spans:  # tokens starting in [a, b): a slice of the sorted offsets
+            lo = bisect_left(offsets, a, key=_start)
+            hi = bisect_left(offsets, b, lo=lo, key=_start)
+            # Tokens covering no character are never trained (ge(start, end) is True for them).
+            in_span = hi - lo - sum(starmap(ge, offsets[lo:hi]))
+            trained += in_span
+            if hi <= limit:
+                kept += in_span
+            elif lo < limit:
+                kept += limit - lo - sum(starmap(ge, offsets[lo:limit]))
+        out.append((n, trained, kept))
     return out
 
 

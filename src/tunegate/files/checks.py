@@ -26,6 +26,8 @@ INPUT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls", "functions"}
 DEFAULT_CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>", "<|end_of_text|>",
                           "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "[INST]", "[/INST]",
                           "<start_of_turn>", "<end_of_turn>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+_PLAIN_KEYS = frozenset({"role", "content", "weight"})
+_PLAIN_ROLES = frozenset({"system", "user", "assistant"})
 _SHOW = 60  # characters of a user value quoted back in a message
 
 
@@ -68,6 +70,7 @@ class ExampleChecker:
         self._control = re.compile("|".join(map(re.escape, tokens))) if tokens else None
         self.line = 0
         self.ok = True
+        self._scan = True  # False when the raw line cannot hold a control token (see `_prescan`)
 
     # -- reporting ---------------------------------------------------------------------------------
     def _err(self, code: str, param: str | None, message: str) -> None:
@@ -78,9 +81,16 @@ class ExampleChecker:
         self.sink.warn(code, self.line, param, message)
 
     # -- entry points ------------------------------------------------------------------------------
-    def chat(self, line: int, example: dict) -> list[dict] | None:
-        """An SFT line; the messages to render when it has no error, else None."""
+    def _prescan(self, raw: str | None) -> None:
+        # One C-speed search of the raw JSON line saves a search per string. Only a \u escape could hide
+        # a control token from it (e.g. \u003c for "<"), so such lines are searched string by string.
+        self._scan = raw is None or (self._control is not None and (
+            self._control.search(raw) is not None or "\\u" in raw))
+
+    def chat(self, line: int, example: dict, raw: str | None = None) -> list[dict] | None:
+        """An SFT line (`raw`: its JSON text, when known); the messages to render when it has no error."""
         self.line, self.ok = line, True
+        self._prescan(raw)
         self._unknown_top_keys(example, CHAT_KEYS, "")
         tool_names = self._definitions(example, "")
         if "messages" not in example:
@@ -103,9 +113,10 @@ class ExampleChecker:
         self._missing_roles(roles, "messages")
         return messages if self.ok else None
 
-    def preference(self, line: int, example: dict) -> list[dict] | None:
+    def preference(self, line: int, example: dict, raw: str | None = None) -> list[dict] | None:
         """A DPO line; the prompt plus preferred output (what the token counts measure) or None."""
         self.line, self.ok = line, True
+        self._prescan(raw)
         self._unknown_top_keys(example, PREFERENCE_KEYS, "")
         call_ids: set[str] = set()
         prompt = None
@@ -171,7 +182,7 @@ class ExampleChecker:
                        "Add the user turn unless that is intended.")
 
     def _text(self, text: str, param: str) -> None:
-        if self._control is not None and (hit := self._control.search(text)):
+        if self._scan and self._control is not None and (hit := self._control.search(text)):
             self._err("control_token_in_content", param, f"The text contains the template control token "
                       f"`{hit.group()}` (at character {hit.start()}). Remove it: the chat template writes these "
                       "itself, and a literal one changes the conversation structure the model learns.")
@@ -217,6 +228,14 @@ class ExampleChecker:
             return False
         ok_before, self.ok = self.ok, True
         for i, m in enumerate(messages):
+            # Fast path for the common message: plain role and text content, a valid weight at most.
+            if type(m) is dict and m.keys() <= _PLAIN_KEYS and m.get("role") in _PLAIN_ROLES \
+                    and type(c := m.get("content")) is str and c and (
+                        "weight" not in m or (m["role"] == "assistant" and type(m["weight"]) is int
+                                              and m["weight"] in (0, 1))):
+                if self._scan:
+                    self._text(c, f"{prefix}[{i}].content")
+                continue
             p = f"{prefix}[{i}]"
             if not isinstance(m, dict):
                 self._err("data_type", p, f'Each message must be an object like {{"role": "user", "content": '

@@ -1,18 +1,17 @@
 """Finding repeated examples in a file of any size, in fixed memory.
 
-Owns `SeenLines`: an open-addressing table of 64-bit blake2b digests and the line that first had
+Owns `SeenLines`: an open-addressing table of 64-bit hashes (SipHash) and the line that first had
 each, in one anonymous memory map of fixed size (12 MiB for 2**20 slots). Pages are committed only
 when touched, so a small file costs little and a huge one never more than the map. Once 70% of
 the slots are used, new examples are no longer remembered (they are still compared with the ones
 remembered), so detection is exact for the first ~730,000 distinct examples and partial after that:
-`full` says so. A 64-bit digest collision (about 1 in 10**7 for a million examples) would report a
+`full` says so. A 64-bit hash collision (about 1 in 10**7 for a million examples) would report a
 false duplicate; the message quotes both lines so a person can tell. Does not own what counts as
 "the same" example (files/validate.py hashes the line's JSON text).
 """
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 
 DEFAULT_SLOTS_LOG2 = 20
@@ -33,8 +32,9 @@ class SeenLines:
 
     def first_line(self, data: bytes, line: int) -> int | None:
         """The earlier line with the same bytes, or None (and `line` is remembered)."""
+        # Python's bytes hash is 64-bit SipHash (keyed per process): good enough here, and C-fast.
         # |1 keeps 0 free to mean "empty slot".
-        key = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") | 1
+        key = (hash(data) & 0xFFFFFFFFFFFFFFFF) | 1
         keys, mask = self._keys, self._mask
         i = (key >> 1) & mask
         while True:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from tunegate.catalog.template import Rendered, render_with_spans, tokenize_rendered
+from tunegate.catalog.template import Rendered, count_rendered, render_with_spans
 
 # A batch goes to the tokenizer at this many examples or characters (long lines bound the memory).
 BATCH_EXAMPLES = 256
@@ -125,35 +125,35 @@ class TokenCounter:
         if not batch:
             return
         try:
-            results = tokenize_rendered(self.tokenizer, [r for _, r in batch])
+            results = count_rendered(self.tokenizer, [r for _, r in batch], self.context_length)
         except Exception:
             # One text the tokenizer refuses fails the whole batch: redo it one by one to name the line.
             results = [self._one(line, r) for line, r in batch]
-        for (line, _), tok in zip(batch, results):
-            if tok is not None:
-                self._count(line, len(tok.input_ids), tok.loss_mask)
+        for (line, _), counts in zip(batch, results):
+            if counts is not None:
+                self._count(line, *counts)
 
-    def _one(self, line: int, rendered: Rendered):
+    def _one(self, line: int, rendered: Rendered) -> tuple[int, int, int] | None:
         try:
-            return tokenize_rendered(self.tokenizer, [rendered])[0]
+            return count_rendered(self.tokenizer, [rendered], self.context_length)[0]
         except Exception as exc:
             self.report("tokenization_error", line, "messages", f"The tokenizer cannot encode this example "
                         f"({str(exc)[:200]}). Remove invalid characters such as unpaired surrogate escapes "
                         "(\\ud800-\\udfff).", True)
             return None
 
-    def _count(self, line: int, n_total: int, mask: list[int]) -> None:
+    def _count(self, line: int, n_total: int, n_trained: int, n_kept: int) -> None:
+        """n_kept: trained tokens within the context length (what training keeps after truncation)."""
         ctx = self.context_length
         truncated = ctx is not None and n_total > ctx
-        n_trained = sum(mask[:ctx] if truncated else mask)
         self.total[n_total] += 1
-        self.trained[n_trained] += 1
+        self.trained[n_kept] += 1
         self.total_tokens += n_total
-        self.trained_tokens += n_trained
+        self.trained_tokens += n_kept
         self.n_truncated += truncated
-        self.n_untrained += n_trained == 0
+        self.n_untrained += n_kept == 0
         if truncated:
-            lost = sum(mask) - n_trained
+            lost = n_trained - n_kept
             self.report("example_truncated", line, "messages", f"The example has {n_total:,} tokens with the chat "
                         f"template, more than the model's context length of {ctx:,}: training truncates it"
                         f"{f' and {lost:,} trained tokens are lost' if lost else ''}. Shorten it or split the "

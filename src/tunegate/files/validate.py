@@ -169,7 +169,7 @@ def validate_file(path: Path | str, *, tokenizer=None, context_length: int | Non
                               "(`input`/`preferred_output`) data in separate files.")
                 file_format = file_format or fmt
                 check = checker.preference if (fmt or file_format) == "preference" else checker.chat
-                messages = check(line, example)
+                messages = check(line, example, text)
                 first = seen.first_line(body, line)
                 if first is not None:
                     out.warn("duplicate_example", line, None, f"This example is identical to line {first}. Remove "
