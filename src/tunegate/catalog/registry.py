@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -51,14 +52,16 @@ def resolve_path(name: str, settings: Settings) -> Path:
 
 
 def get_base_model(name: str, settings: Settings) -> BaseModelInfo:
-    return _info(name, str(resolve_path(name, settings)))
+    path = str(resolve_path(name, settings))
+    with _LOAD_LOCK:
+        return _info(name, path)
 
 
 @lru_cache(maxsize=16)
 def _info(name: str, path: str) -> BaseModelInfo:
     folder = Path(path)
     config = json.loads((folder / "config.json").read_text())
-    tok = load_tokenizer(folder)
+    tok = _load_tokenizer(str(folder))
     template = tok.chat_template or ""
     return BaseModelInfo(
         name=name,
@@ -70,12 +73,21 @@ def _info(name: str, path: str) -> BaseModelInfo:
     )
 
 
-@lru_cache(maxsize=16)
+_LOAD_LOCK = threading.Lock()
+
+
 def load_tokenizer(path: Path | str):
     """The model's own fast tokenizer (the real one: never tiktoken). Cached per folder."""
+    # transformers' lazy module imports are not thread-safe: two first loads at once can fail.
+    with _LOAD_LOCK:
+        return _load_tokenizer(str(path))
+
+
+@lru_cache(maxsize=16)
+def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(path)
 
 
 def template_sha256(template: str) -> str:

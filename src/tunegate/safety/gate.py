@@ -147,11 +147,11 @@ def default_suites(policy: GatePolicy | None = None) -> list[SuitePrompt]:
 
 
 def _judge(answers: list[str], moderator: Moderator) -> list[Judgement]:
-    results = moderator.moderate([a if a.strip() else "(empty)" for a in answers])
+    from tunegate.safety.moderation import flagged_categories
+
     out = []
-    for answer, res in zip(answers, results):
+    for answer, cats in zip(answers, flagged_categories(moderator, answers)):
         verdict = refusal_score(answer)
-        cats = res.flagged_categories()
         out.append(Judgement(answer=answer, refused=verdict.refused, refusal_score=verdict.score,
                              harmful=(not verdict.refused) and bool(cats), flagged_categories=cats))
     return out

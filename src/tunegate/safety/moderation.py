@@ -8,6 +8,8 @@ register themselves exactly as a plug-in would. Does not own the HTTP route (`ro
 
 from __future__ import annotations
 
+import re
+
 import threading
 from typing import Callable, Protocol, runtime_checkable
 
@@ -128,3 +130,45 @@ class HttpModerator:
 
 register_moderator("builtin", BuiltinModerator)
 register_moderator("http", HttpModerator)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?\n])\s+")
+WINDOW_CHARS = 160
+
+
+def text_windows(text: str, max_chars: int = WINDOW_CHARS) -> list[str]:
+    """The text, and for a longer text each of its sentences (very short ones joined, long ones cut),
+    without repeats. Mean-pooled sentence embeddings dilute one harmful sentence inside a long or
+    repetitive answer, so a long text is judged as a whole and sentence by sentence."""
+    text = text.strip()
+    if not text:
+        return ["(empty)"]
+    windows, current = [text[:max_chars * 4]], ""
+    for sentence in _SENTENCE_END.split(text):
+        while len(sentence) > max_chars:  # one very long sentence: hard cut
+            windows.append(sentence[:max_chars])
+            sentence = sentence[max_chars:]
+        current = f"{current} {sentence}".strip()
+        if len(current) >= 40:
+            windows.append(current)
+            current = ""
+    if current:
+        windows.append(current)
+    return list(dict.fromkeys(windows))
+
+
+def flagged_categories(moderator: Moderator, texts: list[str]) -> list[list[str]]:
+    """For each text, the categories flagged in any of its windows (one batched moderation call)."""
+    spans, flat = [], []
+    for t in texts:
+        w = text_windows(t)
+        spans.append((len(flat), len(flat) + len(w)))
+        flat.extend(w)
+    results = moderator.moderate(flat) if flat else []
+    out = []
+    for start, end in spans:
+        cats: list[str] = []
+        for r in results[start:end]:
+            cats.extend(c for c in r.flagged_categories() if c not in cats)
+        out.append(cats)
+    return out

@@ -2,8 +2,10 @@
 
 Owns applying an organisation's runtime policy (`off | flag | block` for input and output) to one
 chat request: the input is checked before generation; the output is checked before it reaches the
-client — a streamed answer is held back in small pieces until the text so far has been moderated,
-so a blocked stream ends with `finish_reason: "content_filter"` without leaking the flagged part.
+client — a streamed answer is held back sentence by sentence until the text so far has been
+moderated, so a blocked stream ends with `finish_reason: "content_filter"` without leaking the
+flagged sentence (at most the start of the next sentence in the same chunk goes out before it is
+checked; it is checked as soon as it ends).
 Every flag and block is written to the audit log. Only an admin key may relax the policy for a
 request (the `moderation` extension field); for anyone else that field is an error.
 """
@@ -11,6 +13,7 @@ request (the `moderation` extension field); for anyone else that field is an err
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -20,8 +23,9 @@ from tunegate.db import Database
 from tunegate.errors import InvalidRequestError, PermissionDeniedError
 from tunegate.safety.policy import RuntimePolicy
 
-HOLD_CHARS = 48  # streamed text is released after each check of at least this many new characters
-MAX_CHECK_CHARS = 4000  # the classifier reads 256 tokens; the tail of a long text is what matters
+HOLD_CHARS = 200  # streamed text is released at sentence ends, or after this many unchecked characters
+_SENTENCE_END = re.compile(r"[.!?\n]")
+MAX_CHECK_CHARS = 4000  # windows of the text's tail are checked; older text was checked already
 
 
 @dataclass
@@ -49,8 +53,9 @@ class RuntimeModeration:
         return cls(policy, moderator, db, principal, model)
 
     async def _flagged(self, text: str) -> list[str]:
-        result = (await asyncio.to_thread(self.moderator.moderate, [text[-MAX_CHECK_CHARS:]]))[0]
-        return result.flagged_categories() if result.flagged else []
+        from tunegate.safety.moderation import flagged_categories
+
+        return (await asyncio.to_thread(flagged_categories, self.moderator, [text[-MAX_CHECK_CHARS:]]))[0]
 
     def _audit(self, action: str, categories: list[str]) -> None:
         record(self.db, action, org_id=self.principal.org_id, actor=self.principal.key_id, object_id=self.model,
@@ -128,7 +133,7 @@ class RuntimeModeration:
                 if choice.finish_reason is None:
                     held.setdefault(i, []).append(chunk)
                     held_chars[i] = held_chars.get(i, 0) + len(choice.delta.content or "")
-                    if held_chars[i] < HOLD_CHARS:
+                    if held_chars[i] < HOLD_CHARS and not _SENTENCE_END.search(choice.delta.content or ""):
                         continue
                 if await check(i):
                     stopped.add(i)
