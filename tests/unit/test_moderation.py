@@ -183,6 +183,9 @@ def test_plugins_register_like_the_builtins(safety_settings):
     assert {"builtin", "http", "keyword"} <= set(moderator_names())
     mod = get_moderator(safety_settings.model_copy(update={"moderator": "keyword"}))
     assert [r.flagged for r in mod.moderate(["a forbidden thing", "fine"])] == [True, False]
+    from tunegate.safety.moderation import flagged_categories
+
+    assert flagged_categories(mod, ["a forbidden thing", "fine"]) == [["illicit"], []]
 
 
 def test_http_moderator_needs_a_url(safety_settings):
