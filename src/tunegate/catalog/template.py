@@ -8,6 +8,10 @@ markers (SmolLM2's has none): every trained assistant content is wrapped in priv
 characters before rendering; after rendering the sentinels are cut out and their positions give
 the character spans, extended over the end-of-turn token that the template writes right after
 the content. Character spans become token masks through the fast tokenizer's offsets.
+
+Two fast paths, each proven equal to the general one by tests: plain ChatML templates (proven by
+probe renders per tokenizer) are written directly, spans included, without Jinja or sentinels;
+`count_rendered` gives the token counts of `tokenize_rendered` without building masks in Python.
 """
 
 from __future__ import annotations
