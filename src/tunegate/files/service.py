@@ -94,10 +94,11 @@ def validate_stored(db: Database, settings: Settings, file_id: str, model: str |
 
 def summarize_errors(report: dict[str, Any], n: int = 5) -> str:
     errs = report.get("errors", [])
+    total = sum((report.get("error_counts") or {}).values()) or len(errs)  # the list is capped per code
     parts = [f"line {e.get('line')}: {e.get('code')} ({e.get('message')})" if e.get("line") else
              f"{e.get('code')} ({e.get('message')})" for e in errs[:n]]
-    more = f"; and {len(errs) - n} more" if len(errs) > n else ""
-    return f"{len(errs)} problem(s): " + "; ".join(parts) + more
+    more = f"; and {total - min(n, len(errs))} more" if total > n else ""
+    return f"{total} problem(s): " + "; ".join(parts) + more
 
 
 def get(db: Database, principal: Principal, file_id: str) -> File:
