@@ -213,3 +213,20 @@ def test_request_timeout(tiny_base):
     with pytest.raises(GenerationTimeoutError) as err:
         run(_with_engine(quick, go))
     assert err.value.status_code == 408 and err.value.code == "request_timeout"
+
+
+def test_more_choices_than_batch_slots(tiny_base, adapters):
+    settings, base = tiny_base
+    narrow = settings.model_copy(update={"max_batch_size": 2})
+    model = ServableModel("ft", base, adapters[2])
+
+    async def go(engine, service):
+        many = await service.create(chat(PROMPTS[5], n=5), model)
+        one = await service.create(chat(PROMPTS[5]), model)
+        return many, one, engine.stats()["tiny"]["max_batch"]
+
+    many, one, max_batch = run(_with_engine(narrow, go))
+    assert max_batch == 2 and [c.index for c in many.choices] == [0, 1, 2, 3, 4]
+    assert {c.message.content for c in many.choices} == {one.choices[0].message.content}  # greedy: all equal
+    assert many.usage.completion_tokens == 5 * one.usage.completion_tokens
+    assert many.usage.prompt_tokens == one.usage.prompt_tokens

@@ -172,6 +172,7 @@ class _Worker:
         self.inbox: deque[_Request] = deque()
         self.cv = threading.Condition()
         self.stopping = False
+        self.load_error: TunegateError | None = None
         self.seqs: list[_Seq] = []
         self.cache = None
         self.mask: torch.Tensor | None = None
@@ -183,8 +184,11 @@ class _Worker:
 
     def put(self, r: _Request) -> None:
         with self.cv:
-            self.inbox.append(r)
-            self.cv.notify()
+            if self.load_error is None:
+                self.inbox.append(r)
+                self.cv.notify()
+                return
+        self._fail(r, self.load_error)  # submitted while this worker was giving up
 
     def wake(self) -> None:
         with self.cv:
@@ -205,6 +209,7 @@ class _Worker:
             log.exception("could not load base model %s", self.base.name)
             error = ServerError(f"Base model `{self.base.name}` could not be loaded: {exc}", code="model_load_failed")
             with self.cv:
+                self.load_error = error
                 self.engine._workers.pop(str(self.base.path), None)
                 pending, self.inbox = list(self.inbox), deque()
             for r in pending:
