@@ -63,11 +63,6 @@ def create_response(moderator: Moderator, texts: list[str], model: str | None = 
     return ModerationCreateResponse(id=new_id("modr"), model=model or moderator.model, results=moderator.moderate(texts))
 
 
-def flagged_categories(moderator: Moderator, texts: list[str]) -> list[list[str]]:
-    """The flagged categories of each text (empty when the text passes); used by runtime moderation."""
-    return [r.flagged_categories() for r in moderator.moderate(texts)]
-
-
 class BuiltinModerator:
     """The packaged classifier (MiniLM + per-category heads), trained on first use and cached."""
 
