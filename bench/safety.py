@@ -131,6 +131,7 @@ def main() -> None:
     report = training_report(settings)
 
     screening = bench_screening(moderator, args.examples)
+    print(f"[progress] classifier load {load_s:.1f} s; screening {screening}", flush=True)
 
     from tests.conftest import MODEL_CACHE
     from tunegate.catalog.registry import load_tokenizer, resolve_path
@@ -140,6 +141,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_train:
             job_s, adapter = train_sample_job(smol, Path(tmp) / "job")
+            print(f"[progress] sample job trained in {job_s:.1f} s", flush=True)
         from transformers import AutoModelForCausalLM
 
         tok = load_tokenizer(smol)
