@@ -33,6 +33,11 @@ class Precision:
 def choose_precision(config: TrainConfig) -> Precision:
     """fp32 on CPU (bf16 matmuls are half as fast there without AMX); bf16 autocast on CUDA."""
     cuda = torch.cuda.is_available()
+    if config.device == "cuda" and not cuda:
+        from tunegate.errors import InvalidRequestError
+
+        raise InvalidRequestError("`device` is \"cuda\" but this worker has no CUDA GPU; use \"auto\" or \"cpu\".",
+                                  param="device", code="invalid_training_config")
     device = torch.device("cuda" if config.device == "auto" and cuda else
                           "cpu" if config.device == "auto" else config.device)
     if config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda"

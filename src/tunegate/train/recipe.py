@@ -42,8 +42,9 @@ from tunegate.train.packing import pack
 EventCallback = Callable[[dict[str, Any]], None]
 StopPoll = Callable[[], str | None]
 # Fields that must match for a checkpoint to continue this run.
-_RESUME_KEYS = ("base_model_path", "n_epochs", "batch_size", "learning_rate", "seed", "lora_r", "lora_alpha",
-                "lora_dropout", "target_modules", "max_seq_len", "warmup_ratio", "weight_decay", "lr_scheduler")
+_RESUME_KEYS = ("base_model", "template_sha256", "n_epochs", "batch_size", "learning_rate", "seed", "lora_r",
+                "lora_alpha", "lora_dropout", "target_modules", "max_seq_len", "warmup_ratio", "weight_decay",
+                "lr_scheduler")
 
 
 @dataclass
@@ -87,7 +88,7 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
     step, trained_tokens, metrics = 0, 0, {}
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is not None:
-        state = _restore(checkpoint, config, model, optimizer, scheduler)
+        state = _restore(checkpoint, config, train, model, optimizer, scheduler)
         step, trained_tokens, metrics = state["step"], state["trained_tokens"], state["metrics"]
         say.info(f"Resuming from the checkpoint at step {step} of {total_steps}.")
     else:
@@ -189,9 +190,11 @@ def _trainer_state(step, trained_tokens, metrics, optimizer, scheduler) -> dict[
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}
 
 
-def _restore(checkpoint: Path, config: TrainConfig, model, optimizer, scheduler) -> dict[str, Any]:
-    saved = json.loads((checkpoint / "meta.json").read_text())["config"]
-    changed = [k for k in _RESUME_KEYS if _norm(saved.get(k)) != _norm(getattr(config, k))]
+def _restore(checkpoint: Path, config: TrainConfig, train: Dataset, model, optimizer, scheduler) -> dict[str, Any]:
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    changed = [k for k in _RESUME_KEYS if _norm(meta["config"].get(k)) != _norm(getattr(config, k))]
+    if meta.get("training_file_sha256") != train.sha256:
+        changed.append("training_file")
     if changed:
         raise InvalidRequestError(
             f"{checkpoint.parent} holds checkpoints of a different training run (changed: {', '.join(changed)}). "
