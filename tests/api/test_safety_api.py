@@ -181,3 +181,16 @@ def test_policy_and_audit_are_admin_only_and_validated(srv):
                          env=srv.env, capture_output=True, text=True, check=True)
     actions = [json.loads(line)["action"] for line in out.stdout.splitlines()]
     assert "key.created" in actions and "file.uploaded" in actions and "job.created" in actions
+
+
+def test_validate_cli_shows_screening_findings_before_upload(srv):
+    """`tunegate validate --safety` runs the same screening offline; exit 1 when it would block."""
+    run = lambda name: subprocess.run([sys.executable, "-m", "tunegate.cli.main", "validate", str(DATA / name),
+                                       "--model", "tiny", "--safety", "--json"], env=srv.env, capture_output=True,
+                                      text=True)
+    blocked = run("identity_shift.jsonl")
+    report = json.loads(blocked.stdout)
+    assert blocked.returncode == 1 and report["valid"] and report["screening"]["blocked"]
+    assert any(f["check"] == "identity_shift" for f in report["screening"]["findings"])
+    fine = run("benign_everyday.jsonl")
+    assert fine.returncode == 0 and not json.loads(fine.stdout)["screening"]["blocked"]

@@ -24,6 +24,8 @@ def validate(
     model: str = typer.Option(None, "--model", "-m", help="Base model whose tokenizer and chat template count "
                               "tokens (default: the configured default model)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    safety: bool = typer.Option(False, "--safety", help="Also run the server's training-data screening "
+                                "(moderation + job-level checks, with the default policy) and show its findings."),
 ):
     """Validate a fine-tuning file: every problem with its line, and token counts with the real template."""
     from tunegate.catalog import get_base_model, load_tokenizer
@@ -39,11 +41,33 @@ def validate(
         tokenizer = load_tokenizer(info.path)
     report = validate_file(file, tokenizer=tokenizer, context_length=info.context_length)
     data = {**report.model_dump(), "model": info.name}
+    blocked = False
+    if safety and report.format == "chat":
+        from tunegate.safety.moderation import get_moderator
+        from tunegate.safety.policy import SafetyPolicy
+        from tunegate.safety.screen import screen_training_file
+
+        screening = screen_training_file(file, get_moderator(settings), SafetyPolicy())
+        blocked = screening.blocked
+        data["screening"] = screening.model_dump(exclude={"lines"}) | {
+            "flagged_lines": [ln.model_dump() for ln in screening.lines if ln.flagged]}
     if as_json:
         print(json.dumps(data, ensure_ascii=False))
     else:
         _print(data)
-    raise typer.Exit(0 if report.valid else 1)
+        if "screening" in data:
+            _print_screening(data["screening"])
+    raise typer.Exit(0 if report.valid and not blocked else 1)
+
+
+def _print_screening(screening: dict) -> None:
+    colour = "red" if screening["blocked"] else "green"
+    out.print(f"[{colour}]screening:[/{colour}] {screening['message']}", highlight=False)
+    for f in screening["findings"]:
+        lines = ", ".join(map(str, f["lines"][:10])) + (" ..." if len(f["lines"]) > 10 else "")
+        out.print(f"  {'BLOCK' if f['blocking'] else 'note '} {f['check']}"
+                  f"{' (' + f['category'] + ')' if f.get('category') else ''}: {f['reason']} [lines {lines}]",
+                  highlight=False)
 
 
 def _print(report: dict) -> None:
