@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import time
 
+import httpx
 import pytest
 
 from tests.conftest import MODEL_CACHE
@@ -30,7 +31,17 @@ def _server(tmp_path, tiny_model_path, **env) -> RunningServer:
         **env})
 
 
-def _wait(fn, timeout=240, every=0.3):
+def _client(srv):
+    """A key of an organisation whose policy skips the post-training gate: these tests are about the
+    queue and the workers; the gate is tested in test_safety_api.py."""
+    admin = srv.create_key("faults", admin=True)
+    r = httpx.post(srv.base_url + "/admin/policy", json={"gate": {"enabled": False}},
+                   headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 200, r.text
+    return srv.client(srv.create_key("faults"))
+
+
+def _wait(fn, timeout=600, every=0.3):
     deadline = time.time() + timeout
     while time.time() < deadline:
         v = fn()
@@ -60,7 +71,7 @@ def _messages(client, job_id):
 
 def test_sigkill_worker_resumes_from_checkpoint(tmp_path, tiny_model_path):
     with _server(tmp_path, tiny_model_path) as srv:
-        client = srv.client(srv.create_key("faults"))
+        client = _client(srv)
         job = _create(client)
         # Wait until the first epoch's checkpoint exists and training is past it, then kill the worker.
         _wait(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data)
@@ -80,12 +91,12 @@ def test_sigkill_worker_resumes_from_checkpoint(tmp_path, tiny_model_path):
 
 def test_cancel_running_job(tmp_path, tiny_model_path):
     with _server(tmp_path, tiny_model_path) as srv:
-        client = srv.client(srv.create_key("faults"))
+        client = _client(srv)
         job = _create(client, n_examples=200, epochs=5)
         _wait(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id).data))
         client.fine_tuning.jobs.cancel(job.id)
         done = _wait(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in
-                     ("cancelled", "succeeded", "failed") and j, timeout=60)
+                     ("cancelled", "succeeded", "failed") and j, timeout=120)
         assert done.status == "cancelled" and done.fine_tuned_model is None
         assert any("cancelled" in m for m in _messages(client, job.id))
         assert _job_row(srv, job.id)[1] is None  # no worker left recorded
@@ -93,20 +104,20 @@ def test_cancel_running_job(tmp_path, tiny_model_path):
 
 def test_restart_keeps_queued_and_running_jobs(tmp_path, tiny_model_path):
     srv = _server(tmp_path, tiny_model_path, TUNEGATE_START_WORKERS="false").start()
-    client = srv.client(srv.create_key("faults"))
+    client = _client(srv)
     queued = _create(client, n_examples=20, epochs=1, batch=4)
     srv.stop()
     # Restart with workers: the job created while no worker ran is trained.
     srv2 = RunningServer(srv.data_dir, {**srv.env, "TUNEGATE_START_WORKERS": "true"})
     with srv2.start():
         c2 = srv2.client(client.api_key)
-        assert _wait(lambda: c2.fine_tuning.jobs.retrieve(queued.id).status == "succeeded", timeout=240)
+        assert _wait(lambda: c2.fine_tuning.jobs.retrieve(queued.id).status == "succeeded", timeout=600)
         running = _create(c2, n_examples=60, epochs=3)
         _wait(lambda: c2.fine_tuning.jobs.checkpoints.list(running.id).data)
         srv2.stop(kill=True)  # the server dies hard while the job is running
     with RunningServer(srv.data_dir, srv2.env) as srv3:
         c3 = srv3.client(client.api_key)
         done = _wait(lambda: (j := c3.fine_tuning.jobs.retrieve(running.id)).status in ("succeeded", "failed") and j,
-                     timeout=300)
+                     timeout=600)
         assert done.status == "succeeded", done.error
         assert any("Resuming" in m for m in _messages(c3, running.id))
