@@ -39,7 +39,10 @@ class RunningServer:
                 raise RuntimeError(f"server exited early:\n{self.log_path.read_text()[-4000:]}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
+                    time.sleep(0.5)  # a server that lost the port race answers nothing of its own: make sure
+                    if self.proc.poll() is None:  # it is ours that answered and that it keeps running
+                        return self
+                    raise RuntimeError(f"server exited after start:\n{self.log_path.read_text()[-4000:]}")
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)

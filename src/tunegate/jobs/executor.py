@@ -207,6 +207,9 @@ class JobSupervisor:
         except TunegateError as exc:
             service.fail(self.db, job_id, exc.code or "invalid_training_file", exc.message, exc.param)
         except Exception as exc:
+            if self._stop.is_set():  # the server is going down: the job stays `validating_files` for the next start
+                log.warning("validation of job %s interrupted by shutdown; it runs again on the next start", job_id)
+                return
             log.exception("validation of job %s failed", job_id)
             service.fail(self.db, job_id, "validation_error", f"Validating the files failed unexpectedly: {exc}")
         finally:
