@@ -28,7 +28,22 @@ class RunningServer:
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir / "server.log"
 
-    def start(self, timeout: float = 120) -> "RunningServer":
+    def start(self, timeout: float = 120, attempts: int = 3) -> "RunningServer":
+        """Start and wait for health; a lost race for the free port is retried on a new port."""
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                if attempt == attempts - 1 or "address already in use" not in self.log_path.read_text():
+                    raise
+                self.stop()
+                self.port = free_port()
+                self.url, self.base_url = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.port}/v1"
+                self.env["TUNEGATE_PORT"] = str(self.port)
+                self.log_path.write_text("")
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> "RunningServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "tunegate.cli.main", "serve", "--log-level", "warning"],

@@ -112,12 +112,16 @@ def test_restart_keeps_queued_and_running_jobs(tmp_path, tiny_model_path):
     with srv2.start():
         c2 = srv2.client(client.api_key)
         assert _wait(lambda: c2.fine_tuning.jobs.retrieve(queued.id).status == "succeeded", timeout=600)
-        running = _create(c2, n_examples=60, epochs=3)
+        running = _create(c2, n_examples=150, epochs=4)  # long enough to still be running when killed
         _wait(lambda: c2.fine_tuning.jobs.checkpoints.list(running.id).data)
         srv2.stop(kill=True)  # the server dies hard while the job is running
     with RunningServer(srv.data_dir, srv2.env) as srv3:
         c3 = srv3.client(client.api_key)
         done = _wait(lambda: (j := c3.fine_tuning.jobs.retrieve(running.id)).status in ("succeeded", "failed") and j,
                      timeout=600)
+        # Either the orphaned worker was adopted by the new server (alive, fresh heartbeat) and finished,
+        # or it stopped with its server and the job resumed from its checkpoint: nothing is lost.
         assert done.status == "succeeded", done.error
-        assert any("Resuming" in m for m in _messages(c3, running.id))
+        steps = [e.data["step"] for e in c3.fine_tuning.jobs.list_events(running.id, limit=100).data
+                 if e.type == "metrics"]
+        assert max(steps) == 620
