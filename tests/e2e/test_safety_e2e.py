@@ -14,7 +14,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "safety"
 BASE = "smollm2-135m-instruct"
 
 
-def _wait(client, job_id, timeout=1500):
+def _wait(client, job_id, timeout=2700):
     deadline = time.time() + timeout
     while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in ("succeeded", "failed", "cancelled"):
         assert time.time() < deadline, "job did not finish"
