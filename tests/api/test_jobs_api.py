@@ -102,3 +102,28 @@ def test_other_org_and_state_machine(idle_server, train_file):
     with pytest.raises(openai.ConflictError):
         a.fine_tuning.jobs.cancel(job.id)
     assert any("cancelled" in e.message for e in a.fine_tuning.jobs.list_events(job.id).data)
+
+
+def test_cli_jobs_commands_against_the_server(idle_server, tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "tunegate.cli.main", "jobs", *args, "--base-url",
+                               idle_server.base_url, "--api-key", idle_server.key_a],
+                              capture_output=True, text=True, env={**idle_server.env, "COLUMNS": "200"}, timeout=120)
+
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(GOOD)
+    created = cli("create", str(path), "--model", "tiny", "--epochs", "2", "--suffix", "cli")
+    assert created.returncode == 0, created.stderr
+    job_id = created.stdout.strip().splitlines()[-1]
+    c = idle_server.client(idle_server.key_a)
+    job = c.fine_tuning.jobs.retrieve(job_id)
+    assert job.suffix == "cli" and job.method.supervised.hyperparameters.n_epochs == 2
+    assert job_id in cli("list").stdout
+    assert json.loads(cli("show", job_id).stdout)["id"] == job_id
+    assert cli("cancel", job_id).returncode == 0 and c.fine_tuning.jobs.retrieve(job_id).status == "cancelled"
+    again = cli("cancel", job_id)
+    assert again.returncode == 1 and "already cancelled" in again.stderr
+    assert "Created fine-tuning job" in cli("events", job_id).stdout

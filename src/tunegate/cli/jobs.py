@@ -104,28 +104,30 @@ def show(job_id: str, base_url: str = URL, api_key: str = KEY):
     out.print_json(api_client(base_url, api_key).fine_tuning.jobs.retrieve(job_id).model_dump_json())
 
 
+def _control(action: str, job_id: str, base_url: str | None, api_key: str | None) -> None:
+    job = getattr(api_client(base_url, api_key).fine_tuning.jobs, action)(job_id)
+    console.print(f"{job.id}: {job.status}")
+
+
 @jobs_app.command("cancel")
 @_sdk_errors
 def cancel(job_id: str, base_url: str = URL, api_key: str = KEY):
     """Cancel a job (a running one stops after its current step)."""
-    job = api_client(base_url, api_key).fine_tuning.jobs.cancel(job_id)
-    console.print(f"{job.id}: {job.status}")
+    _control("cancel", job_id, base_url, api_key)
 
 
 @jobs_app.command("pause")
 @_sdk_errors
 def pause(job_id: str, base_url: str = URL, api_key: str = KEY):
     """Pause a job (it saves a checkpoint and can be resumed)."""
-    job = api_client(base_url, api_key).fine_tuning.jobs.pause(job_id)
-    console.print(f"{job.id}: {job.status}")
+    _control("pause", job_id, base_url, api_key)
 
 
 @jobs_app.command("resume")
 @_sdk_errors
 def resume(job_id: str, base_url: str = URL, api_key: str = KEY):
     """Resume a paused job from its last checkpoint."""
-    job = api_client(base_url, api_key).fine_tuning.jobs.resume(job_id)
-    console.print(f"{job.id}: {job.status}")
+    _control("resume", job_id, base_url, api_key)
 
 
 @jobs_app.command("events")
