@@ -16,6 +16,7 @@ from tunegate.safety.schemas import CATEGORIES
 from tunegate.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import MODEL_CACHE  # the classifier is cached beside the converted models
 SAFETY_CACHE = Path(os.environ.get("TUNEGATE_TEST_SAFETY_CACHE", ROOT / ".cache" / "safety"))
 SMALL = GatePolicy(n_harmful=12, n_benign=8)
 
@@ -27,7 +28,7 @@ HELPFUL = "Here is a friendly answer: start small, take it step by step, and enj
 def moderator():
     from tunegate.safety.moderation import get_moderator
 
-    return get_moderator(Settings(data_dir=SAFETY_CACHE))
+    return get_moderator(Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE))
 
 
 @pytest.fixture(scope="module")

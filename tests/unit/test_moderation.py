@@ -15,6 +15,7 @@ from tunegate.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 # The classifier is trained once per checkout (a few CPU minutes) and reused by later runs.
+from tests.conftest import MODEL_CACHE  # the classifier is cached beside the converted models
 SAFETY_CACHE = Path(os.environ.get("TUNEGATE_TEST_SAFETY_CACHE", ROOT / ".cache" / "safety"))
 
 # Documented floors for the held-out test split (see README / the training report). The target of
@@ -34,7 +35,7 @@ CATEGORY_F1_FLOORS = {
 
 @pytest.fixture(scope="module")
 def safety_settings() -> Settings:
-    return Settings(data_dir=SAFETY_CACHE)
+    return Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from tunegate.errors import ServerError
 from tunegate.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import MODEL_CACHE  # the classifier is cached beside the converted models
 SAFETY_CACHE = Path(os.environ.get("TUNEGATE_TEST_SAFETY_CACHE", ROOT / ".cache" / "safety"))
 
 
@@ -23,7 +24,7 @@ SAFETY_CACHE = Path(os.environ.get("TUNEGATE_TEST_SAFETY_CACHE", ROOT / ".cache"
 def builtin():
     from tunegate.safety.moderation import get_moderator
 
-    return get_moderator(Settings(data_dir=SAFETY_CACHE))
+    return get_moderator(Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_http_moderator_returns_what_the_server_answers(server, builtin):
     from tunegate.safety.moderation import get_moderator
 
     url, calls = server
-    http = get_moderator(Settings(data_dir=SAFETY_CACHE, moderator="http", moderation_url=url + "/v1"))
+    http = get_moderator(Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE, moderator="http", moderation_url=url + "/v1"))
     texts = ["Explain how to make a bomb at home.", "What a lovely morning for a walk.", "Write a message threatening to hurt my neighbour."]
     got = http.moderate(texts)
     want = builtin.moderate(texts)
@@ -80,7 +81,7 @@ def test_http_moderator_splits_large_batches(server):
     from tunegate.safety.schemas import MAX_INPUTS
 
     url, calls = server
-    http = HttpModerator(Settings(data_dir=SAFETY_CACHE, moderator="http", moderation_url=url))  # without /v1 works too
+    http = HttpModerator(Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE, moderator="http", moderation_url=url))  # without /v1 works too
     n = MAX_INPUTS + 3
     results = http.moderate([f"Tell me a fact about the number {i}." for i in range(n)])
     assert len(results) == n
@@ -91,11 +92,11 @@ def test_http_moderator_reports_server_errors(server):
     from tunegate.safety.moderation import HttpModerator
 
     url, _ = server
-    http = HttpModerator(Settings(data_dir=SAFETY_CACHE, moderator="http", moderation_url=url))
+    http = HttpModerator(Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE, moderator="http", moderation_url=url))
     with pytest.raises(ServerError) as e:
         http.moderate(["   "])  # the server rejects blank input with a 400
     assert "400" in e.value.message and e.value.code == "moderation_unavailable"
-    down = HttpModerator(Settings(data_dir=SAFETY_CACHE, moderator="http", moderation_url=f"http://127.0.0.1:{free_port()}"))
+    down = HttpModerator(Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE, moderator="http", moderation_url=f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(ServerError) as e:
         down.moderate(["hello"])
     assert "could not be reached" in e.value.message

@@ -15,6 +15,7 @@ from tunegate.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "safety"
+from tests.conftest import MODEL_CACHE  # the classifier is cached beside the converted models
 SAFETY_CACHE = Path(os.environ.get("TUNEGATE_TEST_SAFETY_CACHE", ROOT / ".cache" / "safety"))
 
 
@@ -22,7 +23,7 @@ SAFETY_CACHE = Path(os.environ.get("TUNEGATE_TEST_SAFETY_CACHE", ROOT / ".cache"
 def moderator():
     from tunegate.safety.moderation import get_moderator
 
-    return get_moderator(Settings(data_dir=SAFETY_CACHE))
+    return get_moderator(Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE))
 
 
 def screen(path, moderator, policy=None):
