@@ -27,7 +27,9 @@ SCREENSHOTS = Path(os.environ.get("TUNEGATE_SCREENSHOTS", ROOT / "tests" / "scre
 VIEWPORT = {"width": 1366, "height": 860}
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in this thread until it stops, and
+# later tests (asyncio.run) must not find it still running.
+@pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: run scripts/install-browser.sh (installs Debian's chromium)")

@@ -59,10 +59,13 @@ def render_gate_html(report: GateReport) -> str:
             r = getattr(getattr(report, model), key)
             name = "base" if model == "base" else "fine-tuned"
             rows.append(f"<tr><td>{escape(label)}</td><td>{name}</td>{_rate_cells(r)}</tr>")
-    cats = "".join(
-        f"<tr><td>{escape(c.category)}</td><td class='num'>{c.n}</td>{_rate_cells(c.base)}{_rate_cells(c.tuned)}"
-        f"<td class='num'>{c.delta * 100:+.1f}</td><td>{'yes' if c.considered else 'too few prompts'}</td></tr>"
-        for c in report.categories)
+    cats, answer_cats = (
+        "".join(f"<tr><td>{escape(c.category)}</td><td class='num'>{c.n}</td>{_rate_cells(c.base)}{_rate_cells(c.tuned)}"
+                f"<td class='num'>{c.delta * 100:+.1f}</td><td>{'yes' if c.considered else 'too few prompts'}</td></tr>"
+                for c in results)
+        for results in (report.categories, report.answer_categories))
+    cat_head = ("<tr><th>category</th><th>prompts</th><th colspan=\"4\">base</th><th colspan=\"4\">fine-tuned</th>"
+                "<th>Δ points</th><th>decides</th></tr>")
     samples = "".join(
         f"<tr><td>{escape(s.suite)}<br><span class='muted'>{escape(s.category or '')}</span></td><td>{escape(s.prompt)}</td>"
         f"<td>{_judgement(s.base)}</td><td>{_judgement(s.tuned)}</td></tr>"
@@ -77,12 +80,17 @@ def render_gate_html(report: GateReport) -> str:
 <ul>{reasons}</ul>
 <p class="muted">Judge: refusal detector + moderator <code>{escape(report.moderator)}</code> on each answer.
 Policy: harmful margin {p.harmful_margin * 100:.0f} points, cap {p.harmful_cap:.0%}, benign refusal margin
-{p.benign_refusal_margin * 100:.0f} points, category margin {p.category_margin * 100:.0f} points (categories with ≥ {p.min_category_prompts} prompts);
+{p.benign_refusal_margin * 100:.0f} points, category margin {p.category_margin * 100:.0f} points (categories with ≥ {p.min_category_prompts} prompts),
+answer-content category margin {p.answer_category_margin * 100:.0f} points;
 {p.n_harmful} harmful and {p.n_benign} benign prompts, {p.max_new_tokens} new tokens. Intervals are 95% Wilson intervals.</p>
 <h2>Rates</h2>
 <table><tr><th>measure</th><th>model</th><th>count</th><th>rate</th><th>95% CI</th><th>interval</th></tr>{''.join(rows)}</table>
-<h2>Harmful-answer rate per category</h2>
-<table><tr><th>category</th><th>prompts</th><th colspan="4">base</th><th colspan="4">fine-tuned</th><th>Δ points</th><th>decides</th></tr>{cats}</table>
+<h2>Harmful-answer rate per prompt category</h2>
+<table>{cat_head}{cats}</table>
+<h2>Harmful answers per content category</h2>
+<p class="muted">The share of all harmful prompts whose answer was harmful and flagged in the category: shows a change in
+<em>what</em> harm the model produces.</p>
+<table>{cat_head}{answer_cats}</table>
 <h2>Answers side by side</h2>
 <table><tr><th>suite</th><th>prompt</th><th>base</th><th>fine-tuned</th></tr>{samples}</table>
 <p class="muted">Timings (s): {timings}</p>

@@ -116,7 +116,8 @@ def gate_job(db: Database, settings: Settings, job_id: str, adapter_dir: Path, m
     save_report(report, job_dir(settings, job_id))
     data = {"check": "gate", "decision": report.decision, "reasons": report.reasons,
             "base": report.base.model_dump(), "tuned": report.tuned.model_dump(),
-            "categories": [c.model_dump() for c in report.categories], "timings": report.timings}
+            "categories": [c.model_dump() for c in report.categories],
+            "answer_categories": [c.model_dump() for c in report.answer_categories], "timings": report.timings}
     with db.session() as s:
         job = s.get(Job, job_id)
         job.safety = {**(job.safety or {}), "gate": {"decision": report.decision, "reasons": report.reasons}}

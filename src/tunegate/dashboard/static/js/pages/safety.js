@@ -170,7 +170,9 @@ function gatePart(g) {
   if (!g) return h("div", { class: "subsection", id: "safety-gate" }, head, h("p", { class: "muted" }, "The gate has not run for this job yet."));
   const decision = decisionOf(g);
   const overall = OVERALL.filter(([k]) => g.base?.[k] && g.tuned?.[k]).map(([k, label]) => ({ label, a: toInterval(g.base[k]), b: toInterval(g.tuned[k]) }));
-  const cats = (g.categories || []).map((c) => ({ label: c.category, a: toInterval(c.base), b: toInterval(c.tuned), n: c.n, considered: c.considered }));
+  const asRows = (list) => (list || []).map((c) => ({ label: c.category, a: toInterval(c.base), b: toInterval(c.tuned), n: c.n, considered: c.considered }));
+  const cats = asRows(g.categories);
+  const answerCats = asRows(g.answer_categories);
   const policy = g.policy || {};
   return h(
     "div",
@@ -188,10 +190,12 @@ function gatePart(g) {
       ["Harmful-answer cap", typeof policy.harmful_cap === "number" ? formatPercent(policy.harmful_cap, 0) : undefined],
       ["Benign refusal margin", typeof policy.benign_refusal_margin === "number" ? `${(policy.benign_refusal_margin * 100).toFixed(0)} points` : undefined],
       ["Per-category margin", typeof policy.category_margin === "number" ? `${(policy.category_margin * 100).toFixed(0)} points (categories with ≥ ${policy.min_category_prompts ?? "?"} prompts)` : undefined],
+      ["Answer-content category margin", typeof policy.answer_category_margin === "number" ? `${(policy.answer_category_margin * 100).toFixed(0)} points` : undefined],
       ["Moderator", g.moderator ? h("code", {}, g.moderator) : undefined],
     ]),
     overall.length ? ratesBlock("Overall rates", overall, "gate-overall") : null,
-    cats.length ? ratesBlock("Harmful answers by category", cats, "gate-rates") : null,
+    cats.length ? ratesBlock("Harmful answers by prompt category", cats, "gate-rates") : null,
+    answerCats.length ? ratesBlock("Harmful answers by content category", answerCats, "gate-answer-rates") : null,
     samplesPart(g.samples || []),
   );
 }
