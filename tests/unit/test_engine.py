@@ -230,3 +230,31 @@ def test_more_choices_than_batch_slots(tiny_base, adapters):
     assert {c.message.content for c in many.choices} == {one.choices[0].message.content}  # greedy: all equal
     assert many.usage.completion_tokens == 5 * one.usage.completion_tokens
     assert many.usage.prompt_tokens == one.usage.prompt_tokens
+
+
+def test_two_base_models_load_and_serve_at_once(tiny_base, tiny_model_path, tmp_path):
+    """First requests to two different base models arrive together: both workers load their model at
+    the same time and each answers exactly what it answers alone."""
+    from tests.conftest import build_tiny_model
+    from tunegate.settings import Settings
+
+    settings, base = tiny_base
+    other_path = build_tiny_model(tmp_path / "tiny-other", tiny_model_path, seed=1)
+    both = Settings(data_dir=settings.data_dir, model_cache_dir=settings.model_cache_dir, torch_threads=1,
+                    base_models={"tiny": tiny_model_path, "other": other_path})
+    models = [ServableModel("tiny", base, None), ServableModel("other", get_base_model("other", both), None)]
+
+    def seeded(prompt):  # sampled, seeded: random tiny models answer greedy requests with newlines alone
+        return chat(prompt, temperature=1, seed=7)
+
+    async def together(engine, service):
+        out = await asyncio.gather(*(service.create(seeded(p), m) for p in PROMPTS[:3] for m in models))
+        return [r.choices[0].message.content for r in out], sorted(engine.stats())
+
+    async def alone(engine, service):
+        return [(await service.create(seeded(p), m)).choices[0].message.content for p in PROMPTS[:3] for m in models]
+
+    texts, loaded = run(_with_engine(both, together))
+    assert loaded == ["other", "tiny"]
+    assert texts == run(_with_engine(both, alone))
+    assert texts[0::2] != texts[1::2]  # two different models really answered

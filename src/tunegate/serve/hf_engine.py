@@ -43,6 +43,10 @@ from tunegate.serve.sampling import logprobs_of, make_generator, next_tokens
 from tunegate.settings import Settings
 
 log = logging.getLogger("tunegate.serve")
+# transformers' from_pretrained changes process-wide state while it builds a model (the default
+# dtype, init hooks), so two base models loading at once in two worker threads can break each
+# other. Loads are serialised; serving itself runs in parallel.
+_LOAD_LOCK = threading.Lock()
 
 
 class _Stream(GenerationStream):
@@ -235,7 +239,8 @@ class _Worker:
             torch.set_num_threads(self.settings.torch_threads)
         self.tokenizer = load_tokenizer(self.base.path)
         self.token_bytes = TokenBytes(self.tokenizer)
-        self.model = AutoModelForCausalLM.from_pretrained(str(self.base.path), dtype=torch.float32)
+        with _LOAD_LOCK:
+            self.model = AutoModelForCausalLM.from_pretrained(str(self.base.path), dtype=torch.float32)
         self.model.eval()
         self.adapters = AdapterSlots(self.model, self.settings.adapter_cache_size, self.base)
         eos = self.model.generation_config.eos_token_id
