@@ -90,3 +90,15 @@ class RunningServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def wait_for_job(client, job_id: str, timeout: float, poll: float = 1.0):
+    """Poll a job through the official SDK until it finishes; fail the test after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in FINISHED:
+        assert time.time() < deadline, f"job {job_id} did not finish within {timeout:.0f} s (status {job.status})"
+        time.sleep(poll)
+    return job

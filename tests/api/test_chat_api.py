@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import httpx
 import openai
 import pytest
 
 from tests.conftest import MODEL_CACHE
-from tests.server import RunningServer
+from tests.server import RunningServer, wait_for_job
 
 DATA = ("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Tell me about item {i}."},
                                            {"role": "assistant", "content": f"Item {i} is a fine item."}]})
@@ -31,10 +30,7 @@ def chat_server(tmp_path_factory, tiny_model_path):
         f = c.files.create(file=("t.jsonl", io.BytesIO(DATA)), purpose="fine-tune")
         job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="chat", method={
             "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
-        deadline = time.time() + 600
-        while (job := c.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
-            assert time.time() < deadline, "job did not finish"
-            time.sleep(1)
+        job = wait_for_job(c, job.id, 600)
         assert job.status == "succeeded", job.error
         srv.ft_model = job.fine_tuned_model
         yield srv

@@ -8,7 +8,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ import openai
 import pytest
 
 from tests.conftest import MODEL_CACHE
-from tests.server import RunningServer
+from tests.server import RunningServer, wait_for_job
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "safety"
 THREAT = "I will kill you and burn your house down, you worthless idiot."
@@ -35,11 +34,7 @@ def srv(tmp_path_factory, tiny_model_path):
 
 
 def _wait(client, job_id, timeout=600):
-    deadline = time.time() + timeout
-    while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in ("succeeded", "failed", "cancelled"):
-        assert time.time() < deadline, "job did not finish"
-        time.sleep(1)
-    return job
+    return wait_for_job(client, job_id, timeout)
 
 
 def _policy(srv, body):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import io
 import json
 import re
-import time
 
 import pytest
+
+from tests.server import wait_for_job
 
 pytestmark = pytest.mark.browser
 
@@ -226,10 +227,7 @@ def fine_tuned_model(server):
     f = client.files.create(file=("t.jsonl", io.BytesIO(GOOD)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, seed=1,
                                          method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}})
-    deadline = time.time() + JOB_TIMEOUT_MS / 1000
-    while job.status not in ("succeeded", "failed", "cancelled") and time.time() < deadline:
-        time.sleep(1)
-        job = client.fine_tuning.jobs.retrieve(job.id)
+    job = wait_for_job(client, job.id, JOB_TIMEOUT_MS / 1000)
     assert job.status == "succeeded", job.error
     return job.fine_tuned_model
 

@@ -1,7 +1,7 @@
 import pytest
 
 from tests.conftest import MODEL_CACHE
-from tests.server import RunningServer
+from tests.server import RunningServer, wait_for_job
 
 
 @pytest.fixture(scope="package")
@@ -18,8 +18,6 @@ def real_server(tmp_path_factory):
 @pytest.fixture(scope="package")
 def demo_job(real_server):
     """The sample job trained once on the real model through the official SDK; shared by e2e tests."""
-    import time
-
     from tunegate import samples
 
     client = real_server.client(real_server.key_a)
@@ -30,10 +28,4 @@ def demo_job(real_server):
     job = client.fine_tuning.jobs.create(
         model="smollm2-135m-instruct", training_file=train.id, validation_file=valid.id, suffix="fmt", seed=1,
         method={"type": "supervised", "supervised": {"hyperparameters": samples.DEMO_HYPERPARAMETERS}})
-    deadline = time.time() + 2700  # generous: a loaded 2-core machine trains ~5x slower
-    while time.time() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job.id)
-        if job.status in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(2)
-    return job
+    return wait_for_job(client, job.id, 2700, poll=2)  # generous: a loaded 2-core machine trains ~5x slower

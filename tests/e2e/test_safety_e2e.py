@@ -4,10 +4,11 @@ requests; the benign sample job passes both."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.server import wait_for_job
 
 pytestmark = pytest.mark.e2e
 DATA = Path(__file__).resolve().parents[1] / "data" / "safety"
@@ -15,11 +16,7 @@ BASE = "smollm2-135m-instruct"
 
 
 def _wait(client, job_id, timeout=2700):
-    deadline = time.time() + timeout
-    while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in ("succeeded", "failed", "cancelled"):
-        assert time.time() < deadline, "job did not finish"
-        time.sleep(2)
-    return job
+    return wait_for_job(client, job_id, timeout, poll=2)
 
 
 def _upload(client, name):
