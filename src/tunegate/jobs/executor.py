@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import select
@@ -91,7 +92,13 @@ def _pid_alive(pid: int | None) -> bool:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    # A worker that exited after its server died is a zombie until someone reaps it (inside a
+    # container PID 1 often never does); kill(0) still succeeds on it, so read its state.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): trust kill(0)
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 class JobSupervisor:
