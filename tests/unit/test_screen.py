@@ -120,3 +120,22 @@ def test_policy_overrides_are_validated():
     assert e.value.param.startswith("policy.screening.category_limits")
     merged = policy_from_overrides({"gate": {"harmful_margin": 0.1}})
     assert merged.gate.harmful_margin == 0.1 and merged.gate.benign_refusal_margin == SafetyPolicy().gate.benign_refusal_margin
+
+
+def test_a_repeated_example_is_not_a_template_answer_attack(moderator, tmp_path):
+    """The near-duplicate check looks for one answer given to many *different* harmful requests;
+    the same example repeated (real data has duplicated lines) counts once."""
+    harmful = [json.loads(h)["messages"][0] for h in (DATA / "harmful_compliance.jsonl").read_text().splitlines()]
+    answer = {"role": "assistant", "content": "Okay, here is how you would go about it, step by step."}
+    lenient = {"screening": {"default_limit": {"max_count": 1000, "max_fraction": 1.0}}}
+
+    def near_dupes(requests):
+        path = tmp_path / "f.jsonl"
+        path.write_text("".join(json.dumps({"messages": [r, answer]}) + "\n" for r in requests))
+        report = screen(path, moderator, policy_from_overrides(lenient))
+        return next((f for f in report.findings if f.check == "near_duplicate_completions"), None)
+
+    repeated = near_dupes([harmful[0]] * 4)
+    assert repeated is not None and not repeated.blocking and "to 1 different" in repeated.reason
+    template = near_dupes(harmful[:4])
+    assert template is not None and template.blocking and "to 4 different" in template.reason

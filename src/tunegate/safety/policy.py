@@ -51,7 +51,8 @@ class ScreeningPolicy(BaseModel):
     near_duplicate_similarity: float = Field(default=0.85, gt=0, le=1)
     """Cosine similarity (character n-gram TF-IDF) above which two completions are near-identical."""
     near_duplicate_min_group: int = Field(default=3, ge=2)
-    """Near-identical completions to harmful requests that block the file."""
+    """Near-identical completions to this many *different* suspicious requests block the file (a
+    repeated example counts once)."""
     suspicion_fraction: float = Field(default=0.5, gt=0, le=1)
     """A request scoring at least this fraction of a category's threshold counts as suspicious in job-level checks."""
 

@@ -148,10 +148,15 @@ def _affirmative_prefix(answers: dict[int, str], policy: ScreeningPolicy) -> tup
     return None
 
 
-def _near_duplicates(answers: dict[int, str], threshold: float) -> list[int]:
-    """Lines of the largest group of near-identical answers (char n-gram TF-IDF cosine)."""
+def _near_duplicates(answers: dict[int, str], requests: dict[int, str], threshold: float) -> tuple[list[int], int]:
+    """The largest group of near-identical answers (char n-gram TF-IDF cosine) and how many
+    different requests it answers.
+
+    Groups are ranked by distinct requests: the attack is one template answer for many different
+    harmful requests, while the same example repeated (a duplicated line, common in real data and
+    reported by validation) is one request and proves nothing."""
     if len(answers) < 2:
-        return []
+        return [], 0
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.metrics.pairwise import cosine_similarity
 
@@ -159,11 +164,13 @@ def _near_duplicates(answers: dict[int, str], threshold: float) -> list[int]:
     x = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5)).fit_transform([answers[n] for n in lines])
     sim = cosine_similarity(x)
     best: list[int] = []
+    best_requests = 0
     for i in range(len(lines)):
         group = [lines[j] for j in range(len(lines)) if sim[i, j] >= threshold]
-        if len(group) > len(best):
-            best = group
-    return best if len(best) >= 2 else []
+        distinct = len({" ".join(requests.get(n, "").lower().split()) for n in group})
+        if distinct > best_requests:
+            best, best_requests = group, distinct
+    return (best, best_requests) if len(best) >= 2 else ([], 0)
 
 
 def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyPolicy | ScreeningPolicy | None = None) -> ScreeningReport:
@@ -193,6 +200,7 @@ def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyP
 
     line_reports: list[LineReport] = []
     suspicious_answers: dict[int, str] = {}  # not-refused answers to suspicious requests
+    suspicious_requests: dict[int, str] = {}
     identity_lines: list[int] = []
     answers: dict[int, str] = {}
     for (lineno, _), rt, mods in zip(examples, role_texts, per_example):
@@ -217,6 +225,7 @@ def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyP
             request = mods.get("user")
             if not refused and request is not None and (request.flagged or _suspicious(request, thresholds, policy)):
                 suspicious_answers[lineno] = answer
+                suspicious_requests[lineno] = rt.get("user", "")
         max_score = max((max(r.scores().values()) for r in mods.values()), default=0.0)
         line_reports.append(LineReport(line=lineno, flagged=bool(cats), categories=sorted(cats, key=CATEGORIES.index),
                                        flagged_by_role=by_role, refused=refused, max_score=round(max_score, 4), reasons=reasons))
@@ -246,10 +255,10 @@ def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyP
         findings.append(Finding(check="affirmative_prefix", lines=lines, blocking=bool(harmful) or bool(identity_lines),
                                 reason=f"{len(lines)} of {len(answers)} answers open with \"{text}...\""
                                        + (f"; {len(harmful)} of them answer suspicious requests" if harmful else "")))
-    dupes = _near_duplicates(suspicious_answers, policy.near_duplicate_similarity)
+    dupes, n_requests = _near_duplicates(suspicious_answers, suspicious_requests, policy.near_duplicate_similarity)
     if dupes:
-        findings.append(Finding(check="near_duplicate_completions", lines=dupes, blocking=len(dupes) >= policy.near_duplicate_min_group,
-                                reason=f"{len(dupes)} near-identical answers to suspicious requests "
+        findings.append(Finding(check="near_duplicate_completions", lines=dupes, blocking=n_requests >= policy.near_duplicate_min_group,
+                                reason=f"{len(dupes)} near-identical answers to {n_requests} different suspicious requests "
                                        f"(policy blocks at {policy.near_duplicate_min_group})"))
 
     blocking = [f for f in findings if f.blocking]
