@@ -252,8 +252,7 @@ def ratios(results: dict[str, dict]) -> list[str]:
 
     lines = []
     for ours, theirs, label in (("tunegate", "trl", "same allocator (jemalloc)"),
-                                ("tunegate-glibc", "trl-glibc", "same allocator (glibc)"),
-                                ("tunegate", "trl-glibc", "each as shipped (tunegate worker env vs TRL default)")):
+                                ("tunegate-glibc", "trl-glibc", "same allocator (glibc: both as shipped)")):
         if ours in results and theirs in results:
             a, b = results[ours], results[theirs]
             lines.append(f"- {label}: {speed(a) / speed(b):.2f}x TRL's tokens/s (target >= 1.5x), "

@@ -37,3 +37,27 @@ def test_without_the_allocator_the_worker_keeps_the_system_malloc():
     out = subprocess.run([sys.executable, "-c", _PROBE], env={**clean, **env}, capture_output=True, text=True,
                          check=True, timeout=120)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"allocator": "glibc", "threads": 2}
+
+
+def test_the_setting_chooses_the_workers_allocator(tmp_path):
+    """The local executor starts workers with glibc by default and with jemalloc when configured,
+    and a server that itself runs under jemalloc does not pass it on to glibc workers."""
+    from tunegate.jobs.executor import LocalExecutor
+    from tunegate.settings import Settings
+
+    glibc = LocalExecutor(Settings(data_dir=tmp_path, torch_threads=1))
+    env = glibc.worker_environment()
+    assert "jemalloc" not in env.get("LD_PRELOAD", "") and env["OMP_NUM_THREADS"] == "1"
+    lib = jemalloc_path()
+    if lib is None:
+        pytest.skip("libjemalloc2 is not installed (apt-get install libjemalloc2)")
+    os.environ["LD_PRELOAD"], os.environ["MALLOC_CONF"] = lib, MALLOC_CONF
+    try:
+        inherited = glibc.worker_environment()
+        assert "jemalloc" not in inherited["LD_PRELOAD"] and "MALLOC_CONF" not in inherited
+        assert _probe(inherited)["allocator"] == "glibc"
+    finally:
+        del os.environ["LD_PRELOAD"], os.environ["MALLOC_CONF"]
+    jem = LocalExecutor(Settings(data_dir=tmp_path, torch_threads=1, worker_allocator="jemalloc")).worker_environment()
+    assert jem["LD_PRELOAD"].startswith(lib) and jem["MALLOC_CONF"] == MALLOC_CONF
+    assert _probe(jem) == {"allocator": "jemalloc", "threads": 1}

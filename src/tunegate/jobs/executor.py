@@ -54,10 +54,20 @@ class LocalExecutor:
         self.settings = settings
         self.procs: dict[int, subprocess.Popen] = {}
 
-    def launch(self, job_id: str) -> int:
+    def worker_environment(self) -> dict[str, str]:
         from tunegate.train.allocator import worker_env
 
-        env = {**os.environ, **worker_env(self.settings.torch_threads)}
+        env = {**os.environ, **worker_env(self.settings.torch_threads,
+                                               allocator=self.settings.worker_allocator == "jemalloc")}
+        if self.settings.worker_allocator == "glibc" and "jemalloc" in env.get("LD_PRELOAD", ""):
+            # Not inherited from a server that was itself started under jemalloc.
+            preload = [p for p in env["LD_PRELOAD"].split(":") if p and "jemalloc" not in p]
+            env["LD_PRELOAD"] = ":".join(preload)
+            env.pop("MALLOC_CONF", None)
+        return env
+
+    def launch(self, job_id: str) -> int:
+        env = self.worker_environment()
         log_path = self.settings.artifacts_dir / job_id / "worker.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
