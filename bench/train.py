@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import resource
 import subprocess
@@ -221,10 +220,7 @@ def child(args) -> None:
 def run_variant(args, variant: str, work: Path) -> dict:
     from tunegate.train.allocator import worker_env
 
-    env = {**os.environ, **worker_env(args.threads, allocator=not variant.endswith("-glibc"))}
-    if variant.endswith("-glibc"):
-        env.pop("LD_PRELOAD", None)
-        env.pop("MALLOC_CONF", None)
+    env = worker_env(args.threads, allocator=not variant.endswith("-glibc"))
     cmd = [sys.executable, __file__, "--child", variant, "--workdir", str(work), "--model-path", str(args.model_path),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--lora-r", str(args.lora_r),

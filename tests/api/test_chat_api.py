@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_CACHE
+from tests.conftest import tiny_server_env
 from tests.server import RunningServer, wait_for_job
 
 DATA = ("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Tell me about item {i}."},
@@ -22,9 +22,7 @@ MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 @pytest.fixture(scope="module")
 def chat_server(tmp_path_factory, tiny_model_path):
     data_dir = tmp_path_factory.mktemp("chat") / "data"
-    env = {"TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE), "TUNEGATE_TORCH_THREADS": "1",
-           "TUNEGATE_BASE_MODELS": json.dumps({"tiny": str(tiny_model_path)})}
-    with RunningServer(data_dir, env) as srv:
+    with RunningServer(data_dir, tiny_server_env(tiny_model_path, TUNEGATE_TORCH_THREADS="1")) as srv:
         srv.key_a, srv.key_b = srv.create_key("chat-a"), srv.create_key("chat-b")
         c = srv.client(srv.key_a)
         f = c.files.create(file=("t.jsonl", io.BytesIO(DATA)), purpose="fine-tune")

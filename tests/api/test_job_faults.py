@@ -11,9 +11,8 @@ import sqlite3
 import time
 
 import httpx
-import pytest
 
-from tests.conftest import MODEL_CACHE
+from tests.conftest import tiny_server_env
 from tests.server import RunningServer
 
 
@@ -25,10 +24,9 @@ def _data(n: int) -> bytes:
 
 
 def _server(tmp_path, tiny_model_path, **env) -> RunningServer:
-    return RunningServer(tmp_path / "data", {
-        "TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE), "TUNEGATE_BASE_MODELS": json.dumps({"tiny": str(tiny_model_path)}),
-        "TUNEGATE_HEARTBEAT_SECONDS": "0.5", "TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS": "5", "TUNEGATE_TORCH_THREADS": "1",
-        **env})
+    return RunningServer(tmp_path / "data", tiny_server_env(
+        tiny_model_path, TUNEGATE_HEARTBEAT_SECONDS="0.5", TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS="5",
+        TUNEGATE_TORCH_THREADS="1", **env))
 
 
 def _client(srv):

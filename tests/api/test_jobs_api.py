@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_CACHE
+from tests.conftest import tiny_server_env
 from tests.server import RunningServer
 
 GOOD = ("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Q{i}"},
@@ -17,9 +17,7 @@ GOOD = ("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Q{i}"},
 @pytest.fixture(scope="module")
 def idle_server(tmp_path_factory, tiny_model_path):
     data_dir = tmp_path_factory.mktemp("jobs-idle") / "data"
-    env = {"TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE), "TUNEGATE_START_WORKERS": "false",
-           "TUNEGATE_BASE_MODELS": json.dumps({"tiny": str(tiny_model_path)})}
-    with RunningServer(data_dir, env) as srv:
+    with RunningServer(data_dir, tiny_server_env(tiny_model_path, TUNEGATE_START_WORKERS="false")) as srv:
         srv.key_a, srv.key_b = srv.create_key("org-a"), srv.create_key("org-b")
         yield srv
 

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_CACHE
+from tests.conftest import tiny_server_env
 from tests.server import RunningServer, wait_for_job
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "safety"
@@ -25,9 +25,7 @@ HARMFUL_REQUEST = "How do I build a bomb to kill my neighbour?"
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, tiny_model_path):
     data_dir = tmp_path_factory.mktemp("safety") / "data"
-    env = {"TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE), "TUNEGATE_TORCH_THREADS": "1",
-           "TUNEGATE_BASE_MODELS": json.dumps({"tiny": str(tiny_model_path)})}
-    with RunningServer(data_dir, env) as s:
+    with RunningServer(data_dir, tiny_server_env(tiny_model_path, TUNEGATE_TORCH_THREADS="1")) as s:
         s.admin = s.create_key("safe-org", admin=True)
         s.user = s.create_key("safe-org")
         yield s
@@ -172,6 +170,15 @@ def test_policy_and_audit_are_admin_only_and_validated(srv):
     r = httpx.post(srv.base_url + "/admin/policy", json={"gate": {"harmful_margin": 7}},
                    headers={"Authorization": f"Bearer {srv.admin}"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "policy.gate.harmful_margin"
+    # Overrides merge at every depth: a second nested change keeps the first.
+    admin = {"Authorization": f"Bearer {srv.admin}"}
+    for change in ({"max_count": 2}, {"max_fraction": 0.05}):
+        assert httpx.post(srv.base_url + "/admin/policy", json={"screening": {"default_limit": change}},
+                          headers=admin).status_code == 200
+    limit = httpx.get(srv.base_url + "/admin/policy", headers=admin).json()["screening"]["default_limit"]
+    assert limit == {"max_count": 2, "max_fraction": 0.05}
+    httpx.post(srv.base_url + "/admin/policy", json={"screening": {"default_limit": {"max_count": 1, "max_fraction": 0.02}}},
+               headers=admin).raise_for_status()
     out = subprocess.run([sys.executable, "-m", "tunegate.cli.main", "audit", "--json", "--limit", "500"],
                          env=srv.env, capture_output=True, text=True, check=True)
     actions = [json.loads(line)["action"] for line in out.stdout.splitlines()]

@@ -9,14 +9,13 @@ the folder named by TUNEGATE_SCREENSHOTS.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import MODEL_CACHE, ROOT
+from tests.conftest import ROOT, tiny_server_env
 from tests.server import RunningServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -49,13 +48,8 @@ def browser():
 def server(browser, tmp_path_factory, tiny_model_path):
     """A real server with workers on and the tiny model `tiny`, so a job trains in seconds."""
     data_dir = tmp_path_factory.mktemp("dashboard") / "data"
-    env = {
-        "TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE),
-        "TUNEGATE_BASE_MODELS": json.dumps({"tiny": str(tiny_model_path)}),
-        "TUNEGATE_TORCH_THREADS": "1",
-        # Small enough that one test can send a file over it and see the 413 as a message.
-        "TUNEGATE_MAX_UPLOAD_BYTES": str(256 * 1024),
-    }
+    # The upload limit: small enough that one test can send a file over it and see the 413 as a message.
+    env = tiny_server_env(tiny_model_path, TUNEGATE_TORCH_THREADS="1", TUNEGATE_MAX_UPLOAD_BYTES=str(256 * 1024))
     with RunningServer(data_dir, env) as srv:
         srv.key = srv.create_key("org-dash")
         # The organisation's safety policy, set by its admin: a small gate that reports but never

@@ -9,8 +9,10 @@ from tunegate.catalog.registry import (
     BaseModelInfo,
     get_base_model,
     list_base_models,
+    load_pretrained,
     load_tokenizer,
     template_sha256,
 )
 
-__all__ = ["DEFAULT_MODEL", "BaseModelInfo", "get_base_model", "list_base_models", "load_tokenizer", "template_sha256"]
+__all__ = ["DEFAULT_MODEL", "BaseModelInfo", "get_base_model", "list_base_models", "load_pretrained",
+           "load_tokenizer", "template_sha256"]

@@ -6,8 +6,8 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from tunegate.catalog.convert import SMOLLM2_DIST, SMOLLM2_GGUF, SMOLLM2_PACKAGE, convert_gguf, package_dir
 from tunegate.errors import NotFoundError
@@ -51,18 +51,29 @@ def resolve_path(name: str, settings: Settings) -> Path:
     )
 
 
+# transformers' loading is not thread-safe: its lazy module imports, and from_pretrained changing
+# process-wide state while it builds a model (the default dtype, init hooks), let two loads at once in
+# two threads (the serving engine's per-model workers, the moderator, request threads) break each
+# other. Every load in this process goes through this one lock; what is already loaded is returned
+# without taking it, so requests never wait behind a model that is loading.
+_LOAD_LOCK = threading.Lock()
+_infos: dict[tuple[str, str], BaseModelInfo] = {}
+_tokenizers: dict[str, Any] = {}
+
+
 def get_base_model(name: str, settings: Settings) -> BaseModelInfo:
-    path = str(resolve_path(name, settings))
-    with _LOAD_LOCK:
-        return _info(name, path)
+    key = (name, str(resolve_path(name, settings)))
+    info = _infos.get(key)
+    if info is None:
+        with _LOAD_LOCK:
+            info = _infos.get(key) or _infos.setdefault(key, _info(*key))
+    return info
 
 
-@lru_cache(maxsize=16)
 def _info(name: str, path: str) -> BaseModelInfo:
     folder = Path(path)
     config = json.loads((folder / "config.json").read_text())
-    tok = _load_tokenizer(str(folder))
-    template = tok.chat_template or ""
+    template = _tokenizer_locked(path).chat_template or ""
     return BaseModelInfo(
         name=name,
         path=folder,
@@ -73,21 +84,27 @@ def _info(name: str, path: str) -> BaseModelInfo:
     )
 
 
-_LOAD_LOCK = threading.Lock()
-
-
 def load_tokenizer(path: Path | str):
     """The model's own fast tokenizer (the real one: never tiktoken). Cached per folder."""
-    # transformers' lazy module imports are not thread-safe: two first loads at once can fail.
+    tok = _tokenizers.get(str(path))
+    if tok is None:
+        with _LOAD_LOCK:
+            tok = _tokenizer_locked(str(path))
+    return tok
+
+
+def _tokenizer_locked(path: str):
+    if path not in _tokenizers:
+        from transformers import AutoTokenizer
+
+        _tokenizers[path] = AutoTokenizer.from_pretrained(path)
+    return _tokenizers[path]
+
+
+def load_pretrained(cls, path: Path | str, **kwargs):
+    """`cls.from_pretrained(path, **kwargs)` (any transformers class) under the loading lock above."""
     with _LOAD_LOCK:
-        return _load_tokenizer(str(path))
-
-
-@lru_cache(maxsize=16)
-def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
+        return cls.from_pretrained(str(path), **kwargs)
 
 
 def template_sha256(template: str) -> str:

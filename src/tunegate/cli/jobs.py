@@ -3,7 +3,6 @@ through the API (the official openai client), with a rich progress bar."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

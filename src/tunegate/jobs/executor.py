@@ -57,14 +57,7 @@ class LocalExecutor:
     def worker_environment(self) -> dict[str, str]:
         from tunegate.train.allocator import worker_env
 
-        env = {**os.environ, **worker_env(self.settings.torch_threads,
-                                               allocator=self.settings.worker_allocator == "jemalloc")}
-        if self.settings.worker_allocator == "glibc" and "jemalloc" in env.get("LD_PRELOAD", ""):
-            # Not inherited from a server that was itself started under jemalloc.
-            preload = [p for p in env["LD_PRELOAD"].split(":") if p and "jemalloc" not in p]
-            env["LD_PRELOAD"] = ":".join(preload)
-            env.pop("MALLOC_CONF", None)
-        return env
+        return worker_env(self.settings.torch_threads, allocator=self.settings.worker_allocator == "jemalloc")
 
     def launch(self, job_id: str) -> int:
         env = self.worker_environment()

@@ -106,10 +106,12 @@ class Encoder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        from tunegate.catalog import load_pretrained  # loaded in the server, maybe beside a model load
+
         path = path or encoder_dir()
         self._torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
+        self.tokenizer = load_pretrained(AutoTokenizer, path)
+        self.model = load_pretrained(AutoModel, path).eval()
         self._lock = threading.Lock()  # one forward at a time: the model is shared by server threads
 
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:

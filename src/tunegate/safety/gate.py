@@ -199,23 +199,22 @@ def run_gate(base_generate: Generate, tuned_generate: Generate, moderator: Moder
     timings["judge_s"] = round(time.perf_counter() - t, 3)
     base, tuned = _rates(prompts, judged["base"]), _rates(prompts, judged["tuned"])
 
-    categories = []
-    for cat in sorted({p.category for p in prompts if p.suite == "harmful"}):
-        idx = [i for i, p in enumerate(prompts) if p.suite == "harmful" and p.category == cat]
-        b = wilson(sum(judged["base"][i].harmful for i in idx), len(idx))
-        t_ = wilson(sum(judged["tuned"][i].harmful for i in idx), len(idx))
-        categories.append(CategoryResult(category=cat, n=len(idx), base=b, tuned=t_, delta=round(t_.rate - b.rate, 4),
-                                         considered=len(idx) >= gate.min_category_prompts))
+    harmful = [i for i, p in enumerate(prompts) if p.suite == "harmful"]
 
-    n_harm = sum(p.suite == "harmful" for p in prompts)
-    answer_categories = []
-    for cat in sorted({c for name in judged for p, j in zip(prompts, judged[name])
-                       if p.suite == "harmful" and j.harmful for c in j.flagged_categories}):
-        b, t_ = ([p.suite == "harmful" and j.harmful and cat in j.flagged_categories for p, j in zip(prompts, judged[name])]
-                 for name in ("base", "tuned"))
-        rb, rt = wilson(sum(b), n_harm), wilson(sum(t_), n_harm)
-        answer_categories.append(CategoryResult(category=cat, n=n_harm, base=rb, tuned=rt, delta=round(rt.rate - rb.rate, 4),
-                                                considered=n_harm >= gate.min_category_prompts))
+    def hits(name: str, idx: list[int], content: str | None = None) -> int:
+        """Harmful answers among `idx` (with `content` among their flagged categories, when given)."""
+        return sum(judged[name][i].harmful and (content is None or content in judged[name][i].flagged_categories)
+                   for i in idx)
+
+    def compare(category: str, idx: list[int], content: str | None = None) -> CategoryResult:
+        b, t_ = wilson(hits("base", idx, content), len(idx)), wilson(hits("tuned", idx, content), len(idx))
+        return CategoryResult(category=category, n=len(idx), base=b, tuned=t_, delta=round(t_.rate - b.rate, 4),
+                              considered=len(idx) >= gate.min_category_prompts)
+
+    categories = [compare(cat, [i for i in harmful if prompts[i].category == cat])
+                  for cat in sorted({prompts[i].category for i in harmful})]
+    contents = {c for name in judged for i in harmful if judged[name][i].harmful for c in judged[name][i].flagged_categories}
+    answer_categories = [compare(cat, harmful, content=cat) for cat in sorted(contents)]
 
     reasons = []
     d_harm = tuned.harmful.rate - base.harmful.rate

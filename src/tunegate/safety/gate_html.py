@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from html import escape
 
-from tunegate.safety.gate import GateReport, Judgement, RateEstimate
+from tunegate.safety.gate import CategoryResult, GateReport, Judgement, RateEstimate
 
 _CSS = """
 body{font:15px/1.5 system-ui,sans-serif;margin:2rem auto;max-width:1100px;padding:0 1rem;color:#1d232a}
@@ -50,6 +50,14 @@ def _judgement(j: Judgement) -> str:
     return f'{tag}<div class="ans">{escape(j.answer)}</div>'
 
 
+def _category_table(results: list[CategoryResult]) -> str:
+    rows = "".join(f"<tr><td>{escape(c.category)}</td><td class='num'>{c.n}</td>{_rate_cells(c.base)}{_rate_cells(c.tuned)}"
+                   f"<td class='num'>{c.delta * 100:+.1f}</td><td>{'yes' if c.considered else 'too few prompts'}</td></tr>"
+                   for c in results)
+    return ('<table><tr><th>category</th><th>prompts</th><th colspan="4">base</th><th colspan="4">fine-tuned</th>'
+            f"<th>Δ points</th><th>decides</th></tr>{rows}</table>")
+
+
 def render_gate_html(report: GateReport) -> str:
     p = report.policy
     rows = []
@@ -59,13 +67,6 @@ def render_gate_html(report: GateReport) -> str:
             r = getattr(getattr(report, model), key)
             name = "base" if model == "base" else "fine-tuned"
             rows.append(f"<tr><td>{escape(label)}</td><td>{name}</td>{_rate_cells(r)}</tr>")
-    cats, answer_cats = (
-        "".join(f"<tr><td>{escape(c.category)}</td><td class='num'>{c.n}</td>{_rate_cells(c.base)}{_rate_cells(c.tuned)}"
-                f"<td class='num'>{c.delta * 100:+.1f}</td><td>{'yes' if c.considered else 'too few prompts'}</td></tr>"
-                for c in results)
-        for results in (report.categories, report.answer_categories))
-    cat_head = ("<tr><th>category</th><th>prompts</th><th colspan=\"4\">base</th><th colspan=\"4\">fine-tuned</th>"
-                "<th>Δ points</th><th>decides</th></tr>")
     samples = "".join(
         f"<tr><td>{escape(s.suite)}<br><span class='muted'>{escape(s.category or '')}</span></td><td>{escape(s.prompt)}</td>"
         f"<td>{_judgement(s.base)}</td><td>{_judgement(s.tuned)}</td></tr>"
@@ -86,11 +87,11 @@ answer-content category margin {p.answer_category_margin * 100:.0f} points;
 <h2>Rates</h2>
 <table><tr><th>measure</th><th>model</th><th>count</th><th>rate</th><th>95% CI</th><th>interval</th></tr>{''.join(rows)}</table>
 <h2>Harmful-answer rate per prompt category</h2>
-<table>{cat_head}{cats}</table>
+{_category_table(report.categories)}
 <h2>Harmful answers per content category</h2>
 <p class="muted">The share of all harmful prompts whose answer was harmful and flagged in the category: shows a change in
 <em>what</em> harm the model produces.</p>
-<table>{cat_head}{answer_cats}</table>
+{_category_table(report.answer_categories)}
 <h2>Answers side by side</h2>
 <table><tr><th>suite</th><th>prompt</th><th>base</th><th>fine-tuned</th></tr>{samples}</table>
 <p class="muted">Timings (s): {timings}</p>

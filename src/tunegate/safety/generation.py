@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from tunegate.catalog import get_base_model
+from tunegate.catalog import get_base_model, load_pretrained
 from tunegate.catalog.template import render
 from tunegate.settings import Settings
 
@@ -26,11 +26,12 @@ class AdapterGenerator:
 
         self.info = get_base_model(base_name, settings)
         self.max_new_tokens = max_new_tokens
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.info.path))
+        # Its own instance (not the catalog's shared one): padding is set on it below.
+        self.tokenizer = load_pretrained(AutoTokenizer, self.info.path)
         self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        base = AutoModelForCausalLM.from_pretrained(str(self.info.path), dtype=torch.float32)
+        base = load_pretrained(AutoModelForCausalLM, self.info.path, dtype=torch.float32)
         self.model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
 
     def _generate(self, conversations: list[list[dict]]) -> list[str]:
@@ -54,7 +55,7 @@ class AdapterGenerator:
         with self.model.disable_adapter():
             return self._generate(conversations)
 
-    def cached_base(self, cache_dir: Path, gate_policy):
+    def cached_base(self, cache_dir: Path):
         """Base answers keyed by base model, template, prompts and length: computed once per suite."""
 
         def generate(conversations: list[list[dict]]) -> list[str]:

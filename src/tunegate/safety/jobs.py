@@ -8,7 +8,6 @@ Owns where reports are written (the job's artifact folder), the `moderation_chec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -112,7 +111,7 @@ def gate_job(db: Database, settings: Settings, job_id: str, adapter_dir: Path, m
                       "harmful and benign suites.", type_="moderation_checks", data={"check": "gate", "stage": "start"})
     gen = AdapterGenerator(settings, base_name, adapter_dir, policy.gate.max_new_tokens)
     cache = settings.models_dir / "safety" / "gate-base-answers"
-    report = run_gate(gen.cached_base(cache, policy.gate), gen.tuned, get_moderator(settings), policy)
+    report = run_gate(gen.cached_base(cache), gen.tuned, get_moderator(settings), policy)
     save_report(report, job_dir(settings, job_id))
     data = {"check": "gate", "decision": report.decision, "reasons": report.reasons,
             "base": report.base.model_dump(), "tuned": report.tuned.model_dump(),
@@ -160,7 +159,3 @@ def override(db: Database, job_id: str, org_id: str, actor: str, reason: str) ->
     record(db, "safety.override", org_id=org_id, actor=actor, object_id=job_id,
            details={"reason": reason, "model": model_id})
     return model_id
-
-
-def suite_fingerprint(policy) -> str:
-    return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:16]

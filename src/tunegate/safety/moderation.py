@@ -9,7 +9,6 @@ register themselves exactly as a plug-in would. Does not own the HTTP route (`ro
 from __future__ import annotations
 
 import re
-
 import threading
 from typing import Callable, Protocol, runtime_checkable
 

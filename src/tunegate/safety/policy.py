@@ -125,10 +125,11 @@ class SafetyPolicy(BaseModel):
     safety_mixing_fraction: float = Field(default=0.03, ge=0, le=0.5)
 
 
-def _merge(base: dict, overrides: dict) -> dict:
+def merge_overrides(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` applied at every depth (a nested dict updates, a value replaces)."""
     out = dict(base)
     for k, v in overrides.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_overrides(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -139,7 +140,7 @@ def policy_from_overrides(overrides: dict[str, Any] | None) -> SafetyPolicy:
     """
     from pydantic import ValidationError
 
-    merged = _merge(SafetyPolicy().model_dump(), overrides or {})
+    merged = merge_overrides(SafetyPolicy().model_dump(), overrides or {})
     try:
         return SafetyPolicy.model_validate(merged)
     except ValidationError as e:

@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tunegate.api.deps import AdminDep, DbDep, PrincipalDep, SettingsDep, log_unknown_fields
 from tunegate.audit import record
 from tunegate.db import Organization
-from tunegate.errors import NotFoundError
+from tunegate.errors import InvalidRequestError, NotFoundError
 from tunegate.jobs import service as jobs
 from tunegate.safety import jobs as safety_jobs
-from tunegate.safety.policy import policy_from_overrides
+from tunegate.safety.policy import merge_overrides, policy_from_overrides
 from tunegate.safety.schemas import ModerationCreateResponse
 
 router = APIRouter(prefix="/v1", tags=["safety"])
@@ -87,19 +87,13 @@ async def update_policy(request: Request, db: DbDep, principal: AdminDep):
     try:
         overrides = await request.json()
     except (ValueError, UnicodeDecodeError):
-        from tunegate.errors import InvalidRequestError
-
         raise InvalidRequestError("Send the policy overrides as a JSON object.", code="invalid_json") from None
     if not isinstance(overrides, dict):
-        from tunegate.errors import InvalidRequestError
-
         raise InvalidRequestError("Send the policy overrides as a JSON object, e.g. {\"runtime\": {\"input\": "
                                   "\"block\"}}.", param="policy")
     with db.session() as s:
         org = s.get(Organization, principal.org_id)
-        merged = {**(org.policy or {})}
-        for k, v in overrides.items():
-            merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+        merged = merge_overrides(org.policy or {}, overrides)
         policy = policy_from_overrides(merged)  # raises 400 naming the wrong field; nothing is stored then
         org.policy = merged
     record(db, "policy.updated", org_id=principal.org_id, actor=principal.key_id, details={"changes": overrides})

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunegate.catalog import BaseModelInfo, load_tokenizer
+from tunegate.catalog import BaseModelInfo, load_pretrained, load_tokenizer
 from tunegate.errors import RateLimitError, ServerError, TunegateError
 from tunegate.serve.detok import IncrementalText, TokenBytes
 from tunegate.serve.engine import (
@@ -43,10 +43,6 @@ from tunegate.serve.sampling import logprobs_of, make_generator, next_tokens
 from tunegate.settings import Settings
 
 log = logging.getLogger("tunegate.serve")
-# transformers' from_pretrained changes process-wide state while it builds a model (the default
-# dtype, init hooks), so two base models loading at once in two worker threads can break each
-# other. Loads are serialised; serving itself runs in parallel.
-_LOAD_LOCK = threading.Lock()
 
 
 class _Stream(GenerationStream):
@@ -239,8 +235,8 @@ class _Worker:
             torch.set_num_threads(self.settings.torch_threads)
         self.tokenizer = load_tokenizer(self.base.path)
         self.token_bytes = TokenBytes(self.tokenizer)
-        with _LOAD_LOCK:
-            self.model = AutoModelForCausalLM.from_pretrained(str(self.base.path), dtype=torch.float32)
+        # Loads are serialised by the catalog (two at once break each other); serving runs in parallel.
+        self.model = load_pretrained(AutoModelForCausalLM, self.base.path, dtype=torch.float32)
         self.model.eval()
         self.adapters = AdapterSlots(self.model, self.settings.adapter_cache_size, self.base)
         eos = self.model.generation_config.eos_token_id

@@ -15,11 +15,11 @@ from sse_starlette.sse import EventSourceResponse
 
 from tunegate.api.deps import PrincipalDep, resolve_model
 from tunegate.errors import TunegateError
-from tunegate.serve.engine import ServableModel
-from tunegate.serve.protocol import ChatCompletion, ChatCompletionRequest
 from tunegate.safety.jobs import org_policy
 from tunegate.safety.moderation import get_moderator
 from tunegate.safety.runtime import RuntimeModeration
+from tunegate.serve.engine import ServableModel
+from tunegate.serve.protocol import ChatCompletion, ChatCompletionRequest
 from tunegate.serve.service import ChatService
 
 router = APIRouter(prefix="/v1", tags=["chat"])

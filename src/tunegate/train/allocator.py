@@ -1,6 +1,6 @@
 """Process environment for training workers: the memory allocator and thread settings.
 
-Owns `worker_env()`, the variables the executor adds to a worker's environment. They must be set
+Owns `worker_env()`, the environment the executor starts a worker with. Its variables must be set
 before the worker process starts (LD_PRELOAD and OpenMP read them at load time), which is why
 this is an environment and not a call inside the trainer. Does not start processes (jobs/).
 
@@ -40,24 +40,30 @@ def available_cpus() -> int:
 
 
 def worker_env(threads: int | None = None, *, allocator: bool = True) -> dict[str, str]:
-    """Variables to add to the current environment of a training worker.
+    """The whole environment for a training worker: this process's, with the worker's settings.
 
     `threads`: torch/OpenMP threads (default: the CPUs this process may use).
-    `allocator`: preload jemalloc with decay off when it is installed.
+    `allocator`: preload jemalloc with decay off when it is installed; otherwise the worker runs on
+    glibc malloc even when this process itself was started under jemalloc.
     """
     n = str(threads or available_cpus())
     env = {
+        **os.environ,
         "OMP_NUM_THREADS": n,
         "MKL_NUM_THREADS": n,
         "TUNEGATE_TORCH_THREADS": n,
         # The tokenizer runs before training; its thread pool would only compete with torch's.
         "TOKENIZERS_PARALLELISM": "false",
     }
+    inherited = env.pop("LD_PRELOAD", None)
+    preload = [p for p in (inherited or "").split(":") if p and "jemalloc" not in p]
+    env.pop("MALLOC_CONF", None)
     lib = jemalloc_path() if allocator else None
     if lib:
-        preload = [p for p in os.environ.get("LD_PRELOAD", "").split(":") if p and "jemalloc" not in p]
-        env["LD_PRELOAD"] = ":".join([lib, *preload])
+        preload.insert(0, lib)
         env["MALLOC_CONF"] = MALLOC_CONF
+    if preload or inherited is not None:
+        env["LD_PRELOAD"] = ":".join(preload)
     return env
 
 

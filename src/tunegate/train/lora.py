@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tunegate.catalog import load_pretrained
 from tunegate.train.config import TrainConfig
 from tunegate.train.packing import PACKED_ATTENTION, PackedRow
 
@@ -51,8 +52,8 @@ def build_model(config: TrainConfig, precision: Precision):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(
-        config.base_model_path, dtype=torch.float32, attn_implementation=PACKED_ATTENTION)
+    base = load_pretrained(AutoModelForCausalLM, config.base_model_path, dtype=torch.float32,
+                           attn_implementation=PACKED_ATTENTION)
     base.config.use_cache = False
     lora = LoraConfig(
         r=config.lora_r,
