@@ -68,6 +68,7 @@ class File(Base):
     created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
     # Nanoseconds: orders objects created within the same second (ids are random, like OpenAI's).
     created_ns: Mapped[int] = mapped_column(BigInteger, default=time.time_ns, index=True)
+    expires_at: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)  # files.create(expires_after=)
 
 
 class Job(Base):
@@ -136,6 +137,79 @@ class FineTunedModel(Base):
     adapter_path: Mapped[str] = mapped_column(Text)
     deployable: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Upload(Base):
+    """A chunked upload (OpenAI's Uploads API): parts on disk until `complete` makes one File."""
+
+    __tablename__ = "uploads"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)  # announced at create; `complete` checks it
+    mime_type: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    received: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes of all parts so far
+    file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    file_expires_after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    expires_at: Mapped[int] = mapped_column(Integer)
+
+
+class UploadPart(Base):
+    __tablename__ = "upload_parts"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Batch(Base):
+    """A Batch API batch; per-line results live in `batch_lines` so a restart resumes without loss."""
+
+    __tablename__ = "batches"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # whose rights the lines run with
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    errors: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    request_counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    times: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # in_progress_at, completed_at, ...
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    created_ns: Mapped[int] = mapped_column(BigInteger, default=time.time_ns, index=True)
+    expires_at: Mapped[int] = mapped_column(Integer)
+
+
+class BatchLine(Base):
+    """One finished request of a batch (committed as it finishes: never lost, never run twice)."""
+
+    __tablename__ = "batch_lines"
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)  # the output or error file's JSON line
+
+
+class CheckpointPermission(Base):
+    """A checkpoint of one organisation shared with a project (of any organisation)."""
+
+    __tablename__ = "checkpoint_permissions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    checkpoint: Mapped[str] = mapped_column(String(256), index=True)  # the checkpoint's model id
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)  # the owner
+    project_id: Mapped[str] = mapped_column(String(64), index=True)  # the grantee
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    created_ns: Mapped[int] = mapped_column(BigInteger, default=time.time_ns)
 
 
 class AuditEntry(Base):
