@@ -195,3 +195,31 @@ def test_http_moderator_needs_a_url(safety_settings):
     with pytest.raises(InvalidRequestError) as e:
         HttpModerator(safety_settings.model_copy(update={"moderator": "http", "moderation_url": None}))
     assert e.value.param == "moderation_url"
+
+
+def test_long_texts_are_judged_in_windows_never_truncated():
+    """A harmful sentence far into a long text is found, and the merged verdict keeps its score."""
+    from tunegate.safety.moderation import moderate_windows, text_windows
+    from tunegate.safety.schemas import ModerationResult
+
+    class Keyword:
+        name, model = "keyword", "keyword-1"
+        thresholds = {c: 0.5 for c in CATEGORIES}
+        seen: list[str] = []
+
+        def moderate(self, texts):
+            self.seen.extend(texts)
+            return [ModerationResult.from_scores({c: float("forbidden" in t and c == "illicit") for c in CATEGORIES},
+                                                 self.thresholds) for t in texts]
+
+    filler = "".join(f"Item {i} of the minutes: the weather was mild and the meeting ran long. " for i in range(200))
+    text = filler + "Then came the forbidden part."
+    windows = text_windows(text)
+    assert any("forbidden" in w for w in windows)
+    assert sum(len(w) for w in windows[1:]) >= len(text) - 400  # every sentence is in some window
+    mod = Keyword()
+    long_result, short_result = moderate_windows(mod, [text, "All fine here."])
+    assert long_result.flagged and long_result.flagged_categories() == ["illicit"]
+    assert long_result.scores()["illicit"] == 1.0
+    assert not short_result.flagged
+    assert moderate_windows(mod, []) == []

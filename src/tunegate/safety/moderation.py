@@ -14,7 +14,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from tunegate.errors import InvalidRequestError, ServerError
 from tunegate.ids import new_id
-from tunegate.safety.schemas import DEFAULT_MODEL, MAX_INPUTS, ModerationCreateResponse, ModerationResult
+from tunegate.safety.schemas import CATEGORIES, DEFAULT_MODEL, MAX_INPUTS, ModerationCreateResponse, ModerationResult
 from tunegate.settings import Settings
 
 
@@ -156,18 +156,29 @@ def text_windows(text: str, max_chars: int = WINDOW_CHARS) -> list[str]:
     return list(dict.fromkeys(windows))
 
 
-def flagged_categories(moderator: Moderator, texts: list[str]) -> list[list[str]]:
-    """For each text, the categories flagged in any of its windows (one batched moderation call)."""
+def merge_results(results: list[ModerationResult]) -> ModerationResult:
+    """One verdict for a text judged in windows: each category's highest score, flagged when any window is."""
+    from tunegate.safety.schemas import Categories, CategoryScores
+
+    first = results[0]
+    scores = {c: max(r.scores()[c] for r in results) for c in CATEGORIES}
+    flags = {c: any(c in r.flagged_categories() for r in results) for c in CATEGORIES}
+    return first.model_copy(update={"flagged": any(flags.values()), "categories": Categories(**flags),
+                                    "category_scores": CategoryScores(**scores)})
+
+
+def moderate_windows(moderator: Moderator, texts: list[str], max_chars: int = WINDOW_CHARS) -> list[ModerationResult]:
+    """One result per text, each judged whole and in sentence windows (`text_windows`), in one batched
+    call: a long text is never truncated, and one harmful sentence is not diluted by the rest."""
     spans, flat = [], []
     for t in texts:
-        w = text_windows(t)
+        w = text_windows(t, max_chars)
         spans.append((len(flat), len(flat) + len(w)))
         flat.extend(w)
     results = moderator.moderate(flat) if flat else []
-    out = []
-    for start, end in spans:
-        cats: list[str] = []
-        for r in results[start:end]:
-            cats.extend(c for c in r.flagged_categories() if c not in cats)
-        out.append(cats)
-    return out
+    return [merge_results(results[a:b]) for a, b in spans]
+
+
+def flagged_categories(moderator: Moderator, texts: list[str]) -> list[list[str]]:
+    """For each text, the categories flagged in any of its windows (one batched moderation call)."""
+    return [r.flagged_categories() for r in moderate_windows(moderator, texts)]
