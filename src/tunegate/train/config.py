@@ -13,7 +13,11 @@ The "auto" rules (also in the README):
   is known.
 - `learning_rate`: `BASE_LEARNING_RATE` (2e-4, a usual LoRA SFT rate at batch size 8) times the
   multiplier; the "auto" multiplier is sqrt(batch_size / 8) within 0.5..2 (Adam's square-root
-  scaling with batch size).
+  scaling with batch size). DPO starts from `DPO_BASE_LEARNING_RATE` (5e-5): its loss keeps
+  pushing the margin apart after the preferred answer is already likelier, so it overshoots
+  sooner than SFT at the same rate.
+- `beta` (DPO): 0.1, the DPO paper's value; "auto" means 0.1.
+- `n_epochs` and `batch_size` for DPO count preference pairs, by the same rules.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from typing import Any
 from tunegate.errors import InvalidRequestError
 
 BASE_LEARNING_RATE = 2e-4
+DPO_BASE_LEARNING_RATE = 5e-5
+DEFAULT_BETA = 0.1
+METHODS = ("supervised", "dpo", "reinforcement")
 # SmolLM2 is a Llama: LoRA on every projection of attention and MLP trains best for its size.
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _DEVICES = ("auto", "cpu", "cuda")
@@ -60,6 +67,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     dtype: str = "auto"  # "auto" (fp32 on CPU, bf16 autocast on CUDA) | "float32" | "bfloat16"
     num_threads: int | None = None  # torch intra-op threads; None: leave the process default
+    method: str = "supervised"  # "supervised" (recipe.py) | "dpo" (dpo.py)
+    beta: float = DEFAULT_BETA  # DPO: how far the policy may move from the reference (adapter off)
 
     @staticmethod
     def base_learning_rate() -> float:
@@ -93,6 +102,8 @@ class TrainConfig:
         need(self.device in _DEVICES, "device", f"use one of {list(_DEVICES)}")
         need(self.dtype in _DTYPES, "dtype", f"use one of {list(_DTYPES)}")
         need(self.num_threads is None or self.num_threads >= 1, "num_threads", "use at least 1, or null")
+        need(self.method in METHODS, "method", f"use one of {list(METHODS)}")
+        need(0 < self.beta <= 2, "beta", "use a number above 0 and at most 2 (0.1 is the usual value)")
         if problems:
             text = "; ".join(f"`{name}` is invalid: {fix}" for name, fix in problems)
             raise InvalidRequestError(f"Invalid training configuration: {text}.", param=problems[0][0],
@@ -161,9 +172,11 @@ def resolve_hyperparameters(
     *,
     n_examples: int,
     n_tokens: int | None = None,
+    method: str = "supervised",
 ) -> tuple[int, int, float]:
     """(n_epochs, batch_size, learning_rate) from the job's hyperparameters, each "auto" or a number."""
-    prefix = "method.supervised.hyperparameters."
+    prefix = f"method.{method}.hyperparameters."
+    base_rate = DPO_BASE_LEARNING_RATE if method == "dpo" else BASE_LEARNING_RATE
     if n_epochs == "auto" or n_epochs is None:
         n_epochs = auto_n_epochs(n_examples)
     else:
@@ -176,4 +189,19 @@ def resolve_hyperparameters(
         multiplier = auto_learning_rate_multiplier(batch_size)
     else:
         multiplier = _number(learning_rate_multiplier, prefix + "learning_rate_multiplier", float, 1e-6, 50)
-    return n_epochs, batch_size, BASE_LEARNING_RATE * multiplier
+    return n_epochs, batch_size, base_rate * multiplier
+
+
+def base_learning_rate(method: str) -> float:
+    return DPO_BASE_LEARNING_RATE if method == "dpo" else BASE_LEARNING_RATE
+
+
+def resolve_beta(beta: Any = "auto") -> float:
+    """DPO's beta from `method.dpo.hyperparameters.beta` ("auto" or a number in (0, 2])."""
+    if beta == "auto" or beta is None:
+        return DEFAULT_BETA
+    param = "method.dpo.hyperparameters.beta"
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta <= 2:
+        raise InvalidRequestError(f"`{param}` must be \"auto\" or a number above 0 and at most 2, got {beta!r}.",
+                                  param=param)
+    return float(beta)

@@ -41,21 +41,24 @@ def validation_batch(examples: list[Example], size: int, step: int) -> list[Exam
 
 
 class ResultsWriter:
-    """Appends one row per optimizer step; on resume, rows after the checkpoint are dropped."""
+    """Appends one row per optimizer step; on resume, rows after the checkpoint are dropped.
 
-    def __init__(self, path: Path, resume_step: int):
-        self.path = Path(path)
+    `columns` other than the SFT ones (DPO's) are written straight from the metrics of the same name.
+    """
+
+    def __init__(self, path: Path, resume_step: int, columns: tuple[str, ...] = RESULT_COLUMNS):
+        self.path, self.columns = Path(path), tuple(columns)
         rows = []
         if resume_step and self.path.exists():
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
         with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+            w = csv.DictWriter(f, fieldnames=self.columns)
             w.writeheader()
-            w.writerows({k: r.get(k, "") for k in RESULT_COLUMNS} for r in rows)
+            w.writerows({k: r.get(k, "") for k in self.columns} for r in rows)
 
     def append(self, metrics: dict) -> None:
-        row = {
+        row = {k: _fmt(metrics.get(k)) for k in self.columns} | {
             "step": metrics["step"],
             "train_loss": _fmt(metrics.get("train_loss")),
             "train_accuracy": _fmt(metrics.get("train_mean_token_accuracy")),
@@ -63,8 +66,10 @@ class ResultsWriter:
             "valid_mean_token_accuracy": _fmt(metrics.get("valid_mean_token_accuracy")),
         }
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=RESULT_COLUMNS).writerow(row)
+            csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(row)
 
 
 def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.6g}"
+    if value is None:
+        return ""
+    return str(value) if isinstance(value, int) else f"{value:.6g}"

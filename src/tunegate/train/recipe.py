@@ -57,6 +57,10 @@ class TrainResult:
 
 
 def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_stop: StopPoll) -> TrainResult:
+    if config.method == "dpo":  # same contract, its own straight-line recipe
+        from tunegate.train.dpo import run_dpo
+
+        return run_dpo(config, out_dir, on_event, should_stop)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     say = _Say(on_event)
