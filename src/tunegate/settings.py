@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(default=300.0, gt=0)
     moderator: str = Field(default="builtin", description="Moderator name in the moderator registry (builtin|http).")
     moderation_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible moderation API.")
+    python_graders: bool = Field(default=False, description="Allow `python` graders (user code, run sandboxed: no "
+                                                            "network, limited memory/CPU, timeout). Admin's choice.")
+    python_grader_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
     @property
     def db_url(self) -> str:

@@ -25,6 +25,7 @@ ROUTERS = [
     "tunegate.models.router",
     "tunegate.serve.router",
     "tunegate.safety.router",
+    "tunegate.graders.router",
     "tunegate.api.admin",
 ]
 MAX_JSON_BODY = 16 * 1024 * 1024  # uploads stream separately and have their own limit

@@ -10,6 +10,9 @@ LoRA training, and that `follows_format` checks mechanically. Files: a training 
 (`demo_train`, 106 chat examples, some multi-turn, some with system prompts), a validation set
 (`demo_valid`, 15) and held-out prompts (`demo_prompts`, 16, in neither set). Does not own
 uploading or training them (the demo command and the trainer do that).
+
+The same files make the DPO preference task (`write_preference_file`): the two-line reply is
+preferred over the same answer said plainly, so the only thing a pair teaches is the format.
 """
 
 from __future__ import annotations
@@ -43,6 +46,29 @@ def held_out_prompts() -> list[list[dict]]:
     """The held-out conversations (each a list of messages ending with a user turn)."""
     with open(path("demo_prompts"), encoding="utf-8") as f:
         return [json.loads(line)["messages"] for line in f if line.strip()]
+
+
+def preference_pairs(name: str) -> list[dict]:
+    """The chat sample `name` as DPO pairs: the formatted reply preferred over its plain answer line."""
+    pairs = []
+    with open(path(name), encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            messages = json.loads(line)["messages"]
+            reply = messages[-1]["content"]
+            plain = reply.splitlines()[0].removeprefix("Answer: ").strip()
+            context = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:-1]]
+            pairs.append({"input": {"messages": context},
+                          "preferred_output": [{"role": "assistant", "content": reply}],
+                          "non_preferred_output": [{"role": "assistant", "content": plain}]})
+    return pairs
+
+
+def write_preference_file(name: str, out: Path) -> Path:
+    out = Path(out)
+    out.write_text("".join(json.dumps(p) + "\n" for p in preference_pairs(name)), encoding="utf-8")
+    return out
 
 
 def follows_format(text: str) -> bool:
