@@ -142,8 +142,8 @@ def test_runtime_moderation_block_flag_and_no_bypass(srv, threat_job):
     assert finish == "content_filter" and "kill" not in text
     # A regular key cannot turn moderation off; an admin can, and that is audited.
     with pytest.raises(openai.PermissionDeniedError):
-        _ask(user, srv.threat_model, extra_body={"moderation": {"output": "off"}})
-    text, finish = _ask(admin, srv.threat_model, extra_body={"moderation": {"output": "off"}})
+        _ask(user, srv.threat_model, extra_body={"tunegate": {"moderation": {"output": "off"}}})
+    text, finish = _ask(admin, srv.threat_model, extra_body={"tunegate": {"moderation": {"output": "off"}}})
     assert "kill" in text and finish != "content_filter"
     # Flag mode: the answer goes out and the decision is recorded.
     _policy(srv, {"runtime": {"output": "flag", "input": "block"}})

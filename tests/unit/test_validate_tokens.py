@@ -68,10 +68,19 @@ def test_token_counts_equal_the_tokenizers_count_of_the_rendered_template(tmp_pa
 def test_tool_calls_count_as_the_trainer_renders_them(tmp_path, tokenizer):
     examples = [tool_example(i) for i in range(10)]
     report = validate_file(write(tmp_path / "t.jsonl", examples), tokenizer=tokenizer, context_length=8192)
-    trainer = tokenize_examples(tokenizer, [e["messages"] for e in examples])  # what the trainer trains on
+    from tunegate.train.data import read_conversations
+
+    conversations = read_conversations(write(tmp_path / "t.jsonl", examples))  # what the trainer trains on
+    trainer = tokenize_examples(tokenizer, conversations)
     assert report.tokens.total_tokens == sum(len(x.input_ids) for x in trainer)
     assert report.tokens.trained_tokens == sum(x.n_trained for x in trainer)
-    assert report.tokens.total_tokens == sum(jinja_tokens(tokenizer, e["messages"]) for e in examples)
+    assert report.tokens.total_tokens == sum(jinja_tokens(tokenizer, c) for c in conversations)
+    # The tool definitions are in the prompt, and the call is trained text in the project's convention.
+    text = tokenizer.decode(trainer[3].input_ids)
+    assert '"name": "get_weather", "description": "Current weather"' in text
+    trained = tokenizer.decode([t for t, m in zip(trainer[3].input_ids, trainer[3].loss_mask) if m])
+    assert '<tool_call>{"name": "get_weather", "arguments": {"city": "city 3"}}</tool_call>' in trained
+    assert "sunny" not in trained and "You are welcome, traveller 3." in trained
 
 
 def test_long_examples_are_flagged_and_only_kept_tokens_count(tmp_path, tokenizer):

@@ -108,4 +108,7 @@ def load_pretrained(cls, path: Path | str, **kwargs):
 
 
 def template_sha256(template: str) -> str:
-    return hashlib.sha256(template.encode("utf-8")).hexdigest()
+    """Of the chat template and the project's tool convention (both decide what a model was trained on)."""
+    from tunegate.catalog.template import TOOL_CONVENTION
+
+    return hashlib.sha256((template + "\n" + TOOL_CONVENTION).encode("utf-8")).hexdigest()

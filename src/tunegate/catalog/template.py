@@ -56,6 +56,53 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
+# --- tools: the project's convention -------------------------------------------------------------
+# SmolLM2's template (like many small models') has no tool section, so training and serving share one
+# convention for every base model: the tool definitions go into the system message, an assistant's
+# calls are written as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks (one per
+# call, newline between), tool results are `tool` messages as the template renders them. Serving's
+# grammar (`serve/structured.py`) produces exactly this text and `serve/tools.py` parses it. The
+# convention is part of the template hash (`TOOL_CONVENTION`), so an adapter trained under another
+# convention is refused like one trained on another template.
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+JSON_SEPARATORS = (", ", ": ")
+TOOLS_HEADER = ("You can call these functions. To call one or more, answer with nothing but one block per call, "
+                f'each on its own line: {TOOL_CALL_OPEN}{{"name": <function name>, "arguments": <JSON object>}}'
+                f"{TOOL_CALL_CLOSE}\nFunctions:")
+TOOL_CONVENTION = "tunegate-tools-v1\n" + TOOLS_HEADER
+
+
+def tool_call_prefix(name: str) -> str:
+    """The text of a call up to its arguments (the grammar forces it; the stream parser looks for it)."""
+    return TOOL_CALL_OPEN + '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": '
+
+
+def render_tool_call(call: dict) -> str:
+    """One OpenAI `tool_calls` entry (or legacy `function_call`) in the convention above."""
+    fn = call.get("function", call) if isinstance(call, dict) else {}
+    args = fn.get("arguments", "{}")
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:  # validation reports this; render it as the string it is
+            pass
+    return (tool_call_prefix(str(fn.get("name", ""))) + json.dumps(args, ensure_ascii=False, separators=JSON_SEPARATORS)
+            + "}" + TOOL_CALL_CLOSE)
+
+
+def with_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """`messages` with the tool definitions written into the system message (added when absent)."""
+    if not tools:
+        return messages
+    lines = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False, separators=JSON_SEPARATORS) for t in tools)
+    block = TOOLS_HEADER + "\n" + lines
+    if messages and messages[0].get("role") in ("system", "developer"):
+        first = dict(messages[0])
+        first["content"] = content_text(first.get("content")) + "\n\n" + block
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": block}, *messages]
+
+
 def normalize_messages(messages: list[dict], *, mark_trained: bool, marks: tuple[str, str] = (_OPEN, _CLOSE)
                        ) -> list[dict]:
     """Plain `{"role", "content"}` dicts the template understands; trained content gets sentinels."""
@@ -65,9 +112,7 @@ def normalize_messages(messages: list[dict], *, mark_trained: bool, marks: tuple
         text = content_text(m.get("content"))
         if role == "assistant" and (m.get("tool_calls") or m.get("function_call")):
             calls = m.get("tool_calls") or [{"type": "function", "function": m.get("function_call")}]
-            text += "".join(
-                "<tool_call>" + json.dumps(c.get("function", c), ensure_ascii=False) + "</tool_call>" for c in calls
-            )
+            text += ("\n" if text else "") + "\n".join(render_tool_call(c) for c in calls)
         if role == "function":
             role = "tool"
         if mark_trained and role == "assistant" and m.get("weight", 1) != 0:

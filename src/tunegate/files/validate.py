@@ -21,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from tunegate.catalog.template import with_tools
 from tunegate.files.checks import PREFERENCE_KEYS, ExampleChecker, control_tokens_of
 from tunegate.files.dedup import SeenLines
 from tunegate.files.tokens import TokenCounter, TokenStats
@@ -175,7 +176,8 @@ def validate_file(path: Path | str, *, tokenizer=None, context_length: int | Non
                     out.warn("duplicate_example", line, None, f"This example is identical to line {first}. Remove "
                              "the copy unless you mean to weigh it double.")
                 if messages is not None and counter is not None and (fmt is None or fmt == file_format):
-                    counter.add(line, messages)
+                    tools = (example.get("input") if fmt == "preference" else example).get("tools")
+                    counter.add(line, with_tools(messages, tools if isinstance(tools, list) else None))
             if seen.full:
                 out.warn("duplicates_partly_checked", None, None, f"Duplicates were looked for among the first "
                          f"{seen.size:,} distinct examples only (fixed memory); later repeats may be unreported.")

@@ -7,7 +7,7 @@ moderated, so a blocked stream ends with `finish_reason: "content_filter"` witho
 flagged sentence (at most the start of the next sentence in the same chunk goes out before it is
 checked; it is checked as soon as it ends).
 Every flag and block is written to the audit log. Only an admin key may relax the policy for a
-request (the `moderation` extension field); for anyone else that field is an error.
+request (the `tunegate.moderation` extension field); for anyone else that field is an error.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ class RuntimeModeration:
         if override is not None:
             if not principal.is_admin:
                 raise PermissionDeniedError("Runtime moderation is enforced by the server; only an admin key may "
-                                            "change it for a request. Remove the `moderation` field.",
-                                            param="moderation", code="admin_required")
+                                            "change it for a request. Remove `tunegate.moderation`.",
+                                            param="tunegate.moderation", code="admin_required")
             try:
                 policy = RuntimePolicy.model_validate({**policy.model_dump(), **dict(override)})
             except (ValueError, TypeError):
-                raise InvalidRequestError("`moderation` must be like {\"input\": \"off|flag|block\", \"output\": "
-                                          "\"off|flag|block\"}.", param="moderation") from None
+                raise InvalidRequestError("`tunegate.moderation` must be like {\"input\": \"off|flag|block\", \"output\": "
+                                          "\"off|flag|block\"}.", param="tunegate.moderation", code="invalid_value") from None
             record(db, "moderation.override", org_id=principal.org_id, actor=principal.key_id, object_id=model,
                    details={"policy": policy.model_dump()})
         return cls(policy, moderator, db, principal, model)

@@ -18,6 +18,24 @@ from tunegate.errors import InvalidRequestError
 ROLES = ("system", "user", "assistant", "tool", "developer", "function")
 MAX_N = 128  # OpenAI's own limit on `n`
 MAX_STOP = 4  # OpenAI accepts up to 4 stop sequences
+MAX_TOOLS = 128  # OpenAI's limit on `tools`
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on `logit_bias` entries
+
+# OpenAI chat parameters tunegate does not implement: each answers 400 `unsupported_parameter`
+# unless it carries a value that asks for nothing (so an SDK that sends defaults keeps working).
+UNSUPPORTED = {
+    "audio": "audio output is not supported",
+    "modalities": "only text output is supported (`[\"text\"]`)",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+    "reasoning_effort": "the served models are not reasoning models",
+    "verbosity": "the served models do not support `verbosity`",
+    "functions": "the deprecated `functions` are not supported; use `tools`",
+    "function_call": "the deprecated `function_call` is not supported; use `tool_choice`",
+    "store": "stored completions are not supported (`store` must be false)",
+    "service_tier": "only the `auto` and `default` service tiers exist here",
+}
+_HARMLESS = {"modalities": (["text"],), "store": (False,), "service_tier": ("auto", "default")}
 
 
 class ChatMessage(BaseModel):
@@ -36,6 +54,77 @@ class StreamOptions(BaseModel):
 
     include_usage: bool = False
     """Send one more chunk before `[DONE]` with `usage` and empty `choices`."""
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    """Letters, digits, `_` and `-`, at most 64 characters (OpenAI's rule)."""
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    """A JSON Schema object; omitted means no arguments."""
+    strict: bool | None = None
+
+
+class ChatTool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("`json_schema` is required when `type` is `json_schema`")
+        return self
+
+
+class ModerationMode(BaseModel):
+    mode: Literal["score", "block"]
+
+
+class ModerationPolicy(BaseModel):
+    input: ModerationMode | None = None
+    output: ModerationMode | None = None
+
+
+class OpenAIModeration(BaseModel):
+    """OpenAI's `moderation` parameter: run moderation on input and output, report (`score`) or block."""
+
+    model: str
+    policy: ModerationPolicy | None = None
+
+
+class TunegateExtension(BaseModel):
+    """Our own request options, kept apart from OpenAI's names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    moderation: dict[str, Any] | None = None
+    """Admin only: change the organisation's runtime policy for this request
+    (`{"input": "off|flag|block", "output": "off|flag|block"}`)."""
 
 
 class ChatCompletionRequest(BaseModel):
@@ -64,6 +153,28 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     ignore_eos: bool | None = None
     """Not OpenAI's (vLLM's extension): keep generating past the end-of-turn token; for benchmarks."""
+    logit_bias: dict[str, float] | None = None
+    """Token id (as a string) -> bias in [-100, 100] added to the logits before sampling; at most 300."""
+    response_format: ResponseFormat | None = None
+    tools: list[ChatTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    moderation: OpenAIModeration | None = None
+    tunegate: TunegateExtension | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, v):
+        if v is None:
+            return v
+        if len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens may be biased, got {len(v)}")
+        for key, bias in v.items():
+            if not key.isdigit():
+                raise ValueError(f"keys are token ids written as strings (e.g. \"1234\"), got {key[:32]!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"bias of token {key} is {bias}; biases must be between -100 and 100")
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -92,6 +203,32 @@ class ChatCompletionRequest(BaseModel):
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+def check_supported(request: "ChatCompletionRequest") -> None:
+    """400 `unsupported_parameter` for an OpenAI parameter this server does not implement, and 400s
+    for tool settings that contradict each other (each naming its field)."""
+    for name, why in UNSUPPORTED.items():
+        value = (request.model_extra or {}).get(name)
+        if value is None or value in _HARMLESS.get(name, ()):
+            continue
+        raise InvalidRequestError(f"Unsupported parameter: `{name}`: {why}. Remove it from the request.",
+                                  param=name, code="unsupported_parameter")
+    names = [t.function.name for t in request.tools or []]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise InvalidRequestError(f"`tools` has two functions named `{name}`; names must be unique.",
+                                      param=f"tools[{i}].function.name", code="invalid_value")
+    if request.tool_choice is not None and request.tool_choice != "none" and not names:
+        raise InvalidRequestError("`tool_choice` is only allowed when `tools` are given.", param="tool_choice",
+                                  code="invalid_value")
+    if request.parallel_tool_calls is not None and not names:
+        raise InvalidRequestError("`parallel_tool_calls` is only allowed when `tools` are given.",
+                                  param="parallel_tool_calls", code="invalid_value")
+    if isinstance(request.tool_choice, NamedToolChoice) and request.tool_choice.function.name not in names:
+        raise InvalidRequestError(f"`tool_choice` names the function `{request.tool_choice.function.name}`, which "
+                                  f"is not in `tools` ({', '.join(names)}).", param="tool_choice.function.name",
+                                  code="invalid_value")
 
 
 def _param(loc: tuple) -> str | None:
@@ -151,17 +288,33 @@ class CompletionUsage(BaseModel):
     total_tokens: int
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+    """The arguments as a JSON string (always valid JSON here: it is generated under a grammar)."""
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
 class Choice(BaseModel):
     index: int
     message: ChatCompletionMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "content_filter"]
+    finish_reason: FinishReason
 
 
 class ChatCompletion(BaseModel):
@@ -172,19 +325,34 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: CompletionUsage
     system_fingerprint: str | None = None
+    moderation: dict[str, Any] | None = None
+    """OpenAI's moderation results for the input and the output, when moderation ran."""
+
+
+class ToolCallDeltaFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ToolCallDeltaFunction | None = None
 
 
 class ChoiceDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int
     delta: ChoiceDelta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "content_filter"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -202,6 +370,11 @@ class ChatCompletionChunk(BaseModel):
         d = self.model_dump(mode="json")
         for c in d["choices"]:
             c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
+            for call in c["delta"].get("tool_calls", []):
+                for k in [k for k, v in call.items() if v is None]:
+                    del call[k]
+                if call.get("function"):
+                    call["function"] = {k: v for k, v in call["function"].items() if v is not None}
         if d["usage"] is None:
             del d["usage"]
         return d

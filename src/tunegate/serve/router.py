@@ -33,14 +33,54 @@ def setup(app: FastAPI) -> None:
     app.state.services.append(engine)
 
 
+_LEVEL = {"off": 0, "flag": 1, "block": 2}
+
+
 async def _moderation(request: Request, principal, body: ChatCompletionRequest, model_id: str) -> RuntimeModeration:
-    """The organisation's runtime moderation for this request (enforced for every model)."""
+    """The organisation's runtime moderation for this request (enforced for every model). An admin may
+    change it with our `tunegate.moderation` extension; OpenAI's own `moderation` parameter may only make
+    it stricter (`score` runs and reports, `block` refuses flagged text)."""
     settings, db = request.app.state.settings, request.app.state.db
     policy = await asyncio.to_thread(org_policy, db, principal.org_id)
-    override = (body.model_extra or {}).get("moderation")
-    moderator = await asyncio.to_thread(get_moderator, settings) if (policy.runtime.input != "off" or
-                                                                     policy.runtime.output != "off" or override) else None
-    return RuntimeModeration.for_request(policy.runtime, override, moderator, db, principal, model_id)
+    override = body.tunegate.moderation if body.tunegate else None
+    asked = body.moderation.policy if body.moderation and body.moderation.policy else None
+    wanted = {"input": getattr(getattr(asked, "input", None), "mode", None),
+              "output": getattr(getattr(asked, "output", None), "mode", None)}
+    if body.moderation and not any(wanted.values()):
+        wanted = {"input": "score", "output": "score"}  # OpenAI's default policy: score both
+    runs = policy.runtime.input != "off" or policy.runtime.output != "off" or override or any(wanted.values())
+    moderator = await asyncio.to_thread(get_moderator, settings) if runs else None
+    mod = RuntimeModeration.for_request(policy.runtime, override, moderator, db, principal, model_id)
+    stricter = {}
+    for side, mode in wanted.items():
+        level = "block" if mode == "block" else "flag" if mode == "score" else "off"
+        if _LEVEL[level] > _LEVEL[getattr(mod.policy, side)]:
+            stricter[side] = level
+    if stricter:
+        mod.policy = mod.policy.model_copy(update=stricter)
+    return mod
+
+
+def _results(moderator, texts: list[str]) -> dict:
+    """OpenAI's `moderation_results` object for `texts` (one result per text)."""
+    results = [{**r.model_dump(mode="json", by_alias=True), "model": moderator.model, "type": "moderation_result"}
+               for r in moderator.moderate(texts)]
+    return {"type": "moderation_results", "model": moderator.model, "results": results}
+
+
+async def _moderation_report(mod: RuntimeModeration, body: ChatCompletionRequest, completion: ChatCompletion) -> None:
+    """Fill the response's `moderation` with what the server's moderation saw (input and each answer)."""
+    if mod.moderator is None or (mod.policy.input == "off" and mod.policy.output == "off"):
+        return
+    from tunegate.catalog.template import content_text
+
+    text = "\n".join(content_text(m.content) for m in body.messages if m.role in ("user", "system"))
+    off = {"type": "error", "code": "moderation_off", "message": "Moderation of this side is off for this request."}
+    completion.moderation = {
+        "input": await asyncio.to_thread(_results, mod.moderator, [text]) if mod.policy.input != "off" else off,
+        "output": await asyncio.to_thread(_results, mod.moderator, [c.message.content or "" for c in completion.choices])
+        if mod.policy.output != "off" else off,
+    }
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, response_model_exclude_none=False)
@@ -51,7 +91,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
     moderation = await _moderation(request, principal, body, model.id)
     await moderation.check_input([m.model_dump() for m in body.messages])
     if not body.stream:
-        return await moderation.check_completion(await service.create(body, model))
+        completion = await moderation.check_completion(await service.create(body, model))
+        await _moderation_report(moderation, body, completion)
+        return completion
     # 400/429 are raised here, before the stream starts; output is held back until moderated.
     chunks = moderation.filter_stream(await service.stream(body, model))
 

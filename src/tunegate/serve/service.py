@@ -15,7 +15,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from tunegate.catalog.template import render
+from dataclasses import fields
+
+from tunegate.catalog.template import render, with_tools
 from tunegate.errors import InvalidRequestError
 from tunegate.ids import new_id
 from tunegate.serve.engine import ChoiceOutput, Engine, GenerationRequest, SamplingParams, ServableModel, TokenLogprob
@@ -30,10 +32,51 @@ from tunegate.serve.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     CompletionUsage,
+    NamedToolChoice,
     TopLogprob,
+    check_supported,
 )
+from tunegate.serve.tools import ToolCallStream, parse_tool_calls
 
 log = logging.getLogger("tunegate.serve")
+
+
+def tools_active(request: ChatCompletionRequest) -> bool:
+    """Whether the answer is parsed for tool calls (tools given and `tool_choice` is not "none")."""
+    return bool(request.tools) and request.tool_choice != "none"
+
+
+def constraints(request: ChatCompletionRequest, tokenizer, vocab_size: int) -> tuple:
+    """The logits-processor factories a request needs: `logit_bias`, then one grammar (tool calls,
+    else `response_format`). Compiled here so a bad schema is a 400 before anything is queued."""
+    from tunegate.serve import structured
+
+    out: list = []
+    if request.logit_bias:
+        out.append(structured.logit_bias(request.logit_bias, vocab_size))
+    fmt = request.response_format
+    grammar = schema = None
+    if fmt is not None and fmt.type != "text":
+        schema = fmt.json_schema.schema_ if fmt.type == "json_schema" else None
+        schema = schema if schema is not None else {"type": "object"}
+        grammar = structured.check_schema(schema, tokenizer, param="response_format.json_schema.schema",
+                                          strict=fmt.type == "json_schema" and bool(fmt.json_schema.strict))
+    if request.tools:
+        choice = request.tool_choice or "auto"
+        mode = choice.function.name if isinstance(choice, NamedToolChoice) else choice
+        if mode != "none":
+            grammar = structured.tool_grammar([t.model_dump(exclude_none=True) for t in request.tools], tokenizer,
+                                              mode=mode, parallel=request.parallel_tool_calls is not False,
+                                              text_schema=schema)
+    if grammar is not None:
+        eos = tuple(i for i in {tokenizer.eos_token_id} if i is not None)
+        out.append(structured.GrammarProcessorFactory(grammar, tokenizer, eos))
+    if out and "logits_processors" not in {f.name for f in fields(GenerationRequest)}:
+        raise InvalidRequestError("This server's engine cannot constrain decoding, so `logit_bias`, "
+                                  "`response_format` and `tools` are not supported by it.",
+                                  param="logit_bias" if request.logit_bias else "response_format" if grammar and not
+                                  request.tools else "tools", code="unsupported_parameter")
+    return tuple(out)
 
 
 def _openai_logprobs(items: list[TokenLogprob]) -> list[ChatCompletionTokenLogprob]:
@@ -54,12 +97,14 @@ class ChatService:
 
     def prepare_sync(self, request: ChatCompletionRequest, model: ServableModel) -> GenerationRequest:
         """Render, count and check the prompt; map the sampling parameters. Raises 400s."""
+        check_supported(request)
         if request.model_extra:
             log.info("chat.completions: ignoring unknown fields %s", sorted(request.model_extra))
         self.engine.check_model(model)
         tokenizer = self.engine.tokenizer(model.base)
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
-        text = render(tokenizer, messages, add_generation_prompt=True)
+        tools = [t.model_dump(exclude_none=True) for t in request.tools or []]
+        text = render(tokenizer, with_tools(messages, tools), add_generation_prompt=True)
         prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         context = model.base.context_length
         n_prompt = len(prompt_ids)
@@ -96,7 +141,9 @@ class ChatService:
             top_logprobs=request.top_logprobs or 0,
             ignore_eos=bool(request.ignore_eos),
         )
-        return GenerationRequest(model, prompt_ids, params, n=request.n or 1, request_id=new_id("chatcmpl"))
+        processors = constraints(request, tokenizer, len(tokenizer))
+        extra = {"logits_processors": processors} if processors else {}
+        return GenerationRequest(model, prompt_ids, params, n=request.n or 1, request_id=new_id("chatcmpl"), **extra)
 
     async def prepare(self, request: ChatCompletionRequest, model: ServableModel) -> GenerationRequest:
         # Rendering and tokenizing a large prompt takes long enough to stall every other client.
@@ -118,15 +165,18 @@ class ChatService:
                     finish[out.index] = out.finish_reason
         finally:
             await stream.aclose()
-        choices = [
-            Choice(
-                index=i,
-                message=ChatCompletionMessage(content=texts[i]),
+        choices = []
+        for i in range(gen.n):
+            message = ChatCompletionMessage(content=texts[i])
+            if tools_active(request):
+                message.content, calls = parse_tool_calls(texts[i])
+                if calls:
+                    message.tool_calls = calls
+                    finish[i] = "tool_calls" if finish[i] == "stop" else finish[i]
+            choices.append(Choice(
+                index=i, message=message, finish_reason=finish[i],
                 logprobs=ChoiceLogprobs(content=_openai_logprobs(logprobs[i])) if gen.params.logprobs else None,
-                finish_reason=finish[i],
-            )
-            for i in range(gen.n)
-        ]
+            ))
         return ChatCompletion(id=gen.request_id, model=model.id, choices=choices, usage=self._usage(gen, tokens),
                               system_fingerprint=self._fingerprint(model))
 
@@ -136,9 +186,10 @@ class ChatService:
         gen = await self.prepare(request, model)
         stream = self.engine.submit(gen)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        return self._chunks(gen, model, stream, include_usage)
+        return self._chunks(gen, model, stream, include_usage, tools_active(request))
 
-    async def _chunks(self, gen: GenerationRequest, model: ServableModel, stream, include_usage: bool):
+    async def _chunks(self, gen: GenerationRequest, model: ServableModel, stream, include_usage: bool,
+                      tools: bool = False):
         created = int(time.time())
         fingerprint = self._fingerprint(model)
 
@@ -147,17 +198,29 @@ class ChatService:
                                        usage=usage, system_fingerprint=fingerprint)
 
         tokens = [0] * gen.n
+        parsers = [ToolCallStream() for _ in range(gen.n)] if tools else None
         try:
             for i in range(gen.n):
                 yield chunk([ChunkChoice(index=i, delta=ChoiceDelta(role="assistant", content=""))])
             async for out in stream:
                 out: ChoiceOutput
                 tokens[out.index] = out.completion_tokens
-                if out.text or out.logprobs:
+                finish = out.finish_reason
+                if parsers is not None:  # tool-call mode: text becomes content or tool-call deltas
+                    parser = parsers[out.index]
+                    pieces = parser.feed(out.text) if out.text else []
+                    if finish and parser.mode is None and parser.buf:  # ended on a prefix of a call opener
+                        pieces.append(parser.buf)
+                    for piece in pieces:
+                        delta = ChoiceDelta(content=piece) if isinstance(piece, str) else ChoiceDelta(tool_calls=[piece])
+                        yield chunk([ChunkChoice(index=out.index, delta=delta)])
+                    if finish == "stop" and parser.complete:
+                        finish = "tool_calls"
+                elif out.text or out.logprobs:
                     lp = ChoiceLogprobs(content=_openai_logprobs(out.logprobs)) if gen.params.logprobs else None
                     yield chunk([ChunkChoice(index=out.index, delta=ChoiceDelta(content=out.text), logprobs=lp)])
-                if out.finish_reason:
-                    yield chunk([ChunkChoice(index=out.index, delta=ChoiceDelta(), finish_reason=out.finish_reason)])
+                if finish:
+                    yield chunk([ChunkChoice(index=out.index, delta=ChoiceDelta(), finish_reason=finish)])
             if include_usage:
                 yield chunk([], self._usage(gen, tokens))
         finally:

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunegate.catalog.template import tokenize_examples
+from tunegate.catalog.template import tokenize_examples, with_tools
 from tunegate.errors import InvalidRequestError
 
 
@@ -57,7 +57,8 @@ def read_conversations(path: str | Path, param: str = "training_file") -> list[l
             if not line.strip():
                 continue
             try:
-                messages = json.loads(line)["messages"]
+                example = json.loads(line)
+                messages = with_tools(example["messages"], example.get("tools"))
             except (ValueError, KeyError, TypeError) as exc:
                 raise InvalidRequestError(
                     f"Line {lineno} of the {param.replace('_', ' ')} is not a chat example with `messages` "
