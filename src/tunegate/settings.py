@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     adapter_cache_size: int = Field(default=8, ge=1, description="Adapters kept loaded by the serving engine.")
     max_batch_size: int = Field(default=16, ge=1, description="Sequences decoded together by the serving engine.")
     max_queue: int = Field(default=64, ge=1, description="Waiting chat requests before answering 429.")
+    batch_concurrency: int = Field(default=8, ge=1, description="Batch API lines in the engine at once (keep it "
+                                   "below max_batch_size so interactive requests always find free slots).")
+    max_upload_total_bytes: int = Field(default=8 * 1024**3, ge=1, description="Largest file made with the "
+                                        "Uploads API (parts up to max_upload_bytes each).")
     request_timeout_seconds: float = Field(default=300.0, gt=0)
     moderator: str = Field(default="builtin", description="Moderator name in the moderator registry (builtin|http).")
     moderation_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible moderation API.")

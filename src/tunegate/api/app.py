@@ -25,6 +25,7 @@ ROUTERS = [
     "tunegate.models.router",
     "tunegate.serve.router",
     "tunegate.safety.router",
+    "tunegate.batches.router",
     "tunegate.graders.router",
     "tunegate.api.admin",
 ]

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-Purpose = Literal["fine-tune", "evals", "fine-tune-results"]
-UPLOAD_PURPOSES = ("fine-tune", "evals")
+Purpose = Literal["fine-tune", "evals", "fine-tune-results", "batch", "batch_output", "user_data"]
+UPLOAD_PURPOSES = ("fine-tune", "evals", "batch", "user_data")
 
 
 class FileObject(BaseModel):

@@ -13,7 +13,7 @@ import json
 from fastapi import APIRouter, FastAPI, Request
 from sse_starlette.sse import EventSourceResponse
 
-from tunegate.api.deps import PrincipalDep, resolve_model
+from tunegate.api.deps import PrincipalDep
 from tunegate.errors import TunegateError
 from tunegate.safety.jobs import org_policy
 from tunegate.safety.moderation import get_moderator
@@ -36,11 +36,11 @@ def setup(app: FastAPI) -> None:
 _LEVEL = {"off": 0, "flag": 1, "block": 2}
 
 
-async def _moderation(request: Request, principal, body: ChatCompletionRequest, model_id: str) -> RuntimeModeration:
+async def _moderation(app, principal, body: ChatCompletionRequest, model_id: str) -> RuntimeModeration:
     """The organisation's runtime moderation for this request (enforced for every model). An admin may
     change it with our `tunegate.moderation` extension; OpenAI's own `moderation` parameter may only make
     it stricter (`score` runs and reports, `block` refuses flagged text)."""
-    settings, db = request.app.state.settings, request.app.state.db
+    settings, db = app.state.settings, app.state.db
     policy = await asyncio.to_thread(org_policy, db, principal.org_id)
     override = body.tunegate.moderation if body.tunegate else None
     asked = body.moderation.policy if body.moderation and body.moderation.policy else None
@@ -83,17 +83,31 @@ async def _moderation_report(mod: RuntimeModeration, body: ChatCompletionRequest
     }
 
 
+async def _prepare(app, principal, body: ChatCompletionRequest):
+    from tunegate.models.service import resolve
+
+    resolved = await asyncio.to_thread(resolve, app.state.db, app.state.settings, principal, body.model)
+    model = ServableModel(resolved.id, resolved.base, resolved.adapter_path)
+    moderation = await _moderation(app, principal, body, model.id)
+    await moderation.check_input([m.model_dump() for m in body.messages])
+    return model, moderation
+
+
+async def complete(app, principal, body: ChatCompletionRequest) -> ChatCompletion:
+    """One non-streaming chat completion with everything the route enforces (model access, runtime
+    moderation); the Batch API runs its chat lines through this."""
+    model, moderation = await _prepare(app, principal, body)
+    completion = await moderation.check_completion(await app.state.chat.create(body, model))
+    await _moderation_report(moderation, body, completion)
+    return completion
+
+
 @router.post("/chat/completions", response_model=ChatCompletion, response_model_exclude_none=False)
 async def chat_completions(body: ChatCompletionRequest, request: Request, principal: PrincipalDep):
-    resolved = await asyncio.to_thread(resolve_model, request, principal, body.model)
-    model = ServableModel(resolved.id, resolved.base, resolved.adapter_path)
-    service: ChatService = request.app.state.chat
-    moderation = await _moderation(request, principal, body, model.id)
-    await moderation.check_input([m.model_dump() for m in body.messages])
     if not body.stream:
-        completion = await moderation.check_completion(await service.create(body, model))
-        await _moderation_report(moderation, body, completion)
-        return completion
+        return await complete(request.app, principal, body)
+    model, moderation = await _prepare(request.app, principal, body)
+    service: ChatService = request.app.state.chat
     # 400/429 are raised here, before the stream starts; output is held back until moderated.
     chunks = moderation.filter_stream(await service.stream(body, model))
 
