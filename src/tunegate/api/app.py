@@ -21,6 +21,7 @@ log = logging.getLogger("tunegate")
 # Stage routers, left to right along the data flow. Each module exposes `router`.
 ROUTERS = [
     "tunegate.files.router",
+    "tunegate.files.uploads_router",
     "tunegate.jobs.router",
     "tunegate.models.router",
     "tunegate.serve.router",
@@ -61,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length")
-        limit = settings.max_upload_bytes + 1024 * 1024 if request.url.path == "/v1/files" else MAX_JSON_BODY
+        streamed = request.url.path == "/v1/files" or request.url.path.startswith("/v1/uploads/")  # files, parts
+        limit = settings.max_upload_bytes + 1024 * 1024 if streamed else MAX_JSON_BODY
         if length and length.isdigit() and int(length) > limit:
             return errors.error_response(
                 413, f"The request body is {int(length)} bytes; the limit is {limit} bytes.", code="payload_too_large"

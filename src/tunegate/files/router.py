@@ -13,6 +13,7 @@ from tunegate.errors import InvalidRequestError
 from tunegate.files import service
 from tunegate.files.schemas import UPLOAD_PURPOSES, FileDeleted, FileObject
 from tunegate.files.store import receive_upload
+from tunegate.files.uploads import expires_at
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -35,7 +36,12 @@ async def upload_file(request: Request, db: DbDep, settings: SettingsDep, princi
         if purpose not in UPLOAD_PURPOSES:
             raise InvalidRequestError(f"Invalid purpose `{purpose[:64]}`: use one of {', '.join(UPLOAD_PURPOSES)}.",
                                       param="purpose", code="invalid_value")
+        # The SDK sends `expires_after` as the form fields `expires_after[anchor]` and `expires_after[seconds]`.
+        expires_after = {k[14:-1]: v for k, v in upload.fields.items() if k.startswith("expires_after[")} or None
+        expires_at(0, expires_after)  # 400 before anything is stored
         row = await asyncio.to_thread(service.create, db, settings, principal, upload=upload, purpose=purpose)
+        if expires_after:
+            service.set_expiry(db, row.id, expires_at(row.created_at, expires_after))
     finally:
         upload.discard()
     if purpose == "fine-tune":

@@ -19,7 +19,7 @@ from tunegate.audit import record
 from tunegate.db import Database, File
 from tunegate.errors import InvalidRequestError, NotFoundError
 from tunegate.files.schemas import FileObject
-from tunegate.ids import new_id
+from tunegate.ids import new_id, now
 from tunegate.settings import Settings
 
 log = logging.getLogger("tunegate.files")
@@ -27,7 +27,18 @@ log = logging.getLogger("tunegate.files")
 
 def to_object(row: File) -> FileObject:
     return FileObject(id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename,
-                      purpose=row.purpose, status=row.status, status_details=row.status_details, sha256=row.sha256)
+                      purpose=row.purpose, status=row.status, status_details=row.status_details, sha256=row.sha256,
+                      expires_at=row.expires_at)
+
+
+def set_expiry(db: Database, file_id: str, expires_at: int | None) -> None:
+    """`files.create(expires_after=...)`: after `expires_at` the file is gone (404, not listed, bytes deleted)."""
+    with db.session() as s:
+        s.get(File, file_id).expires_at = expires_at
+
+
+def _expired(row: File) -> bool:
+    return row.expires_at is not None and now() >= row.expires_at
 
 
 def file_path(settings: Settings, org_id: str, file_id: str) -> Path:
@@ -104,6 +115,11 @@ def summarize_errors(report: dict[str, Any], n: int = 5) -> str:
 def get(db: Database, principal: Principal, file_id: str) -> File:
     with db.session() as s:
         row = s.get(File, file_id)
+    if row is not None and _expired(row):  # expiry is enforced on every read; the bytes go at once
+        with db.session() as s:
+            s.delete(s.get(File, row.id))
+        Path(row.path).unlink(missing_ok=True)
+        row = None
     # Another organisation's file answers exactly like a file that does not exist.
     if row is None or row.org_id != principal.org_id:
         raise NotFoundError(f"No such File object: {file_id}", param="file_id", code="file_not_found")
@@ -116,7 +132,7 @@ def list_files(db: Database, principal: Principal, *, purpose: str | None, limit
         raise InvalidRequestError("`order` must be `asc` or `desc`.", param="order")
     if not 1 <= limit <= 10000:
         raise InvalidRequestError("`limit` must be between 1 and 10000.", param="limit")
-    q = select(File).where(File.org_id == principal.org_id)
+    q = select(File).where(File.org_id == principal.org_id, (File.expires_at.is_(None)) | (File.expires_at > now()))
     if purpose:
         q = q.where(File.purpose == purpose)
     if after:

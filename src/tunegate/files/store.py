@@ -40,8 +40,9 @@ class Upload:
         self.tmp_path = None
 
 
-async def receive_upload(content_type: str | None, stream: AsyncIterator[bytes], tmp_dir: Path, limit: int) -> Upload:
-    """Parse a multipart/form-data body; the part named `file` goes to disk, others are small fields."""
+async def receive_upload(content_type: str | None, stream: AsyncIterator[bytes], tmp_dir: Path, limit: int,
+                         file_field: str = "file") -> Upload:
+    """Parse a multipart/form-data body; the part named `file_field` goes to disk, others are small fields."""
     ctype, params = parse_options_header(content_type or "")
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
@@ -67,9 +68,9 @@ async def receive_upload(content_type: str | None, stream: AsyncIterator[bytes],
         _, disp = parse_options_header(state["headers"].get("content-disposition", b""))
         name = disp.get(b"name", b"").decode("utf-8", "replace")
         state["name"] = name
-        if name == "file":
+        if name == file_field:
             if up.tmp_path is not None:
-                raise InvalidRequestError("Send exactly one `file` part.", param="file")
+                raise InvalidRequestError(f"Send exactly one `{file_field}` part.", param=file_field)
             up.filename = disp.get(b"filename", b"upload.jsonl").decode("utf-8", "replace")[:512]
             fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=tmp_dir)
             up.tmp_path = Path(tmp)
