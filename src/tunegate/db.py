@@ -212,6 +212,54 @@ class CheckpointPermission(Base):
     created_ns: Mapped[int] = mapped_column(BigInteger, default=time.time_ns)
 
 
+class Eval(Base):
+    """An eval (OpenAI's Evals API): the item schema and the testing criteria (graders)."""
+
+    __tablename__ = "evals"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    data_source_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    testing_criteria: Mapped[list[Any]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    created_ns: Mapped[int] = mapped_column(BigInteger, default=time.time_ns, index=True)
+
+
+class EvalRun(Base):
+    """One run of an eval over a data source; its output items are committed one by one, so a run
+    interrupted by a restart resumes where it stopped (the lease says which server is running it)."""
+
+    __tablename__ = "eval_runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    principal: Mapped[dict[str, Any]] = mapped_column(JSON)  # whose rights the run's models are used with
+    name: Mapped[str] = mapped_column(String(256))
+    model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    data_source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued|in_progress|completed|failed|canceled
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    n_items: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    lease_until: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    created_ns: Mapped[int] = mapped_column(BigInteger, default=time.time_ns, index=True)
+
+
+class EvalOutputItem(Base):
+    __tablename__ = "eval_output_items"
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), primary_key=True)
+    datasource_item_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    eval_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # pass|fail|error
+    datasource_item: Mapped[dict[str, Any]] = mapped_column(JSON)
+    results: Mapped[list[Any]] = mapped_column(JSON)
+    sample: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
 class AuditEntry(Base):
     __tablename__ = "audit_log"
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

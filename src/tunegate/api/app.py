@@ -28,6 +28,7 @@ ROUTERS = [
     "tunegate.safety.router",
     "tunegate.batches.router",
     "tunegate.graders.router",
+    "tunegate.evals.router",
     "tunegate.api.admin",
 ]
 MAX_JSON_BODY = 16 * 1024 * 1024  # uploads stream separately and have their own limit
