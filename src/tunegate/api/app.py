@@ -24,6 +24,7 @@ ROUTERS = [
     "tunegate.files.uploads_router",
     "tunegate.jobs.router",
     "tunegate.models.router",
+    "tunegate.models.permissions_router",
     "tunegate.serve.router",
     "tunegate.safety.router",
     "tunegate.batches.router",

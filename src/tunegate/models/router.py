@@ -13,16 +13,21 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 @router.get("")
 def list_models(db: DbDep, settings: SettingsDep, principal: PrincipalDep):
-    return {"object": "list", "data": service.list_models(db, settings, principal)}
+    from tunegate.models.permissions import shared_models
+
+    return {"object": "list", "data": service.list_models(db, settings, principal) + shared_models(db, settings, principal)}
 
 
 @router.get("/{model:path}/content")
 def download_model(model: str, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
     """The adapter (PEFT format + meta.json) as a .tar.gz stream, for its owner."""
-    from tunegate.errors import InvalidRequestError
+    from tunegate.errors import InvalidRequestError, PermissionDeniedError
     from tunegate.registry import archive_adapter
 
     m = service.resolve(db, settings, principal, model)
+    if m.kind == "shared-checkpoint":  # shared for use, not for taking away
+        raise PermissionDeniedError(f"`{model}` is shared with your project for use only; its owner can download it.",
+                                    param="model", code="download_not_permitted")
     if m.adapter_path is None:
         raise InvalidRequestError(f"`{model}` is a base model; only fine-tuned adapters can be downloaded here.",
                                   param="model")

@@ -2,7 +2,9 @@
 
 Owns the rules of who sees which model: fine-tuned models and their checkpoints belong to one
 organisation (others get 404 exactly like unknown ids) and are listed and servable only while
-deployable (the safety gate passed, or an admin overrode it).
+deployable (the safety gate passed, or an admin overrode it). A checkpoint shared with another
+project (`models/permissions.py`) is servable there under the same rules, as kind
+`shared-checkpoint`, without its job.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from sqlalchemy import select
 from tunegate.auth import Principal
 from tunegate.audit import record
 from tunegate.catalog import BaseModelInfo, get_base_model, list_base_models
-from tunegate.db import Checkpoint, Database, FineTunedModel, Job
+from tunegate.db import Checkpoint, CheckpointPermission, Database, FineTunedModel, Job
 from tunegate.errors import InvalidRequestError, NotFoundError
 from tunegate.settings import Settings
 
@@ -41,6 +43,12 @@ def _blocked(model: str) -> NotFoundError:
                          "safety report; an admin can override with a reason.", param="model", code="model_not_found")
 
 
+def _shared_with(s, checkpoint: str, project_id: str) -> bool:
+    """A checkpoint permission (`models/permissions.py`) lets another project use the checkpoint."""
+    return s.scalar(select(CheckpointPermission.id).where(CheckpointPermission.checkpoint == checkpoint,
+                                                          CheckpointPermission.project_id == project_id)) is not None
+
+
 def resolve(db: Database, settings: Settings, principal: Principal, model: str) -> ResolvedModel:
     """The servable model named `model` for this caller, or 404 `model_not_found`."""
     if not isinstance(model, str) or not model:
@@ -58,7 +66,7 @@ def resolve(db: Database, settings: Settings, principal: Principal, model: str) 
             return ResolvedModel(ft.id, get_base_model(ft.base_model, settings), Path(ft.adapter_path),
                                  principal.org_name, ft.created_at, "fine-tuned", ft.job_id)
         ck = s.scalar(select(Checkpoint).where(Checkpoint.model_id == model))
-        if ck is None or ck.org_id != principal.org_id:
+        if ck is None or ck.org_id != principal.org_id and not _shared_with(s, model, principal.project_id):
             raise _not_found(model)
         job = s.get(Job, ck.job_id)
         parent = s.scalar(select(FineTunedModel).where(FineTunedModel.job_id == ck.job_id))
@@ -66,6 +74,9 @@ def resolve(db: Database, settings: Settings, principal: Principal, model: str) 
     # unless the job is still training (checkpoints are for inspecting progress).
     if parent is not None and not parent.deployable or job.error and job.error.get("code") == "unsafe_model":
         raise _blocked(model)
+    if ck.org_id != principal.org_id:  # shared with the caller's project: usable, the owner's job stays hidden
+        return ResolvedModel(ck.model_id, get_base_model(job.model, settings), Path(ck.path), "shared",
+                             ck.created_at, "shared-checkpoint")
     return ResolvedModel(ck.model_id, get_base_model(job.model, settings), Path(ck.path), principal.org_name,
                          ck.created_at, "checkpoint", ck.job_id)
 
