@@ -67,8 +67,11 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     dtype: str = "auto"  # "auto" (fp32 on CPU, bf16 autocast on CUDA) | "float32" | "bfloat16"
     num_threads: int | None = None  # torch intra-op threads; None: leave the process default
-    method: str = "supervised"  # "supervised" (recipe.py) | "dpo" (dpo.py)
+    method: str = "supervised"  # "supervised" (recipe.py) | "dpo" (dpo.py) | "reinforcement" (rft.py)
     beta: float = DEFAULT_BETA  # DPO: how far the policy may move from the reference (adapter off)
+    rft_group_size: int = 4  # reinforcement: answers sampled per prompt (advantages are normalised within)
+    rft_max_tokens: int = 64  # reinforcement: longest sampled answer
+    rft_kl_coef: float = 0.04  # reinforcement: weight of the KL to the adapter-off model
 
     @staticmethod
     def base_learning_rate() -> float:
@@ -104,6 +107,9 @@ class TrainConfig:
         need(self.num_threads is None or self.num_threads >= 1, "num_threads", "use at least 1, or null")
         need(self.method in METHODS, "method", f"use one of {list(METHODS)}")
         need(0 < self.beta <= 2, "beta", "use a number above 0 and at most 2 (0.1 is the usual value)")
+        need(2 <= self.rft_group_size <= 64, "rft_group_size", "use 2..64 answers per prompt")
+        need(1 <= self.rft_max_tokens <= 4096, "rft_max_tokens", "use 1..4096 tokens")
+        need(self.rft_kl_coef >= 0, "rft_kl_coef", "use a number >= 0")
         if problems:
             text = "; ".join(f"`{name}` is invalid: {fix}" for name, fix in problems)
             raise InvalidRequestError(f"Invalid training configuration: {text}.", param=problems[0][0],

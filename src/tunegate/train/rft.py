@@ -1,0 +1,252 @@
+"""The reinforcement fine-tuning recipe (GRPO-style): setup, sample, grade, update, evaluate, save.
+
+Owns `run_rft`: for each batch of prompts the policy (base + LoRA) samples a group of answers per
+prompt, a reward function (built from the job's grader by the caller: this module knows nothing
+about graders or jobs) scores them, the advantages are the rewards normalised within each group
+(r - mean) / (std + eps), and one gradient step minimises
+
+    mean over answers of [ -A * mean_t log pi(a_t) + kl_coef * mean_t k3(pi, ref) ]
+
+with the reference being the same model with the adapter switched off and k3 the unbiased,
+always-positive KL estimator exp(ref - pi) - (ref - pi) - 1 (Schulman). One update per sampled
+batch keeps the policy on-policy, so GRPO's clipped ratio is exactly 1 and is omitted. Metrics:
+train_reward_mean, train_reward_std, train_kl, train_loss, completion_tokens, and valid_reward_mean
+(greedy answers to held-out prompts) at each epoch end. Checkpoints and resume are recipe.py's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tunegate.catalog import load_tokenizer
+from tunegate.catalog.template import render
+from tunegate.errors import InvalidRequestError
+from tunegate.registry.store import latest_checkpoint, prune_checkpoints, save_adapter
+from tunegate.train.config import TrainConfig
+from tunegate.train.data import Example, epoch_batches, file_sha256, steps_per_epoch
+from tunegate.train.lora import build_model, choose_precision, trainable_parameters
+from tunegate.train.metrics import ResultsWriter
+from tunegate.train.packing import PACKED_ATTENTION, pack
+from tunegate.train.recipe import (
+    EventCallback,
+    StopPoll,
+    TrainResult,
+    _checkpoints,
+    _meta,
+    _restore,
+    _Say,
+    _schedule,
+    _trainer_state,
+)
+
+# reward_fn(answers, items) -> one reward per answer; items[i] is the JSONL row answers[i] responds to.
+RewardFn = Callable[[list[str], list[dict]], list[float]]
+RFT_RESULT_COLUMNS = ("step", "train_loss", "train_reward_mean", "train_reward_std", "train_kl", "completion_tokens",
+                      "valid_reward_mean")
+
+
+@dataclasses.dataclass
+class Prompts:
+    examples: list[dict]  # the JSONL rows: `messages` (ending with a user turn) plus any grader fields
+    sha256: str
+
+
+def load_prompts(path: str | Path, param: str = "training_file") -> Prompts:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            msgs = row.get("messages") if isinstance(row, dict) else None
+            if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "user":
+                raise InvalidRequestError(
+                    f"Line {lineno} of the {param.replace('_', ' ')}: reinforcement fine-tuning rows need `messages` "
+                    "ending with a user turn (the prompt); other fields are passed to the grader as `item`.",
+                    param=param, code=f"invalid_{param}")
+            rows.append(row)
+    if not rows:
+        raise InvalidRequestError(f"The {param.replace('_', ' ')} has no prompts.", param=param, code=f"invalid_{param}")
+    return Prompts(rows, file_sha256(path))
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """rewards (n_prompts, group) -> (r - group mean) / (group std + eps); an all-equal group gives 0."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    return (rewards - mean) / (std + eps)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[list[dict]], n: int, max_new_tokens: int, temperature: float,
+           device) -> list[list[tuple[list[int], list[int], str]]]:
+    """For each prompt, n answers as (prompt ids, answer ids ending at the end-of-turn token, text)."""
+    was_training = model.training
+    model.eval()
+    # The packed attention of training does not handle a KV cache; generate with SDPA, then switch back.
+    model.base_model.model.set_attn_implementation("sdpa")
+    model.base_model.model.config.use_cache = True
+    out = []
+    try:
+        for messages in prompts:
+            ids = tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False,
+                            return_tensors="pt")["input_ids"].to(device)
+            kw = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0 else \
+                {"do_sample": False}
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 num_return_sequences=n, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, **kw)
+            group = []
+            for row in gen[:, ids.shape[1]:].tolist():
+                if tokenizer.eos_token_id in row:
+                    row = row[: row.index(tokenizer.eos_token_id) + 1]
+                text = tokenizer.decode(row, skip_special_tokens=True).strip()
+                group.append((ids[0].tolist(), row, text))
+            out.append(group)
+    finally:
+        model.base_model.model.set_attn_implementation(PACKED_ATTENTION)
+        model.base_model.model.config.use_cache = False
+        model.train(was_training)
+    return out
+
+
+def grpo_loss(model, sequences: list[tuple[list[int], list[int]]], advantages: torch.Tensor, kl_coef: float,
+              precision) -> tuple[torch.Tensor, float]:
+    """Summed per-answer loss (token-mean policy gradient + k3 KL to the adapter-off model) and the mean KL."""
+    examples = [Example(p + a, [0] * len(p) + [1] * len(a)) for p, a in sequences]
+    keep = [i for i, e in enumerate(examples) if e.n_loss > 0]
+    examples = [examples[i] for i in keep]
+    advantages = advantages[keep].to(precision.device)
+    with torch.no_grad(), model.disable_adapter():
+        ref = _token_logps(model, examples, precision)
+    policy = _token_logps(model, examples, precision)
+    loss, kl_total = torch.zeros((), device=precision.device), 0.0
+    for logp, ref_logp, adv in zip(policy, ref, advantages):
+        delta = ref_logp - logp
+        kl = torch.exp(delta) - delta - 1
+        loss = loss + (-adv * logp).mean() + kl_coef * kl.mean()
+        kl_total += float(kl.detach().mean())
+    return loss, kl_total / max(len(examples), 1)
+
+
+def _token_logps(model, examples: list[Example], precision) -> list[torch.Tensor]:
+    import torch.nn.functional as F
+
+    row = pack([(e.input_ids, e.loss_mask) for e in examples])
+    with precision.autocast():
+        logits = model(**row.model_inputs(precision.device)).logits
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    token_logps = -F.cross_entropy(logits, row.targets.to(precision.device), reduction="none")
+    return list(token_logps.split([e.n_loss for e in examples]))
+
+
+def run_rft(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_stop: StopPoll,
+            reward_fn: RewardFn) -> TrainResult:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say = _Say(on_event)
+
+    # ---- setup: prompts, the LoRA policy (its adapter-off self is the reference), optimizer
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    precision = choose_precision(config)
+    config = dataclasses.replace(config, max_seq_len=config.max_seq_len or 2048)
+    tokenizer = load_tokenizer(config.base_model_path)
+    train = load_prompts(config.training_file)
+    valid = load_prompts(config.validation_file, "validation_file") if config.validation_file else None
+    per_epoch = steps_per_epoch(len(train.examples), config.batch_size)
+    total_steps = per_epoch * config.n_epochs
+    model = build_model(config, precision)
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = _schedule(optimizer, config, total_steps)
+    step, trained_tokens, metrics = 0, 0, {}
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is not None:
+        state = _restore(checkpoint, config, train, model, optimizer, scheduler)
+        step, trained_tokens, metrics = state["step"], state["trained_tokens"], state["metrics"]
+        say.info(f"Resuming from the checkpoint at step {step} of {total_steps}.")
+    else:
+        say.info(f"Reinforcement fine-tuning started: {len(train.examples)} prompts x {config.n_epochs} epochs = "
+                 f"{total_steps} steps of {config.batch_size} prompts, {config.rft_group_size} answers each, KL "
+                 f"coefficient {config.rft_kl_coef:g}, learning rate {config.learning_rate:g}.")
+    results = ResultsWriter(out_dir / "results.csv", resume_step=step, columns=RFT_RESULT_COLUMNS)
+
+    def evaluate_reward(rows: list[dict]) -> float:
+        groups = sample(model, tokenizer, [r["messages"] for r in rows], 1, config.rft_max_tokens, 0.0,
+                        precision.device)
+        rewards = reward_fn([g[0][2] for g in groups], rows)
+        return sum(rewards) / len(rewards)
+
+    base_reward = metrics.get("base_valid_reward_mean")
+    if step == 0 and valid is not None:
+        base_reward = evaluate_reward(valid.examples)  # the adapter starts at zero: this is the base model
+        on_event({"level": "info", "type": "message", "data": {"base_valid_reward_mean": base_reward},
+                  "message": f"Base model's mean reward on the {len(valid.examples)} held-out prompts: "
+                             f"{base_reward:.3f}."})
+
+    def save_checkpoint(epoch: int) -> Path:
+        path = save_adapter(model, out_dir / "checkpoints" / f"step-{step}",
+                            _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
+                            _trainer_state(step, trained_tokens, metrics, optimizer, scheduler))
+        prune_checkpoints(out_dir, config.keep_checkpoints)
+        say.info(f"Checkpoint saved at step {step} (epoch {epoch}).")
+        return path
+
+    model.train()
+    for epoch in range(step // per_epoch, config.n_epochs):
+        batches = epoch_batches(len(train.examples), config.batch_size, config.seed, epoch)
+        for index in range(step - epoch * per_epoch, per_epoch):
+            rows = [train.examples[i] for i in batches[index]]
+            learning_rate = scheduler.get_last_lr()[0]
+            # ---- sample a group per prompt, grade, normalise within groups, one update
+            groups = sample(model, tokenizer, [r["messages"] for r in rows], config.rft_group_size,
+                            config.rft_max_tokens, 1.0, precision.device)
+            answers = [a for g in groups for a in g]
+            rewards = torch.tensor(reward_fn([a[2] for a in answers],
+                                             [r for r, g in zip(rows, groups) for _ in g]), dtype=torch.float32)
+            advantages = group_advantages(rewards.view(len(rows), config.rft_group_size)).flatten()
+            optimizer.zero_grad(set_to_none=True)
+            loss, kl = grpo_loss(model, [(p, a) for p, a, _ in answers], advantages, config.rft_kl_coef, precision)
+            (loss / len(answers)).backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            n_completion = sum(len(a) for _, a, _ in answers)
+            trained_tokens += sum(len(p) + len(a) for p, a, _ in answers)
+            metrics = {"step": step, "total_steps": total_steps, "epoch": epoch + 1,
+                       "train_loss": float(loss.detach()) / len(answers), "train_reward_mean": float(rewards.mean()),
+                       "train_reward_std": float(rewards.std(unbiased=False)), "train_kl": kl,
+                       "completion_tokens": n_completion / len(answers), "trained_tokens": trained_tokens,
+                       "learning_rate": learning_rate, "grad_norm": grad_norm}
+            if base_reward is not None:
+                metrics["base_valid_reward_mean"] = base_reward
+            epoch_end = index == per_epoch - 1
+            if epoch_end and valid is not None:
+                metrics["valid_reward_mean"] = metrics["full_valid_reward_mean"] = evaluate_reward(valid.examples)
+            results.append(metrics)
+            say.metrics(metrics)
+            if epoch_end:
+                save_checkpoint(epoch + 1)
+            control = should_stop()
+            if control == "cancel":
+                say.info(f"Training cancelled at step {step} of {total_steps}.")
+                return TrainResult("cancelled", None, _checkpoints(out_dir), trained_tokens, metrics)
+            if control == "pause":
+                if not epoch_end:
+                    save_checkpoint(epoch + 1)
+                say.info(f"Training paused at step {step} of {total_steps}.")
+                return TrainResult("paused", None, _checkpoints(out_dir), trained_tokens, metrics)
+
+    adapter_dir = save_adapter(model, out_dir / "adapter",
+                               _meta("adapter", config, train, valid, step, config.n_epochs, metrics, trained_tokens))
+    say.info(f"Reinforcement fine-tuning finished: {step} steps, final mean reward "
+             f"{metrics.get('train_reward_mean', float('nan')):.3f}.")
+    return TrainResult("succeeded", adapter_dir, _checkpoints(out_dir), trained_tokens, metrics)
+
