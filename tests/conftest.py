@@ -88,3 +88,26 @@ def settings(tmp_path, tiny_model_path):
         base_models={"tiny": tiny_model_path},
         bootstrap_admin=False,
     )
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL server per test session (tests/pg.py); skipped with the reason when it
+    cannot run here."""
+    from tests.pg import PostgresServer, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with PostgresServer() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db_backend(request):
+    """Per metadata store (SQLite, the default; PostgreSQL), a function giving the server environment
+    of a fresh, empty database. Tests that take it run once per backend."""
+    if request.param == "sqlite":
+        return lambda: {}
+    pg = request.getfixturevalue("pg_server")
+    return lambda: {"TUNEGATE_DATABASE_URL": pg.create_database()}

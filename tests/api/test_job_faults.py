@@ -1,5 +1,6 @@
 """Durability of the job queue: a worker killed with SIGKILL resumes from its checkpoint, cancel
-stops a running job, and a server restart loses no queued or running job (tiny model, real workers)."""
+stops a running job, and a server restart loses no queued or running job (tiny model, real workers).
+Each test runs on SQLite and on PostgreSQL (the `db_backend` fixture)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import io
 import json
 import os
 import signal
-import sqlite3
 import time
 
 import httpx
+from sqlalchemy import create_engine, text
 
 from tests.conftest import tiny_server_env
 from tests.server import RunningServer
@@ -23,10 +24,10 @@ def _data(n: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _server(tmp_path, tiny_model_path, **env) -> RunningServer:
+def _server(tmp_path, tiny_model_path, db_backend, **env) -> RunningServer:
     return RunningServer(tmp_path / "data", tiny_server_env(
         tiny_model_path, TUNEGATE_HEARTBEAT_SECONDS="0.5", TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS="5",
-        TUNEGATE_TORCH_THREADS="1", **env))
+        TUNEGATE_TORCH_THREADS="1", **db_backend(), **env))
 
 
 def _client(srv):
@@ -50,11 +51,14 @@ def _wait(fn, timeout=600, every=0.3):
 
 
 def _job_row(srv, job_id):
-    con = sqlite3.connect(srv.data_dir / "tunegate.db")
+    url = srv.env.get("TUNEGATE_DATABASE_URL") or f"sqlite:///{srv.data_dir / 'tunegate.db'}"
+    engine = create_engine(url)
     try:
-        return con.execute("select status, worker_pid, attempts from jobs where id=?", (job_id,)).fetchone()
+        with engine.connect() as con:
+            return tuple(con.execute(text("select status, worker_pid, attempts from jobs where id = :id"),
+                                     {"id": job_id}).one())
     finally:
-        con.close()
+        engine.dispose()
 
 
 def _create(client, n_examples=40, epochs=3, batch=1):
@@ -67,8 +71,8 @@ def _messages(client, job_id):
     return [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=100).data]
 
 
-def test_sigkill_worker_resumes_from_checkpoint(tmp_path, tiny_model_path):
-    with _server(tmp_path, tiny_model_path) as srv:
+def test_sigkill_worker_resumes_from_checkpoint(tmp_path, tiny_model_path, db_backend):
+    with _server(tmp_path, tiny_model_path, db_backend) as srv:
         client = _client(srv)
         job = _create(client)
         # Wait until the first epoch's checkpoint exists and training is past it, then kill the worker.
@@ -87,8 +91,8 @@ def test_sigkill_worker_resumes_from_checkpoint(tmp_path, tiny_model_path):
         assert max(m["step"] for m in metrics) == metrics[0]["total_steps"] >= 120
 
 
-def test_cancel_running_job(tmp_path, tiny_model_path):
-    with _server(tmp_path, tiny_model_path) as srv:
+def test_cancel_running_job(tmp_path, tiny_model_path, db_backend):
+    with _server(tmp_path, tiny_model_path, db_backend) as srv:
         client = _client(srv)
         job = _create(client, n_examples=200, epochs=5)
         _wait(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id).data))
@@ -100,8 +104,8 @@ def test_cancel_running_job(tmp_path, tiny_model_path):
         assert _job_row(srv, job.id)[1] is None  # no worker left recorded
 
 
-def test_restart_keeps_queued_and_running_jobs(tmp_path, tiny_model_path):
-    srv = _server(tmp_path, tiny_model_path, TUNEGATE_START_WORKERS="false").start()
+def test_restart_keeps_queued_and_running_jobs(tmp_path, tiny_model_path, db_backend):
+    srv = _server(tmp_path, tiny_model_path, db_backend, TUNEGATE_START_WORKERS="false").start()
     client = _client(srv)
     queued = _create(client, n_examples=20, epochs=1, batch=4)
     srv.stop()

@@ -15,9 +15,9 @@ GOOD = ("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Q{i}"},
 
 
 @pytest.fixture(scope="module")
-def idle_server(tmp_path_factory, tiny_model_path):
+def idle_server(tmp_path_factory, tiny_model_path, db_backend):
     data_dir = tmp_path_factory.mktemp("jobs-idle") / "data"
-    with RunningServer(data_dir, tiny_server_env(tiny_model_path, TUNEGATE_START_WORKERS="false")) as srv:
+    with RunningServer(data_dir, tiny_server_env(tiny_model_path, TUNEGATE_START_WORKERS="false", **db_backend())) as srv:
         srv.key_a, srv.key_b = srv.create_key("org-a"), srv.create_key("org-b")
         yield srv
 
