@@ -26,6 +26,7 @@ from tunegate.catalog import load_tokenizer
 from tunegate.errors import InvalidRequestError
 from tunegate.registry.store import TRAINER_STATE, latest_checkpoint, list_checkpoints, prune_checkpoints, save_adapter
 from tunegate.train.config import TrainConfig
+from tunegate.train.distributed import Group
 from tunegate.train.data import Dataset, epoch_batches, load_dataset, micro_batches, steps_per_epoch
 from tunegate.train.lora import (
     Precision,
@@ -56,14 +57,21 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_stop: StopPoll) -> TrainResult:
+def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_stop: StopPoll,
+                 group: Group | None = None) -> TrainResult:
+    """`group`: this process's rank when training data-parallel (train/distributed.py); rank 0 alone
+    reports events, polls `should_stop` and writes files."""
     if config.method == "dpo":  # same contract, its own straight-line recipe
+        if group is not None and group.world_size > 1:
+            raise InvalidRequestError("Data-parallel training (`tunegate.n_workers` > 1) is available for supervised "
+                                      "jobs only; use one worker for DPO.", param="tunegate.n_workers")
         from tunegate.train.dpo import run_dpo
 
         return run_dpo(config, out_dir, on_event, should_stop)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    say = _Say(on_event)
+    group = group or Group()
+    say = _Say(on_event if group.is_main else lambda event: None)
 
     # ---- setup: data, model, optimizer, and the state of an interrupted run if there is one
     if config.num_threads:
@@ -94,20 +102,26 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
     if checkpoint is not None:
         state = _restore(checkpoint, config, train, model, optimizer, scheduler)
         step, trained_tokens, metrics = state["step"], state["trained_tokens"], state["metrics"]
+    group.sync_parameters(params)
+    if checkpoint is not None:
         say.info(f"Resuming from the checkpoint at step {step} of {total_steps}.")
     else:
         say.info(f"Training started: {len(train.examples)} examples ({train.n_tokens} tokens) x {config.n_epochs} "
                  f"epochs = {total_steps} steps of batch size {config.batch_size}, learning rate "
                  f"{config.learning_rate:g}, LoRA r={config.lora_r} on {', '.join(config.target_modules)}, "
                  f"{precision.device.type} {'bf16' if precision.autocast_dtype else 'fp32'}.")
-    results = ResultsWriter(out_dir / "results.csv", resume_step=step)
+    results = ResultsWriter(out_dir / "results.csv", resume_step=step) if group.is_main else None
 
-    def save_checkpoint(epoch: int) -> Path:
+    def save_checkpoint(epoch: int) -> Path | None:
+        if not group.is_main:  # every rank holds the same weights and optimizer state: save once
+            group.barrier()
+            return None
         path = save_adapter(model, out_dir / "checkpoints" / f"step-{step}",
                             _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
                             _trainer_state(step, trained_tokens, metrics, optimizer, scheduler))
         prune_checkpoints(out_dir, config.keep_checkpoints)
         say.info(f"Checkpoint saved at step {step} (epoch {epoch}).")
+        group.barrier()
         return path
 
     # ---- train: epochs of shuffled batches, one optimizer step per batch
@@ -117,7 +131,7 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
         for index in range(step - epoch * per_epoch, per_epoch):
             batch = [train.examples[i] for i in batches[index]]
             learning_rate = scheduler.get_last_lr()[0]
-            stats, grad_norm = _optimizer_step(model, optimizer, params, batch, config, precision)
+            stats, grad_norm = _optimizer_step(model, optimizer, params, batch, config, precision, group)
             scheduler.step()
             step += 1
             trained_tokens += stats.n_tokens
@@ -128,21 +142,22 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
             }
 
             # ---- evaluate: one validation batch every step, the whole validation set at epoch end
-            if valid is not None:
+            if valid is not None and group.is_main:
                 v = evaluate(model, validation_batch(valid.examples, eval_size, step), precision,
                              config.micro_batch_tokens)
                 metrics |= {"valid_loss": v.loss, "valid_mean_token_accuracy": v.accuracy}
             epoch_end = index == per_epoch - 1
-            if epoch_end and valid is not None:
+            if epoch_end and valid is not None and group.is_main:
                 full = evaluate(model, valid.examples, precision, config.micro_batch_tokens)
                 metrics |= {"full_valid_loss": full.loss, "full_valid_mean_token_accuracy": full.accuracy}
-            results.append(metrics)
+            if results:
+                results.append(metrics)
             say.metrics(metrics)
 
             # ---- save: one checkpoint per epoch; stop or pause between optimizer steps
             if epoch_end:
                 save_checkpoint(epoch + 1)
-            control = should_stop()
+            control = group.agree(should_stop() if group.is_main else None)
             if control == "cancel":
                 say.info(f"Training cancelled at step {step} of {total_steps}.")
                 return TrainResult("cancelled", None, _checkpoints(out_dir), trained_tokens, metrics)
@@ -153,26 +168,32 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
                 return TrainResult("paused", None, _checkpoints(out_dir), trained_tokens, metrics)
 
     # ---- save: the final adapter (the weights of the last epoch's checkpoint) with its provenance
-    adapter_dir = save_adapter(model, out_dir / "adapter",
-                               _meta("adapter", config, train, valid, step, config.n_epochs, metrics, trained_tokens))
+    adapter_dir = out_dir / "adapter"
+    if group.is_main:
+        save_adapter(model, adapter_dir, _meta("adapter", config, train, valid, step, config.n_epochs, metrics,
+                                               trained_tokens))
+    group.barrier()
     say.info(f"Training finished: {step} steps, {trained_tokens} tokens, final training loss "
              f"{metrics.get('train_loss', float('nan')):.4f}.")
     return TrainResult("succeeded", adapter_dir, _checkpoints(out_dir), trained_tokens, metrics)
 
 
-def _optimizer_step(model, optimizer, params, batch, config: TrainConfig, precision: Precision):
+def _optimizer_step(model, optimizer, params, batch, config: TrainConfig, precision: Precision, group: Group):
     """Accumulate gradients over token-budgeted micro-batches, then clip and step once.
 
     Each micro-batch's summed loss is divided by the loss tokens of the whole batch, so the
-    gradient is the token mean over the batch whatever the micro-batch split.
+    gradient is the token mean over the batch whatever the micro-batch split, and, summed over
+    data-parallel ranks that each trained their slice, whatever the number of ranks.
     """
     optimizer.zero_grad(set_to_none=True)
     n_loss = sum(e.n_loss for e in batch)
     stats = StepStats()
-    for group in micro_batches(batch, config.micro_batch_tokens):
-        loss_sum, s = forward_loss(model, pack([(e.input_ids, e.loss_mask) for e in group]), precision)
+    for micro in micro_batches(group.shard(batch), config.micro_batch_tokens):
+        loss_sum, s = forward_loss(model, pack([(e.input_ids, e.loss_mask) for e in micro]), precision)
         (loss_sum / n_loss).backward()
         stats.add(s)
+    group.sum_gradients(params)
+    stats = group.sum_stats(stats)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
     optimizer.step()
     return stats, grad_norm
