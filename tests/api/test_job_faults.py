@@ -1,6 +1,7 @@
 """Durability of the job queue: a worker killed with SIGKILL resumes from its checkpoint, cancel
 stops a running job, and a server restart loses no queued or running job (tiny model, real workers).
-Each test runs on SQLite and on PostgreSQL (the `db_backend` fixture)."""
+The restart test runs on SQLite and on PostgreSQL (the `db_backend` fixture); the worker-level ones,
+which do not depend on the store, on SQLite only (CI time)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import time
 
 import httpx
+import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import tiny_server_env
@@ -71,6 +73,10 @@ def _messages(client, job_id):
     return [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=100).data]
 
 
+SQLITE_ONLY = pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+
+
+@SQLITE_ONLY
 def test_sigkill_worker_resumes_from_checkpoint(tmp_path, tiny_model_path, db_backend):
     with _server(tmp_path, tiny_model_path, db_backend) as srv:
         client = _client(srv)
@@ -91,6 +97,7 @@ def test_sigkill_worker_resumes_from_checkpoint(tmp_path, tiny_model_path, db_ba
         assert max(m["step"] for m in metrics) == metrics[0]["total_steps"] >= 120
 
 
+@SQLITE_ONLY
 def test_cancel_running_job(tmp_path, tiny_model_path, db_backend):
     with _server(tmp_path, tiny_model_path, db_backend) as srv:
         client = _client(srv)
