@@ -15,6 +15,10 @@ The contract, written for a second backend:
   output carrying `finish_reason` "stop" or "length". It raises `TunegateError` on failures that
   happen later (timeout, adapter that fails to load).
 - Closing the stream (`aclose()`, or a client that disconnects) frees the request's batch slots.
+- Waiting requests of different organisations (then API keys) are admitted in turn, so one caller's
+  burst cannot starve the others; a model or adapter that failed to load fails its requests at once
+  (`check_model` raises the remembered error) until its files change.
+- `GenerationRequest.logits_processors` are applied to each choice's logits before sampling.
 - Requests for different adapters of one base are decoded together. A vLLM backend maps
   `ServableModel.adapter_path` to a `LoRARequest` and `SamplingParams` field for field.
 """
@@ -22,9 +26,12 @@ The contract, written for a second backend:
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+import torch
 
 from tunegate.catalog import BaseModelInfo
 from tunegate.errors import TunegateError
@@ -55,6 +62,15 @@ class SamplingParams:
     ignore_eos: bool = False  # benchmarks only: always generate max_tokens
 
 
+class LogitsProcessor(Protocol):
+    """Changes one sequence's next-token logits before sampling (logit_bias, grammar constraints).
+
+    Called once per generated token with the token ids the sequence generated so far and its row of
+    logits ([vocab], float32); returns the logits to sample from (it may modify the row in place)."""
+
+    def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class GenerationRequest:
     model: ServableModel
@@ -62,6 +78,11 @@ class GenerationRequest:
     params: SamplingParams
     n: int = 1
     request_id: str = ""
+    org_id: str = ""
+    """Who asks: the engine shares its batch fairly across organisations, then across their keys."""
+    key_id: str = ""
+    logits_processors: tuple[Callable[[], LogitsProcessor], ...] = ()
+    """Factories: every choice gets its own processors (they may keep per-sequence state)."""
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,16 @@
 """The built-in engine: transformers models with continuous batching and batched multi-LoRA.
 
-Owns scheduling: one worker thread per base model holds the model (loaded once, shared by every
-adapter), a bounded queue, and a running batch with its KV cache. Between two decode steps it
-admits waiting requests (prefilled together, then merged into the running batch), drops finished,
-cancelled and timed-out sequences, and decodes every running sequence in one forward pass whatever
-their adapters. The event loop only ever waits on asyncio queues.
+Owns the engine loop and the streams: one worker thread per base model composes the four parts of
+serving, each testable alone:
 
-Does not own the LoRA math (`serve/lora.py`), token choice (`serve/sampling.py`), text deltas and
-stop strings (`serve/detok.py`) or OpenAI shapes (`serve/service.py`).
+    scheduler.py  waiting requests, fair admission across organisations and keys, deadlines
+    runner.py     the loaded model and adapters: prefill and the mixed-adapter decode step
+    kv_cache.py   the running batch's KV cache: expand, merge, trim
+    output.py     logits processors, sampling, stops, detokenisation, log-probabilities
 
-KV cache layout: rows are left-padded to a common length with an attention mask; positions are
-passed explicitly, so padding never shifts a sequence's rotary positions. Joining sequences are
-padded on the left to the running length (or the running rows to theirs); fully padded columns on
-the left are trimmed when sequences leave.
+Between two decode steps the worker drops cancelled and timed-out requests, admits waiting choices
+(prefilled together, then merged into the running batch) and decodes every running sequence in one
+forward pass whatever their adapters. The event loop only ever waits on asyncio queues.
 """
 
 from __future__ import annotations
@@ -21,14 +19,13 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from tunegate.catalog import BaseModelInfo, load_pretrained, load_tokenizer
+from tunegate.catalog import BaseModelInfo, load_tokenizer
 from tunegate.errors import RateLimitError, ServerError, TunegateError
-from tunegate.serve.detok import IncrementalText, TokenBytes
 from tunegate.serve.engine import (
     ChoiceOutput,
     Engine,
@@ -36,21 +33,23 @@ from tunegate.serve.engine import (
     GenerationStream,
     GenerationTimeoutError,
     ServableModel,
-    TokenLogprob,
 )
-from tunegate.serve.lora import AdapterSlots, check_adapter
-from tunegate.serve.sampling import logprobs_of, make_generator, next_tokens
+from tunegate.serve.kv_cache import BatchCache
+from tunegate.serve.lora import check_adapter
+from tunegate.serve.output import OutputProcessor, SequenceState
+from tunegate.serve.runner import LoadFailures, ModelRunner
+from tunegate.serve.scheduler import Admission, Pending, Scheduler
 from tunegate.settings import Settings
 
 log = logging.getLogger("tunegate.serve")
 
 
 class _Stream(GenerationStream):
-    def __init__(self, engine: HFEngine, loop: asyncio.AbstractEventLoop):
-        self.engine = engine
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]):
         self.loop = loop
+        self.wake = wake
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.request: _Request | None = None
+        self.pending: Pending | None = None
         self.ended = False
 
     def put(self, item) -> None:  # called from the worker thread
@@ -71,36 +70,21 @@ class _Stream(GenerationStream):
         return item
 
     async def aclose(self) -> None:
-        if self.request is not None and not self.ended:
+        if self.pending is not None and not self.ended:
             self.ended = True
-            self.request.cancelled = True
-            self.engine._wake(self.request)
+            self.pending.cancelled = True
+            self.wake()
 
 
 @dataclass(eq=False)
-class _Request:
-    req: GenerationRequest
+class _Running:
+    """One sequence in the batch: its request, adapter slot, next position and output state."""
+
+    p: Pending
     stream: _Stream
-    deadline: float
-    admitted: int = 0  # choices admitted into the batch so far
-    finished: int = 0
-    cancelled: bool = False
-    failed: bool = False
-    queued: bool = True  # counted in the engine's queue
-
-
-@dataclass(eq=False)
-class _Seq:
-    r: _Request
-    index: int
     slot: int
-    prompt_len: int
-    generator: torch.Generator
-    text: IncrementalText
-    output: list[int] = field(default_factory=list)
-    last: int = 0
-    pos: int = 0  # position id of `last`
-    done: bool = False
+    pos: int
+    state: SequenceState
 
 
 class HFEngine(Engine):
@@ -110,6 +94,7 @@ class HFEngine(Engine):
         self.settings = settings
         self.batch_window_s = batch_window_s
         self.prefill_tokens = prefill_tokens
+        self.failures = LoadFailures()
         self._lock = threading.Lock()
         self._waiting = 0
         self._workers: dict[str, _Worker] = {}
@@ -118,7 +103,9 @@ class HFEngine(Engine):
         return load_tokenizer(base.path)
 
     def check_model(self, model: ServableModel) -> None:
+        self.failures.check(model.base.path)
         if model.adapter_path is not None:
+            self.failures.check(model.adapter_path)
             check_adapter(model.adapter_path, model.base)
 
     def submit(self, request: GenerationRequest) -> GenerationStream:
@@ -135,33 +122,31 @@ class HFEngine(Engine):
             if worker is None:
                 worker = self._workers[key] = _Worker(self, request.model.base)
                 worker.thread.start()
-        stream = _Stream(self, asyncio.get_running_loop())
-        stream.request = _Request(request, stream, time.monotonic() + self.settings.request_timeout_seconds)
-        worker.put(stream.request)
+        stream = _Stream(asyncio.get_running_loop(), worker.scheduler.wake)
+        stream.pending = _Pending(request, time.monotonic() + self.settings.request_timeout_seconds, stream=stream)
+        worker.put(stream.pending)
         return stream
 
-    def _unqueue(self, r: _Request) -> None:
+    def _left_queue(self, p: Pending) -> None:
         with self._lock:
-            if r.queued:
-                r.queued = False
-                self._waiting -= 1
-
-    def _wake(self, r: _Request) -> None:
-        worker = self._workers.get(str(r.req.model.base.path))
-        if worker is not None:
-            worker.wake()
+            self._waiting -= 1
 
     async def stop(self) -> None:
         workers = list(self._workers.values())
         for w in workers:
             w.stopping = True
-            w.wake()
+            w.scheduler.wake()
         await asyncio.gather(*(asyncio.to_thread(w.thread.join, 30) for w in workers))
         self._workers.clear()
 
     def stats(self) -> dict:
-        """Counters per base model (for tests and benchmarks): steps, biggest batch, mixed batches."""
-        return {w.base.name: dict(w.stats) for w in self._workers.values()}
+        """Counters per base model (for tests, benchmarks and operators): steps, batch sizes, loads."""
+        return {w.base.name: w.stats() for w in list(self._workers.values())}
+
+
+@dataclass(eq=False)
+class _Pending(Pending):
+    stream: _Stream | None = None
 
 
 class _Worker:
@@ -169,51 +154,53 @@ class _Worker:
         self.engine = engine
         self.base = base
         self.settings = engine.settings
-        self.inbox: deque[_Request] = deque()
-        self.cv = threading.Condition()
+        self.scheduler = Scheduler(on_leave=engine._left_queue)
         self.stopping = False
         self.load_error: TunegateError | None = None
-        self.seqs: list[_Seq] = []
-        self.cache = None
-        self.mask: torch.Tensor | None = None
-        self.stats = {"decode_steps": 0, "prefills": 0, "max_batch": 0, "mixed_adapter_steps": 0, "adapter_loads": 0,
-                      "forward_s": 0.0, "sampling_s": 0.0}
+        self.lock = threading.Lock()  # guards load_error against a concurrent put
+        self.running: list[_Running] = []
+        self.cache: BatchCache | None = None
+        self.runner: ModelRunner | None = None
+        self.output: OutputProcessor | None = None
+        self.counters = {"cancelled_sequences": 0, "timed_out_requests": 0}
         self.thread = threading.Thread(target=self._run, name=f"tunegate-engine-{base.name}", daemon=True)
 
-    # --- queue side --------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        out = dict(self.runner.stats) if self.runner else {}
+        out.update(self.counters, running=len(self.running), waiting=len(self.scheduler.waiting()),
+                   sampling_s=self.output.sampling_s if self.output else 0.0)
+        return out
 
-    def put(self, r: _Request) -> None:
-        with self.cv:
+    def put(self, p: _Pending) -> None:
+        with self.lock:
             if self.load_error is None:
-                self.inbox.append(r)
-                self.cv.notify()
+                self.scheduler.add(p)
                 return
-        self._fail(r, self.load_error)  # submitted while this worker was giving up
+        self.engine._left_queue(p)  # submitted while this worker was giving up: never queued
+        self._fail(p, self.load_error)
 
-    def wake(self) -> None:
-        with self.cv:
-            self.cv.notify()
-
-    def _fail(self, r: _Request, exc: TunegateError) -> None:
-        if not r.failed:
-            r.failed = True
-            self.engine._unqueue(r)
-            r.stream.put(exc)
+    def _fail(self, p: _Pending, exc: TunegateError) -> None:
+        if not p.failed:
+            p.failed = True
+            p.stream.put(exc)
 
     # --- thread ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
-            self._load()
+            self.runner = ModelRunner(self.base, self.settings, self.engine.failures)
+            self.output = OutputProcessor(self.runner.tokenizer, self.runner.eos)
         except Exception as exc:  # noqa: BLE001 - reported to every request of this base
             log.exception("could not load base model %s", self.base.name)
-            error = ServerError(f"Base model `{self.base.name}` could not be loaded: {exc}", code="model_load_failed")
-            with self.cv:
+            error = ServerError(f"Base model `{self.base.name}` could not be loaded: {exc}. Its requests fail until "
+                                "its files change.", param="model", code="model_load_failed")
+            self.engine.failures.record(self.base.path, error)
+            with self.lock:
                 self.load_error = error
+            with self.engine._lock:
                 self.engine._workers.pop(str(self.base.path), None)
-                pending, self.inbox = list(self.inbox), deque()
-            for r in pending:
-                self._fail(r, error)
+            for p in self.scheduler.drain():
+                self._fail(p, error)
             return
         with torch.inference_mode():
             while not self.stopping:
@@ -221,246 +208,108 @@ class _Worker:
                     self._step()
                 except Exception:  # noqa: BLE001 - one bad batch must not kill the server
                     log.exception("serving step failed on %s", self.base.name)
-                    for s in self.seqs:
-                        self._fail(s.r, ServerError("The model failed while generating; retry the request."))
-                    self.seqs, self.cache, self.mask = [], None, None
+                    for s in self.running:
+                        self._fail(s.p, ServerError("The model failed while generating; retry the request."))
+                    self.running, self.cache = [], None
         shutdown = ServerError("The server is shutting down; retry the request.", code="server_shutting_down")
-        for r in {s.r for s in self.seqs} | set(self.inbox):
-            self._fail(r, shutdown)
-
-    def _load(self) -> None:
-        from transformers import AutoModelForCausalLM
-
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
-        self.tokenizer = load_tokenizer(self.base.path)
-        self.token_bytes = TokenBytes(self.tokenizer)
-        # Loads are serialised by the catalog (two at once break each other); serving runs in parallel.
-        self.model = load_pretrained(AutoModelForCausalLM, self.base.path, dtype=torch.float32)
-        self.model.eval()
-        self.adapters = AdapterSlots(self.model, self.settings.adapter_cache_size, self.base)
-        eos = self.model.generation_config.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            self.eos.add(self.tokenizer.eos_token_id)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for p in {s.p for s in self.running} | set(self.scheduler.drain()):
+            self._fail(p, shutdown)
 
     def _step(self) -> None:
         self._expire()
-        with self.cv:
-            if not self.seqs and not self.inbox:
-                self.cv.wait(0.5)
+        if not self.running:
+            if not self.scheduler.wait_for_work(0.5):
                 return
-        if not self.seqs:
-            self._gather_window()
+            self.scheduler.gather(self.engine.batch_window_s, self.settings.max_batch_size)
         new = self._admit()
         if new:
-            self._prefill(new)
+            try:
+                self._prefill(new)
+            except Exception:
+                for s in new:  # not in the batch yet: the step's handler would not see them
+                    self._fail(s.p, ServerError("The model failed while reading the prompt; retry the request."))
+                raise
             self._reap()  # choices that ended on their first token
-        if self.seqs:
+        if self.running:
             self._decode()
             self._reap()
 
-    def _gather_window(self) -> None:
-        # Requests that arrive together share the first prefill and batch: wait a moment for them.
-        end = time.monotonic() + self.engine.batch_window_s
-        with self.cv:
-            while time.monotonic() < end and sum(r.req.n for r in self.inbox) < self.settings.max_batch_size:
-                self.cv.wait(max(0.0, end - time.monotonic()))
-
     def _expire(self) -> None:
         now = time.monotonic()
-        with self.cv:
-            keep = deque()
-            for r in self.inbox:
-                if r.cancelled:
-                    self.engine._unqueue(r)
-                elif r.deadline < now:
-                    self._fail(r, self._timeout())
-                elif not r.failed:
-                    keep.append(r)
-            self.inbox = keep
-        for s in self.seqs:
-            if s.r.deadline < now and not s.r.failed:
-                self._fail(s.r, self._timeout())
+        for p in self.scheduler.expire(now):
+            self._timeout(p)
+        for s in self.running:
+            if s.p.overdue(now):
+                self._timeout(s.p)
 
-    def _timeout(self) -> GenerationTimeoutError:
+    def _timeout(self, p: _Pending) -> None:
         t = self.settings.request_timeout_seconds
-        return GenerationTimeoutError(f"The request did not finish within {t:g} s (TUNEGATE_REQUEST_TIMEOUT_SECONDS); "
-                                      "ask for fewer tokens or retry later.", code="request_timeout")
+        self.counters["timed_out_requests"] += 1
+        self._fail(p, GenerationTimeoutError(
+            f"The request did not finish within {t:g} s (TUNEGATE_REQUEST_TIMEOUT_SECONDS); ask for fewer tokens "
+            "or retry later.", code="request_timeout"))
 
-    def _admit(self) -> list[_Seq]:
-        """Move waiting choices into the batch while there is room, a free adapter slot and prefill budget."""
-        room = self.settings.max_batch_size - len(self.seqs)
-        in_use = {s.slot for s in self.seqs}
-        new: list[_Seq] = []
-        budget = self.engine.prefill_tokens
-        while room > 0:
-            with self.cv:
-                if not self.inbox:
-                    break
-                r = self.inbox[0]
-            if r.cancelled or r.failed:
-                with self.cv:
-                    self.inbox.popleft()
-                self.engine._unqueue(r)
-                continue
-            if new and len(r.req.prompt_ids) > budget:
-                break
-            try:
-                loads = self.adapters.loads
-                slot = self.adapters.acquire(r.req.model.adapter_path, in_use)
-                self.stats["adapter_loads"] += self.adapters.loads - loads
-            except TunegateError as exc:
-                with self.cv:
-                    self.inbox.popleft()
-                self._fail(r, exc)
-                continue
-            if slot is None:  # every adapter slot is used by running sequences: wait for one to finish
-                break
-            in_use.add(slot)
-            budget -= len(r.req.prompt_ids)
-            take = min(room, r.req.n - r.admitted)
-            p = r.req.params
-            for i in range(r.admitted, r.admitted + take):
-                new.append(_Seq(r, i, slot, len(r.req.prompt_ids), make_generator(p.seed, i),
-                                IncrementalText(self.tokenizer, p.stop)))
-            r.admitted += take
-            room -= take
-            if r.admitted == r.req.n:
-                with self.cv:
-                    self.inbox.popleft()
-                self.engine._unqueue(r)
-        return new
+    def _admit(self) -> list[_Running]:
+        room = self.settings.max_batch_size - len(self.running)
+        in_use = {s.slot for s in self.running}
+        admissions, failed = self.scheduler.admit(room, in_use, self.engine.prefill_tokens,
+                                                  self.runner.acquire_adapter)
+        for p, exc in failed:
+            self._fail(p, exc)
+        return [self._sequence(a, i) for a in admissions for i in range(a.first, a.first + a.count)]
 
-    # --- model -------------------------------------------------------------------------------------
+    def _sequence(self, a: Admission, index: int) -> _Running:
+        p = a.request
+        state = self.output.new_sequence(p.req.params, index, p.req.logits_processors)
+        return _Running(p, p.stream, a.slot, len(p.req.prompt_ids), state)
 
-    def _prefill(self, new: list[_Seq]) -> None:
+    def _prefill(self, new: list[_Running]) -> None:
         # One row per request (its choices share the prompt), expanded to one row per choice after.
         groups: dict[int, int] = {}
         prompts: list[list[int]] = []
         slots: list[int] = []
-        rows: list[int] = []
         for s in new:
-            if id(s.r) not in groups:
-                groups[id(s.r)] = len(prompts)
-                prompts.append(s.r.req.prompt_ids)
+            if id(s.p) not in groups:
+                groups[id(s.p)] = len(prompts)
+                prompts.append(s.p.req.prompt_ids)
                 slots.append(s.slot)
-            rows.append(groups[id(s.r)])
-        length = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), length), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, length - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, length - len(p):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        self.adapters.set_batch(slots)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        self.stats["prefills"] += 1
-        index = torch.tensor(rows, dtype=torch.long)
-        cache = out.past_key_values
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
-        mask = mask.index_select(0, index)
-        for s in new:
-            s.pos = s.prompt_len
-        self._emit(new, out.logits[:, -1, :].index_select(0, index))
-        self._merge(new, cache, mask)
-
-    def _merge(self, new: list[_Seq], cache, mask: torch.Tensor) -> None:
+        rows = [groups[id(s.p)] for s in new]
+        logits, cache = self.runner.prefill(prompts, slots)
+        cache.expand(rows)
+        self._emit(new, logits.index_select(0, torch.tensor(rows, dtype=torch.long)))
         if self.cache is None:
-            self.seqs, self.cache, self.mask = new, cache, mask
-            return
-        old_len, new_len = self.mask.shape[1], mask.shape[1]
-        width = max(old_len, new_len)
-
-        def pad(t: torch.Tensor, n: int) -> torch.Tensor:  # zeros on the left of the sequence axis
-            if n == 0:
-                return t
-            shape = list(t.shape)
-            shape[-1 if t.dim() == 2 else -2] = n
-            return torch.cat([t.new_zeros(shape), t], dim=-1 if t.dim() == 2 else -2)
-
-        for mine, theirs in zip(self.cache.layers, cache.layers):
-            mine.keys = torch.cat([pad(mine.keys, width - old_len), pad(theirs.keys, width - new_len)])
-            mine.values = torch.cat([pad(mine.values, width - old_len), pad(theirs.values, width - new_len)])
-        self.mask = torch.cat([pad(self.mask, width - old_len), pad(mask, width - new_len)])
-        self.seqs = self.seqs + new
+            self.cache = cache
+        else:
+            self.cache.merge(cache)
+        self.running = self.running + new
 
     def _decode(self) -> None:
-        live = self.seqs
-        ids = torch.tensor([[s.last] for s in live], dtype=torch.long)
-        positions = torch.tensor([[s.pos] for s in live], dtype=torch.long)
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(live), 1)], dim=1)
-        slots = [s.slot for s in live]
-        self.adapters.set_batch(slots)
-        start = time.perf_counter()
-        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, past_key_values=self.cache,
-                         use_cache=True)
-        self.stats["forward_s"] += time.perf_counter() - start
-        self.stats["decode_steps"] += 1
-        self.stats["max_batch"] = max(self.stats["max_batch"], len(live))
-        self.stats["mixed_adapter_steps"] += len(set(slots)) > 1
+        live = self.running
+        logits = self.runner.decode([s.state.last for s in live], [s.pos for s in live], [s.slot for s in live],
+                                    self.cache)
         for s in live:
             s.pos += 1
-        self._emit(live, out.logits[:, -1, :])
+        self._emit(live, logits)
 
-    def _emit(self, seqs: list[_Seq], logits: torch.Tensor) -> None:
-        start = time.perf_counter()
-        try:
-            self._choose(seqs, logits)
-        finally:
-            self.stats["sampling_s"] += time.perf_counter() - start
-
-    def _choose(self, seqs: list[_Seq], logits: torch.Tensor) -> None:
-        params = [s.r.req.params for s in seqs]
-        tokens = next_tokens(logits, params, [s.generator for s in seqs], [s.output for s in seqs])
-        want = [i for i, p in enumerate(params) if p.logprobs]
-        lps = dict(zip(want, logprobs_of(logits, want, tokens, [p.top_logprobs for p in params])))
-        for i, (s, tok) in enumerate(zip(seqs, tokens)):
-            if s.done or s.r.cancelled or s.r.failed:
-                s.done = True
+    def _emit(self, seqs: list[_Running], logits: torch.Tensor) -> None:
+        outputs = self.output.process([s.state for s in seqs], logits)
+        for s, out in zip(seqs, outputs):
+            if s.p.gone:
                 continue
-            p = params[i]
-            s.output.append(tok)
-            s.last = tok
-            finish = None
-            if tok in self.eos and not p.ignore_eos:
-                text, logprobs = s.text.finish()
-                finish = "stop"
-            else:
-                lp = self._logprob(tok, lps[i]) if i in lps else None
-                text, logprobs = s.text.push(tok, lp)
-                if s.text.stopped:
-                    finish = "stop"
-                elif len(s.output) >= p.max_tokens:
-                    rest, more = s.text.finish()
-                    text, logprobs, finish = text + rest, logprobs + more, "length"
-            if text or logprobs or finish:
-                s.r.stream.put(ChoiceOutput(s.index, text, logprobs, finish, len(s.output)))
-            if finish:
-                s.done = True
-                s.r.finished += 1
-                if s.r.finished == s.r.req.n:
-                    s.r.stream.put(None)
-
-    def _logprob(self, token: int, info) -> TokenLogprob:
-        chosen, top = info
-        text, raw = self.token_bytes(token)
-        return TokenLogprob(text, raw, chosen, [(*self.token_bytes(t), v) for t, v in top])
+            if out is not None:
+                s.stream.put(out)
+            if s.state.finish_reason:
+                s.p.finished += 1
+                if s.p.finished == s.p.req.n:
+                    s.stream.put(None)
 
     def _reap(self) -> None:
-        keep = [i for i, s in enumerate(self.seqs) if not (s.done or s.r.cancelled or s.r.failed)]
-        if len(keep) == len(self.seqs):
+        keep = [i for i, s in enumerate(self.running) if not (s.state.finish_reason or s.p.gone)]
+        self.counters["cancelled_sequences"] += sum(1 for s in self.running if s.p.cancelled)
+        if len(keep) == len(self.running):
             return
         if not keep:
-            self.seqs, self.cache, self.mask = [], None, None
+            self.running, self.cache = [], None
             return
-        index = torch.tensor(keep, dtype=torch.long)
-        mask = self.mask.index_select(0, index)
-        first = int(mask.any(dim=0).long().argmax())  # leading columns that are padding in every row
-        self.mask = mask[:, first:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, first:]
-            layer.values = layer.values.index_select(0, index)[:, :, first:]
-        self.seqs = [self.seqs[i] for i in keep]
+        self.cache.keep(keep)
+        self.running = [self.running[i] for i in keep]
