@@ -56,8 +56,14 @@ class PayloadTooLargeError(TunegateError):
 
 
 class RateLimitError(TunegateError):
+    """Carries `Retry-After` (and OpenAI's `x-ratelimit-*` where known) as HTTP headers."""
+
     status_code = 429
     type = "rate_limit_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, **kw):
+        super().__init__(message, **kw)
+        self.headers = {"Retry-After": "1", **(headers or {})}
 
 
 class ServerError(TunegateError):

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     max_upload_total_bytes: int = Field(default=8 * 1024**3, ge=1, description="Largest file made with the "
                                         "Uploads API (parts up to max_upload_bytes each).")
     request_timeout_seconds: float = Field(default=300.0, gt=0)
+    max_n: int = Field(default=16, ge=1, description="Largest `n` (choices) of one chat request (400 above).")
+    max_output_tokens: int = Field(default=4096, ge=1, description="Largest `max_tokens` of one chat request.")
+    chat_concurrency_per_key: int = Field(default=32, ge=1, description="Chat requests one API key has in flight.")
+    chat_tokens_per_minute: int | None = Field(default=None, ge=1, description="Token budget of each organisation "
+                                               "(prompt + n x max_tokens, unused refunded); default: none.")
     moderator: str = Field(default="builtin", description="Moderator name in the moderator registry (builtin|http).")
     moderation_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible moderation API.")
     python_graders: bool = Field(default=False, description="Allow `python` graders (user code, run sandboxed: no "

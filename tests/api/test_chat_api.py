@@ -1,10 +1,16 @@
 """Chat completions through the official openai SDK against a real server: base and fine-tuned
-(produced by the jobs flow), streaming, n, stop, seed, exact usage, errors and isolation."""
+(produced by the jobs flow), streaming, n, stop, seed, exact usage, errors and isolation; a damaged
+adapter failing once while other models keep serving; a client that goes away freeing its slots;
+request bounds and per-key limits with OpenAI's rate-limit headers."""
 
 from __future__ import annotations
 
 import io
 import json
+import socket
+import sqlite3
+import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -129,6 +135,38 @@ def test_huge_prompt_and_broken_json_then_still_healthy(chat_server):
     assert ok.choices[0].message.content is not None
 
 
+def test_damaged_adapter_fails_once_clearly_and_other_models_keep_serving(chat_server):
+    """A truncated adapter file: its requests fail with one clear error (remembered, not reloaded in a
+    loop), the base and other fine-tuned models keep answering, and a repaired file is served again."""
+    a = chat_server.client(chat_server.key_a)
+    ckpt = sorted(m.id for m in a.models.list().data if ":ckpt-step-" in m.id)[-1]  # not loaded yet
+    with sqlite3.connect(chat_server.data_dir / "tunegate.db") as db:
+        folder = Path(db.execute("select path from checkpoints where model_id = ?", (ckpt,)).fetchone()[0])
+    weights = folder / "adapter_model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[: len(original) // 3])
+    h = {"Authorization": f"Bearer {chat_server.key_a}"}
+    try:
+        errors = []
+        for _ in range(3):
+            r = httpx.post(chat_server.base_url + "/chat/completions", headers=h, timeout=60,
+                           json={"model": ckpt, "messages": MSGS, "max_tokens": 2})
+            errors.append((r.status_code, r.json()["error"]))
+        assert len({json.dumps(e, sort_keys=True) for _, e in errors}) == 1  # the same answer every time
+        status, error = errors[0]
+        assert status == 500 and error["code"] == "model_load_failed" and error["param"] == "model"
+        assert "could not be loaded" in error["message"] and "damaged" in error["message"]
+        for model in ("tiny", chat_server.ft_model):
+            assert a.chat.completions.create(model=model, messages=MSGS, max_tokens=2).choices
+        log = chat_server.log_path.read_text()
+        assert log.count(f"could not load adapter {folder}") == 1  # read once, not retried per request
+    finally:
+        weights.write_bytes(original)
+    time.sleep(0.01)  # a distinct modification time even on coarse filesystem clocks
+    weights.touch()
+    assert a.chat.completions.create(model=ckpt, messages=MSGS, max_tokens=2).choices  # repaired: tried again
+
+
 def test_delete_model_rules(chat_server):
     a, b = chat_server.client(chat_server.key_a), chat_server.client(chat_server.key_b)
     with pytest.raises(openai.BadRequestError):
@@ -143,3 +181,60 @@ def test_delete_model_rules(chat_server):
     assert a.models.delete(chat_server.ft_model).deleted
     with pytest.raises(openai.NotFoundError):
         a.chat.completions.create(model=chat_server.ft_model, messages=MSGS, max_tokens=2)
+
+
+@pytest.fixture(scope="module")
+def tight_server(tmp_path_factory, tiny_model_path):
+    """A server with two batch rows and one request in flight per key: easy to fill, easy to starve."""
+    data_dir = tmp_path_factory.mktemp("tight") / "data"
+    env = tiny_server_env(tiny_model_path, TUNEGATE_TORCH_THREADS="1", TUNEGATE_MAX_BATCH_SIZE="2",
+                          TUNEGATE_MAX_N="2", TUNEGATE_MAX_OUTPUT_TOKENS="1900", TUNEGATE_CHAT_CONCURRENCY_PER_KEY="1",
+                          TUNEGATE_START_WORKERS="false")
+    with RunningServer(data_dir, env) as srv:
+        srv.key_a, srv.key_b = srv.create_key("tight-a"), srv.create_key("tight-b")
+        srv.admin = srv.create_key("tight-ops", admin=True)
+        # The first chat loads the tokenizer, the model and the runtime moderator: not part of any test.
+        assert srv.client(srv.key_b).chat.completions.create(model="tiny", messages=MSGS, max_tokens=1).choices
+        yield srv
+
+
+def _stats(srv) -> dict:
+    r = httpx.get(srv.base_url + "/serving/stats", headers={"Authorization": f"Bearer {srv.admin}"})
+    assert r.status_code == 200, r.text
+    return r.json()["models"].get("tiny", {})
+
+
+@pytest.mark.parametrize("body,param", [({"n": 3}, "n"), ({"max_tokens": 1901}, "max_tokens"),
+                                        ({"max_completion_tokens": 1901}, "max_completion_tokens")])
+def test_n_and_max_tokens_beyond_what_the_server_serves_are_400(tight_server, body, param):
+    r = httpx.post(tight_server.base_url + "/chat/completions", json={"model": "tiny", "messages": MSGS, **body},
+                   headers={"Authorization": f"Bearer {tight_server.key_a}"}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
+    assert "TUNEGATE_MAX_" in r.json()["error"]["message"]
+
+
+def test_a_client_that_goes_away_frees_its_slots(tight_server):
+    """A heavy non-streaming request fills the whole batch; its client disconnects; a small request
+    from someone else is then served at once: the heavy choices were cancelled, not decoded to the end."""
+    srv = tight_server
+    heavy = json.dumps({"model": "tiny", "messages": MSGS, "n": 2, "max_tokens": 1900, "temperature": 0,
+                        "ignore_eos": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {srv.key_a}\r\nContent-Length: {len(heavy)}\r\n\r\n".encode() + heavy)
+    while _stats(srv).get("running") != 2:  # both batch rows are decoding the heavy request
+        time.sleep(0.02)
+    # Meanwhile the same key may not start another request: a 429 with OpenAI's headers.
+    r = httpx.post(srv.base_url + "/chat/completions", json={"model": "tiny", "messages": MSGS, "max_tokens": 2},
+                   headers={"Authorization": f"Bearer {srv.key_a}"}, timeout=60)
+    assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.headers["x-ratelimit-limit-requests"] == "1" and r.headers["x-ratelimit-remaining-requests"] == "0"
+    sock.close()  # the client goes away without reading anything
+
+    small = srv.client(srv.key_b).chat.completions.create(model="tiny", messages=MSGS, max_tokens=3, temperature=0)
+    stats = _stats(srv)
+    assert small.choices[0].finish_reason == "length"
+    assert stats["cancelled_sequences"] == 2 and stats["decode_steps"] < 1899  # the heavy one never finished
+    # The key's concurrency lease was returned with the cancelled request.
+    assert srv.client(srv.key_a).chat.completions.create(model="tiny", messages=MSGS, max_tokens=2).choices

@@ -258,3 +258,57 @@ def test_two_base_models_load_and_serve_at_once(tiny_base, tiny_model_path, tmp_
     assert loaded == ["other", "tiny"]
     assert texts == run(_with_engine(both, alone))
     assert texts[0::2] != texts[1::2]  # two different models really answered
+
+
+def test_callers_take_turns_for_the_batch(tiny_base):
+    """One batch row; caller x queued three requests before caller y's one: y is served second, not last."""
+    settings, base = tiny_base
+    one_row = settings.model_copy(update={"max_batch_size": 1})
+    model = ServableModel("tiny", base, None)
+
+    async def go(engine, service):
+        ids = service.prepare_sync(chat("hi"), model).prompt_ids
+        params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+        order = []
+
+        async def client(tag, org):
+            async for _ in engine.submit(GenerationRequest(model, ids, params, org_id=org, key_id=org + "-key")):
+                pass
+            order.append(tag)
+
+        await asyncio.gather(*(client(tag, tag[0]) for tag in ["x0", "x1", "x2", "y0"]))
+        return order
+
+    assert run(_with_engine(one_row, go)) == ["x0", "y0", "x1", "x2"]
+
+
+def test_logits_processors_steer_each_choice(tiny_base):
+    from tunegate.catalog import load_tokenizer
+
+    settings, base = tiny_base
+    model = ServableModel("tiny", base, None)
+    forced = load_tokenizer(base.path)(" yes", add_special_tokens=False)["input_ids"][0]
+    made = []
+
+    class Force:
+        """Forces the word " yes" every step; one instance per choice."""
+
+        def __init__(self):
+            made.append(self)
+
+        def __call__(self, output_ids, logits):
+            logits[:] = float("-inf")
+            logits[forced] = 0.0
+            return logits
+
+    async def go(engine, service):
+        gen = service.prepare_sync(chat("hi", n=2, temperature=1.0, seed=3, max_tokens=4), model)
+        gen.logits_processors = (Force,)
+        outs = [o async for o in engine.submit(gen)]
+        plain = [o async for o in engine.submit(service.prepare_sync(chat("hi", max_tokens=4), model))]
+        return outs, plain
+
+    outs, plain = run(_with_engine(settings, go))
+    texts = {i: "".join(o.text for o in outs if o.index == i) for i in (0, 1)}
+    assert texts == {0: " yes" * 4, 1: " yes" * 4} and len(made) == 2
+    assert "".join(o.text for o in plain) != " yes" * 4

@@ -46,7 +46,8 @@ _TYPE_TAG = re.compile(r"^([a-z_-]+\[.*\]|str|int|float|bool|list|dict|none|byte
 def install(app: FastAPI) -> None:
     @app.exception_handler(TunegateError)
     async def _tunegate(_: Request, exc: TunegateError):
-        return error_response(exc.status_code, exc.message, type_=exc.type, param=exc.param, code=exc.code)
+        return error_response(exc.status_code, exc.message, type_=exc.type, param=exc.param, code=exc.code,
+                              headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):

@@ -126,6 +126,10 @@ class Engine(abc.ABC):
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Called once when the server stops; pending streams end with an error."""
 
+    def stats(self) -> dict:
+        """Counters per base model for operators and tests (steps, batch sizes, cancellations)."""
+        return {}
+
     @abc.abstractmethod
     def tokenizer(self, base: BaseModelInfo):
         """The base model's own tokenizer (the service renders and counts prompts with it)."""

@@ -2,7 +2,7 @@
 mixed batch in one pass per layer.
 
 Owns reading and checking adapter folders (PEFT format + `meta.json`), the LRU of adapter slots and
-the LoRA math at inference. Does not own scheduling or sampling (`serve/hf_engine.py`).
+the LoRA math at inference. Does not own scheduling or sampling (`serve/scheduler.py`, `serve/output.py`).
 
 How: every targeted `nn.Linear` is wrapped once. The wrapper keeps, per slot of the adapter cache,
 the adapter's A (r x in) and scaled B (out x r) in one stacked tensor; slot 0 is all zeros (no

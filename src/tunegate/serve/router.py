@@ -1,24 +1,28 @@
 """`POST /v1/chat/completions`: JSON, or Server-Sent Events when `stream` is true.
 
 Owns the HTTP edge of serving only: authentication and model lookup come from `api/deps.py`, the
-protocol logic from `serve/service.py`, SSE framing from sse-starlette. `setup(app)` creates the
-one engine of the server and registers it as a service (started and stopped with the app).
+protocol logic from `serve/service.py`, SSE framing from sse-starlette, and noticing a client that
+went away (a streaming response is cancelled by sse-starlette; a JSON one is watched here), so its
+batch slots are freed. `setup(app)` creates the one engine of the server and registers it as a
+service (started and stopped with the app).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
-from tunegate.api.deps import PrincipalDep
+from tunegate.api.deps import AdminDep, PrincipalDep
 from tunegate.errors import TunegateError
 from tunegate.safety.jobs import org_policy
 from tunegate.safety.moderation import get_moderator
 from tunegate.safety.runtime import RuntimeModeration
 from tunegate.serve.engine import ServableModel
+from tunegate.serve.limits import Caller, ChatLimits
 from tunegate.serve.protocol import ChatCompletion, ChatCompletionRequest
 from tunegate.serve.service import ChatService
 
@@ -29,7 +33,7 @@ def setup(app: FastAPI) -> None:
     from tunegate.serve.hf_engine import HFEngine
 
     engine = HFEngine(app.state.settings)
-    app.state.chat = ChatService(engine)
+    app.state.chat = ChatService(engine, ChatLimits.from_settings(app.state.settings))
     app.state.services.append(engine)
 
 
@@ -93,23 +97,52 @@ async def _prepare(app, principal, body: ChatCompletionRequest):
     return model, moderation
 
 
-async def complete(app, principal, body: ChatCompletionRequest) -> ChatCompletion:
+async def complete(app, principal, body: ChatCompletionRequest, caller: Caller | None = None) -> ChatCompletion:
     """One non-streaming chat completion with everything the route enforces (model access, runtime
-    moderation); the Batch API runs its chat lines through this."""
+    moderation); the Batch API runs its chat lines through this (without `caller`: batch lines are
+    not held to the per-key concurrency and token limits of live requests)."""
     model, moderation = await _prepare(app, principal, body)
-    completion = await moderation.check_completion(await app.state.chat.create(body, model))
+    completion = await moderation.check_completion(await app.state.chat.create(body, model, caller))
     await _moderation_report(moderation, body, completion)
     return completion
 
 
+@router.get("/serving/stats", include_in_schema=False)
+async def serving_stats(request: Request, admin: AdminDep) -> dict:
+    """The engine's counters per base model (admin keys): steps, batch sizes, cancelled sequences."""
+    return {"object": "serving.stats", "models": request.app.state.chat.engine.stats()}
+
+
+DISCONNECT_POLL_S = 0.25
+
+
+async def _unless_disconnected(request: Request, work):
+    """Await `work`, cancelling it when the client goes away first: a JSON response is only sent at
+    the end, so nothing else would notice, and the generation would hold its batch slots to the end."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+    finally:
+        task.cancel()
+
+
 @router.post("/chat/completions", response_model=ChatCompletion, response_model_exclude_none=False)
 async def chat_completions(body: ChatCompletionRequest, request: Request, principal: PrincipalDep):
+    caller = Caller(principal.org_id, principal.key_id)
     if not body.stream:
-        return await complete(request.app, principal, body)
+        return await _unless_disconnected(request, complete(request.app, principal, body, caller))
     model, moderation = await _prepare(request.app, principal, body)
     service: ChatService = request.app.state.chat
     # 400/429 are raised here, before the stream starts; output is held back until moderated.
-    chunks = moderation.filter_stream(await service.stream(body, model))
+    chunks = moderation.filter_stream(await service.stream(body, model, caller))
 
     async def events():
         try:

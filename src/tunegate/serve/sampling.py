@@ -1,7 +1,7 @@
 """Choosing the next token of each sequence in a batch, with OpenAI's sampling semantics.
 
 Owns penalties, temperature, top_p, seeded per-sequence random generators and log-probabilities.
-Does not own the model forward or text handling (`serve/hf_engine.py`, `serve/detok.py`).
+Does not own the model forward or text handling (`serve/runner.py`, `serve/detok.py`).
 
 Order (as OpenAI documents it): presence/frequency penalties on the raw logits, then temperature
 (0 = greedy), then top_p. Reported log-probabilities are those of the model's raw distribution.

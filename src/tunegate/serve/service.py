@@ -3,9 +3,11 @@
 
 Owns what needs the model but not the HTTP layer: rendering the prompt with the base model's own
 chat template (`catalog.template.render`, the one place that does it), exact token counts, the
-context-length checks, the mapping of OpenAI parameters onto `SamplingParams`, and the OpenAI
-chunk sequence (role delta, content deltas, final chunk with `finish_reason`, optional usage
-chunk). Does not own authentication, model lookup or SSE framing (`serve/router.py`).
+context-length checks, the mapping of OpenAI parameters onto `SamplingParams`, applying the
+admission limits (`serve/limits.py`: bounds, per-key concurrency, per-organisation tokens) around
+each generation, and the OpenAI chunk sequence (role delta, content deltas, final chunk with
+`finish_reason`, optional usage chunk). Does not own authentication, model lookup or SSE framing
+(`serve/router.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tunegate.catalog.template import render, with_tools
 from tunegate.errors import InvalidRequestError
 from tunegate.ids import new_id
 from tunegate.serve.engine import ChoiceOutput, Engine, GenerationRequest, SamplingParams, ServableModel, TokenLogprob
+from tunegate.serve.limits import Caller, ChatLimits, Lease
 from tunegate.serve.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -92,10 +95,12 @@ def _openai_logprobs(items: list[TokenLogprob]) -> list[ChatCompletionTokenLogpr
 class ChatService:
     """Turns chat requests into engine requests and engine output into OpenAI objects."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, limits: ChatLimits | None = None):
         self.engine = engine
+        self.limits = limits  # None: no bounds or budgets (in-process use: benchmarks, tests)
 
-    def prepare_sync(self, request: ChatCompletionRequest, model: ServableModel) -> GenerationRequest:
+    def prepare_sync(self, request: ChatCompletionRequest, model: ServableModel,
+                     caller: Caller | None = None) -> GenerationRequest:
         """Render, count and check the prompt; map the sampling parameters. Raises 400s."""
         check_supported(request)
         if request.model_extra:
@@ -116,6 +121,8 @@ class ChatService:
             )
         wanted = request.requested_max_tokens
         name = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+        if self.limits is not None:
+            self.limits.check_request(request.n or 1, wanted, name)
         if wanted is not None and wanted > context:
             raise InvalidRequestError(
                 f"`{name}` is {wanted}, but this model's context is {context} tokens; ask for at most "
@@ -129,8 +136,11 @@ class ChatService:
                 f"`{name}` to at most {context - n_prompt} or shorten the messages.",
                 param=name, code="context_length_exceeded",
             )
+        default = context - n_prompt
+        if self.limits is not None:
+            default = min(default, self.limits.max_output_tokens)
         params = SamplingParams(
-            max_tokens=wanted if wanted is not None else context - n_prompt,
+            max_tokens=wanted if wanted is not None else default,
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
             stop=request.stop_list,
@@ -142,16 +152,33 @@ class ChatService:
             ignore_eos=bool(request.ignore_eos),
         )
         processors = constraints(request, tokenizer, len(tokenizer))
-        extra = {"logits_processors": processors} if processors else {}
-        return GenerationRequest(model, prompt_ids, params, n=request.n or 1, request_id=new_id("chatcmpl"), **extra)
+        return GenerationRequest(model, prompt_ids, params, n=request.n or 1, request_id=new_id("chatcmpl"),
+                                 org_id=caller.org_id if caller else "", key_id=caller.key_id if caller else "",
+                                 logits_processors=processors)
 
-    async def prepare(self, request: ChatCompletionRequest, model: ServableModel) -> GenerationRequest:
+    async def prepare(self, request: ChatCompletionRequest, model: ServableModel,
+                      caller: Caller | None = None) -> GenerationRequest:
         # Rendering and tokenizing a large prompt takes long enough to stall every other client.
-        return await asyncio.to_thread(self.prepare_sync, request, model)
+        return await asyncio.to_thread(self.prepare_sync, request, model, caller)
 
-    async def create(self, request: ChatCompletionRequest, model: ServableModel) -> ChatCompletion:
-        gen = await self.prepare(request, model)
-        stream = self.engine.submit(gen)
+    def _start(self, gen: GenerationRequest, caller: Caller | None, request: ChatCompletionRequest):
+        """Take the caller's share of the limits, then queue: (engine stream, lease or None)."""
+        lease: Lease | None = None
+        if self.limits is not None and caller is not None:
+            name = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+            lease = self.limits.acquire(caller, len(gen.prompt_ids) + gen.n * gen.params.max_tokens, name)
+        try:
+            return self.engine.submit(gen), lease
+        except BaseException:
+            if lease is not None:
+                lease.release(0)
+            raise
+
+    async def create(self, request: ChatCompletionRequest, model: ServableModel,
+                     caller: Caller | None = None) -> ChatCompletion:
+        """The whole completion. Cancelling this coroutine (a client that went away) frees the batch slots."""
+        gen = await self.prepare(request, model, caller)
+        stream, lease = self._start(gen, caller, request)
         texts = [""] * gen.n
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(gen.n)]
         finish: list[str] = ["length"] * gen.n
@@ -165,6 +192,8 @@ class ChatService:
                     finish[out.index] = out.finish_reason
         finally:
             await stream.aclose()
+            if lease is not None:
+                lease.release(len(gen.prompt_ids) + sum(tokens))
         choices = []
         for i in range(gen.n):
             message = ChatCompletionMessage(content=texts[i])
@@ -180,16 +209,17 @@ class ChatService:
         return ChatCompletion(id=gen.request_id, model=model.id, choices=choices, usage=self._usage(gen, tokens),
                               system_fingerprint=self._fingerprint(model))
 
-    async def stream(self, request: ChatCompletionRequest, model: ServableModel) -> AsyncIterator[ChatCompletionChunk]:
+    async def stream(self, request: ChatCompletionRequest, model: ServableModel,
+                     caller: Caller | None = None) -> AsyncIterator[ChatCompletionChunk]:
         """Validate and queue now (so 400/404/429 happen before any byte is sent); then iterate the
         returned chunks. Closing the iterator cancels the generation and frees its batch slot."""
-        gen = await self.prepare(request, model)
-        stream = self.engine.submit(gen)
+        gen = await self.prepare(request, model, caller)
+        stream, lease = self._start(gen, caller, request)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        return self._chunks(gen, model, stream, include_usage, tools_active(request))
+        return self._chunks(gen, model, stream, include_usage, tools_active(request), lease)
 
     async def _chunks(self, gen: GenerationRequest, model: ServableModel, stream, include_usage: bool,
-                      tools: bool = False):
+                      tools: bool = False, lease: Lease | None = None):
         created = int(time.time())
         fingerprint = self._fingerprint(model)
 
@@ -225,6 +255,8 @@ class ChatService:
                 yield chunk([], self._usage(gen, tokens))
         finally:
             await stream.aclose()
+            if lease is not None:
+                lease.release(len(gen.prompt_ids) + sum(tokens))
 
     @staticmethod
     def _usage(gen: GenerationRequest, tokens: list[int]) -> CompletionUsage:
