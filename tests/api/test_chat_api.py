@@ -139,7 +139,7 @@ def test_damaged_adapter_fails_once_clearly_and_other_models_keep_serving(chat_s
     """A truncated adapter file: its requests fail with one clear error (remembered, not reloaded in a
     loop), the base and other fine-tuned models keep answering, and a repaired file is served again."""
     a = chat_server.client(chat_server.key_a)
-    ckpt = sorted(m.id for m in a.models.list().data if ":ckpt-step-" in m.id)[-1]  # not loaded yet
+    ckpt = max(m.id for m in a.models.list().data if ":ckpt-step-" in m.id)  # not loaded yet
     with sqlite3.connect(chat_server.data_dir / "tunegate.db") as db:
         folder = Path(db.execute("select path from checkpoints where model_id = ?", (ckpt,)).fetchone()[0])
     weights = folder / "adapter_model.safetensors"

@@ -18,7 +18,7 @@ class Clock:
 
 
 def limits(clock, **kw):
-    args = dict(max_n=4, max_output_tokens=100, concurrency_per_key=2, tokens_per_minute=600)
+    args = {"max_n": 4, "max_output_tokens": 100, "concurrency_per_key": 2, "tokens_per_minute": 600}
     return ChatLimits(**{**args, **kw}, clock=clock)
 
 

@@ -62,7 +62,7 @@ def test_kv_cache_merge_expand_and_trim_match_separate_sequences(runner):
     # Random tiny models repeat one token greedily, so the check is on the logits of every step.
     a = runner.tokenizer("A fairly long first prompt with many words in it")["input_ids"]
     b = runner.tokenizer("Short")["input_ids"]
-    close = dict(atol=1e-4, rtol=1e-4)
+    close = {"atol": 1e-4, "rtol": 1e-4}
     with torch.inference_mode():
         (ref_a, lg_a), (ref_b, lg_b) = greedy_alone(runner, a, 6), greedy_alone(runner, b, 5)
         # A runs alone for two steps, then B joins (merge pads B's shorter rows on the left), B's one
@@ -71,7 +71,7 @@ def test_kv_cache_merge_expand_and_trim_match_separate_sequences(runner):
         for i in range(2):
             la = runner.decode([ref_a[i]], [len(a) + i], [0], cache)
         torch.testing.assert_close(la[0], lg_a[2], **close)
-        lb, cache_b = runner.prefill([b], [0])
+        _, cache_b = runner.prefill([b], [0])
         cache_b.expand([0, 0])
         assert cache_b.rows == 2 and cache_b.length == len(b)
         cache.merge(cache_b)

@@ -35,6 +35,45 @@ def setup(app: FastAPI) -> None:
     engine = HFEngine(app.state.settings)
     app.state.chat = ChatService(engine, ChatLimits.from_settings(app.state.settings))
     app.state.services.append(engine)
+    app.add_middleware(NoticeDisconnect)
+
+
+GONE = "tunegate.client_gone"  # scope key: an asyncio.Event set when the client of the request went away
+
+
+class NoticeDisconnect:
+    """ASGI middleware (outermost, so it sees the server's own `receive`): once a chat request's body
+    is read, watch for the client going away and set `scope[GONE]`. Starlette's `is_disconnected()`
+    cannot see it through `@app.middleware` wrappers, and a JSON answer is only sent at the end."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") != "/v1/chat/completions":
+            return await self.app(scope, receive, send)
+        gone = scope[GONE] = asyncio.Event()
+        watcher: asyncio.Task | None = None
+
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        async def receive_then_watch():
+            nonlocal watcher
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            elif not message.get("more_body") and watcher is None:
+                watcher = asyncio.ensure_future(watch())
+            return message
+
+        try:
+            await self.app(scope, receive_then_watch, send)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
 
 _LEVEL = {"off": 0, "flag": 1, "block": 2}
@@ -120,18 +159,23 @@ async def _unless_disconnected(request: Request, work):
     """Await `work`, cancelling it when the client goes away first: a JSON response is only sent at
     the end, so nothing else would notice, and the generation would hold its batch slots to the end."""
     task = asyncio.ensure_future(work)
+    gone: asyncio.Event | None = request.scope.get(GONE)
+    waiter = asyncio.ensure_future(gone.wait()) if gone is not None else None
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if done:
+            done, _ = await asyncio.wait({task} | ({waiter} if waiter else set()), timeout=DISCONNECT_POLL_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
                 return task.result()
-            if await request.is_disconnected():
+            if (waiter is not None and waiter in done) or (waiter is None and await request.is_disconnected()):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
                 return Response(status_code=499)  # nginx's "client closed request": nobody reads it
     finally:
         task.cancel()
+        if waiter is not None:
+            waiter.cancel()
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, response_model_exclude_none=False)
