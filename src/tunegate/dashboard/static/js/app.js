@@ -17,6 +17,8 @@ const ROUTES = [
   { pattern: /^\/jobs\/new$/, page: "jobs", load: () => import("./pages/jobs.js"), title: "New job", params: { create: true } },
   { pattern: /^\/jobs\/([\w-]+)$/, page: "jobs", load: () => import("./pages/job.js"), title: "Job" },
   { pattern: /^\/models\/?$/, page: "models", load: () => import("./pages/models.js"), title: "Models" },
+  { pattern: /^\/evals\/?$/, page: "evals", load: () => import("./pages/evals.js"), title: "Evals" },
+  { pattern: /^\/evals\/(eval-[\w-]+\/runs\/evalrun-[\w-]+)$/, page: "evals", load: () => import("./pages/eval_run.js"), title: "Eval run" },
   { pattern: /^\/playground\/?$/, page: "playground", load: () => import("./pages/playground.js"), title: "Playground" },
 ];
 
