@@ -64,6 +64,8 @@ class JobOptions(BaseModel):
     lora_dropout: float | None = Field(None, ge=0, lt=1)
     target_modules: list[str] | None = Field(None, min_length=1, max_length=32)
     max_seq_len: int | None = Field(None, ge=16, le=131072)
+    n_workers: int | None = Field(None, ge=1, le=64)
+    """Data-parallel ranks for this job (torch.distributed; each trains a slice of every batch, same result)."""
     safety_mixing: bool | None = None
     """Admin only when false: mix the project's refusal examples into the data (default on)."""
     skip_screening: bool = False

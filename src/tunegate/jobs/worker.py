@@ -66,7 +66,7 @@ def build_config(db: Database, settings: Settings, job: Job):
 
 
 def run(job_id: str, settings: Settings | None = None) -> int:
-    from tunegate.train.recipe import run_training
+    from tunegate.train.distributed import run_data_parallel
 
     settings = settings or Settings()
     db = Database(settings.db_url)
@@ -93,7 +93,9 @@ def run(job_id: str, settings: Settings | None = None) -> int:
             with db.session() as s:
                 return s.get(Job, job_id).control
 
-        result = run_training(config, out_dir, reporter, should_stop)
+        n_workers = int((job.options or {}).get("n_workers") or 1)
+        threads = max(1, (settings.torch_threads or os.cpu_count() or 1) // n_workers)  # the worker's cores, shared
+        result = run_data_parallel(config, out_dir, reporter, should_stop, world_size=n_workers, threads=threads)
         reporter.sync_checkpoints()
         if result.status == "cancelled":
             with db.session() as s:

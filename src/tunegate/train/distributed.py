@@ -136,6 +136,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _exit_with_parent() -> None:
+    """A rank whose launcher died (a killed job worker) would wait in a collective until gloo's
+    timeout; it stops at once instead, and the job resumes from its checkpoint."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _rank_main(index: int, config_dict: dict, out_dir: str, world_size: int, port: int, threads: int | None) -> None:
     """Ranks 1..N-1 of `run_data_parallel` (spawned: `index` 0 is rank 1)."""
     from tunegate.train.config import TrainConfig
@@ -143,6 +158,7 @@ def _rank_main(index: int, config_dict: dict, out_dir: str, world_size: int, por
 
     if threads:
         torch.set_num_threads(threads)
+    _exit_with_parent()
     group = init_group(index + 1, world_size, "127.0.0.1", port)
     try:
         run_training(TrainConfig.from_dict(config_dict), Path(out_dir), lambda e: None, lambda: None, group=group)
@@ -166,6 +182,14 @@ def run_data_parallel(config, out_dir: Path, on_event, should_stop, world_size: 
 
     if world_size <= 1:
         return run_training(config, out_dir, on_event, should_stop)
+    if config.method != "supervised":
+        from tunegate.errors import InvalidRequestError
+
+        raise InvalidRequestError("Data-parallel training (`tunegate.n_workers` > 1) is available for supervised jobs "
+                                  "only; use one worker for DPO and reinforcement jobs.", param="tunegate.n_workers")
+    on_event({"level": "info", "type": "message", "data": {"world_size": world_size},
+              "message": f"Training data-parallel on {world_size} ranks (torch.distributed, "
+                         f"{'nccl' if config.device == 'cuda' else 'gloo'}), {threads or 'default'} threads each."})
     port = free_port()
     ctx = mp.start_processes(_rank_main, args=(config.to_dict(), str(out_dir), world_size, port, threads),
                              nprocs=world_size - 1, join=False, start_method="spawn")

@@ -62,9 +62,6 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
     """`group`: this process's rank when training data-parallel (train/distributed.py); rank 0 alone
     reports events, polls `should_stop` and writes files."""
     if config.method == "dpo":  # same contract, its own straight-line recipe
-        if group is not None and group.world_size > 1:
-            raise InvalidRequestError("Data-parallel training (`tunegate.n_workers` > 1) is available for supervised "
-                                      "jobs only; use one worker for DPO.", param="tunegate.n_workers")
         from tunegate.train.dpo import run_dpo
 
         return run_dpo(config, out_dir, on_event, should_stop)
