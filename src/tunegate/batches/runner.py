@@ -22,7 +22,7 @@ from sqlalchemy import select
 from tunegate.auth import Principal
 from tunegate.batches.service import FINISHED, read_lines
 from tunegate.db import ApiKey, Batch, BatchLine, Database, File, Organization
-from tunegate.errors import TunegateError
+from tunegate.errors import RateLimitError, TunegateError
 from tunegate.files import service as files
 from tunegate.ids import new_id, now
 
@@ -126,7 +126,16 @@ class BatchRunner:
             if self._row(row.id).status != "in_progress":
                 return
             obj = json.loads(text)
-            status, body = await self._execute(row.endpoint, principal, obj["body"])
+            delay = 0.2
+            while True:  # a full engine or a spent rate limit delays a line; it never fails it
+                try:
+                    status, body = await self._execute(row.endpoint, principal, obj["body"])
+                    break
+                except RateLimitError:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    if self._row(row.id).status != "in_progress":
+                        return
             rec = {"id": new_id("batch_req", 12), "custom_id": obj["custom_id"],
                    "response": {"status_code": status, "request_id": body.get("id") or new_id("req", 12),
                                 "body": body}, "error": None}
@@ -158,6 +167,8 @@ class BatchRunner:
 
             completion = await complete(self.app, principal, ChatCompletionRequest.model_validate(body))
             return 200, completion.model_dump(mode="json")
+        except RateLimitError:
+            raise
         except TunegateError as exc:
             return exc.status_code, exc.to_dict()
         except asyncio.CancelledError:

@@ -127,6 +127,10 @@ class HFEngine(Engine):
         worker.put(stream.pending)
         return stream
 
+    def waiting_requests(self) -> int:
+        """Requests queued and not yet decoding (the Batch API starts no new line while any wait)."""
+        return self._waiting
+
     def _left_queue(self, p: Pending) -> None:
         with self._lock:
             self._waiting -= 1

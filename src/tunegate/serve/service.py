@@ -17,8 +17,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from dataclasses import fields
-
 from tunegate.catalog.template import render, with_tools
 from tunegate.errors import InvalidRequestError
 from tunegate.ids import new_id
@@ -74,11 +72,6 @@ def constraints(request: ChatCompletionRequest, tokenizer, vocab_size: int) -> t
     if grammar is not None:
         eos = tuple(i for i in {tokenizer.eos_token_id} if i is not None)
         out.append(structured.GrammarProcessorFactory(grammar, tokenizer, eos))
-    if out and "logits_processors" not in {f.name for f in fields(GenerationRequest)}:
-        raise InvalidRequestError("This server's engine cannot constrain decoding, so `logit_bias`, "
-                                  "`response_format` and `tools` are not supported by it.",
-                                  param="logit_bias" if request.logit_bias else "response_format" if grammar and not
-                                  request.tools else "tools", code="unsupported_parameter")
     return tuple(out)
 
 

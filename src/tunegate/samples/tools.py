@@ -1,0 +1,119 @@
+"""The project's own tool-use dataset: three small tools, requests that need one of them (or none),
+and conversations that call the tool, read its result and answer.
+
+Owns building the examples deterministically (written here, no third-party text): `train_examples`
+(chat JSONL lines with `tools`, assistant `tool_calls` and `tool` results, plus requests answered
+without a tool) and `held_out_requests` (other cities, currencies and wordings than training, each
+with the call it should produce), and `is_correct_call`. Used by the e2e test that measures the
+fine-tune's rate of correct tool calls against the base model's.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                       "additionalProperties": False}}},
+    {"type": "function", "function": {
+        "name": "convert_currency", "description": "Convert an amount of money between currencies.",
+        "parameters": {"type": "object", "properties": {
+            "amount": {"type": "number"}, "from_currency": {"type": "string", "enum": ["EUR", "USD", "GBP", "JPY", "CHF"]},
+            "to_currency": {"type": "string", "enum": ["EUR", "USD", "GBP", "JPY", "CHF"]}},
+            "required": ["amount", "from_currency", "to_currency"], "additionalProperties": False}}},
+    {"type": "function", "function": {
+        "name": "set_timer", "description": "Start a countdown timer.",
+        "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}}, "required": ["minutes"],
+                       "additionalProperties": False}}},
+]
+
+_TRAIN_CITIES = ["Paris", "Berlin", "Madrid", "Rome", "Vienna", "Lisbon", "Oslo", "Dublin", "Prague", "Warsaw",
+                 "Athens", "Helsinki", "Tokyo", "Lima", "Cairo", "Boston"]
+_HELD_CITIES = ["Zurich", "Chicago", "Nairobi", "Seoul", "Toronto", "Munich", "Porto", "Denver"]
+_WEATHER = ["What is the weather in {c}?", "How warm is it in {c} right now?", "Is it raining in {c}?",
+            "Tell me the current weather for {c}."]
+_HELD_WEATHER = ["Weather update for {c}, please.", "Do I need an umbrella in {c} today?"]
+_CURRENCIES = ["EUR", "USD", "GBP", "JPY", "CHF"]
+_CONVERT = ["Convert {a} {f} to {t}.", "How much is {a} {f} in {t}?", "What are {a} {f} worth in {t}?"]
+_HELD_CONVERT = ["Change {a} {f} into {t} for me."]
+_TIMER = ["Set a timer for {m} minutes.", "Start a {m} minute timer.", "Remind me in {m} minutes."]
+_HELD_TIMER = ["Please count down {m} minutes."]
+_CHAT = [("Hi there!", "Hello! How can I help you today?"),
+         ("Thanks a lot.", "You are welcome."),
+         ("What is 2 plus 2?", "2 plus 2 is 4."),
+         ("Tell me a fun fact.", "Octopuses have three hearts."),
+         ("What colour is the sky?", "On a clear day the sky is blue."),
+         ("Who wrote Hamlet?", "William Shakespeare wrote Hamlet.")]
+
+
+def _call(i: int, name: str, args: dict) -> dict:
+    return {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+
+
+def _requests(rng: random.Random, cities, weather, convert, timer, n: int) -> list[tuple[str, str, dict]]:
+    out = []
+    for k in range(n):
+        kind = k % 3
+        if kind == 0:
+            c = rng.choice(cities)
+            out.append((rng.choice(weather).format(c=c), "get_weather", {"city": c}))
+        elif kind == 1:
+            f, t = rng.sample(_CURRENCIES, 2)
+            a = rng.choice([5, 10, 20, 50, 75, 100, 250])
+            out.append((rng.choice(convert).format(a=a, f=f, t=t), "convert_currency",
+                        {"amount": a, "from_currency": f, "to_currency": t}))
+        else:
+            m = rng.choice([2, 3, 5, 10, 15, 20, 30, 45])
+            out.append((rng.choice(timer).format(m=m), "set_timer", {"minutes": m}))
+    return out
+
+
+def _result(name: str, args: dict) -> tuple[str, str]:
+    if name == "get_weather":
+        return json.dumps({"temperature_c": 18, "sky": "cloudy"}), f"It is 18 C and cloudy in {args['city']}."
+    if name == "convert_currency":
+        return (json.dumps({"amount": round(args["amount"] * 1.1, 2)}),
+                f"{args['amount']} {args['from_currency']} is about {round(args['amount'] * 1.1, 2)} {args['to_currency']}.")
+    return json.dumps({"ok": True}), f"Your {args['minutes']} minute timer is running."
+
+
+def train_examples(n_calls: int = 60, seed: int = 0) -> list[dict]:
+    """Chat examples: tool calls with their results and answers, and some plain chat answered directly."""
+    rng = random.Random(seed)
+    out = []
+    for i, (text, name, args) in enumerate(_requests(rng, _TRAIN_CITIES, _WEATHER, _CONVERT, _TIMER, n_calls)):
+        result, answer = _result(name, args)
+        out.append({"messages": [
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": None, "tool_calls": [_call(i, name, args)]},
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": result},
+            {"role": "assistant", "content": answer}], "tools": TOOLS})
+    for q, a in _CHAT * 2:
+        out.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "tools": TOOLS})
+    rng.shuffle(out)
+    return out
+
+
+def held_out_requests(n: int = 24, seed: int = 1) -> list[tuple[list[dict], str, dict]]:
+    """(messages, expected function, expected arguments): cities and wordings not in training."""
+    rng = random.Random(seed)
+    return [([{"role": "user", "content": text}], name, args)
+            for text, name, args in _requests(rng, _HELD_CITIES, _HELD_WEATHER, _HELD_CONVERT, _HELD_TIMER, n)]
+
+
+def is_correct_call(tool_calls, name: str, args: dict) -> bool:
+    """Exactly one call, to the expected function, with the expected arguments (strings case-insensitive)."""
+    if not tool_calls or len(tool_calls) != 1 or tool_calls[0].function.name != name:
+        return False
+    try:
+        got = json.loads(tool_calls[0].function.arguments)
+    except ValueError:
+        return False
+
+    def norm(v):
+        return v.lower() if isinstance(v, str) else float(v) if isinstance(v, (int, float)) else v
+
+    return isinstance(got, dict) and {k: norm(v) for k, v in got.items()} == {k: norm(v) for k, v in args.items()}
