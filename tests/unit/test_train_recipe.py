@@ -170,3 +170,18 @@ def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path, tiny_mod
     with pytest.raises(InvalidRequestError) as err:
         _run(_config(tiny_model_path, data, n_epochs=1, learning_rate=1e-4), tmp_path / "run")
     assert err.value.param == "learning_rate"
+
+
+def test_continued_fine_tuning_starts_from_the_parent_adapter(tmp_path, tiny_model_path, data):
+    parent, parent_events = _run(_config(tiny_model_path, data, n_epochs=3), tmp_path / "parent")
+    child_cfg = _config(tiny_model_path, data, n_epochs=1, init_adapter=str(parent.adapter_dir),
+                        parent_model="ft:tiny:org:parent:1")
+    child, child_events = _run(child_cfg, tmp_path / "child")
+    fresh, fresh_events = _run(_config(tiny_model_path, data, n_epochs=1), tmp_path / "fresh")
+    # The child starts where the parent ended (its first loss is near the parent's last), far below a fresh start.
+    start, fresh_start, parent_end = _losses(child_events)[0], _losses(fresh_events)[0], _losses(parent_events)[-1]
+    assert parent_end < fresh_start - 0.2
+    assert abs(start - parent_end) < 0.5 * (fresh_start - parent_end), (start, fresh_start, parent_end)
+    meta = read_meta(child.adapter_dir)
+    assert meta["config"]["parent_model"] == "ft:tiny:org:parent:1"
+    assert meta["config"]["init_adapter"] == str(parent.adapter_dir)

@@ -72,6 +72,8 @@ class TrainConfig:
     rft_group_size: int = 4  # reinforcement: answers sampled per prompt (advantages are normalised within)
     rft_max_tokens: int = 64  # reinforcement: longest sampled answer
     rft_kl_coef: float = 0.04  # reinforcement: weight of the KL to the adapter-off model
+    init_adapter: str | None = None  # continued fine-tuning: the parent adapter folder whose weights start training
+    parent_model: str | None = None  # continued fine-tuning: the `ft:` model or checkpoint it came from (lineage)
 
     @staticmethod
     def base_learning_rate() -> float:

@@ -71,6 +71,8 @@ def build_model(config: TrainConfig, precision: Precision):
 
         raise InvalidRequestError(f"LoRA `target_modules` do not fit this base model: {exc}",
                                   param="target_modules", code="invalid_training_config") from exc
+    if config.init_adapter:  # continued fine-tuning: the parent's LoRA weights are the starting point
+        load_adapter_weights(model, Path(config.init_adapter))
     return model.to(precision.device)
 
 
