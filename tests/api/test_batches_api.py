@@ -128,6 +128,25 @@ def test_wrong_purpose_and_cancel(server):
         c.batches.cancel(b.id)
 
 
+def test_expiry_ends_the_batch_with_batch_expired_lines(server):
+    import sqlalchemy
+
+    c = server.client(server.key_a)
+    lines = [_line(i, max_tokens=40, ignore_eos=True) for i in range(30)]
+    b = c.batches.create(input_file_id=_upload(c, lines), endpoint="/v1/chat/completions", completion_window="24h")
+    url = server.env.get("TUNEGATE_DATABASE_URL") or f"sqlite:///{server.data_dir / 'tunegate.db'}"
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:  # the 24h window is over
+        conn.execute(sqlalchemy.text("UPDATE batches SET expires_at = :t WHERE id = :id"),
+                     {"t": int(time.time()) - 1, "id": b.id})
+    done = _wait(c, b.id)
+    assert done.status == "expired" and done.expired_at
+    err = [r for r in _records(c, done.error_file_id) if r["error"] and r["error"]["code"] == "batch_expired"]
+    assert err and all(r["response"] is None for r in err)
+    assert done.request_counts.completed + done.request_counts.failed == 30
+    assert len(_records(c, done.output_file_id)) + len(_records(c, done.error_file_id)) == 30
+
+
 def test_kill_9_mid_batch_loses_no_line_and_runs_none_twice(tmp_path, tiny_model_path):
     env = tiny_server_env(tiny_model_path, TUNEGATE_TORCH_THREADS="1", TUNEGATE_BATCH_CONCURRENCY="2")
     srv = RunningServer(tmp_path / "data", env).start()

@@ -3,7 +3,7 @@ moderation, the serving engine), at a lower priority than interactive traffic, d
 
 Priority: at most `Settings.batch_concurrency` lines of all batches are in the engine at once (fewer
 than its batch size, so interactive requests always find free slots), and no new line is started
-while interactive requests wait in the engine's queue.
+while an interactive request is in flight or anything waits in the engine's queue.
 Durability: each finished line is committed (`batch_lines`) together with the request counts, and
 a restarted server runs only the lines without a record, so no line is lost and none is recorded
 twice (a line cut off by the crash had no record and runs again). Finalizing writes the output and
@@ -117,7 +117,9 @@ class BatchRunner:
     async def _wait_turn(self) -> None:
         """Interactive requests first: no new batch line while they wait for the engine."""
         engine = getattr(self.app.state.chat, "engine", None)
-        while getattr(engine, "waiting_requests", lambda: 0)() > 0:  # batch lines waiting count too
+        live = getattr(self.app.state, "live_chats", None)
+        # Engine queue (batch lines waiting count too) and interactive requests in flight at the HTTP edge.
+        while getattr(engine, "waiting_requests", lambda: 0)() > 0 or (live and live["n"] > 0):
             await asyncio.sleep(0.05)
 
     async def _line(self, row: Batch, principal: Principal | None, lineno: int, text: str) -> None:
@@ -183,6 +185,15 @@ class BatchRunner:
         if row.status in FINISHED:
             return
         expired = row.status == "in_progress" and now() >= row.expires_at
+        with self.db.session() as s:
+            gone = s.get(File, row.input_file_id) is None
+        if gone:  # the input file was deleted (or expired) under the batch: it cannot finish
+            with self.db.session() as s:
+                b = s.get(Batch, batch_id)
+                b.status, b.times = "failed", {**b.times, "failed_at": now()}
+                b.errors = {"data": [{"code": "input_file_gone", "line": None, "param": "input_file_id", "message":
+                                      "The input file was deleted before the batch finished."}]}
+            return
         if row.status == "in_progress" and not expired:
             with self.db.session() as s:
                 n_done = len(list(s.scalars(select(BatchLine.line).where(BatchLine.batch_id == batch_id))))

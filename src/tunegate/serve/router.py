@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import Counter
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from sse_starlette.sse import EventSourceResponse
@@ -181,12 +182,19 @@ async def _unless_disconnected(request: Request, work):
 @router.post("/chat/completions", response_model=ChatCompletion, response_model_exclude_none=False)
 async def chat_completions(body: ChatCompletionRequest, request: Request, principal: PrincipalDep):
     caller = Caller(principal.org_id, principal.key_id)
-    if not body.stream:
-        return await _unless_disconnected(request, complete(request.app, principal, body, caller))
-    model, moderation = await _prepare(request.app, principal, body)
-    service: ChatService = request.app.state.chat
-    # 400/429 are raised here, before the stream starts; output is held back until moderated.
-    chunks = moderation.filter_stream(await service.stream(body, model, caller))
+    # Interactive requests being prepared or answered (a stream until its generation is queued): the
+    # Batch API starts no new line while any are.
+    live = request.app.state.live_chats = getattr(request.app.state, "live_chats", Counter())
+    live["n"] += 1
+    try:
+        if not body.stream:
+            return await _unless_disconnected(request, complete(request.app, principal, body, caller))
+        model, moderation = await _prepare(request.app, principal, body)
+        service: ChatService = request.app.state.chat
+        # 400/429 are raised here, before the stream starts; output is held back until moderated.
+        chunks = moderation.filter_stream(await service.stream(body, model, caller))
+    finally:
+        live["n"] -= 1
 
     async def events():
         try:
