@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     chat_concurrency_per_key: int = Field(default=32, ge=1, description="Chat requests one API key has in flight.")
     chat_tokens_per_minute: int | None = Field(default=None, ge=1, description="Token budget of each organisation "
                                                "(prompt + n x max_tokens, unused refunded); default: none.")
+    header_timeout_seconds: float = Field(default=15.0, gt=0, description="A connection must finish sending a "
+                                          "request's headers within this time, or it is closed.")
+    body_idle_timeout_seconds: float = Field(default=30.0, gt=0, description="408 when a request body pauses longer.")
+    body_total_timeout_seconds: float = Field(default=900.0, gt=0, description="408 when a request body takes longer.")
+    keep_alive_timeout_seconds: int = Field(default=5, ge=1, description="Idle keep-alive connections are closed after.")
+    max_uploads_per_key: int = Field(default=4, ge=1, description="Uploads one API key may stream at once (429 above).")
     moderator: str = Field(default="builtin", description="Moderator name in the moderator registry (builtin|http).")
     moderation_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible moderation API.")
     python_graders: bool = Field(default=False, description="Allow `python` graders (user code, run sandboxed: no "

@@ -7,11 +7,12 @@ import importlib
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from tunegate import __version__
 from tunegate.api import errors
+from tunegate.api.guard import Guard
 from tunegate.auth import ensure_admin_key
 from tunegate.db import open_database
 from tunegate.settings import Settings
@@ -32,7 +33,6 @@ ROUTERS = [
     "tunegate.evals.router",
     "tunegate.api.admin",
 ]
-MAX_JSON_BODY = 16 * 1024 * 1024  # uploads stream separately and have their own limit
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,22 +55,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for service in reversed(services):
                 await service.stop()
 
-    app = FastAPI(title="tunegate", version=__version__, lifespan=lifespan)
+    # /docs and /redoc would load their scripts from a CDN; the machine may be offline and a page that runs third-party
+    # script beside the API's keys is not wanted. The OpenAPI document stays at /openapi.json.
+    app = FastAPI(title="tunegate", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.db = db
     app.state.services = []  # objects with async start()/stop(), appended by stages' `setup(app)`
     errors.install(app)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        streamed = request.url.path == "/v1/files" or request.url.path.startswith("/v1/uploads/")  # files, parts
-        limit = settings.max_upload_bytes + 1024 * 1024 if streamed else MAX_JSON_BODY
-        if length and length.isdigit() and int(length) > limit:
-            return errors.error_response(
-                413, f"The request body is {int(length)} bytes; the limit is {limit} bytes.", code="payload_too_large"
-            )
-        return await call_next(request)
+    # Authentication before the body, streamed body limits and timeouts, and the headers every response carries.
+    app.add_middleware(Guard, settings=settings, db=db)
 
     for name in ROUTERS:
         module = importlib.import_module(name)

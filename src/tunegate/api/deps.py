@@ -26,8 +26,10 @@ def get_db(request: Request) -> Database:
 
 
 def get_principal(request: Request) -> Principal:
-    principal = authenticate(request.app.state.db, request.headers.get("authorization"))
-    request.state.principal = principal
+    principal = getattr(request.state, "principal", None)  # the guard authenticated before reading the body
+    if principal is None:
+        principal = authenticate(request.app.state.db, request.headers.get("authorization"))
+        request.state.principal = principal
     return principal
 
 

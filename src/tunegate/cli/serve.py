@@ -25,4 +25,9 @@ def serve(
     settings = Settings(**overrides)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+    from tunegate.api.http import header_timeout_protocol
+
+    # Slow clients are timed out at every stage: headers (the protocol), body (the guard), idle keep-alive.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
+                http=header_timeout_protocol(settings.header_timeout_seconds),
+                timeout_keep_alive=settings.keep_alive_timeout_seconds)

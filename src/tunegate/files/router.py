@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
 from tunegate.api.deps import DbDep, PrincipalDep, SettingsDep
-from tunegate.errors import InvalidRequestError
+from tunegate.errors import InvalidRequestError, RateLimitError
 from tunegate.files import service
 from tunegate.files.schemas import UPLOAD_PURPOSES, FileDeleted, FileObject
 from tunegate.files.store import receive_upload
@@ -23,6 +23,23 @@ INLINE_VALIDATION_BYTES = 8 * 1024 * 1024
 
 @router.post("", response_model=FileObject)
 async def upload_file(request: Request, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
+    # Each upload in flight holds a connection and a temp file: one key may not hold them all.
+    active: dict[str, int] | None = getattr(request.app.state, "uploads_in_flight", None)
+    if active is None:
+        active = request.app.state.uploads_in_flight = {}
+    if active.get(principal.key_id, 0) >= settings.max_uploads_per_key:
+        raise RateLimitError(f"This API key already has {settings.max_uploads_per_key} uploads in progress "
+                             "(TUNEGATE_MAX_UPLOADS_PER_KEY). Wait for one to finish.", code="too_many_uploads")
+    active[principal.key_id] = active.get(principal.key_id, 0) + 1
+    try:
+        return await _upload(request, db, settings, principal)
+    finally:
+        active[principal.key_id] -= 1
+        if not active[principal.key_id]:
+            del active[principal.key_id]
+
+
+async def _upload(request: Request, db, settings, principal):
     upload = await receive_upload(request.headers.get("content-type"), request.stream(),
                                   settings.files_dir / ".tmp", settings.max_upload_bytes)
     try:
