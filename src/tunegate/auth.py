@@ -26,13 +26,18 @@ ADMIN_KEY_FILE = "admin_key"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key's organisation, project and whether it may administer."""
+    """Who is calling: the key's organisation, project and role.
+
+    member: uses its organisation's files, jobs and models. admin: also its organisation's policy,
+    gate overrides and audit log. operator (the key made at first start): an admin with
+    platform-wide powers (every organisation's audit log)."""
 
     org_id: str
     org_name: str
     project_id: str
     key_id: str
     is_admin: bool
+    is_operator: bool = False
 
 
 def hash_key(key: str) -> str:
@@ -63,15 +68,18 @@ def get_or_create_org(db: Database, name: str) -> tuple[str, str]:
         return org.id, project.id
 
 
-def create_key(db: Database, org: str, *, admin: bool = False, actor: str = "cli") -> str:
-    """Create an API key for organisation `org` (created if new). Returns the secret, shown once."""
+def create_key(db: Database, org: str, *, admin: bool = False, operator: bool = False, actor: str = "cli") -> str:
+    """Create an API key for organisation `org` (created if new). Returns the secret, shown once.
+    An operator key is always an admin key too."""
+    admin = admin or operator
     org_id, project_id = get_or_create_org(db, org)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = new_id("key", 8)
     with db.session() as s:
         s.add(ApiKey(id=key_id, org_id=org_id, project_id=project_id, key_hash=hash_key(secret),
-                     prefix=secret[:8], is_admin=admin))
-    record(db, "key.created", org_id=org_id, actor=actor, object_id=key_id, details={"admin": admin})
+                     prefix=secret[:8], is_admin=admin, is_operator=operator))
+    record(db, "key.created", org_id=org_id, actor=actor, object_id=key_id,
+           details={"admin": admin, "operator": operator})
     return secret
 
 
@@ -91,7 +99,7 @@ def authenticate(db: Database, authorization: str | None) -> Principal:
         raise AuthenticationError()
     key, org_name = row
     return Principal(org_id=key.org_id, org_name=org_name, project_id=key.project_id, key_id=key.id,
-                     is_admin=key.is_admin)
+                     is_admin=key.is_admin or key.is_operator, is_operator=key.is_operator)
 
 
 def ensure_admin_key(db: Database, data_dir: Path) -> str | None:
@@ -101,7 +109,7 @@ def ensure_admin_key(db: Database, data_dir: Path) -> str | None:
         has_keys = s.scalar(select(ApiKey.id).limit(1)) is not None
     if has_keys:
         return None
-    secret = create_key(db, "local", admin=True, actor="bootstrap")
+    secret = create_key(db, "local", operator=True, actor="bootstrap")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

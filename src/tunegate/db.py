@@ -48,6 +48,7 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_operator: Mapped[bool] = mapped_column(Boolean, default=False)  # platform-wide powers (the first key)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
@@ -125,6 +126,7 @@ class Checkpoint(Base):
     model_id: Mapped[str] = mapped_column(String(256), unique=True)
     path: Mapped[str] = mapped_column(Text)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    gate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # an on-demand gate run's decision
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 
 

@@ -62,7 +62,10 @@ def install(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return error_response(400, "We could not parse the JSON body of your request. Send valid UTF-8 JSON "
                                   "with `Content-Type: application/json`.", code="invalid_json")
-        param = param_from_loc(tuple(first.get("loc", ())))
+        # A value that fails every branch of a union (e.g. `content`: a string or a list of parts) fails each
+        # branch; the deepest location names the field to fix.
+        deepest = max(errors, key=lambda e: len(param_from_loc(tuple(e.get("loc", ()))) or "")) if errors else {}
+        param = param_from_loc(tuple(deepest.get("loc", ())))
         msgs = []
         for e in errors[:5]:
             p = param_from_loc(tuple(e.get("loc", ()))) or "body"

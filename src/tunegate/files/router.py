@@ -1,21 +1,55 @@
-"""Files API routes: `/v1/files` like OpenAI's, plus `GET /v1/files/{id}/validation` (our extension)."""
+"""Files API routes: `/v1/files` like OpenAI's, plus `GET /v1/files/{id}/validation` (our extension).
+
+Also owns the files stage's start-up recovery (orphaned temp uploads, interrupted validations) and the
+cap on uploads one key streams at once."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import logging
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse
 
 from tunegate.api.deps import DbDep, PrincipalDep, SettingsDep
 from tunegate.errors import InvalidRequestError, RateLimitError
 from tunegate.files import service
 from tunegate.files.schemas import UPLOAD_PURPOSES, FileDeleted, FileObject
-from tunegate.files.store import receive_upload
+from tunegate.files.store import receive_upload, sweep_tmp
 from tunegate.files.uploads import expires_at
 
+log = logging.getLogger("tunegate.files")
+
 router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+class StartupRecovery:
+    """On start: remove temp uploads left by a killed server and finish what a crash interrupted
+    (validations that never completed, files whose status was never set)."""
+
+    def __init__(self, app: FastAPI):
+        self.app = app
+        self.tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        settings, db = self.app.state.settings, self.app.state.db
+        removed = await asyncio.to_thread(sweep_tmp, settings.files_dir / ".tmp",
+                                          2 * settings.body_idle_timeout_seconds + 60)
+        if removed:
+            log.warning("removed %d temporary upload(s) left by an interrupted server", removed)
+        for file_id in await asyncio.to_thread(service.interrupted, db):
+            log.warning("resuming the interrupted validation of %s", file_id)
+            t = asyncio.ensure_future(asyncio.to_thread(service.validate_stored, db, settings, file_id))
+            self.tasks.add(t)
+            t.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+
+
+def setup(app: FastAPI) -> None:
+    app.state.services.append(StartupRecovery(app))
 
 # Files up to this size are validated before the upload call returns; larger ones in the background.
 INLINE_VALIDATION_BYTES = 8 * 1024 * 1024
@@ -94,7 +128,9 @@ def retrieve_file(file_id: str, db: DbDep, principal: PrincipalDep):
 @router.get("/{file_id}/content")
 def file_content(file_id: str, db: DbDep, principal: PrincipalDep):
     row = service.get(db, principal, file_id)
-    return FileResponse(Path(row.path), media_type="application/octet-stream", filename=row.filename)
+    path = service.open_verified(row)
+    return FileResponse(path, media_type="application/octet-stream",
+                        headers={"Content-Disposition": service.content_disposition(row.filename, row.id)})
 
 
 @router.get("/{file_id}/validation")

@@ -7,8 +7,12 @@ in `files/validate.py`; this module only decides when to run them and stores the
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import shutil
+import unicodedata
+from urllib.parse import quote
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,7 @@ from sqlalchemy import select
 from tunegate.auth import Principal
 from tunegate.audit import record
 from tunegate.db import Database, File
-from tunegate.errors import InvalidRequestError, NotFoundError
+from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError
 from tunegate.files.schemas import FileObject
 from tunegate.ids import new_id, now
 from tunegate.settings import Settings
@@ -41,6 +45,50 @@ def _expired(row: File) -> bool:
     return row.expires_at is not None and now() >= row.expires_at
 
 
+_UNSAFE_IN_NAME = re.compile(r'["<>\\;\x00-\x1f\x7f]')
+
+
+def header_filename(filename: str, fallback: str = "download") -> str:
+    """The part of a stored filename that is safe to name a download: the last path component,
+    without control, format (e.g. right-to-left override) or quoting characters. The stored
+    `filename` itself is kept exactly as sent; this is only for headers."""
+    name = re.split(r"[\\/]", filename or "")[-1]
+    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Zl", "Zp"))
+    name = _UNSAFE_IN_NAME.sub("_", name).strip(" .")[:200]
+    return name or fallback
+
+
+def content_disposition(filename: str, fallback: str = "download") -> str:
+    """RFC 6266: an ASCII `filename` for old clients and the exact UTF-8 name in `filename*`."""
+    name = header_filename(filename, fallback)
+    ascii_name = name.encode("ascii", "replace").decode().replace("?", "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def open_verified(row: File) -> Path:
+    """The stored bytes of `row`, after checking they are the bytes that were uploaded (size and sha256);
+    409 `file_corrupted` otherwise."""
+    path = Path(row.path)
+
+    def corrupted(why: str) -> ConflictError:
+        return ConflictError(f"The stored bytes of file {row.id} are damaged ({why}); they are not served. Upload "
+                             "the file again.", param="file_id", code="file_corrupted")
+
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise corrupted("missing on disk") from None
+    if size != row.bytes:
+        raise corrupted(f"{size} bytes on disk, {row.bytes} were uploaded")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != row.sha256:
+        raise corrupted("the sha256 differs from the upload's")
+    return path
+
+
 def file_path(settings: Settings, org_id: str, file_id: str) -> Path:
     return settings.files_dir / org_id / file_id
 
@@ -62,8 +110,6 @@ def create(db: Database, settings: Settings, principal: Principal, *, upload, pu
 
 def store_bytes(db: Database, settings: Settings, org_id: str, *, purpose: str, filename: str, data: bytes) -> File:
     """Write a server-made file (e.g. a job's results CSV) as a file object of `org_id`."""
-    import hashlib
-
     file_id = new_id("file", 12)
     final = file_path(settings, org_id, file_id)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +147,17 @@ def validate_stored(db: Database, settings: Settings, file_id: str, model: str |
         row.status = "processed" if data["valid"] else "error"
         row.status_details = None if data["valid"] else summarize_errors(data)
     return data
+
+
+def interrupted(db: Database) -> list[str]:
+    """After a crash: files whose upload finished but whose status was never settled. Non-fine-tune
+    files are marked processed at once; fine-tune files are returned to be validated again."""
+    with db.session() as s:
+        rows = list(s.scalars(select(File).where(File.status == "uploaded")))
+        for row in rows:
+            if row.purpose != "fine-tune":
+                row.status = "processed"
+        return [r.id for r in rows if r.purpose == "fine-tune"]
 
 
 def summarize_errors(report: dict[str, Any], n: int = 5) -> str:

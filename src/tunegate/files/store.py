@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
@@ -19,6 +21,43 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from tunegate.errors import InvalidRequestError, PayloadTooLargeError
 
 MAX_FIELD_BYTES = 64 * 1024
+MAX_BOUNDARY = 70  # RFC 2046; the multipart parser fails on much longer ones
+_HOST = socket.gethostname().replace("-", "_")[:32]
+
+
+def tmp_prefix() -> str:
+    """Temp upload names carry the writing server's host and pid, so a restarted server knows which
+    are orphans (`sweep_tmp`) even when several servers share the file store."""
+    return f".upload-{_HOST}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_tmp(tmp_dir: Path, stale_seconds: float) -> int:
+    """Delete temp uploads whose server is gone (killed mid-upload) or that stopped growing long ago.
+    Returns how many were removed."""
+    removed = 0
+    now = time.time()
+    for path in Path(tmp_dir).glob(".upload-*"):
+        parts = path.name.split("-")
+        host, pid = (parts[1], int(parts[2])) if len(parts) >= 4 and parts[2].isdigit() else (None, None)
+        try:
+            stale = now - path.stat().st_mtime > stale_seconds
+        except OSError:
+            continue
+        orphan = host == _HOST and pid is not None and (pid == os.getpid() or not _alive(pid))
+        if orphan or stale or pid is None:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 @dataclass
@@ -50,6 +89,9 @@ async def receive_upload(content_type: str | None, stream: AsyncIterator[bytes],
             "Upload files as multipart/form-data with fields `file` and `purpose` (the openai SDK does this).",
             param="file", code="invalid_content_type",
         )
+    if len(boundary) > MAX_BOUNDARY:
+        raise InvalidRequestError(f"The multipart boundary is {len(boundary)} characters; RFC 2046 allows at most "
+                                  f"{MAX_BOUNDARY}.", param="file", code="invalid_content_type")
     tmp_dir.mkdir(parents=True, exist_ok=True)
     up = Upload()
     state: dict = {"headers": {}, "hname": b"", "hval": b"", "name": None, "buf": None, "fh": None, "hash": None}
@@ -72,7 +114,7 @@ async def receive_upload(content_type: str | None, stream: AsyncIterator[bytes],
             if up.tmp_path is not None:
                 raise InvalidRequestError(f"Send exactly one `{file_field}` part.", param=file_field)
             up.filename = disp.get(b"filename", b"upload.jsonl").decode("utf-8", "replace")[:512]
-            fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=tmp_dir)
+            fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(), dir=tmp_dir)
             up.tmp_path = Path(tmp)
             state["fh"] = os.fdopen(fd, "wb")
             state["hash"] = hashlib.sha256()

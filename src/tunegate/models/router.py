@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from tunegate.api.deps import DbDep, PrincipalDep, SettingsDep
+from tunegate.files.service import content_disposition
 from tunegate.models import service
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -31,14 +32,13 @@ def download_model(model: str, db: DbDep, settings: SettingsDep, principal: Prin
     if m.adapter_path is None:
         raise InvalidRequestError(f"`{model}` is a base model; only fine-tuned adapters can be downloaded here.",
                                   param="model")
-    name = model.replace(":", "_") + ".tar.gz"
     return StreamingResponse(archive_adapter(m.adapter_path), media_type="application/gzip",
-                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+                             headers={"Content-Disposition": content_disposition(model.replace(":", "_") + ".tar.gz")})
 
 
 @router.get("/{model:path}")
 def retrieve_model(model: str, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
-    m = service.resolve(db, settings, principal, model)
+    m = service.resolve(db, settings, principal, model, verify=False)
     return {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
 
 

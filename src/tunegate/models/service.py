@@ -1,10 +1,15 @@
 """Model lookup: base models from the catalog, an organisation's fine-tuned models and checkpoints.
 
 Owns the rules of who sees which model: fine-tuned models and their checkpoints belong to one
-organisation (others get 404 exactly like unknown ids) and are listed and servable only while
-deployable (the safety gate passed, or an admin overrode it). A checkpoint shared with another
-project (`models/permissions.py`) is servable there under the same rules, as kind
-`shared-checkpoint`, without its job.
+organisation (others get 404 exactly like unknown ids) and are listed, servable and downloadable
+only when a safety gate passed for them (or an admin overrode a block, audited):
+- a fine-tuned model: the gate run at the end of its job;
+- a checkpoint: the gate passed on its job's final model, or on the checkpoint itself (the gate run
+  on demand, `POST /v1/fine_tuning/jobs/{id}/checkpoints/{checkpoint_id}/gate`). A checkpoint of a
+  running, paused, cancelled or failed job is never served before that.
+A checkpoint shared with another project (`models/permissions.py`) is servable there under the same
+rules, as kind `shared-checkpoint`, without its job. Before an adapter is served its files are
+checked against the sizes and hashes written with it.
 """
 
 from __future__ import annotations
@@ -49,8 +54,29 @@ def _shared_with(s, checkpoint: str, project_id: str) -> bool:
                                                           CheckpointPermission.project_id == project_id)) is not None
 
 
-def resolve(db: Database, settings: Settings, principal: Principal, model: str) -> ResolvedModel:
-    """The servable model named `model` for this caller, or 404 `model_not_found`."""
+def _not_gated(model: str, job_id: str, checkpoint_id: str) -> NotFoundError:
+    return NotFoundError(f"The checkpoint `{model}` has not passed the safety gate (its job did not finish with a "
+                         f"passing gate), so it is not served. Run the gate on it: POST /v1/fine_tuning/jobs/{job_id}/"
+                         f"checkpoints/{checkpoint_id}/gate.", param="model", code="model_not_gated")
+
+
+def checkpoint_gate_passed(ck: Checkpoint) -> bool:
+    return bool(ck.gate) and ck.gate.get("decision") in ("passed", "overridden")
+
+
+def resolve(db: Database, settings: Settings, principal: Principal, model: str, *, verify: bool = True
+            ) -> ResolvedModel:
+    """The servable model named `model` for this caller, or 404 `model_not_found` / `model_not_gated`,
+    or 409 `adapter_corrupted` when its stored files were damaged."""
+    resolved = _resolve(db, settings, principal, model)
+    if verify and resolved.adapter_path is not None:
+        from tunegate.registry import verify_adapter
+
+        verify_adapter(resolved.adapter_path)
+    return resolved
+
+
+def _resolve(db: Database, settings: Settings, principal: Principal, model: str) -> ResolvedModel:
     if not isinstance(model, str) or not model:
         raise InvalidRequestError("`model` is required: a base model or one of your `ft:` models.", param="model")
     if not model.startswith("ft:"):
@@ -70,10 +96,14 @@ def resolve(db: Database, settings: Settings, principal: Principal, model: str) 
             raise _not_found(model)
         job = s.get(Job, ck.job_id)
         parent = s.scalar(select(FineTunedModel).where(FineTunedModel.job_id == ck.job_id))
-    # Checkpoints of a blocked job are not servable either; nor those of a job the gate has not passed yet
-    # unless the job is still training (checkpoints are for inspecting progress).
-    if parent is not None and not parent.deployable or job.error and job.error.get("code") == "unsafe_model":
+    if ck.gate and ck.gate.get("decision") == "blocked":
         raise _blocked(model)
+    if not checkpoint_gate_passed(ck):
+        if parent is not None and not parent.deployable or job.error and job.error.get("code") == "unsafe_model":
+            raise _blocked(model)
+        if parent is None or job.status != "succeeded":
+            # Another project sees no job id: it may not run the owner's gate.
+            raise _not_gated(model, ck.job_id, ck.id) if ck.org_id == principal.org_id else _blocked(model)
     if ck.org_id != principal.org_id:  # shared with the caller's project: usable, the owner's job stays hidden
         return ResolvedModel(ck.model_id, get_base_model(job.model, settings), Path(ck.path), "shared",
                              ck.created_at, "shared-checkpoint")
@@ -99,7 +129,8 @@ def list_models(db: Database, settings: Settings, principal: Principal) -> list[
     for f in fts:
         out.append({"id": f.id, "object": "model", "created": f.created_at, "owned_by": principal.org_name})
     for c in cks:
-        if c.job_id in deployable_jobs:
+        if c.job_id in deployable_jobs and not (c.gate and c.gate.get("decision") == "blocked") \
+                or checkpoint_gate_passed(c):
             out.append({"id": c.model_id, "object": "model", "created": c.created_at, "owned_by": principal.org_name})
     return out
 

@@ -15,6 +15,7 @@ from tunegate.registry.store import (
     prune_checkpoints,
     read_meta,
     save_adapter,
+    verify_adapter,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "prune_checkpoints",
     "read_meta",
     "save_adapter",
+    "verify_adapter",
 ]

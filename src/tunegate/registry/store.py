@@ -8,21 +8,26 @@ Layout of one training run (`out_dir`, owned by the job):
 
 A folder appears under its final name only when complete (written beside it, then renamed), so a
 worker killed mid-save never leaves a half checkpoint. Owns saving, listing, pruning and loading
-these folders. Does not own what goes into trainer_state.pt (the recipe's resume state) nor
-which database rows point at them (jobs/).
+these folders, and checking them on read: `sha256.json` records every file's size and sha256 when
+the folder is written; `verify_adapter` refuses a folder whose bytes changed (truncated, corrupted)
+before it is served or downloaded. Does not own what goes into trainer_state.pt (the recipe's
+resume state) nor which database rows point at them (jobs/).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
-from tunegate.errors import NotFoundError
+from tunegate.errors import ConflictError, NotFoundError
 
 META = "meta.json"
+MANIFEST = "sha256.json"
 TRAINER_STATE = "trainer_state.pt"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -38,10 +43,78 @@ def save_adapter(model, out: Path, meta: dict[str, Any], trainer_state: dict[str
     (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
+    write_manifest(tmp)
     if out.exists():  # a re-run after a crash writes the same folder again
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Record the size and sha256 of every file in `folder` (checked by `verify_adapter`)."""
+    folder = Path(folder)
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps(files, indent=2, sort_keys=True))
+
+
+_verified: dict[str, tuple] = {}  # folder -> the (name, size, mtime) it had when its hashes last matched
+_verified_lock = threading.Lock()
+
+
+def verify_adapter(folder: Path) -> None:
+    """Raise `adapter_corrupted` (409) when the adapter's files are missing or differ from the
+    manifest written with them. Hashes are re-computed only when a file's size or mtime changed."""
+    folder = Path(folder)
+
+    def corrupted(why: str) -> ConflictError:
+        return ConflictError(f"The stored adapter is damaged ({why}); it is not served. Restore it from a backup or "
+                             "re-run the job.", param="model", code="adapter_corrupted")
+
+    missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
+    if missing:
+        raise corrupted(f"missing {', '.join(missing)}")
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():  # written before manifests existed: at least the weights must parse
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+                for name in f.keys():
+                    f.get_slice(name)
+        except Exception as exc:
+            raise corrupted(f"unreadable weights: {type(exc).__name__}") from None
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError:
+        raise corrupted("unreadable sha256.json") from None
+    stats = []
+    for name, want in sorted(manifest.items()):
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            raise corrupted(f"missing {name}") from None
+        if st.st_size != want.get("bytes"):
+            raise corrupted(f"{name} is {st.st_size} bytes, {want.get('bytes')} were written")
+        stats.append((name, st.st_size, st.st_mtime_ns))
+    key = str(folder.resolve())
+    with _verified_lock:
+        if _verified.get(key) == tuple(stats):
+            return
+    for name, want in sorted(manifest.items()):
+        if _sha256(folder / name) != want.get("sha256"):
+            raise corrupted(f"{name} does not match its sha256")
+    with _verified_lock:
+        _verified[key] = tuple(stats)
 
 
 def is_adapter_dir(path: Path) -> bool:

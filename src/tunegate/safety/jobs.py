@@ -3,13 +3,15 @@ after training, and safety-data mixing. Called by jobs/ through two hooks (`scre
 `gate_job`); the checks themselves live in screen.py and gate.py.
 
 Owns where reports are written (the job's artifact folder), the `moderation_checks` events, the
-`unsafe_training_file` / `unsafe_model` failures and their audit entries.
+`unsafe_training_file` / `unsafe_model` failures and their audit entries, and the gate run on
+demand on one checkpoint (its decision is stored on the checkpoint; the job is not changed).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 from tunegate.audit import record
@@ -159,3 +161,49 @@ def override(db: Database, job_id: str, org_id: str, actor: str, reason: str) ->
     record(db, "safety.override", org_id=org_id, actor=actor, object_id=job_id,
            details={"reason": reason, "model": model_id})
     return model_id
+
+
+_gate_lock = threading.Lock()  # one gate at a time in this process: each loads a model
+
+
+def checkpoint_dir(settings: Settings, job_id: str, checkpoint_id: str) -> Path:
+    return job_dir(settings, job_id) / "checkpoint_gates" / checkpoint_id
+
+
+def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor: str) -> dict:
+    """Run the post-training gate on one checkpoint (on demand) and record its decision on the
+    checkpoint: `passed` makes it servable, `blocked` keeps it unservable. Returns the decision."""
+    from tunegate.db import Checkpoint
+    from tunegate.ids import now
+    from tunegate.registry import verify_adapter
+    from tunegate.safety.gate import run_gate, save_report
+    from tunegate.safety.generation import AdapterGenerator
+    from tunegate.safety.moderation import get_moderator
+
+    with db.session() as s:
+        ck = s.get(Checkpoint, checkpoint_id)
+        job_id, model_id, path = ck.job_id, ck.model_id, Path(ck.path)
+        job = s.get(Job, job_id)
+        org_id, base_name = job.org_id, job.model
+    policy = org_policy(db, org_id)
+    try:
+        verify_adapter(path)
+        with _gate_lock:
+            gen = AdapterGenerator(settings, base_name, path, policy.gate.max_new_tokens)
+            report = run_gate(gen.cached_base(settings.models_dir / "safety" / "gate-base-answers"), gen.tuned,
+                              get_moderator(settings), policy)
+        save_report(report, checkpoint_dir(settings, job_id, checkpoint_id))
+        decision = {"decision": "blocked" if report.blocked else "passed", "reasons": report.reasons,
+                    "by": actor, "finished_at": now()}
+    except Exception as exc:  # a gate that could not run decides nothing: the checkpoint stays unservable
+        log.exception("gate on checkpoint %s failed", checkpoint_id)
+        decision = {"decision": "error", "reasons": [f"the gate could not run: {type(exc).__name__}: {exc}"],
+                    "by": actor, "finished_at": now()}
+    with db.session() as s:
+        s.get(Checkpoint, checkpoint_id).gate = decision
+    service.add_event(db, job_id, f"Safety gate on checkpoint {model_id}: {decision['decision']}"
+                      + (f" ({'; '.join(decision['reasons'])})" if decision["reasons"] else "") + ".",
+                      level="info" if decision["decision"] == "passed" else "error", type_="moderation_checks",
+                      data={"check": "checkpoint_gate", "checkpoint": model_id, **decision})
+    record(db, "checkpoint.gated", org_id=org_id, actor=actor, object_id=model_id, details=decision)
+    return decision

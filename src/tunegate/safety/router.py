@@ -9,16 +9,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tunegate.api.deps import AdminDep, DbDep, PrincipalDep, SettingsDep, log_unknown_fields
 from tunegate.audit import record
 from tunegate.db import Organization
-from tunegate.errors import InvalidRequestError, NotFoundError
+from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError
 from tunegate.jobs import service as jobs
 from tunegate.safety import jobs as safety_jobs
 from tunegate.safety.policy import merge_overrides, policy_from_overrides
 from tunegate.safety.schemas import ModerationCreateResponse
+from tunegate.text import check_text
 
 router = APIRouter(prefix="/v1", tags=["safety"])
 
@@ -27,6 +28,11 @@ class ModerationRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     input: Any = Field(..., description="A string, a list of strings, or a list of {type: text, text} parts.")
     model: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable(cls, data):
+        return check_text(data)
 
 
 @router.post("/moderations", response_model=ModerationCreateResponse)
@@ -41,7 +47,13 @@ async def create_moderation(body: ModerationRequest, settings: SettingsDep, prin
 
 
 def _read(path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):  # truncated or damaged on disk
+        raise ConflictError(f"The stored report {path.name} is damaged; re-run the check that wrote it.",
+                            param="fine_tuning_job_id", code="report_corrupted") from None
 
 
 @router.get("/fine_tuning/jobs/{job_id}/safety_report")
@@ -61,7 +73,12 @@ def safety_report_html(job_id: str, db: DbDep, settings: SettingsDep, principal:
     if not path.exists():
         raise NotFoundError(f"Job {job_id} has no safety gate report yet (the gate runs after training).",
                             param="fine_tuning_job_id", code="report_not_found")
-    return HTMLResponse(path.read_text(encoding="utf-8"))
+    try:
+        return HTMLResponse(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        raise ConflictError("The stored gate report is damaged; re-run the gate.", param="fine_tuning_job_id",
+                            code="report_corrupted") from None
+
 
 
 class OverrideRequest(BaseModel):
@@ -76,6 +93,51 @@ def safety_override(job_id: str, body: OverrideRequest, db: DbDep, principal: Ad
     return jobs.to_object(jobs.get(db, principal, job_id))
 
 
+def _checkpoint(db, principal, job_id: str, checkpoint_id: str):
+    from tunegate.db import Checkpoint
+
+    jobs.get(db, principal, job_id)
+    with db.session() as s:
+        ck = s.get(Checkpoint, checkpoint_id)
+    if ck is None or ck.job_id != job_id:
+        raise NotFoundError(f"No such checkpoint {checkpoint_id} of job {job_id}.", param="checkpoint_id",
+                            code="checkpoint_not_found")
+    return ck
+
+
+def _gate_object(ck, running: bool) -> dict:
+    gate = ck.gate or {}
+    return {"object": "fine_tuning.job.checkpoint.gate", "checkpoint_id": ck.id,
+            "fine_tuned_model_checkpoint": ck.model_id, "fine_tuning_job_id": ck.job_id,
+            "status": "running" if running else (gate.get("decision") or "not_gated"),
+            "reasons": gate.get("reasons", [])}
+
+
+@router.post("/fine_tuning/jobs/{job_id}/checkpoints/{checkpoint_id}/gate", status_code=202)
+async def gate_checkpoint(job_id: str, checkpoint_id: str, request: Request, db: DbDep, settings: SettingsDep,
+                          principal: PrincipalDep):
+    """Our extension: run the safety gate on one checkpoint (e.g. of a cancelled or paused job). It is
+    servable only if the gate passes; poll `GET` on the same path for the decision."""
+    ck = await asyncio.to_thread(_checkpoint, db, principal, job_id, checkpoint_id)
+    running: set | None = getattr(request.app.state, "gates_running", None)
+    if running is None:
+        running = request.app.state.gates_running = set()
+    if ck.id not in running:
+        running.add(ck.id)
+        record(db, "checkpoint.gate_requested", org_id=principal.org_id, actor=principal.key_id, object_id=ck.model_id)
+        task = asyncio.ensure_future(asyncio.to_thread(safety_jobs.gate_checkpoint, db, settings, ck.id,
+                                                       principal.key_id))
+        task.add_done_callback(lambda _t, i=ck.id: running.discard(i))
+    return _gate_object(ck, running=True)
+
+
+@router.get("/fine_tuning/jobs/{job_id}/checkpoints/{checkpoint_id}/gate")
+def checkpoint_gate(job_id: str, checkpoint_id: str, request: Request, db: DbDep, principal: PrincipalDep):
+    """The decision of the last gate run on this checkpoint (`not_gated`, `running`, `passed`, `blocked`, `error`)."""
+    ck = _checkpoint(db, principal, job_id, checkpoint_id)
+    return _gate_object(ck, running=ck.id in getattr(request.app.state, "gates_running", set()))
+
+
 @router.get("/admin/policy")
 def get_policy(db: DbDep, principal: AdminDep):
     return {"object": "safety.policy", **safety_jobs.org_policy(db, principal.org_id).model_dump()}
@@ -88,6 +150,10 @@ async def update_policy(request: Request, db: DbDep, principal: AdminDep):
         overrides = await request.json()
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequestError("Send the policy overrides as a JSON object.", code="invalid_json") from None
+    except RecursionError:
+        raise InvalidRequestError("The policy body is nested too deeply; the policy is at most 4 levels deep.",
+                                  param="policy", code="invalid_value") from None
+    check_text(overrides, "policy")  # a body nested 1,000 deep is refused before the merge recurses into it
     if not isinstance(overrides, dict):
         raise InvalidRequestError("Send the policy overrides as a JSON object, e.g. {\"runtime\": {\"input\": "
                                   "\"block\"}}.", param="policy")

@@ -6,6 +6,10 @@ client — a streamed answer is held back sentence by sentence until the text so
 moderated, so a blocked stream ends with `finish_reason: "content_filter"` without leaking the
 flagged sentence (at most the start of the next sentence in the same chunk goes out before it is
 checked; it is checked as soon as it ends).
+Input moderation reads every piece of text the model will see, whole: the content (string or text
+parts) of every message of every role, tool-call and function-call names and arguments, and `name`
+fields. Each piece is moderated in windows over its whole length (`moderation.text_windows`), never
+a truncated tail, so harm cannot hide in a role, a field or behind padding.
 Every flag and block is written to the audit log. Only an admin key may relax the policy for a
 request (the `tunegate.moderation` extension field); for anyone else that field is an error.
 """
@@ -25,7 +29,8 @@ from tunegate.safety.policy import RuntimePolicy
 
 HOLD_CHARS = 200  # streamed text is released at sentence ends, or after this many unchecked characters
 _SENTENCE_END = re.compile(r"[.!?\n]")
-MAX_CHECK_CHARS = 4000  # windows of the text's tail are checked; older text was checked already
+STREAM_OVERLAP_CHARS = 640  # a stream re-checks this much already-checked text with the new text
+MAX_INPUT_CHARS = 400_000  # far beyond any served context; a request over it is refused, never cut
 
 
 @dataclass
@@ -53,9 +58,19 @@ class RuntimeModeration:
         return cls(policy, moderator, db, principal, model)
 
     async def _flagged(self, text: str) -> list[str]:
+        return await self._flagged_any([text])
+
+    async def _flagged_any(self, texts: list[str]) -> list[str]:
+        """Categories flagged in any window of any of `texts` (each moderated whole, one batched call)."""
         from tunegate.safety.moderation import flagged_categories
 
-        return (await asyncio.to_thread(flagged_categories, self.moderator, [text[-MAX_CHECK_CHARS:]]))[0]
+        texts = [t for t in texts if t and t.strip()]
+        if not texts:
+            return []
+        out: list[str] = []
+        for cats in await asyncio.to_thread(flagged_categories, self.moderator, texts):
+            out.extend(c for c in cats if c not in out)
+        return out
 
     def _audit(self, action: str, categories: list[str]) -> None:
         record(self.db, action, org_id=self.principal.org_id, actor=self.principal.key_id, object_id=self.model,
@@ -64,10 +79,12 @@ class RuntimeModeration:
     async def check_input(self, messages: list[dict]) -> None:
         if self.policy.input == "off":
             return
-        from tunegate.catalog.template import content_text
-
-        text = "\n".join(content_text(m.get("content")) for m in messages if m.get("role") in ("user", "system"))
-        categories = await self._flagged(text)
+        texts = model_visible_texts(messages)
+        total = sum(len(t) for t in texts)
+        if total > MAX_INPUT_CHARS:
+            raise InvalidRequestError(f"The messages hold {total} characters of text; at most {MAX_INPUT_CHARS} are "
+                                      "accepted. Shorten the messages.", param="messages", code="input_too_long")
+        categories = await self._flagged_any(texts)
         if not categories:
             return
         if self.policy.input == "block":
@@ -107,8 +124,11 @@ class RuntimeModeration:
 
         async def check(index: int) -> bool:
             """Moderate the text so far; True when the choice must stop."""
-            text = released.get(index, "") + "".join(c.choices[0].delta.content or "" for c in held.get(index, []))
-            categories = await self._flagged(text)
+            # Text released earlier was checked already; its tail is re-read so that a sentence spanning
+            # the boundary is judged whole.
+            new = "".join(c.choices[0].delta.content or "" for c in held.get(index, []))
+            text = released.get(index, "") + new
+            categories = await self._flagged(text[-(len(new) + STREAM_OVERLAP_CHARS):])
             if categories and self.policy.output == "block":
                 await asyncio.to_thread(self._audit, "moderation.output_blocked", categories)
                 return True
@@ -150,3 +170,31 @@ class RuntimeModeration:
                     yield chunk
         finally:
             await chunks.aclose()
+
+
+def model_visible_texts(messages: list[dict]) -> list[str]:
+    """Every piece of text of `messages` that reaches the model (or names something it reads), each whole."""
+    from tunegate.catalog.template import content_text
+
+    out: list[str] = []
+
+    def add(value) -> None:
+        if isinstance(value, str) and value.strip():
+            out.append(value)
+
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):  # each part on its own: a part boundary must not split a window
+            for part in content:
+                add(part.get("text") if isinstance(part, dict) else None)
+        else:
+            add(content_text(content))
+        add(m.get("name"))
+        calls = list(m.get("tool_calls") or [])
+        if m.get("function_call"):
+            calls.append({"function": m["function_call"]})
+        for call in calls:
+            fn = (call or {}).get("function") or {}
+            add(fn.get("name"))
+            add(fn.get("arguments"))
+    return out

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunegate.errors import InvalidRequestError
+from tunegate.text import check_text
 
 ROLES = ("system", "user", "assistant", "tool", "developer", "function")
 MAX_N = 128  # OpenAI's own limit on `n`
@@ -38,15 +39,45 @@ UNSUPPORTED = {
 _HARMLESS = {"modalities": (["text"],), "store": (False,), "service_tier": ("auto", "default")}
 
 
+class ContentPart(BaseModel):
+    """`{"type": "text", "text": ...}`: the models served here read text only."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text"]
+    text: str
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    arguments: str
+    """JSON text, as the model wrote it."""
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
-    """One message of the conversation. Extra keys (e.g. `tool_calls`, `name`) are kept."""
+    """One message of the conversation. Extra keys are kept."""
 
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "tool", "developer", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
     """A string, or a list of `{"type": "text", "text": ...}` parts."""
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    """An assistant's earlier tool calls (rendered into the prompt)."""
+    function_call: FunctionCall | None = None
+    """The deprecated single-function form of `tool_calls`."""
+    tool_call_id: str | None = None
 
 
 class StreamOptions(BaseModel):
@@ -131,6 +162,11 @@ class ChatCompletionRequest(BaseModel):
     """`POST /v1/chat/completions`. Unknown fields are accepted (and logged by the router)."""
 
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable(cls, data):
+        return check_text(data)  # raises 400 naming the field; not a ValueError, so pydantic lets it through
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
