@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from tunegate import __version__
-from tunegate.api import errors
+from tunegate.api import errors, openapi
 from tunegate.api.guard import Guard
 from tunegate.auth import ensure_admin_key
 from tunegate.db import open_database
@@ -75,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health", include_in_schema=False)
     def health():
         return JSONResponse({"status": "ok", "version": __version__})
+
+    openapi.install(app)
 
     from tunegate.dashboard import mount
 

@@ -55,7 +55,9 @@ def setup(app: FastAPI) -> None:
 INLINE_VALIDATION_BYTES = 8 * 1024 * 1024
 
 
-@router.post("", response_model=FileObject)
+@router.post("", response_model=FileObject, openapi_extra={"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file", "purpose"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)}}}}}}})
 async def upload_file(request: Request, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
     # Each upload in flight holds a connection and a temp file: one key may not hold them all.
     active: dict[str, int] | None = getattr(request.app.state, "uploads_in_flight", None)

@@ -143,7 +143,21 @@ def get_policy(db: DbDep, principal: AdminDep):
     return {"object": "safety.policy", **safety_jobs.org_policy(db, principal.org_id).model_dump()}
 
 
-@router.post("/admin/policy")
+def setup(app) -> None:
+    """Publish the policy body's schema (every field optional: the body is a partial, nested override)."""
+    from tunegate.safety.policy import SafetyPolicy
+
+    schema = SafetyPolicy.model_json_schema(ref_template="#/components/schemas/SafetyPolicyOverrides_{model}")
+    defs = schema.pop("$defs", {})
+    components = getattr(app.state, "openapi_components", None) or {}
+    for name, model in [("SafetyPolicyOverrides", schema), *((f"SafetyPolicyOverrides_{k}", v) for k, v in defs.items())]:
+        model.pop("required", None)
+        components[name] = model
+    app.state.openapi_components = components
+
+
+@router.post("/admin/policy", openapi_extra={"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/SafetyPolicyOverrides"}}}}})
 async def update_policy(request: Request, db: DbDep, principal: AdminDep):
     """Admin only: partial, nested overrides of the organisation's safety policy (validated, audited)."""
     try:

@@ -82,8 +82,9 @@ class RuntimeModeration:
         texts = model_visible_texts(messages)
         total = sum(len(t) for t in texts)
         if total > MAX_INPUT_CHARS:
-            raise InvalidRequestError(f"The messages hold {total} characters of text; at most {MAX_INPUT_CHARS} are "
-                                      "accepted. Shorten the messages.", param="messages", code="input_too_long")
+            raise InvalidRequestError(f"The messages hold {total} characters of text, more than any served model's "
+                                      f"context (at most {MAX_INPUT_CHARS} characters are accepted). Shorten the "
+                                      "messages.", param="messages", code="context_length_exceeded")
         categories = await self._flagged_any(texts)
         if not categories:
             return
