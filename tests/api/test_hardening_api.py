@@ -218,6 +218,14 @@ def test_input_moderation_reads_every_text_whole(srv, blocking_admin, messages):
     assert r.json()["error"]["code"] == "content_policy_violation"
 
 
+def test_input_moderation_reads_tool_definitions(srv, blocking_admin):
+    tools = [{"type": "function", "function": {"name": "helper", "description": HARM,
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    r = _chat(srv, {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "tools": tools, "max_tokens": 2},
+              key=blocking_admin)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "content_policy_violation", r.text
+
+
 def test_harmless_text_in_every_role_still_passes(srv, blocking_admin):
     messages = [{"role": "system", "content": "You are helpful."}, {"role": "developer", "content": "Be brief."},
                 {"role": "user", "content": "What is the capital of France?"},

@@ -17,6 +17,7 @@ request (the `tunegate.moderation` extension field); for anyone else that field 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -76,10 +77,11 @@ class RuntimeModeration:
         record(self.db, action, org_id=self.principal.org_id, actor=self.principal.key_id, object_id=self.model,
                details={"categories": categories})
 
-    async def check_input(self, messages: list[dict]) -> None:
+    async def check_input(self, messages: list[dict], tools: list[dict] | None = None) -> None:
+        """`tools` (rendered into the prompt) are read too: their names, descriptions and parameter schemas."""
         if self.policy.input == "off":
             return
-        texts = model_visible_texts(messages)
+        texts = model_visible_texts(messages, tools)
         total = sum(len(t) for t in texts)
         if total > MAX_INPUT_CHARS:
             raise InvalidRequestError(f"The messages hold {total} characters of text, more than any served model's "
@@ -173,8 +175,9 @@ class RuntimeModeration:
             await chunks.aclose()
 
 
-def model_visible_texts(messages: list[dict]) -> list[str]:
-    """Every piece of text of `messages` that reaches the model (or names something it reads), each whole."""
+def model_visible_texts(messages: list[dict], tools: list[dict] | None = None) -> list[str]:
+    """Every piece of text of `messages` and `tools` that reaches the model (or names something it
+    reads), each whole."""
     from tunegate.catalog.template import content_text
 
     out: list[str] = []
@@ -198,4 +201,10 @@ def model_visible_texts(messages: list[dict]) -> list[str]:
             fn = (call or {}).get("function") or {}
             add(fn.get("name"))
             add(fn.get("arguments"))
+    for tool in tools or []:
+        fn = (tool or {}).get("function") or {}
+        add(fn.get("name"))
+        add(fn.get("description"))
+        if fn.get("parameters"):
+            add(json.dumps(fn["parameters"], ensure_ascii=False))
     return out

@@ -133,7 +133,8 @@ async def _prepare(app, principal, body: ChatCompletionRequest):
     resolved = await asyncio.to_thread(resolve, app.state.db, app.state.settings, principal, body.model)
     model = ServableModel(resolved.id, resolved.base, resolved.adapter_path)
     moderation = await _moderation(app, principal, body, model.id)
-    await moderation.check_input([m.model_dump() for m in body.messages])
+    await moderation.check_input([m.model_dump() for m in body.messages],
+                                 tools=[t.model_dump() for t in body.tools or []])
     return model, moderation
 
 
