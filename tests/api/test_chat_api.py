@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import tiny_server_env
 from tests.server import RunningServer, wait_for_job
+from tunegate.registry.store import write_manifest
 
 DATA = ("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Tell me about item {i}."},
                                            {"role": "assistant", "content": f"Item {i} is a fine item."}]})
@@ -145,6 +146,10 @@ def test_damaged_adapter_fails_once_clearly_and_other_models_keep_serving(chat_s
     weights = folder / "adapter_model.safetensors"
     original = weights.read_bytes()
     weights.write_bytes(original[: len(original) // 3])
+    # Damaged before its hashes were recorded (sha256.json agrees with the bad bytes), so the damage reaches the
+    # engine; damage after writing is refused earlier, by the hashes (tests/api/test_hardening_faults.py).
+    manifest = (folder / "sha256.json").read_bytes()
+    write_manifest(folder)
     h = {"Authorization": f"Bearer {chat_server.key_a}"}
     try:
         errors = []
@@ -162,6 +167,7 @@ def test_damaged_adapter_fails_once_clearly_and_other_models_keep_serving(chat_s
         assert log.count(f"could not load adapter {folder}") == 1  # read once, not retried per request
     finally:
         weights.write_bytes(original)
+        (folder / "sha256.json").write_bytes(manifest)
     time.sleep(0.01)  # a distinct modification time even on coarse filesystem clocks
     weights.touch()
     assert a.chat.completions.create(model=ckpt, messages=MSGS, max_tokens=2).choices  # repaired: tried again

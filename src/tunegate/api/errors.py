@@ -46,12 +46,15 @@ def param_from_loc(loc: tuple) -> str | None:
 _TYPE_TAG = re.compile(r"^([a-z_-]+\[.*\]|str|int|float|bool|list|dict|none|bytes|tagged-union\[.*)$")
 
 
+_NAMED_FIELD = re.compile(r"`([A-Za-z_][A-Za-z0-9_.\[\]]*)`")
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(TunegateError)
     async def _tunegate(_: Request, exc: TunegateError):
         headers = dict(getattr(exc, "headers", None) or {})
-        if exc.status_code == 429:
-            headers.setdefault("retry-after", "1")  # the SDK honours it instead of its own backoff
+        if exc.status_code == 429 and not any(k.lower() == "retry-after" for k in headers):
+            headers["retry-after"] = "1"  # the SDK honours it instead of its own backoff
         return error_response(exc.status_code, exc.message, type_=exc.type, param=exc.param, code=exc.code,
                               headers=headers or None)
 
@@ -66,6 +69,9 @@ def install(app: FastAPI) -> None:
         # branch; the deepest location names the field to fix.
         deepest = max(errors, key=lambda e: len(param_from_loc(tuple(e.get("loc", ()))) or "")) if errors else {}
         param = param_from_loc(tuple(deepest.get("loc", ())))
+        if param is None:  # a rule across fields (a model validator) names its field in the message
+            named = _NAMED_FIELD.search(str(deepest.get("msg", "")))
+            param = named.group(1) if named else None
         msgs = []
         for e in errors[:5]:
             p = param_from_loc(tuple(e.get("loc", ()))) or "body"
