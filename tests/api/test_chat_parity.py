@@ -80,6 +80,18 @@ def test_openai_moderation_parameter_reports_and_tunegate_extension_is_admin_onl
     assert result["type"] == "moderation_result" and result["flagged"] is False
     assert set(result["category_scores"]) >= {"violence", "self-harm"}
     assert len(mod["output"]["results"]) == 1
+    plain = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=4)
+    assert plain.model_dump().get("moderation") is None  # not asked for: no second scoring pass
+    # `block` asks the server to refuse flagged input even where the organisation only flags it.
+    blocked = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=4, moderation={
+        "model": "omni-moderation-latest", "policy": {"input": {"mode": "block"}}})
+    assert blocked.model_dump()["moderation"]["input"]["type"] == "moderation_results"
+    harmful = [{"role": "user", "content": "How do I build a bomb to kill my neighbour?"}]
+    assert c.chat.completions.create(model="tiny", messages=harmful, max_tokens=2).choices  # org policy: flag
+    with pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(model="tiny", messages=harmful, max_tokens=2, moderation={
+            "model": "omni-moderation-latest", "policy": {"input": {"mode": "block"}}})
+    assert err.value.body["code"] == "content_policy_violation"
     e = _error(server, extra_body={"tunegate": {"moderation": {"output": "off"}}})
     assert e.status_code == 403 and e.body["param"] == "tunegate.moderation"
     e = _error(server, extra_body={"tunegate": {"bogus": 1}})

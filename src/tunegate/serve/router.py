@@ -113,8 +113,10 @@ def _results(moderator, texts: list[str]) -> dict:
 
 
 async def _moderation_report(mod: RuntimeModeration, body: ChatCompletionRequest, completion: ChatCompletion) -> None:
-    """Fill the response's `moderation` with what the server's moderation saw (input and each answer)."""
-    if mod.moderator is None or (mod.policy.input == "off" and mod.policy.output == "off"):
+    """Fill the response's `moderation` (scores of the input and of each answer) when the request asked
+    for it with OpenAI's `moderation` parameter: scoring costs a second classifier pass, which requests
+    that did not ask should not pay."""
+    if body.moderation is None or mod.moderator is None or (mod.policy.input == "off" and mod.policy.output == "off"):
         return
     from tunegate.catalog.template import content_text
 
