@@ -149,7 +149,9 @@ def main() -> None:
                    str(args.model_path), "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads",
                    str(args.threads), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
                    "--micro-batch-tokens", str(args.micro_batch_tokens)]
-            subprocess.run(cmd, env=worker_env(args.threads), check=True)
+            if subprocess.run(cmd, env=worker_env(args.threads)).returncode != 0:
+                print(f"{v} failed (see above); left out of the table", file=sys.stderr)
+                continue
             results[v] = json.loads((work / f"{v}.json").read_text())
     tokens = sum(len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
                  for r in sft_rows) / len(pairs)

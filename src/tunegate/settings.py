@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     python_graders: bool = Field(default=False, description="Allow `python` graders (user code, run sandboxed: no "
                                                             "network, limited memory/CPU, timeout). Admin's choice.")
     python_grader_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    regression_check: Literal["warn", "block", "off"] = Field(
+        default="warn", description="After training: base vs fine-tuned on the closed-book set and the validation "
+                                    "file; a significant rise in confidently wrong answers warns or blocks.")
 
     @property
     def db_url(self) -> str:

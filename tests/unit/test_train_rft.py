@@ -26,9 +26,9 @@ def _prompts(path: Path, n: int, offset: int = 0) -> Path:
 
 
 def test_one_grpo_update_favours_the_answer_with_the_higher_advantage(tiny_model_path):
+    from tunegate.train.data import Example
     from tunegate.train.lora import build_model, choose_precision, trainable_parameters
     from tunegate.train.rft import _token_logps, grpo_loss
-    from tunegate.train.data import Example
 
     config = TrainConfig(base_model="tiny", base_model_path=str(tiny_model_path), template_sha256="",
                          training_file="x", lora_dropout=0.0, seed=1)
