@@ -21,6 +21,7 @@ log = logging.getLogger("tunegate")
 
 # Stage routers, left to right along the data flow. Each module exposes `router`.
 ROUTERS = [
+    "tunegate.catalog.router",
     "tunegate.files.router",
     "tunegate.files.uploads_router",
     "tunegate.jobs.router",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tunegate.catalog.convert import SMOLLM2_DIST, SMOLLM2_GGUF, SMOLLM2_PACKAGE, convert_gguf, package_dir
+from tunegate.catalog.features import TemplateFeatures, effective_template_sha256, template_features
 from tunegate.errors import NotFoundError
 from tunegate.settings import Settings
 
@@ -22,18 +23,27 @@ class BaseModelInfo:
     path: Path
     context_length: int
     chat_template: str
-    template_sha256: str
+    template_sha256: str  # the template plus tunegate's conversions for it (features.effective_template_sha256)
     created: int
+    features: TemplateFeatures | None = None
+
+
+def _folders(settings: Settings) -> dict[str, Path]:
+    """Registered folders: `tunegate models add` (data dir) overridden by TUNEGATE_BASE_MODELS."""
+    from tunegate.catalog.local import registered_models
+
+    return {**registered_models(settings), **settings.base_models}
 
 
 def list_base_models(settings: Settings) -> list[str]:
-    return [DEFAULT_MODEL, *sorted(n for n in settings.base_models if n != DEFAULT_MODEL)]
+    return [DEFAULT_MODEL, *sorted(n for n in _folders(settings) if n != DEFAULT_MODEL)]
 
 
 def resolve_path(name: str, settings: Settings) -> Path:
     """The HF folder of base model `name`, converting the packaged GGUF on first use."""
-    if name in settings.base_models:
-        path = Path(settings.base_models[name])
+    folders = _folders(settings)
+    if name in folders:
+        path = Path(folders[name])
         if not (path / "config.json").exists():
             raise NotFoundError(
                 f"Base model `{name}` is registered at {path}, but that folder has no config.json. "
@@ -73,14 +83,17 @@ def get_base_model(name: str, settings: Settings) -> BaseModelInfo:
 def _info(name: str, path: str) -> BaseModelInfo:
     folder = Path(path)
     config = json.loads((folder / "config.json").read_text())
-    template = _tokenizer_locked(path).chat_template or ""
+    tokenizer = _tokenizer_locked(path)
+    template = tokenizer.chat_template or ""
+    features = template_features(tokenizer)
     return BaseModelInfo(
         name=name,
         path=folder,
         context_length=int(config.get("max_position_embeddings") or 2048),
         chat_template=template,
-        template_sha256=template_sha256(template),
+        template_sha256=effective_template_sha256(template, features),
         created=int((folder / "config.json").stat().st_mtime),
+        features=features,
     )
 
 

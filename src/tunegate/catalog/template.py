@@ -9,6 +9,13 @@ characters before rendering; after rendering the sentinels are cut out and their
 the character spans, extended over the end-of-turn token that the template writes right after
 the content. Character spans become token masks through the fast tokenizer's offsets.
 
+Model families differ in what their templates accept and write (catalog/features.py probes it):
+a template without a system role gets the system message folded into the first user turn, one that
+trims contents gets trained contents trimmed before they are marked, and the end-of-turn token
+trained after each answer is the one the template writes (`<|eot_id|>`, `<end_of_turn>`, `<|end|>`),
+not necessarily `eos_token`. The marked render is checked against the plain render every time, so
+a template that edits contents in a way the marks cannot follow is an error, never a wrong mask.
+
 Two fast paths, each proven equal to the general one by tests: plain ChatML templates (proven by
 probe renders per tokenizer) are written directly, spans included, without Jinja or sentinels;
 `count_rendered` gives the token counts of `tokenize_rendered` without building masks in Python.
@@ -22,6 +29,9 @@ from dataclasses import dataclass
 from itertools import starmap
 from operator import ge, itemgetter
 from typing import Any
+
+from tunegate.catalog.features import CONTENT_EDITS, adapt_messages, template_features
+from tunegate.errors import InvalidRequestError
 
 # Unicode private-use characters: never produced by tokenizers' normalisers, never in real chat data.
 _OPEN = "\ue000"
@@ -103,9 +113,10 @@ def with_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
     return [{"role": "system", "content": block}, *messages]
 
 
-def normalize_messages(messages: list[dict], *, mark_trained: bool, marks: tuple[str, str] = (_OPEN, _CLOSE)
-                       ) -> list[dict]:
-    """Plain `{"role", "content"}` dicts the template understands; trained content gets sentinels."""
+def normalize_messages(messages: list[dict], *, mark_trained: bool, marks: tuple[str, str] = (_OPEN, _CLOSE),
+                       edit=None) -> list[dict]:
+    """Plain `{"role", "content"}` dicts the template understands; trained content gets sentinels
+    (after `edit`, the whitespace edit the template itself makes to contents)."""
     out = []
     for m in messages:
         role = m.get("role")
@@ -116,7 +127,7 @@ def normalize_messages(messages: list[dict], *, mark_trained: bool, marks: tuple
         if role == "function":
             role = "tool"
         if mark_trained and role == "assistant" and m.get("weight", 1) != 0:
-            text = marks[0] + text + marks[1]
+            text = marks[0] + (edit(text) if edit else text) + marks[1]
         out.append({"role": role, "content": text})
     return out
 
@@ -165,6 +176,7 @@ def _apply(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
     default_system = chatml_default_system(tokenizer)
     if default_system is not None:  # ~10x faster than Jinja, identical output (see above)
         return _chatml(messages, default_system, add_generation_prompt)
+    messages = adapt_messages(messages, template_features(tokenizer))
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
@@ -201,19 +213,25 @@ def _chatml_with_spans(messages: list[dict], default_system: str, eos: str) -> R
     return Rendered(text, spans)
 
 
+def end_of_turn(tokenizer) -> str:
+    """The token trained after each assistant content (and a stop token when serving)."""
+    return template_features(tokenizer).eot_token or tokenizer.eos_token or ""
+
+
 def render_with_spans(tokenizer, messages: list[dict]) -> Rendered:
     default_system = chatml_default_system(tokenizer)
     if default_system is not None:
-        return _chatml_with_spans(messages, default_system, tokenizer.eos_token or "")
+        return _chatml_with_spans(messages, default_system, end_of_turn(tokenizer))
     marks = (_OPEN, _CLOSE)
-    marked = _apply(tokenizer, normalize_messages(messages, mark_trained=True))
+    edit = CONTENT_EDITS[template_features(tokenizer).content_edit]
+    marked = _apply(tokenizer, normalize_messages(messages, mark_trained=True, edit=edit))
     n_trained = sum(1 for m in messages if m.get("role") == "assistant" and m.get("weight", 1) != 0)
     if marked.count(_OPEN) > n_trained or marked.count(_CLOSE) > n_trained:
         # A message contains a sentinel character itself: render again with characters it does not contain.
         marks = _free_marks(marked)
-        marked = _apply(tokenizer, normalize_messages(messages, mark_trained=True, marks=marks))
+        marked = _apply(tokenizer, normalize_messages(messages, mark_trained=True, marks=marks, edit=edit))
     open_mark, close_mark = marks
-    eos = tokenizer.eos_token or ""
+    eos = end_of_turn(tokenizer)
     text_parts: list[str] = []
     spans: list[tuple[int, int]] = []
     pos = 0  # position in the output text
@@ -234,11 +252,23 @@ def render_with_spans(tokenizer, messages: list[dict]) -> Rendered:
         # The end-of-turn token the template writes after the content is trained too.
         span_end = pos + len(eos) if eos and marked.startswith(eos, i) else pos
         spans.append((span_start, span_end))
-    return Rendered("".join(text_parts), spans)
+    text = "".join(text_parts)
+    # Templates may edit contents by position (Qwen 3 strips only the last answer's leading newlines):
+    # the marks must leave exactly the text the model sees, or the mask would be wrong.
+    if text != _apply(tokenizer, normalize_messages(messages, mark_trained=False)):
+        raise InvalidRequestError(
+            "The model's chat template changes an assistant message's content (e.g. trims whitespace) in a way that "
+            "hides which tokens are the answer. Remove leading and trailing whitespace from the assistant contents.",
+            param="messages", code="template_error")
+    return Rendered(text, spans)
 
 
-def _loss_mask(offsets, spans: list[tuple[int, int]]) -> list[int]:
-    """1 for each token that starts inside a trained span (and covers at least one character)."""
+def _loss_mask(offsets, spans: list[tuple[int, int]], text: str) -> list[int]:
+    """1 for each token that starts inside a trained span (and covers at least one character), and
+    for a token that starts before a span but reaches a non-space character of it: Mistral's template
+    writes `' ' + content` and the tokenizer merges that space into the answer's first word, which is
+    then the answer's first token. (Leading whitespace of an answer merged into the template's tokens
+    stays untrained: the prompt at serving time ends with those tokens.)"""
     mask = [0] * len(offsets)
     k = 0
     for t, (s, e) in enumerate(offsets):
@@ -246,19 +276,20 @@ def _loss_mask(offsets, spans: list[tuple[int, int]]) -> list[int]:
             k += 1
         if k == len(spans):
             break
-        if e > s and spans[k][0] <= s < spans[k][1]:
+        a, b = spans[k]
+        if e > s and (a <= s < b or (s < a < e and not text[a:e].isspace())):
             mask[t] = 1
     return mask
 
 
 def tokenize_rendered(tokenizer, rendered: list[Rendered]) -> list[Tokenized]:
-    """One batched fast-tokenizer pass; a token is trained when it starts inside a trained span."""
+    """One batched fast-tokenizer pass; which tokens are trained: see `_loss_mask`."""
     if not rendered:
         return []
     enc = tokenizer(
         [r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
     )
-    return [Tokenized(list(ids), _loss_mask(offsets, r.spans) if r.spans else [0] * len(ids))
+    return [Tokenized(list(ids), _loss_mask(offsets, r.spans, r.text) if r.spans else [0] * len(ids))
             for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"])]
 
 
@@ -282,12 +313,14 @@ def count_rendered(tokenizer, rendered: list[Rendered], max_len: int | None = No
             continue
         offsets = enc.offsets
         if offsets != sorted(offsets):  # never seen, but then the sweep's order matters: use it as is
-            mask = _loss_mask(offsets, r.spans)
+            mask = _loss_mask(offsets, r.spans, r.text)
             out.append((n, sum(mask), sum(mask[:limit])))
             continue
         trained = kept = 0
         for a, b in r.spans:  # tokens starting in [a, b): a slice of the sorted offsets
             lo = bisect_left(offsets, a, key=_start)
+            if lo and offsets[lo - 1][1] > a and not r.text[a:offsets[lo - 1][1]].isspace():
+                lo -= 1  # a token reaching into the span's text from before it (see _loss_mask)
             hi = bisect_left(offsets, b, lo=lo, key=_start)
             # Tokens covering no character are never trained (ge(start, end) is True for them).
             in_span = hi - lo - sum(starmap(ge, offsets[lo:hi]))

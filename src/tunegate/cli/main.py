@@ -7,7 +7,7 @@ import importlib
 
 from tunegate.cli.app import app
 
-COMMAND_MODULES = ["serve", "keys", "validate", "jobs", "chat", "export", "audit", "demo"]
+COMMAND_MODULES = ["serve", "keys", "validate", "models", "jobs", "chat", "export", "audit", "demo"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"tunegate.cli.{_name}")

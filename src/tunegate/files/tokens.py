@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
+from tunegate.catalog.features import UnsupportedRoleError
 from tunegate.catalog.template import Rendered, count_rendered, render_with_spans
 
 # A batch goes to the tokenizer at this many examples or characters (long lines bound the memory).
@@ -110,6 +111,9 @@ class TokenCounter:
     def add(self, line: int, messages: list[dict]) -> None:
         try:
             rendered = render_with_spans(self.tokenizer, messages)
+        except UnsupportedRoleError as exc:  # a role this model's template rejects: say which, and the fix
+            self.report(exc.code, line, "messages", exc.message, True)
+            return
         except Exception as exc:  # a template may raise anything: jinja2 errors, its own raise_exception()
             self.report("template_error", line, "messages", f"The model's chat template cannot render this example "
                         f"({str(exc)[:200]}). Change the messages so the template accepts them, e.g. put the roles "

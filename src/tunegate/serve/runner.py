@@ -93,6 +93,9 @@ class ModelRunner:
         self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
             self.eos.add(self.tokenizer.eos_token_id)
+        eot = base.features.eot_token_id if base.features else None
+        if eot is not None:  # the template's end of turn (Gemma's <end_of_turn>, Phi 3's <|end|>) ends an answer
+            self.eos.add(eot)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.stats = {"prefills": 0, "decode_steps": 0, "max_batch": 0, "mixed_adapter_steps": 0,
                       "adapter_loads": 0, "adapter_load_failures": 0, "forward_s": 0.0}

@@ -70,7 +70,10 @@ def constraints(request: ChatCompletionRequest, tokenizer, vocab_size: int) -> t
                                               mode=mode, parallel=request.parallel_tool_calls is not False,
                                               text_schema=schema)
     if grammar is not None:
-        eos = tuple(i for i in {tokenizer.eos_token_id} if i is not None)
+        from tunegate.catalog.features import template_features
+
+        eot = template_features(tokenizer).eot_token_id  # the template's end of turn ends an answer too
+        eos = tuple(i for i in {tokenizer.eos_token_id, eot} if i is not None)
         out.append(structured.GrammarProcessorFactory(grammar, tokenizer, eos))
     return tuple(out)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from tunegate.catalog import load_pretrained
-from tunegate.train.config import TrainConfig
+from tunegate.train.config import DEFAULT_TARGET_MODULES, TrainConfig
 from tunegate.train.packing import PACKED_ATTENTION, PackedRow
 
 
@@ -55,11 +55,16 @@ def build_model(config: TrainConfig, precision: Precision):
     base = load_pretrained(AutoModelForCausalLM, config.base_model_path, dtype=torch.float32,
                            attn_implementation=PACKED_ATTENTION)
     base.config.use_cache = False
+    targets = list(config.target_modules)
+    if config.target_modules == DEFAULT_TARGET_MODULES:
+        # Phi 3/4 fuse q/k/v into qkv_proj and gate/up into gate_up_proj: the default trains those too.
+        names = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
+        targets += [fused for fused in ("qkv_proj", "gate_up_proj") if fused in names]
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
+        target_modules=targets,
         bias="none",
         task_type="CAUSAL_LM",
     )

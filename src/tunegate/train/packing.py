@@ -38,6 +38,10 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout=
         value = value.repeat_interleave(groups, dim=1)
     if query.dtype != value.dtype:  # rotary embeddings may upcast q/k under autocast
         query, key = query.to(value.dtype), key.to(value.dtype)
+    softcap, window = kwargs.get("softcap"), kwargs.get("sliding_window")
+    if softcap or (window and max(e - s for s, e in zip(bounds[:-1], bounds[1:])) > window):
+        # Gemma 2/3 cap attention logits and use local layers; SDPA's kernel can do neither.
+        return _capped_attention(query, key, value, bounds, scaling, softcap, window), None
     outs = [
         F.scaled_dot_product_attention(
             query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout, is_causal=True, scale=scaling
@@ -46,6 +50,25 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout=
     ]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _capped_attention(query, key, value, bounds, scaling, softcap, window):
+    """Per example, in plain torch: tanh-capped scores (Gemma) and a causal sliding window."""
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    outs = []
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        scores = torch.matmul(query[:, :, s:e], key[:, :, s:e].transpose(-1, -2)) * scale
+        if softcap:
+            scores = torch.tanh(scores / softcap) * softcap
+        i = torch.arange(e - s, device=query.device)
+        allowed = i[None, :] <= i[:, None]
+        if window:
+            allowed &= i[:, None] - i[None, :] < window
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+        outs.append(torch.matmul(probs, value[:, :, s:e]))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return out.transpose(1, 2).contiguous()
 
 
 AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
