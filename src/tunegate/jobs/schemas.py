@@ -66,6 +66,10 @@ class JobOptions(BaseModel):
     max_seq_len: int | None = Field(None, ge=16, le=131072)
     n_workers: int | None = Field(None, ge=1, le=64)
     """Data-parallel ranks for this job (torch.distributed; each trains a slice of every batch, same result)."""
+    quantization: Literal["nf4"] | None = None
+    """QLoRA: train LoRA on a 4-bit NF4 base (CUDA + bitsandbytes; 400 `quantization_unavailable` elsewhere)."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in backward: long contexts in less memory, ~30% slower steps."""
     safety_mixing: bool | None = None
     """Admin only when false: mix the project's refusal examples into the data (default on)."""
     skip_screening: bool = False

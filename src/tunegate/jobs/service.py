@@ -76,6 +76,10 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
                                   f"{', '.join(list_base_models(settings))}.", param="model", code="model_not_available")
     method = _requested_method(body)
     options = body.tunegate.model_dump(exclude_none=True) if body.tunegate else {}
+    if options.get("quantization"):  # refused now, not as a failed job later
+        from tunegate.train.lora import require_qlora
+
+        require_qlora("tunegate.quantization")
     restricted = body.tunegate.admin_only() if body.tunegate else []
     if restricted and not principal.is_admin:
         raise InvalidRequestError(f"Only an admin key may set `tunegate.{restricted[0]}`: safety steps cannot be "

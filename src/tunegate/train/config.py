@@ -74,6 +74,9 @@ class TrainConfig:
     rft_kl_coef: float = 0.04  # reinforcement: weight of the KL to the adapter-off model
     init_adapter: str | None = None  # continued fine-tuning: the parent adapter folder whose weights start training
     parent_model: str | None = None  # continued fine-tuning: the `ft:` model or checkpoint it came from (lineage)
+    # GPU options (train/lora.py): a 4-bit NF4 base (QLoRA, CUDA + bitsandbytes only) and activation recompute.
+    quantization: str | None = None  # None | "nf4"
+    gradient_checkpointing: bool = False
 
     @staticmethod
     def base_learning_rate() -> float:
@@ -112,6 +115,7 @@ class TrainConfig:
         need(2 <= self.rft_group_size <= 64, "rft_group_size", "use 2..64 answers per prompt")
         need(1 <= self.rft_max_tokens <= 4096, "rft_max_tokens", "use 1..4096 tokens")
         need(self.rft_kl_coef >= 0, "rft_kl_coef", "use a number >= 0")
+        need(self.quantization in (None, "nf4"), "quantization", 'use "nf4" (QLoRA) or null')
         if problems:
             text = "; ".join(f"`{name}` is invalid: {fix}" for name, fix in problems)
             raise InvalidRequestError(f"Invalid training configuration: {text}.", param=problems[0][0],

@@ -47,13 +47,44 @@ def choose_precision(config: TrainConfig) -> Precision:
     return Precision(device, None)
 
 
+def require_qlora(param: str = "quantization") -> None:
+    """QLoRA needs a CUDA GPU and bitsandbytes; anything else is a clear 400, never a crash mid-job."""
+    from tunegate.errors import InvalidRequestError
+
+    if not torch.cuda.is_available():
+        raise InvalidRequestError(f'`{param}` "nf4" (QLoRA) needs a CUDA GPU and this server has none; leave it unset '
+                                  "to train LoRA on the full-precision base.", param=param,
+                                  code="quantization_unavailable")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise InvalidRequestError(f'`{param}` "nf4" (QLoRA) needs the `bitsandbytes` package on the server: '
+                                  "pip install 'tunegate[gpu]'.", param=param, code="quantization_unavailable") from None
+
+
 def build_model(config: TrainConfig, precision: Precision):
     """The base model with fresh LoRA adapters; LoRA init depends only on the config's seed."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = load_pretrained(AutoModelForCausalLM, config.base_model_path, dtype=torch.float32,
-                           attn_implementation=PACKED_ATTENTION)
+    if config.quantization == "nf4":
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        require_qlora()
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+        base = load_pretrained(AutoModelForCausalLM, config.base_model_path, dtype=torch.bfloat16,
+                               attn_implementation=PACKED_ATTENTION, quantization_config=quant,
+                               device_map={"": precision.device})
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=config.gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base = load_pretrained(AutoModelForCausalLM, config.base_model_path, dtype=torch.float32,
+                               attn_implementation=PACKED_ATTENTION)
+        if config.gradient_checkpointing:
+            # Recompute each layer's activations in backward: memory per token drops to ~one layer's worth.
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     base.config.use_cache = False
     targets = list(config.target_modules)
     if config.target_modules == DEFAULT_TARGET_MODULES:
@@ -78,7 +109,24 @@ def build_model(config: TrainConfig, precision: Precision):
                                   param="target_modules", code="invalid_training_config") from exc
     if config.init_adapter:  # continued fine-tuning: the parent's LoRA weights are the starting point
         load_adapter_weights(model, Path(config.init_adapter))
-    return model.to(precision.device)
+    return model if config.quantization else model.to(precision.device)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure under a memory limit (a plain RuntimeError)."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def fit_micro_batch_tokens(free_bytes: int, config, n_layers: int, hidden: int, vocab: int) -> int:
+    """Tokens per micro-batch that fit `free_bytes` with room to spare (CUDA only; OOM retry is the safety net).
+
+    Per token and layer about 34 x hidden bytes of bf16 activations are kept for backward (Korthikanti et al.
+    2022, flash attention: no seq^2 term), one layer's worth with gradient checkpointing; plus fp32 logits and
+    their gradient over the vocabulary at trained positions (at most every token)."""
+    per_token = 34 * hidden * (1 if config.gradient_checkpointing else n_layers) + 8 * vocab
+    fitted = int(0.6 * free_bytes / per_token)
+    return max(256, min(65_536, 1 << max(fitted, 1).bit_length() - 1))
 
 
 def load_adapter_weights(model, adapter_dir: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 
 from tunegate.catalog import load_tokenizer
-from tunegate.errors import InvalidRequestError
+from tunegate.errors import InvalidRequestError, ServerError
 from tunegate.registry.store import TRAINER_STATE, latest_checkpoint, list_checkpoints, prune_checkpoints, save_adapter
 from tunegate.train.config import TrainConfig
 from tunegate.train.distributed import Group
@@ -33,7 +33,9 @@ from tunegate.train.lora import (
     StepStats,
     build_model,
     choose_precision,
+    fit_micro_batch_tokens,
     forward_loss,
+    is_out_of_memory,
     load_adapter_weights,
     trainable_parameters,
 )
@@ -108,6 +110,10 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
                  f"{config.learning_rate:g}, LoRA r={config.lora_r} on {', '.join(config.target_modules)}, "
                  f"{precision.device.type} {'bf16' if precision.autocast_dtype else 'fp32'}.")
     results = ResultsWriter(out_dir / "results.csv", resume_step=step) if group.is_main else None
+    micro_tokens = _initial_micro_batch_tokens(model, config, precision, say)
+    started, started_tokens = time.perf_counter(), trained_tokens
+    if precision.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(precision.device)
 
     def save_checkpoint(epoch: int) -> Path | None:
         if not group.is_main:  # every rank holds the same weights and optimizer state: save once
@@ -128,7 +134,8 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
         for index in range(step - epoch * per_epoch, per_epoch):
             batch = [train.examples[i] for i in batches[index]]
             learning_rate = scheduler.get_last_lr()[0]
-            stats, grad_norm = _optimizer_step(model, optimizer, params, batch, config, precision, group)
+            stats, grad_norm, micro_tokens = _step_with_oom_retry(model, optimizer, params, batch, config,
+                                                                  micro_tokens, precision, group, say)
             scheduler.step()
             step += 1
             trained_tokens += stats.n_tokens
@@ -136,6 +143,8 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
                 "step": step, "total_steps": total_steps, "epoch": epoch + 1,
                 "train_loss": stats.loss, "train_mean_token_accuracy": stats.accuracy,
                 "trained_tokens": trained_tokens, "learning_rate": learning_rate, "grad_norm": grad_norm,
+                "tokens_per_second": (trained_tokens - started_tokens) / max(time.perf_counter() - started, 1e-9),
+                "peak_memory_mb": _peak_memory_mb(precision), "micro_batch_tokens": micro_tokens,
             }
 
             # ---- evaluate: one validation batch every step, the whole validation set at epoch end
@@ -171,11 +180,58 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
                                                trained_tokens))
     group.barrier()
     say.info(f"Training finished: {step} steps, {trained_tokens} tokens, final training loss "
-             f"{metrics.get('train_loss', float('nan')):.4f}.")
+             f"{metrics.get('train_loss', float('nan')):.4f}, {metrics.get('tokens_per_second', 0):.0f} tokens/s, "
+             f"peak memory {metrics.get('peak_memory_mb', 0):.0f} MiB ({precision.device.type}).")
     return TrainResult("succeeded", adapter_dir, _checkpoints(out_dir), trained_tokens, metrics)
 
 
-def _optimizer_step(model, optimizer, params, batch, config: TrainConfig, precision: Precision, group: Group):
+def _initial_micro_batch_tokens(model, config: TrainConfig, precision: Precision, say) -> int:
+    """The config's token budget; on CUDA, what fits the free device memory (capped at 16x the config's)."""
+    if precision.device.type != "cuda":
+        return config.micro_batch_tokens
+    free, _ = torch.cuda.mem_get_info(precision.device)
+    c = model.config
+    fitted = fit_micro_batch_tokens(free, config, c.num_hidden_layers, c.hidden_size, c.vocab_size)
+    tokens = min(fitted, 16 * config.micro_batch_tokens)
+    say.info(f"Micro-batches of up to {tokens} tokens ({free / 2**30:.1f} GiB free on {torch.cuda.get_device_name()}).")
+    return tokens
+
+
+def _step_with_oom_retry(model, optimizer, params, batch, config: TrainConfig, micro_tokens: int, precision: Precision,
+                         group: Group, say):
+    """One optimizer step; out of memory, the step is redone with micro-batches half as large (the gradient is
+    the same token mean whatever the split). Fails with a clear error when one example alone does not fit.
+    Only in one process: a rank redoing its step alone would leave the others waiting in the all-reduce."""
+    while True:
+        try:
+            return (*_optimizer_step(model, optimizer, params, batch, config, micro_tokens, precision, group),
+                    micro_tokens)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or group.world_size > 1:
+                raise
+            optimizer.zero_grad(set_to_none=True)
+            if precision.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(micro_batches(batch, micro_tokens)) == len(batch):  # one example per pass already
+                raise ServerError(
+                    f"Out of memory on {precision.device.type} with one example of {max(len(e.input_ids) for e in batch)} "
+                    "tokens per forward pass. Lower `tunegate.max_seq_len`, set `tunegate.gradient_checkpointing`, "
+                    'or `tunegate.quantization: "nf4"` on a GPU.', code="out_of_memory") from exc
+            smaller = max(16, micro_tokens // 2)
+            say.warn(f"Out of memory with micro-batches of {micro_tokens} tokens; redoing this step with {smaller}.")
+            micro_tokens = smaller
+
+
+def _peak_memory_mb(precision: Precision) -> float:
+    if precision.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(precision.device) / 2**20
+    import resource  # the process's peak resident memory (KiB on Linux)
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _optimizer_step(model, optimizer, params, batch, config: TrainConfig, micro_tokens: int, precision: Precision,
+                    group: Group):
     """Accumulate gradients over token-budgeted micro-batches, then clip and step once.
 
     Each micro-batch's summed loss is divided by the loss tokens of the whole batch, so the
@@ -185,7 +241,7 @@ def _optimizer_step(model, optimizer, params, batch, config: TrainConfig, precis
     optimizer.zero_grad(set_to_none=True)
     n_loss = sum(e.n_loss for e in batch)
     stats = StepStats()
-    for micro in micro_batches(group.shard(batch), config.micro_batch_tokens):
+    for micro in micro_batches(group.shard(batch), micro_tokens):
         loss_sum, s = forward_loss(model, pack([(e.input_ids, e.loss_mask) for e in micro]), precision)
         (loss_sum / n_loss).backward()
         stats.add(s)
