@@ -65,10 +65,15 @@ def test_cli_add_refuses_a_bad_folder_with_every_problem(tmp_path):
 
 def test_admin_route_adds_and_lists(tmp_path, gemma2):
     with RunningServer(tmp_path / "data", {"TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE)}) as srv:
-        admin, user = srv.create_key("ops", admin=True), srv.create_key("dev")
+        admin = (srv.data_dir / "admin_key").read_text().strip()  # the operator's key, made at first start
+        org_admin, user = srv.create_key("ops", admin=True), srv.create_key("dev")
         body = {"name": "gemma-mini", "path": str(gemma2)}
         denied = httpx.post(srv.base_url + "/admin/base_models", json=body, headers={"Authorization": f"Bearer {user}"})
         assert denied.status_code == 403 and denied.json()["error"]["code"] == "admin_required"
+        # Base models are shared by every organisation: an organisation's admin may not register server paths.
+        denied = httpx.post(srv.base_url + "/admin/base_models", json=body,
+                            headers={"Authorization": f"Bearer {org_admin}"})
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == "operator_required"
         bad = httpx.post(srv.base_url + "/admin/base_models", json={"name": "x", "path": str(tmp_path / "nope")},
                          headers={"Authorization": f"Bearer {admin}"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "path"
@@ -82,3 +87,6 @@ def test_admin_route_adds_and_lists(tmp_path, gemma2):
         assert gemma["features"]["fold_system"] is True
         models = srv.client(user).models.list()
         assert "gemma-mini" in [m.id for m in models.data]
+        entries = httpx.get(srv.base_url + "/admin/audit", params={"action": "base_model.added"},
+                            headers={"Authorization": f"Bearer {admin}"}).json()["data"]
+        assert [e["object_id"] for e in entries] == ["gemma-mini"]
