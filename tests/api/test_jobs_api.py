@@ -125,3 +125,21 @@ def test_cli_jobs_commands_against_the_server(idle_server, tmp_path):
     again = cli("cancel", job_id)
     assert again.returncode == 1 and "already cancelled" in again.stderr
     assert "Created fine-tuning job" in cli("events", job_id).stdout
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_options_qlora_refused_without_cuda_checkpointing_accepted(idle_server, train_file):
+    c = idle_server.client(idle_server.key_a)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.fine_tuning.jobs.create(model="tiny", training_file=train_file.id,
+                                  extra_body={"tunegate": {"quantization": "nf4"}})
+    err = e.value.body
+    assert e.value.status_code == 400 and err["code"] == "quantization_unavailable"
+    assert err["param"] == "tunegate.quantization" and "CUDA GPU" in err["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        c.fine_tuning.jobs.create(model="tiny", training_file=train_file.id,
+                                  extra_body={"tunegate": {"quantization": "int3"}})
+    assert "quantization" in str(e.value.body["param"])
+    job = c.fine_tuning.jobs.create(model="tiny", training_file=train_file.id,
+                                    extra_body={"tunegate": {"gradient_checkpointing": True}})
+    assert job.status == "validating_files"
