@@ -9,6 +9,12 @@ service (prompt rendering, sampling, detokenization, OpenAI chunks), in process.
     python bench/serve.py [--clients 16] [--adapters 4] [--tokens 64] [--threads 2] [--jemalloc]
 
 TTFT is the time from a client's request to its first content token (not the empty role chunk).
+
+Two more scenarios compare the engine with a feature on and off, in the same run:
+
+    python bench/serve.py --scenario prefix    # every client shares a long system prompt: prefix caching
+    python bench/serve.py --scenario chunked   # a burst of long prompts arrives while streams decode:
+                                               # chunked prefill (the longest stall of a running stream)
 """
 
 from __future__ import annotations
@@ -143,6 +149,98 @@ def baseline_run(base, adapters, prompts, tokens):
             "cpu": time.process_time() - c0}
 
 
+SYSTEM = ("You are the support assistant of a small bakery in Lyon. Answer politely and briefly. The bakery opens "
+          "at seven and closes at seven, except on Sundays when it closes at one. It sells bread, pastries, cakes "
+          "to order (two days' notice), coffee and tea. Payment by card or cash. There is no parking, but a bus "
+          "stop is in front of the shop. Gluten-free bread is baked on Fridays only. Never promise delivery; "
+          "never discuss prices of cakes to order, which depend on the design; suggest calling the shop instead. ")
+
+
+async def scenario_run(settings, base, adapters, bodies, *, warm_body=None, running_body=None):
+    """Run `bodies` (chat request dicts, streaming) concurrently; with `running_body`, first start one
+    stream per adapter and measure their longest gap between two tokens while `bodies` arrive."""
+    from tunegate.serve.engine import ServableModel
+    from tunegate.serve.hf_engine import HFEngine
+    from tunegate.serve.protocol import parse_request
+    from tunegate.serve.service import ChatService
+
+    engine = HFEngine(settings)
+    service = ChatService(engine)
+    models = [ServableModel(f"ft-{i}", base, p) for i, p in enumerate(adapters)]
+
+    async def client(body, model, t0, gaps=None):
+        chunks = await service.stream(parse_request({**body, "stream": True, "stream_options": {"include_usage": True}}),
+                                      model)
+        ttft, usage, last = None, None, None
+        async for c in chunks:
+            now = time.perf_counter()
+            if c.choices and c.choices[0].delta.content:
+                ttft = ttft if ttft is not None else now - t0
+                if gaps is not None and last is not None:
+                    gaps.append(now - last)
+                last = now
+            if c.usage:
+                usage = c.usage
+        return ttft, usage.completion_tokens
+
+    try:
+        for m in models:  # warm-up: load the base once and every adapter
+            await client(warm_body or {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+                         m, time.perf_counter())
+        gaps: list[float] = []
+        background = []
+        if running_body is not None:
+            t = time.perf_counter()
+            background = [asyncio.ensure_future(client(running_body, m, t, gaps)) for m in models]
+            while engine.stats()[base.name]["running"] < len(models):
+                await asyncio.sleep(0.01)
+            gaps.clear()
+        t0, c0 = time.perf_counter(), time.process_time()
+        results = await asyncio.gather(*(client(b, models[i % len(models)], t0) for i, b in enumerate(bodies)))
+        wall = time.perf_counter() - t0
+        stall = max(gaps) if gaps else 0.0
+        for task in background:
+            task.cancel()
+        return {"ttft": [r[0] for r in results], "tokens": sum(r[1] for r in results), "wall": wall,
+                "cpu": time.process_time() - c0, "stall": stall, "stats": engine.stats()[base.name]}
+    finally:
+        await engine.stop()
+
+
+def feature_scenarios(args, settings, base, adapters) -> None:
+    if args.scenario == "prefix":
+        bodies = [{"model": "m", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+                   "temperature": 0, "max_tokens": args.tokens, "ignore_eos": True} for q in
+                  (QUESTIONS * 4)[: args.clients]]
+        warm = {**bodies[0], "max_tokens": 2}
+        label, runs = "prefix caching", {}
+        for name, update in [("off", {"prefix_cache_tokens": 0}), ("on", {})]:
+            runs[name] = [asyncio.run(scenario_run(settings.model_copy(update=update), base, adapters, bodies,
+                                                   warm_body=warm)) for _ in range(args.rounds)]
+    else:
+        long_q = " ".join(QUESTIONS) * 6  # ~1,000 tokens: two chunks of 512
+        bodies = [{"model": "m", "messages": [{"role": "user", "content": f"{i}: {long_q}"}], "temperature": 0,
+                   "max_tokens": 4} for i in range(args.clients // 2)]
+        running = {"model": "m", "messages": [{"role": "user", "content": "Count to a hundred."}], "temperature": 0,
+                   "max_tokens": 1000, "ignore_eos": True}
+        label, runs = "chunked prefill", {}
+        for name, update in [("off", {"prefill_chunk_tokens": 0}), ("on", {})]:
+            runs[name] = [asyncio.run(scenario_run(settings.model_copy(update=update), base, adapters, bodies,
+                                                   running_body=running)) for _ in range(args.rounds)]
+    print(f"\nScenario `{args.scenario}`: {len(bodies)} requests over {args.adapters} adapters, {label} off vs on "
+          f"(best of {args.rounds} rounds by wall time).\n")
+    print("| {label} | wall (s) | output tokens | tok/s | TTFT p50 (s) | longest stall of a running stream (s) "
+          "| prefill forwards | prompt tokens from cache |".replace("{label}", label))
+    print("|---|---|---|---|---|---|---|---|")
+    best = {}
+    for name, rs in runs.items():
+        r = best[name] = min(rs, key=lambda r: r["wall"])
+        st = r["stats"]
+        print(f"| {name} | {r['wall']:.2f} | {r['tokens']} | {r['tokens'] / r['wall']:.1f} | "
+              f"{percentile(r['ttft'], .5):.3f} | {r['stall']:.3f} | {st['prefills']} | {st['prefix_tokens_saved']} |")
+    print("\nall rounds, wall (s): " + ", ".join(f"{n} {[round(r['wall'], 2) for r in rs]}" for n, rs in runs.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
@@ -152,6 +250,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternate baseline and engine this many times; the best round of each is reported "
                              "(the machines are shared and noisy)")
+    parser.add_argument("--scenario", choices=["mixed", "prefix", "chunked"], default="mixed",
+                        help="mixed: engine vs one-at-a-time baseline; prefix / chunked: the feature off vs on")
     parser.add_argument("--jemalloc", action="store_true",
                         help="re-run under jemalloc with decay off (see PERF-NOTES); both sides get it")
     args = parser.parse_args()
@@ -170,6 +270,8 @@ def main() -> None:
                             torch_threads=args.threads)
         base = get_base_model("smollm2-135m-instruct", settings)
         adapters = make_adapters(base, Path(tmp), args.adapters)
+        if args.scenario != "mixed":
+            return feature_scenarios(args, settings, base, adapters)
         questions = (QUESTIONS * ((args.clients + len(QUESTIONS) - 1) // len(QUESTIONS)))[: args.clients]
 
         from tunegate.serve.engine import ServableModel

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     max_upload_total_bytes: int = Field(default=8 * 1024**3, ge=1, description="Largest file made with the "
                                         "Uploads API (parts up to max_upload_bytes each).")
     request_timeout_seconds: float = Field(default=300.0, gt=0)
+    prefix_cache_tokens: int = Field(default=4096, ge=0, description="Prompt tokens whose K/V the serving engine "
+                                     "keeps for reuse by prompts that begin the same way (0 = off).")
+    prefill_chunk_tokens: int = Field(default=512, ge=0, description="While sequences decode, longer prompts are "
+                                      "prefilled this many tokens per step (0 = whole prompts at once).")
     max_n: int = Field(default=16, ge=1, description="Largest `n` (choices) of one chat request (400 above).")
     max_output_tokens: int = Field(default=4096, ge=1, description="Largest `max_tokens` of one chat request.")
     chat_concurrency_per_key: int = Field(default=32, ge=1, description="Chat requests one API key has in flight.")

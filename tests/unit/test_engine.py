@@ -312,3 +312,35 @@ def test_logits_processors_steer_each_choice(tiny_base):
     texts = {i: "".join(o.text for o in outs if o.index == i) for i in (0, 1)}
     assert texts == {0: " yes" * 4, 1: " yes" * 4} and len(made) == 2
     assert "".join(o.text for o in plain) != " yes" * 4
+
+
+def test_long_prompt_is_prefilled_in_chunks_while_others_decode(tiny_base, adapters):
+    settings, base = tiny_base
+    chunked = settings.model_copy(update={"prefill_chunk_tokens": 8, "prefix_cache_tokens": 0})
+    first, second = ServableModel("a", base, adapters[0]), ServableModel("b", base, adapters[1])
+    long = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+
+    async def collect(stream):
+        return "".join([o.text async for o in stream])
+
+    async def go(engine, service):
+        gen_a = service.prepare_sync(chat(PROMPTS[0]), first)
+        gen_b = service.prepare_sync(chat(" ".join(PROMPTS)), second)  # ~90 tokens: 11 chunks of 8
+        alone_a = await collect(engine.submit(GenerationRequest(first, gen_a.prompt_ids, long)))
+        alone_b = await collect(engine.submit(GenerationRequest(second, gen_b.prompt_ids, long)))
+        stream_a = engine.submit(GenerationRequest(first, gen_a.prompt_ids, long))
+        head = await stream_a.__anext__()  # A is decoding now
+        steps_before = engine.stats()["tiny"]["decode_steps"]
+        stream_b = engine.submit(GenerationRequest(second, gen_b.prompt_ids, long))
+        first_b = await stream_b.__anext__()  # B's first token: its whole prompt has been read
+        steps_during = engine.stats()["tiny"]["decode_steps"] - steps_before
+        rest_b = asyncio.ensure_future(collect(stream_b))
+        joined_a = head.text + await collect(stream_a)
+        return (alone_a, alone_b, joined_a, first_b.text + await rest_b, steps_during, len(gen_b.prompt_ids),
+                engine.stats()["tiny"])
+
+    alone_a, alone_b, joined_a, joined_b, steps_during, n_prompt, stats = run(_with_engine(chunked, go))
+    assert (joined_a, joined_b) == (alone_a, alone_b)
+    assert stats["chunked_prefills"] == 1
+    # A kept decoding while B's prompt was read: about one decode step per chunk.
+    assert steps_during >= n_prompt // 8 - 1

@@ -193,3 +193,89 @@ def test_damaged_adapter_fails_once_and_is_retried_after_repair(base_and_setting
     assert runner.acquire_adapter(good, set()) > 0  # other adapters keep loading
     weights.write_bytes(original)  # repaired: size and mtime changed, so it is tried again
     assert runner.acquire_adapter(bad, set()) > 0
+
+
+def test_prefix_cache_lookup_is_per_adapter_longest_and_bounded():
+    from pathlib import Path
+
+    from tunegate.serve.prefix_cache import PrefixCache
+
+    def kv(n):  # per layer [1, H, n, D]; the values say which position they belong to
+        t = torch.arange(n, dtype=torch.float32).view(1, 1, n, 1)
+        return [(t, -t)]
+
+    cache = PrefixCache(max_tokens=60, min_tokens=4)
+    a, b = list(range(20)), list(range(10)) + [99] * 10
+    cache.store(None, a, lambda: kv(20))
+    cache.store(Path("ft"), b, lambda: kv(20))
+    assert cache.lookup(None, list(range(3)) + [7] * 10) is None  # shares 3 < 4 tokens
+    assert cache.lookup(Path("other"), a + [1]) is None  # K/V depend on the adapter
+    p, layers = cache.lookup(None, list(range(15)) + [5, 5])
+    assert p == 15 and layers[0][0].shape == (1, 1, 15, 1) and layers[0][0][0, 0, -1, 0] == 14
+    p, _ = cache.lookup(None, a)  # the whole prompt is cached: its last token still runs
+    assert p == 19
+    cache.store(None, [1] * 30, lambda: kv(30))  # 70 tokens > 60: the least recently used (b) goes
+    assert cache.lookup(Path("ft"), b + [1]) is None and len(cache) == 2
+
+
+def test_prefix_cached_prefill_gives_the_same_logits_and_tokens(runner):
+    from tunegate.serve.kv_cache import BatchCache
+    from tunegate.serve.prefix_cache import PrefixCache
+
+    system = "You are a careful assistant who answers every question about the sea in one short sentence. "
+    prompts = [runner.tokenizer(system + q)["input_ids"] for q in ("Why is it salty?", "How deep is it?",
+                                                                    "Is it blue?")]
+    close = {"atol": 1e-4, "rtol": 1e-4}
+    with torch.inference_mode():
+        refs = [greedy_alone(runner, p, 4) for p in prompts]
+        cache = PrefixCache(max_tokens=1000)
+        logits, first = runner.prefill([prompts[0]], [0])
+        cache.store(None, prompts[0], lambda: first.row(0))
+        hits = [cache.lookup(None, p) for p in prompts[1:]]
+        assert all(h is not None and h[0] >= 16 for h in hits)
+        logits, batch = runner.prefill_cached(hits, prompts[1:], [0, 0])  # two different rests, one forward
+        assert isinstance(batch, BatchCache) and batch.mask.sum(1).tolist() == [len(p) for p in prompts[1:]]
+        out = [[int(x)] for x in logits.argmax(-1)]
+        for i, (tokens, ref_logits) in enumerate(refs[1:]):
+            torch.testing.assert_close(logits[i], ref_logits[0], **close)
+        pos = [len(p) for p in prompts[1:]]
+        for step in range(3):
+            logits = runner.decode([o[-1] for o in out], pos, [0, 0], batch)
+            pos = [p + 1 for p in pos]
+            for i, (_, ref_logits) in enumerate(refs[1:]):
+                torch.testing.assert_close(logits[i], ref_logits[step + 1], **close)
+                out[i].append(int(logits[i].argmax()))
+    assert out == [tokens for tokens, _ in refs[1:]]
+
+
+def test_engine_with_prefix_cache_answers_like_without(base_and_settings, tmp_path):
+    import asyncio
+
+    from tunegate.serve.hf_engine import HFEngine
+    from tunegate.serve.protocol import parse_request
+    from tunegate.serve.service import ChatService
+
+    base, settings = base_and_settings
+    adapter = make_adapter(tmp_path / "ft", base.path, base.template_sha256, 5, 8)
+    models = [ServableModel("tiny", base, None), ServableModel("ft", base, adapter)]
+    system = {"role": "system", "content": "You answer questions about the weather with one short sentence only."}
+    bodies = [parse_request({"model": "m", "messages": [system, {"role": "user", "content": q}], "temperature": 1.0,
+                             "seed": seed, "max_tokens": 6})
+              for seed, q in enumerate(("Rain today?", "Sun tomorrow?", "Wind?"))]
+
+    async def answers(s):
+        engine = HFEngine(s)
+        service = ChatService(engine)
+        try:
+            out = []
+            for body in bodies:  # one at a time, so later prompts find the earlier ones cached
+                for m in models:
+                    out.append((await service.create(body, m)).choices[0].message.content)
+            return out, engine.stats()["tiny"]
+        finally:
+            await engine.stop()
+
+    with_cache, stats = asyncio.run(answers(settings))
+    without, plain = asyncio.run(answers(settings.model_copy(update={"prefix_cache_tokens": 0})))
+    assert with_cache == without and len(set(with_cache)) >= 4  # not one answer repeated
+    assert stats["prefix_hits"] >= 4 and stats["prefix_tokens_saved"] > 4 * 16 and plain["prefix_hits"] == 0

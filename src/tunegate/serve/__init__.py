@@ -6,6 +6,7 @@ hf_engine.py the built-in transformers engine: the loop of continuous batching a
 scheduler.py waiting requests, fair admission across organisations and keys, deadlines
 runner.py    the loaded model and adapter slots: prefill, mixed-adapter decode, load failures
 kv_cache.py  the running batch's KV cache: expand, merge, trim (shapes documented)
+prefix_cache.py  recent prompts' K/V per adapter: a shared beginning is prefilled once
 output.py    per-sequence logits processors, sampling, stops, detokenisation, log-probabilities
 lora.py      adapter folders (PEFT + meta.json, template check), adapter LRU, batched LoRA math
 sampling.py  penalties, temperature, top_p, seeded generators, log-probabilities

@@ -6,6 +6,7 @@ serving, each testable alone:
     scheduler.py  waiting requests, fair admission across organisations and keys, deadlines
     runner.py     the loaded model and adapters: prefill and the mixed-adapter decode step
     kv_cache.py   the running batch's KV cache: expand, merge, trim
+    prefix_cache.py  recent prompts' K/V, so a shared beginning is computed once
     output.py     logits processors, sampling, stops, detokenisation, log-probabilities
 
 Between two decode steps the worker drops cancelled and timed-out requests, admits waiting choices
@@ -37,6 +38,7 @@ from tunegate.serve.engine import (
 from tunegate.serve.kv_cache import BatchCache
 from tunegate.serve.lora import check_adapter
 from tunegate.serve.output import OutputProcessor, SequenceState
+from tunegate.serve.prefix_cache import PrefixCache
 from tunegate.serve.runner import LoadFailures, ModelRunner
 from tunegate.serve.scheduler import Admission, Pending, Scheduler
 from tunegate.settings import Settings
@@ -149,6 +151,15 @@ class HFEngine(Engine):
 
 
 @dataclass(eq=False)
+class _Chunked:
+    """A request whose prompt is prefilled a chunk per step: the K/V of its first `done` tokens so far."""
+
+    seqs: list[_Running]
+    done: int = 0
+    layers: list | None = None
+
+
+@dataclass(eq=False)
 class _Pending(Pending):
     stream: _Stream | None = None
 
@@ -163,16 +174,20 @@ class _Worker:
         self.load_error: TunegateError | None = None
         self.lock = threading.Lock()  # guards load_error against a concurrent put
         self.running: list[_Running] = []
+        self.prefilling: list[_Chunked] = []  # admitted, prompt still being read a chunk per step
         self.cache: BatchCache | None = None
         self.runner: ModelRunner | None = None
         self.output: OutputProcessor | None = None
-        self.counters = {"cancelled_sequences": 0, "timed_out_requests": 0}
+        self.prefixes: PrefixCache | None = None
+        self.counters = {"cancelled_sequences": 0, "timed_out_requests": 0, "chunked_prefills": 0}
         self.thread = threading.Thread(target=self._run, name=f"tunegate-engine-{base.name}", daemon=True)
 
     def stats(self) -> dict:
         out = dict(self.runner.stats) if self.runner else {}
         out.update(self.counters, running=len(self.running), waiting=len(self.scheduler.waiting()),
-                   sampling_s=self.output.sampling_s if self.output else 0.0)
+                   sampling_s=self.output.sampling_s if self.output else 0.0,
+                   prefix_hits=self.prefixes.hits if self.prefixes else 0,
+                   prefix_tokens_saved=self.prefixes.tokens_saved if self.prefixes else 0)
         return out
 
     def put(self, p: _Pending) -> None:
@@ -194,6 +209,7 @@ class _Worker:
         try:
             self.runner = ModelRunner(self.base, self.settings, self.engine.failures)
             self.output = OutputProcessor(self.runner.tokenizer, self.runner.eos)
+            self.prefixes = PrefixCache(self.settings.prefix_cache_tokens)
         except Exception as exc:  # noqa: BLE001 - reported to every request of this base
             log.exception("could not load base model %s", self.base.name)
             error = ServerError(f"Base model `{self.base.name}` could not be loaded: {exc}. Its requests fail until "
@@ -212,16 +228,17 @@ class _Worker:
                     self._step()
                 except Exception:  # noqa: BLE001 - one bad batch must not kill the server
                     log.exception("serving step failed on %s", self.base.name)
-                    for s in self.running:
+                    for s in self.running + [s for g in self.prefilling for s in g.seqs]:
                         self._fail(s.p, ServerError("The model failed while generating; retry the request."))
-                    self.running, self.cache = [], None
+                    self.running, self.cache, self.prefilling = [], None, []
         shutdown = ServerError("The server is shutting down; retry the request.", code="server_shutting_down")
-        for p in {s.p for s in self.running} | set(self.scheduler.drain()):
+        waiting = {s.p for g in self.prefilling for s in g.seqs} | set(self.scheduler.drain())
+        for p in {s.p for s in self.running} | waiting:
             self._fail(p, shutdown)
 
     def _step(self) -> None:
         self._expire()
-        if not self.running:
+        if not self.running and not self.prefilling:
             if not self.scheduler.wait_for_work(0.5):
                 return
             self.scheduler.gather(self.engine.batch_window_s, self.settings.max_batch_size)
@@ -234,6 +251,9 @@ class _Worker:
                     self._fail(s.p, ServerError("The model failed while reading the prompt; retry the request."))
                 raise
             self._reap()  # choices that ended on their first token
+        if self.prefilling:
+            self._prefill_chunk()
+            self._reap()
         if self.running:
             self._decode()
             self._reap()
@@ -242,7 +262,7 @@ class _Worker:
         now = time.monotonic()
         for p in self.scheduler.expire(now):
             self._timeout(p)
-        for s in self.running:
+        for s in self.running + [s for g in self.prefilling for s in g.seqs]:
             if s.p.overdue(now):
                 self._timeout(s.p)
 
@@ -254,8 +274,9 @@ class _Worker:
             "or retry later.", code="request_timeout"))
 
     def _admit(self) -> list[_Running]:
-        room = self.settings.max_batch_size - len(self.running)
-        in_use = {s.slot for s in self.running}
+        reading = [s for g in self.prefilling for s in g.seqs]
+        room = self.settings.max_batch_size - len(self.running) - len(reading)
+        in_use = {s.slot for s in self.running + reading}
         admissions, failed = self.scheduler.admit(room, in_use, self.engine.prefill_tokens,
                                                   self.runner.acquire_adapter)
         for p, exc in failed:
@@ -269,23 +290,70 @@ class _Worker:
 
     def _prefill(self, new: list[_Running]) -> None:
         # One row per request (its choices share the prompt), expanded to one row per choice after.
-        groups: dict[int, int] = {}
-        prompts: list[list[int]] = []
-        slots: list[int] = []
+        # Prompts that begin like a cached one run only their rest, in a second forward.
+        groups: dict[int, list[_Running]] = {}
         for s in new:
-            if id(s.p) not in groups:
-                groups[id(s.p)] = len(prompts)
-                prompts.append(s.p.req.prompt_ids)
-                slots.append(s.slot)
-        rows = [groups[id(s.p)] for s in new]
-        logits, cache = self.runner.prefill(prompts, slots)
+            groups.setdefault(id(s.p), []).append(s)
+        plain, cached = [], []
+        chunk = self.settings.prefill_chunk_tokens
+        for seqs in groups.values():
+            req = seqs[0].p.req
+            hit = self.prefixes.lookup(req.model.adapter_path, req.prompt_ids)
+            if self.running and chunk and len(req.prompt_ids) - (hit[0] if hit else 0) > chunk:
+                # Chunked prefill: a long prompt is read a chunk per step, so running streams keep flowing.
+                self.prefilling.append(_Chunked(seqs, *(hit or (0, None))))
+                continue
+            (cached if hit else plain).append((seqs, hit))
+        if plain:
+            logits, cache = self.runner.prefill([g[0].p.req.prompt_ids for g, _ in plain], [g[0].slot for g, _ in plain])
+            self._join(plain, logits, cache)
+        if cached:
+            logits, cache = self.runner.prefill_cached([hit for _, hit in cached],
+                                                       [g[0].p.req.prompt_ids for g, _ in cached],
+                                                       [g[0].slot for g, _ in cached])
+            self._join(cached, logits, cache)
+
+    def _prefill_chunk(self) -> None:
+        """Read the next chunk of the first prompt being prefilled; when it is whole, it joins the batch."""
+        g = self.prefilling[0]
+        req, slot = g.seqs[0].p.req, g.seqs[0].slot
+        if g.seqs[0].p.gone:
+            self.prefilling.pop(0)
+            return
+        end = min(len(req.prompt_ids), g.done + self.settings.prefill_chunk_tokens)
+        try:
+            if end < len(req.prompt_ids) or g.done == 0:
+                prompt = req.prompt_ids[:end]
+                logits, cache = (self.runner.prefill_cached([(g.done, g.layers)], [prompt], [slot]) if g.done
+                                 else self.runner.prefill([prompt], [slot]))
+                if end < len(req.prompt_ids):
+                    g.done, g.layers = end, cache.row(0)
+                    return
+            else:
+                logits, cache = self.runner.prefill_cached([(g.done, g.layers)], [req.prompt_ids], [slot])
+        except Exception:
+            self.prefilling.pop(0)
+            for s in g.seqs:
+                self._fail(s.p, ServerError("The model failed while reading the prompt; retry the request."))
+            raise
+        self.prefilling.pop(0)
+        self.counters["chunked_prefills"] += 1
+        self._join([(g.seqs, None)], logits, cache)
+
+    def _join(self, groups: list, logits: torch.Tensor, cache: BatchCache) -> None:
+        """Prefilled requests join the batch: their prompts' K/V are remembered, their first tokens chosen."""
+        for j, (seqs, _) in enumerate(groups):
+            req = seqs[0].p.req
+            self.prefixes.store(req.model.adapter_path, req.prompt_ids, lambda j=j: cache.row(j))
+        rows = [j for j, (seqs, _) in enumerate(groups) for _ in seqs]
+        flat = [s for seqs, _ in groups for s in seqs]
         cache.expand(rows)
-        self._emit(new, logits.index_select(0, torch.tensor(rows, dtype=torch.long)))
+        self._emit(flat, logits.index_select(0, torch.tensor(rows, dtype=torch.long)))
         if self.cache is None:
             self.cache = cache
         else:
             self.cache.merge(cache)
-        self.running = self.running + new
+        self.running = self.running + flat
 
     def _decode(self) -> None:
         live = self.running

@@ -10,7 +10,8 @@ Shapes (B = rows, L = columns, H = key/value heads, D = head size), for every de
     keys, values  [B, H, L, D]   (transformers' `DynamicCache.layers[i].keys/.values`)
     mask          [B, L]         1 = a real token of the row, 0 = left padding
 
-Row i's tokens are its last `mask[i].sum()` columns. Positions are passed to the model explicitly
+Row i's tokens are its columns where the mask is 1: its last `mask[i].sum()` columns, except after a
+prefill on a cached prefix, where the row is [padding, prefix, padding, rest of the prompt]. Positions are passed to the model explicitly
 (not derived from the column), so padding never shifts a sequence's rotary positions, and padding
 columns can be added on the left or removed without recomputing anything.
 """
@@ -71,6 +72,28 @@ class BatchCache:
         for layer in self._layers():
             layer.keys = layer.keys.index_select(0, index)[:, :, first:]
             layer.values = layer.values.index_select(0, index)[:, :, first:]
+
+    def row(self, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Row i's K/V without padding, per layer: [1, H, tokens of row i, D] (copies)."""
+        cols = self.mask[i].nonzero().squeeze(1)
+        return [(layer.keys[i:i + 1].index_select(2, cols), layer.values[i:i + 1].index_select(2, cols))
+                for layer in self._layers()]
+
+    @classmethod
+    def from_prefixes(cls, prefixes: list[list[tuple[torch.Tensor, torch.Tensor]]], lengths: list[int]) -> BatchCache:
+        """A cache whose row i holds `prefixes[i]` (per layer [1, H, lengths[i], D]), left-padded."""
+        from transformers import DynamicCache
+
+        width = max(lengths)
+        layers = []
+        for j in range(len(prefixes[0])):
+            keys = torch.cat([_pad_left(p[j][0], width - n, 2) for p, n in zip(prefixes, lengths)])
+            values = torch.cat([_pad_left(p[j][1], width - n, 2) for p, n in zip(prefixes, lengths)])
+            layers.append((keys, values))
+        mask = torch.zeros((len(lengths), width), dtype=torch.long)
+        for i, n in enumerate(lengths):
+            mask[i, width - n:] = 1
+        return cls(DynamicCache(ddp_cache_data=layers), mask)
 
     def step_mask(self) -> torch.Tensor:
         """The mask for one more token per row (a decode step); the forward appends that column's K/V."""

@@ -131,6 +131,28 @@ class ModelRunner:
         self.stats["prefills"] += 1
         return out.logits[:, -1, :], BatchCache(out.past_key_values, mask)
 
+    def prefill_cached(self, prefixes: list[tuple[int, list]], prompts: list[list[int]],
+                       slots: list[int]) -> tuple[torch.Tensor, BatchCache]:
+        """Like `prefill`, for prompts whose first p tokens' K/V are known (`prefixes[i] = (p, layers)`):
+        only the rest of each prompt runs, attending to its prefix. Exact: the same K/V, positions and mask."""
+        lengths = [p for p, _ in prefixes]
+        cache = BatchCache.from_prefixes([layers for _, layers in prefixes], lengths)
+        rests = [prompt[p:] for prompt, p in zip(prompts, lengths)]
+        width = max(len(r) for r in rests)
+        ids = torch.full((len(rests), width), self.pad_id, dtype=torch.long)
+        rest_mask = torch.zeros((len(rests), width), dtype=torch.long)
+        positions = torch.zeros((len(rests), width), dtype=torch.long)
+        for i, (r, p) in enumerate(zip(rests, lengths)):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            rest_mask[i, width - len(r):] = 1
+            positions[i, width - len(r):] = torch.arange(p, p + len(r))
+        cache.mask = torch.cat([cache.mask, rest_mask], dim=1)
+        self.adapters.set_batch(slots)
+        out = self.model(input_ids=ids, attention_mask=cache.mask, position_ids=positions, past_key_values=cache.past,
+                         use_cache=True, logits_to_keep=1)
+        self.stats["prefills"] += 1
+        return out.logits[:, -1, :], cache
+
     def decode(self, last: list[int], positions: list[int], slots: list[int], cache: BatchCache) -> torch.Tensor:
         """One token per row of `cache` (its last token at its position); returns logits [B, vocab]."""
         ids = torch.tensor([[t] for t in last], dtype=torch.long)
