@@ -208,6 +208,7 @@ async def scenario_run(settings, base, adapters, bodies, *, warm_body=None, runn
 
 
 def feature_scenarios(args, settings, base, adapters) -> None:
+    settings = settings.model_copy(update={"request_timeout_seconds": 3600})  # busy machines are slow, not broken
     if args.scenario == "prefix":
         bodies = [{"model": "m", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
                    "temperature": 0, "max_tokens": args.tokens, "ignore_eos": True} for q in
