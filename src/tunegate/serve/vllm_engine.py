@@ -145,7 +145,7 @@ class _Stream(GenerationStream):
                 self.closed = True
                 self.engine._done(self)
                 raise
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self.aclose()
                 raise GenerationTimeoutError(
                     f"The request did not finish within {self.engine.settings.request_timeout_seconds:g} seconds.",
