@@ -42,4 +42,12 @@ if [ "$LEFT" -lt 120 ]; then
 fi
 export TOKENIZERS_PARALLELISM=false VLLM_LOGGING_LEVEL=WARNING
 timeout "$LEFT" "$PY" bench/gpu.py --json gpu-check.json
+# The chat API tests (official openai SDK, real server) against the vLLM engine, in what is left of the budget.
+LEFT=$(( LIMIT - ($(date +%s) - START) ))
+if [ "$LEFT" -gt 60 ]; then
+  TUNEGATE_ENGINE=vllm timeout "$LEFT" "$PY" -m pytest -x -q tests/api/test_chat_api.py \
+    || echo "chat API tests on vLLM: failed or out of time (exit $?)"
+else
+  echo "chat API tests on vLLM: skipped, no time left in the ${LIMIT} s budget"
+fi
 echo "total: $(( $(date +%s) - START )) s"
