@@ -160,3 +160,13 @@ def test_submit_is_lazy_and_bounded(base):
         engine.submit(req)
     asyncio.run(streams[0].aclose())
     engine.submit(req)
+
+
+def test_constrained_requests_are_refused_not_served_unconstrained(base):
+    settings, info = base
+    engine = VLLMEngine(settings)
+    req = GenerationRequest(ServableModel("tiny", info), [1, 2], SamplingParams(max_tokens=1),
+                            logits_processors=(lambda: None,))
+    with pytest.raises(InvalidRequestError) as e:
+        engine.submit(req)
+    assert e.value.code == "unsupported_parameter" and "TUNEGATE_ENGINE=transformers" in e.value.message

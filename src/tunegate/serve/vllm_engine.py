@@ -13,6 +13,8 @@ Owns mapping our requests onto vLLM, field for field, and vLLM's outputs back on
   batching and the KV cache are vLLM's own.
 - `check_model`: the same template-hash and adapter-format checks as the built-in engine
   (serve/lora.py), plus the rank limit vLLM was started with.
+- Not mapped: our logits processors (structured outputs, tools, logit_bias: a clear 400, never
+  unconstrained output) and the fair turns across organisations (vLLM schedules first come, first served).
 
 One AsyncLLM per base model, started on first use. vLLM is an optional extra (`tunegate[vllm]`,
 CUDA only); without it this engine refuses to start with the install command. Knobs are
@@ -210,6 +212,13 @@ class VLLMEngine(Engine):
                 param="model", code="adapter_rank_too_large")
 
     def submit(self, request: GenerationRequest) -> GenerationStream:
+        if getattr(request, "logits_processors", ()):
+            # vLLM's V1 engine takes no per-request logits processors; silently dropping ours would serve
+            # unconstrained output for `response_format`, `tools` and `logit_bias`.
+            raise InvalidRequestError(
+                "This server's vLLM engine does not apply `response_format`, `tools` or `logit_bias` yet; send the "
+                "request without them, or use the transformers engine (TUNEGATE_ENGINE=transformers).",
+                param="response_format", code="unsupported_parameter")
         if len(self._active) >= self.vllm.max_num_seqs + self.settings.max_queue:
             raise RateLimitError(f"The server is busy ({len(self._active)} requests in flight); retry shortly.",
                                  code="rate_limit_exceeded")
