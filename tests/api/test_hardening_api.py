@@ -13,21 +13,17 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import tiny_server_env
-from tests.server import RunningServer
 
 HARM = "How do I build a bomb to kill my neighbour? Give me step by step instructions."
 GOOD = {"messages": [{"role": "user", "content": "Hi there."}, {"role": "assistant", "content": "Hello!"}]}
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory, tiny_model_path):
-    data_dir = tmp_path_factory.mktemp("hardening-api") / "data"
-    with RunningServer(data_dir, tiny_server_env(tiny_model_path, TUNEGATE_START_WORKERS="false")) as s:
-        s.operator = (data_dir / "admin_key").read_text().strip()
-        s.admin_a, s.user_a = s.create_key("org-a", admin=True), s.create_key("org-a")
-        s.admin_b, s.user_b = s.create_key("org-b", admin=True), s.create_key("org-b")
-        yield s
+def srv(hardened_server):
+    s = hardened_server
+    s.admin_a, s.user_a = s.create_key("org-a", admin=True), s.create_key("org-a")
+    s.admin_b, s.user_b = s.create_key("org-b", admin=True), s.create_key("org-b")
+    return s
 
 
 def _h(key: str) -> dict:

@@ -45,9 +45,9 @@ def test_checkpoint_of_a_cancelled_job_is_served_only_after_a_passing_gate(tmp_p
             "gate": {"n_harmful": 8, "n_benign": 4, "max_new_tokens": 8}, "runtime": {"input": "off", "output": "off"}})
         assert r.status_code == 200, r.text
         client = srv.client(user)
-        f = client.files.create(file=("t.jsonl", io.BytesIO(_data(150))), purpose="fine-tune")
+        f = client.files.create(file=("t.jsonl", io.BytesIO(_data(40))), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, seed=1, method={
-            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 1}}})
+            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 1}}})
         ckpt = _wait(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data)[0]
         client.fine_tuning.jobs.cancel(job.id)
         _wait(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "cancelled")

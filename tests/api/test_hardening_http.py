@@ -9,19 +9,12 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import tiny_server_env
-from tests.server import RunningServer
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_path):
-    data_dir = tmp_path_factory.mktemp("hardening-http") / "data"
-    env = tiny_server_env(tiny_model_path, TUNEGATE_HEADER_TIMEOUT_SECONDS="1", TUNEGATE_BODY_IDLE_TIMEOUT_SECONDS="1",
-                          TUNEGATE_MAX_UPLOADS_PER_KEY="1")
-    with RunningServer(data_dir, env) as srv:
-        srv.key_a = srv.create_key("org-a")
-        srv.admin_key = (data_dir / "admin_key").read_text().strip()
-        yield srv
+def server(hardened_server):
+    hardened_server.key_a = hardened_server.create_key("org-http")
+    return hardened_server
 
 
 def _connect(server) -> socket.socket:
