@@ -68,34 +68,30 @@ def test_checkpoint_of_a_cancelled_job_is_served_only_after_a_passing_gate(tmp_p
         assert started.status_code == 202 and started.json()["status"] == "running", started.text
         decision = _wait(lambda: (g := httpx.get(gate_url, headers=_h(user)).json())["status"] != "running" and g,
                          timeout=900, every=1)
-        assert decision["status"] in ("passed", "blocked"), decision
+        assert decision["status"] == "passed", decision  # a benign fine-tune passes (the gate's other requirement)
         events = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data
                   if e.type == "moderation_checks" and (e.data or {}).get("check") == "checkpoint_gate"]
         assert events and events[0].data["decision"] == decision["status"]
         assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"  # the job itself is unchanged
         chat = httpx.post(srv.base_url + "/chat/completions", headers=_h(user), timeout=120,
                           json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
-        if decision["status"] == "passed":
-            assert chat.status_code == 200, chat.text
-            assert model in [m.id for m in client.models.list().data]
-            assert httpx.get(srv.base_url + f"/models/{model}/content", headers=_h(user)).status_code == 200
-        else:
-            assert chat.status_code == 404, chat.text
+        assert chat.status_code == 200, chat.text
+        assert model in [m.id for m in client.models.list().data]
+        assert httpx.get(srv.base_url + f"/models/{model}/content", headers=_h(user)).status_code == 200
         audit = httpx.get(srv.base_url + "/admin/audit", headers=_h(admin), params={"action": "checkpoint.gated"})
         assert audit.json()["data"][0]["object_id"] == model
 
         # A damaged adapter is refused before it reaches the engine or a download.
         weights = srv.data_dir / "artifacts" / job.id / "checkpoints" / f"step-{ckpt.step_number}" / \
             "adapter_model.safetensors"
-        if decision["status"] == "passed":
-            weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-            for r in (httpx.post(srv.base_url + "/chat/completions", headers=_h(user), timeout=120, json={
-                          "model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
-                      httpx.get(srv.base_url + f"/models/{model}/content", headers=_h(user))):
-                assert r.status_code == 409 and r.json()["error"]["code"] == "adapter_corrupted", r.text
-            base = httpx.post(srv.base_url + "/chat/completions", headers=_h(user), timeout=120, json={
-                "model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
-            assert base.status_code == 200, base.text
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        for r in (httpx.post(srv.base_url + "/chat/completions", headers=_h(user), timeout=120, json={
+                      "model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+                  httpx.get(srv.base_url + f"/models/{model}/content", headers=_h(user))):
+            assert r.status_code == 409 and r.json()["error"]["code"] == "adapter_corrupted", r.text
+        base = httpx.post(srv.base_url + "/chat/completions", headers=_h(user), timeout=120, json={
+            "model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert base.status_code == 200, base.text
 
 
 def test_sigkill_mid_upload_and_mid_validation_leaves_nothing_behind(tmp_path, tiny_model_path):
