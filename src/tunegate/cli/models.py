@@ -34,7 +34,7 @@ def add_cmd(name: str, path: str, as_json: bool = typer.Option(False, "--json", 
                        ("tool role", t["tool_role"]), ("tool definitions", t["tools"]),
                        ("generation prompt", t["generation_prompt"]), ("end-of-turn token", t["eot_token"]),
                        ("template sha256", t["sha256"][:16])]:
-        table.add_row(key, str(value))
+        table.add_row(key, ("yes" if value else "no") if isinstance(value, bool) else str(value))
     out.print(table)
     for w in report["warnings"]:
         out.print(f"[yellow]note:[/yellow] {w}", highlight=False)
