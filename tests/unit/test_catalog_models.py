@@ -5,9 +5,6 @@ and make it a base model that `/v1/models` lists; a bad folder gets every proble
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -23,14 +20,18 @@ def gemma2(tmp_path_factory, smol_path):
 
 
 def _cli(data_dir, *args):
-    env = {**os.environ, "TUNEGATE_DATA_DIR": str(data_dir), "TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE)}
-    return subprocess.run([sys.executable, "-m", "tunegate.cli.main", "models", *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+    """The real `tunegate models ...` command, in process (typer's runner), on its own data dir."""
+    from typer.testing import CliRunner
+
+    from tunegate.cli.main import app
+
+    env = {"TUNEGATE_DATA_DIR": str(data_dir), "TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE)}
+    return CliRunner().invoke(app, ["models", *args], env=env)
 
 
 def test_cli_add_reports_features_and_registers(tmp_path, gemma2):
     result = _cli(tmp_path, "add", "gemma-mini", str(gemma2), "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["name"] == "gemma-mini" and report["architecture"] == "Gemma2ForCausalLM"
     assert report["context_length"] == 4096
@@ -55,12 +56,12 @@ def test_cli_add_refuses_a_bad_folder_with_every_problem(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
     result = _cli(tmp_path / "d", "add", "bad", str(folder))
-    assert result.returncode == 1
+    assert result.exit_code == 1
     message = " ".join(result.stderr.split())
     assert "not a causal language model" in message and "holds no weights" in message
     assert "tokenizer does not load" in message
     result = _cli(tmp_path / "d", "add", "Bad Name!", str(folder))
-    assert result.returncode == 1 and "not a valid model name" in result.stderr
+    assert result.exit_code == 1 and "not a valid model name" in result.stderr
 
 
 def test_admin_route_adds_and_lists(tmp_path, gemma2):
