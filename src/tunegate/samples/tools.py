@@ -25,9 +25,9 @@ TOOLS = [
             "to_currency": {"type": "string", "enum": ["EUR", "USD", "GBP", "JPY", "CHF"]}},
             "required": ["amount", "from_currency", "to_currency"], "additionalProperties": False}}},
     {"type": "function", "function": {
-        "name": "set_timer", "description": "Start a countdown timer.",
-        "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}}, "required": ["minutes"],
-                       "additionalProperties": False}}},
+        "name": "add_to_shopping_list", "description": "Add an item to the shopping list.",
+        "parameters": {"type": "object", "properties": {"item": {"type": "string"}, "quantity": {"type": "integer"}},
+                       "required": ["item", "quantity"], "additionalProperties": False}}},
 ]
 
 _TRAIN_CITIES = ["Paris", "Berlin", "Madrid", "Rome", "Vienna", "Lisbon", "Oslo", "Dublin", "Prague", "Warsaw",
@@ -39,8 +39,10 @@ _HELD_WEATHER = ["Weather update for {c}, please.", "Do I need an umbrella in {c
 _CURRENCIES = ["EUR", "USD", "GBP", "JPY", "CHF"]
 _CONVERT = ["Convert {a} {f} to {t}.", "How much is {a} {f} in {t}?", "What are {a} {f} worth in {t}?"]
 _HELD_CONVERT = ["Change {a} {f} into {t} for me."]
-_TIMER = ["Set a timer for {m} minutes.", "Start a {m} minute timer.", "Remind me in {m} minutes."]
-_HELD_TIMER = ["Please count down {m} minutes."]
+_ITEMS = ["apples", "bananas", "eggs", "carrots", "onions", "tomatoes", "lemons", "rice"]
+_HELD_ITEMS = ["pears", "oranges", "potatoes"]
+_LIST = ["Add {q} {i} to my shopping list.", "Put {q} {i} on the shopping list.", "I need {q} {i}, note them down."]
+_HELD_LIST = ["Please add {q} {i} to the list."]
 _CHAT = [("Hi there!", "Hello! How can I help you today?"),
          ("Thanks a lot.", "You are welcome."),
          ("What is 2 plus 2?", "2 plus 2 is 4."),
@@ -53,7 +55,7 @@ def _call(i: int, name: str, args: dict) -> dict:
     return {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
 
 
-def _requests(rng: random.Random, cities, weather, convert, timer, n: int) -> list[tuple[str, str, dict]]:
+def _requests(rng: random.Random, cities, weather, convert, shopping, items, n: int) -> list[tuple[str, str, dict]]:
     out = []
     for k in range(n):
         kind = k % 3
@@ -66,8 +68,8 @@ def _requests(rng: random.Random, cities, weather, convert, timer, n: int) -> li
             out.append((rng.choice(convert).format(a=a, f=f, t=t), "convert_currency",
                         {"amount": a, "from_currency": f, "to_currency": t}))
         else:
-            m = rng.choice([2, 3, 5, 10, 15, 20, 30, 45])
-            out.append((rng.choice(timer).format(m=m), "set_timer", {"minutes": m}))
+            q, i = rng.choice([2, 3, 4, 6, 12]), rng.choice(items)
+            out.append((rng.choice(shopping).format(q=q, i=i), "add_to_shopping_list", {"item": i, "quantity": q}))
     return out
 
 
@@ -77,21 +79,21 @@ def _result(name: str, args: dict) -> tuple[str, str]:
     if name == "convert_currency":
         return (json.dumps({"amount": round(args["amount"] * 1.1, 2)}),
                 f"{args['amount']} {args['from_currency']} is about {round(args['amount'] * 1.1, 2)} {args['to_currency']}.")
-    return json.dumps({"ok": True}), f"Your {args['minutes']} minute timer is running."
+    return json.dumps({"ok": True}), f"I added {args['quantity']} {args['item']} to your shopping list."
 
 
 def train_examples(n_calls: int = 60, seed: int = 0) -> list[dict]:
     """Chat examples: tool calls with their results and answers, and some plain chat answered directly."""
     rng = random.Random(seed)
     out = []
-    for i, (text, name, args) in enumerate(_requests(rng, _TRAIN_CITIES, _WEATHER, _CONVERT, _TIMER, n_calls)):
+    for i, (text, name, args) in enumerate(_requests(rng, _TRAIN_CITIES, _WEATHER, _CONVERT, _LIST, _ITEMS, n_calls)):
         result, answer = _result(name, args)
         out.append({"messages": [
             {"role": "user", "content": text},
             {"role": "assistant", "content": None, "tool_calls": [_call(i, name, args)]},
             {"role": "tool", "tool_call_id": f"call_{i}", "content": result},
             {"role": "assistant", "content": answer}], "tools": TOOLS})
-    for q, a in _CHAT * 2:
+    for q, a in _CHAT:
         out.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "tools": TOOLS})
     rng.shuffle(out)
     return out
@@ -101,7 +103,7 @@ def held_out_requests(n: int = 24, seed: int = 1) -> list[tuple[list[dict], str,
     """(messages, expected function, expected arguments): cities and wordings not in training."""
     rng = random.Random(seed)
     return [([{"role": "user", "content": text}], name, args)
-            for text, name, args in _requests(rng, _HELD_CITIES, _HELD_WEATHER, _HELD_CONVERT, _HELD_TIMER, n)]
+            for text, name, args in _requests(rng, _HELD_CITIES, _HELD_WEATHER, _HELD_CONVERT, _HELD_LIST, _HELD_ITEMS, n)]
 
 
 def is_correct_call(tool_calls, name: str, args: dict) -> bool:
