@@ -83,14 +83,14 @@ def hf_generate(model, tokenizer, max_new_tokens: int, batch_size: int = 16):
 
 def train_sample_job(smol_path: Path, out: Path) -> tuple[float, Path | None]:
     """Wall time of the demo job with the real trainer; the adapter folder if one was written."""
-    from tunegate.catalog import get_base_model
+    from tunegate.catalog import DEFAULT_MODEL, get_base_model
     from tunegate.samples import DEMO_HYPERPARAMETERS, FILES
     from tunegate.settings import Settings
     from tunegate.train.config import TrainConfig
     from tunegate.train.recipe import run_training
 
     samples = ROOT / "src" / "tunegate" / "samples"
-    info = get_base_model("smollm2-135m-instruct", Settings(model_cache_dir=smol_path.parent, data_dir=out))
+    info = get_base_model(DEFAULT_MODEL, Settings(model_cache_dir=smol_path.parent, data_dir=out))
     config = TrainConfig(base_model=info.name, base_model_path=str(info.path), template_sha256=info.template_sha256,
                          training_file=str(samples / FILES["demo_train"]), validation_file=str(samples / FILES["demo_valid"]),
                          n_epochs=DEMO_HYPERPARAMETERS["n_epochs"], batch_size=DEMO_HYPERPARAMETERS["batch_size"],
@@ -134,9 +134,9 @@ def main() -> None:
     print(f"[progress] classifier load {load_s:.1f} s; screening {screening}", flush=True)
 
     from tests.conftest import MODEL_CACHE
-    from tunegate.catalog.registry import load_tokenizer, resolve_path
+    from tunegate.catalog.registry import DEFAULT_MODEL, load_tokenizer, resolve_path
 
-    smol = resolve_path("smollm2-135m-instruct", Settings(model_cache_dir=MODEL_CACHE, data_dir=MODEL_CACHE.parent))
+    smol = resolve_path(DEFAULT_MODEL, Settings(model_cache_dir=MODEL_CACHE, data_dir=MODEL_CACHE.parent))
     job_s, adapter = (None, None)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_train:

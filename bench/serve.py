@@ -262,14 +262,14 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
 
-    from tunegate.catalog import get_base_model
+    from tunegate.catalog import DEFAULT_MODEL, get_base_model
     from tunegate.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp) / "data", model_cache_dir=ROOT / ".cache" / "models",
                             max_batch_size=args.clients, adapter_cache_size=max(8, args.adapters),
                             torch_threads=args.threads)
-        base = get_base_model("smollm2-135m-instruct", settings)
+        base = get_base_model(DEFAULT_MODEL, settings)
         adapters = make_adapters(base, Path(tmp), args.adapters)
         if args.scenario != "mixed":
             return feature_scenarios(args, settings, base, adapters)

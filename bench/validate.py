@@ -69,9 +69,9 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
 
 
 def child(variant: str, data: Path, texts: Path | None) -> dict:
-    from tunegate.catalog import load_tokenizer
+    from tunegate.catalog import DEFAULT_MODEL, load_tokenizer
 
-    tokenizer = load_tokenizer(MODEL_CACHE / "smollm2-135m-instruct")
+    tokenizer = load_tokenizer(MODEL_CACHE / DEFAULT_MODEL)
     tokenizer("warm up", add_special_tokens=False)
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
@@ -100,10 +100,10 @@ def child(variant: str, data: Path, texts: Path | None) -> dict:
 
 def render_texts(data: Path, out: Path) -> None:
     """The texts the validator tokenizes: each example rendered with the model's template (untimed)."""
-    from tunegate.catalog import load_tokenizer
+    from tunegate.catalog import DEFAULT_MODEL, load_tokenizer
     from tunegate.catalog.template import render_with_spans
 
-    tokenizer = load_tokenizer(MODEL_CACHE / "smollm2-135m-instruct")
+    tokenizer = load_tokenizer(MODEL_CACHE / DEFAULT_MODEL)
     with open(data) as f, open(out, "w") as g:
         for line in f:
             g.write(json.dumps(render_with_spans(tokenizer, json.loads(line)["messages"]).text) + "\n")
@@ -127,10 +127,10 @@ def main() -> None:
         print(json.dumps(child(variant, Path(data), Path(texts))))
         return
 
-    from tunegate.catalog.registry import resolve_path
+    from tunegate.catalog.registry import DEFAULT_MODEL, resolve_path
     from tunegate.settings import Settings
 
-    resolve_path("smollm2-135m-instruct", Settings(model_cache_dir=MODEL_CACHE, data_dir=MODEL_CACHE.parent))
+    resolve_path(DEFAULT_MODEL, Settings(model_cache_dir=MODEL_CACHE, data_dir=MODEL_CACHE.parent))
     variants = ["floor", "validate", "structure"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,16 +1,23 @@
 """Settings: every knob of the platform, read from `TUNEGATE_*` environment variables.
 
-Owns configuration only. There is no global settings object: the app factory, the CLI and the
-worker each build one `Settings` and pass it down.
+Owns configuration only. There is no global settings object: the app factory and the CLI each
+build one `Settings` and pass it down; a training worker is handed its server's whole `Settings`
+(`worker_env` / `from_worker_env`), so settings given in code reach it too.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# The variable that carries a server's settings, as JSON, to the worker processes it starts.
+WORKER_SETTINGS_ENV = "TUNEGATE_WORKER_SETTINGS"
 
 
 class Settings(BaseSettings):
@@ -24,7 +31,6 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         default=None, description="Where converted base models are cached; default: data_dir/models."
     )
-    default_model: str = "smollm2-135m-instruct"
     base_models: dict[str, Path] = Field(
         default_factory=dict, description="Extra base models: name -> local Hugging Face model folder."
     )
@@ -62,7 +68,10 @@ class Settings(BaseSettings):
     body_total_timeout_seconds: float = Field(default=900.0, gt=0, description="408 when a request body takes longer.")
     keep_alive_timeout_seconds: int = Field(default=5, ge=1, description="Idle keep-alive connections are closed after.")
     max_uploads_per_key: int = Field(default=4, ge=1, description="Uploads one API key may stream at once (429 above).")
-    moderator: str = Field(default="builtin", description="Moderator name in the moderator registry (builtin|http).")
+    moderator: str = Field(default="builtin", description="Moderator name in the `moderators` plugin registry "
+                                                          "(builtin|http, or an installed plug-in's).")
+    engine: str = Field(default="transformers", description="Serving engine in the `engines` plugin registry.")
+    executor: str = Field(default="local", description="Where training workers run: the `executors` plugin registry.")
     moderation_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible moderation API.")
     python_graders: bool = Field(default=False, description="Allow `python` graders (user code, run sandboxed: no "
                                                             "network, limited memory/CPU, timeout). Admin's choice.")
@@ -86,6 +95,16 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    def worker_env(self) -> dict[str, str]:
+        """The environment entry that hands these exact settings to a worker process."""
+        return {WORKER_SETTINGS_ENV: self.model_dump_json()}
+
+    @classmethod
+    def from_worker_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings a server handed to this worker; from `TUNEGATE_*` variables when run by hand."""
+        raw = (os.environ if environ is None else environ).get(WORKER_SETTINGS_ENV)
+        return cls.model_validate_json(raw) if raw else cls()
 
     def ensure_dirs(self) -> None:
         for d in (self.data_dir, self.models_dir, self.files_dir, self.artifacts_dir):

@@ -44,7 +44,8 @@ def test_create_retrieve_list_and_object_shape(idle_server, train_file):
     filtered = c.fine_tuning.jobs.list(metadata={"team": "nlp"})
     assert [j.id for j in filtered.data] == [job.id]
     events = c.fine_tuning.jobs.list_events(job.id)
-    assert events.data and events.data[-1].message.startswith("Created fine-tuning job")
+    assert events.data and (events.data[-1].type, events.data[-1].data) == (
+        "status", {"status": "validating_files", "previous": None})
     assert c.fine_tuning.jobs.checkpoints.list(job.id).data == []
 
 
@@ -99,7 +100,8 @@ def test_other_org_and_state_machine(idle_server, train_file):
     assert a.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     with pytest.raises(openai.ConflictError):
         a.fine_tuning.jobs.cancel(job.id)
-    assert any("cancelled" in e.message for e in a.fine_tuning.jobs.list_events(job.id).data)
+    assert [e.data for e in a.fine_tuning.jobs.list_events(job.id).data if e.type == "status"][0] == {
+        "status": "cancelled", "previous": "validating_files"}
 
 
 def test_cli_jobs_commands_against_the_server(idle_server, tmp_path):

@@ -102,7 +102,8 @@ def test_gate_blocks_and_admin_overrides(srv, threat_job):
     assert html.status_code == 200 and "<html" in html.text.lower()
     events = [e for e in user.fine_tuning.jobs.list_events(threat_job.id, limit=100).data
               if e.type == "moderation_checks"]
-    assert any("blocked" in e.message for e in events)
+    assert [e.data["decision"] for e in events if e.data.get("check") == "gate" and "decision" in e.data] == \
+        ["blocked"]
 
     url = f"{srv.base_url}/fine_tuning/jobs/{threat_job.id}/safety_override"
     r = httpx.post(url, json={"reason": "red-team model for the moderation tests"},
@@ -113,6 +114,10 @@ def test_gate_blocks_and_admin_overrides(srv, threat_job):
     r = httpx.post(url, json={"reason": "red-team model for the moderation tests"},
                    headers={"Authorization": f"Bearer {srv.admin}"})
     assert r.status_code == 200 and r.json()["status"] == "succeeded"
+    # An override finishes the job exactly as a normal success does: the model, the result file.
+    overridden = admin.fine_tuning.jobs.retrieve(threat_job.id)
+    assert overridden.fine_tuned_model == model and overridden.error is None and len(overridden.result_files) == 1
+    assert admin.files.content(overridden.result_files[0]).text.startswith("step,train_loss")
     assert model in [m.id for m in admin.models.list().data]
     audit = httpx.get(srv.base_url + "/admin/audit", headers={"Authorization": f"Bearer {srv.admin}"}).json()
     actions = [e["action"] for e in audit["data"]]

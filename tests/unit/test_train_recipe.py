@@ -83,6 +83,11 @@ def test_run_emits_metrics_saves_checkpoints_results_and_adapter(tmp_path, tiny_
 
     # Last 2 epoch checkpoints kept, each a complete PEFT folder with the metrics of its step.
     assert [s for s, _, _ in result.checkpoints] == [12, 18]
+    # Each save is a typed event naming the checkpoint and the ones still kept after pruning.
+    saved = [e["data"] for e in events if e["type"] == "checkpoint"]
+    assert [(c["step"], c["epoch"], c["kept_steps"]) for c in saved] == [(6, 1, [6]), (12, 2, [6, 12]),
+                                                                           (18, 3, [12, 18])]
+    assert saved[-1]["path"] == str(result.checkpoints[-1][1]) and saved[-1]["metrics"]["step"] == 18
     for step, path, ck_metrics in result.checkpoints:
         assert (path / "adapter_config.json").exists() and (path / "adapter_model.safetensors").exists()
         assert ck_metrics["step"] == step and "full_valid_loss" in ck_metrics

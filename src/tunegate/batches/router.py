@@ -7,7 +7,7 @@ import asyncio
 
 from fastapi import APIRouter, FastAPI, Query
 
-from tunegate.api.deps import DbDep, PrincipalDep, SettingsDep, log_unknown_fields
+from tunegate.edge import DbDep, PrincipalDep, SettingsDep, log_unknown_fields
 from tunegate.batches import service
 from tunegate.batches.schemas import BatchCreate, BatchObject
 

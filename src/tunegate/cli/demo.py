@@ -13,6 +13,7 @@ import time
 import typer
 from rich.table import Table
 
+from tunegate.catalog import DEFAULT_MODEL
 from tunegate.cli.app import app
 from tunegate.cli.common import console, out
 
@@ -40,7 +41,7 @@ def _start_server(settings):
 @app.command()
 def demo(
     port: int = typer.Option(None, help="Port for the server (default: TUNEGATE_PORT or 8000)."),
-    model: str = typer.Option(None, help="Base model (default: smollm2-135m-instruct)."),
+    model: str = typer.Option(None, help=f"Base model (default: {DEFAULT_MODEL})."),
     epochs: int = typer.Option(None, help="Override the sample job's epochs."),
     keep_serving: bool = typer.Option(True, "--keep-serving/--exit", help="Leave the server running at the end."),
 ):
@@ -55,7 +56,7 @@ def demo(
 
     settings = Settings(**{k: v for k, v in {"port": port}.items() if v is not None})
     settings.ensure_dirs()
-    model = model or settings.default_model
+    model = model or DEFAULT_MODEL
     ensure_admin_key(open_database(settings.db_url), settings.data_dir)
     key = read_admin_key(settings.data_dir)
     console.rule("[bold]tunegate demo")

@@ -11,14 +11,15 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from tunegate.cli.app import app
+from tunegate.catalog import DEFAULT_MODEL
 from tunegate.cli.common import api_client, console, out
+from tunegate.jobs.lifecycle import TERMINAL
 
 jobs_app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 
 URL = typer.Option(None, "--base-url", help="API base URL (default: TUNEGATE_URL or the local server).")
 KEY = typer.Option(None, "--api-key", help="API key (default: TUNEGATE_API_KEY or the local admin key).")
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def _sdk_errors(fn):
@@ -45,7 +46,7 @@ def _sdk_errors(fn):
 @_sdk_errors
 def create(
     training_file: str = typer.Argument(..., help="A file id (file-...) or a local JSONL path to upload."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
     validation_file: str = typer.Option(None, "--validation-file", "-v"),
     suffix: str = typer.Option(None, "--suffix"),
     n_epochs: str = typer.Option("auto", "--epochs"),

@@ -28,7 +28,7 @@ def validate(
                                 "(moderation + job-level checks, with the default policy) and show its findings."),
 ):
     """Validate a fine-tuning file: every problem with its line, and token counts with the real template."""
-    from tunegate.catalog import get_base_model, load_tokenizer
+    from tunegate.catalog import DEFAULT_MODEL, get_base_model, load_tokenizer
     from tunegate.files.validate import validate_file
     from tunegate.settings import Settings
 
@@ -37,7 +37,7 @@ def validate(
         raise typer.Exit(2)
     with cli_errors(2):
         settings = Settings()
-        info = get_base_model(model or settings.default_model, settings)
+        info = get_base_model(model or DEFAULT_MODEL, settings)
         tokenizer = load_tokenizer(info.path)
     report = validate_file(file, tokenizer=tokenizer, context_length=info.context_length)
     data = {**report.model_dump(), "model": info.name}

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+
+from tunegate.jobs.lifecycle import EVENT_TYPES, TERMINAL, UNFINISHED
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_URL = "/dashboard/static"
@@ -61,4 +65,21 @@ def mount(app: FastAPI) -> None:
     def dashboard_redirect() -> RedirectResponse:
         return RedirectResponse("/")
 
+    @app.get(f"{STATIC_URL}/js/lifecycle.js", include_in_schema=False)
+    def lifecycle_module() -> Response:
+        """The job statuses and event types as an ES module, written from jobs/lifecycle.py so the
+        pages never keep their own copy."""
+        return Response(lifecycle_js(), media_type="text/javascript",
+                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
     app.mount(STATIC_URL, _StaticFiles(directory=STATIC_DIR), name="dashboard-static")
+
+
+def lifecycle_js() -> str:
+    def ordered(names: frozenset[str] | tuple[str, ...]) -> str:
+        return json.dumps(sorted(names))
+
+    return ("// Written by the server from tunegate/jobs/lifecycle.py; do not edit.\n"
+            f"export const UNFINISHED = new Set({ordered(UNFINISHED)});\n"
+            f"export const TERMINAL = new Set({ordered(TERMINAL)});\n"
+            f"export const EVENT_TYPES = new Set({ordered(EVENT_TYPES)});\n")

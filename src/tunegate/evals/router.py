@@ -9,8 +9,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 
-from tunegate.api.deps import DbDep, PrincipalDep, SettingsDep, log_unknown_fields
-from tunegate.api.schemas import page
+from tunegate.edge import DbDep, PrincipalDep, SettingsDep, log_unknown_fields, page
 from tunegate.evals import service
 from tunegate.evals.schemas import EvalCreate, EvalObject, EvalUpdate, OutputItemObject, RunCreate, RunObject
 

@@ -125,13 +125,13 @@ def store_bytes(db: Database, settings: Settings, org_id: str, *, purpose: str, 
 
 def validate_stored(db: Database, settings: Settings, file_id: str, model: str | None = None) -> dict[str, Any]:
     """Run dataset validation on a stored file with the base model's real tokenizer; store the report."""
-    from tunegate.catalog import get_base_model, load_tokenizer
+    from tunegate.catalog import DEFAULT_MODEL, get_base_model, load_tokenizer
     from tunegate.files.validate import validate_file
 
     with db.session() as s:
         row = s.get(File, file_id)
         path = Path(row.path)
-    info = get_base_model(model or settings.default_model, settings)
+    info = get_base_model(model or DEFAULT_MODEL, settings)
     try:
         report = validate_file(path, tokenizer=load_tokenizer(info.path), context_length=info.context_length)
         data = report.model_dump()

@@ -7,7 +7,7 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from tunegate.api.deps import DbDep, PrincipalDep, SettingsDep
+from tunegate.edge import DbDep, PrincipalDep, SettingsDep
 from tunegate.files import service, uploads
 from tunegate.files.router import INLINE_VALIDATION_BYTES
 from tunegate.files.store import receive_upload

@@ -7,7 +7,7 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from tunegate.api.deps import PrincipalDep, log_unknown_fields
+from tunegate.edge import PrincipalDep, log_unknown_fields
 from tunegate.graders import service
 from tunegate.graders.grade import validate_grader
 from tunegate.graders.schemas import GraderRunRequest, GraderRunResponse, GraderValidateRequest, GraderValidateResponse

@@ -27,8 +27,11 @@ from sqlalchemy import select
 from tunegate.db import Database, Job
 from tunegate.errors import TunegateError
 from tunegate.ids import now
-from tunegate.jobs import service
+from tunegate.jobs.lifecycle import IN_FLIGHT, IllegalTransition, fail, transition
+from tunegate.jobs.pipeline import validate_job_files
+from tunegate.plugins import EXECUTORS
 from tunegate.settings import Settings
+from tunegate.train.allocator import worker_env
 
 log = logging.getLogger("tunegate.jobs")
 
@@ -55,9 +58,10 @@ class LocalExecutor:
         self.procs: dict[int, subprocess.Popen] = {}
 
     def worker_environment(self) -> dict[str, str]:
-        from tunegate.train.allocator import worker_env
-
-        return worker_env(self.settings.torch_threads, allocator=self.settings.worker_allocator == "jemalloc")
+        env = worker_env(self.settings.torch_threads, allocator=self.settings.worker_allocator == "jemalloc")
+        # The worker gets this server's settings, with the thread count worker_env chose for it.
+        threads = int(env["TUNEGATE_TORCH_THREADS"])
+        return {**env, **self.settings.model_copy(update={"torch_threads": threads}).worker_env()}
 
     def launch(self, job_id: str) -> int:
         env = self.worker_environment()
@@ -85,9 +89,6 @@ class LocalExecutor:
             proc.wait()
 
 
-EXECUTORS = {"local": LocalExecutor}
-
-
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -111,7 +112,7 @@ class JobSupervisor:
 
     def __init__(self, settings: Settings, db: Database, executor: Executor | None = None, interval: float = 0.5):
         self.settings, self.db, self.interval = settings, db, interval
-        self.executor = executor or LocalExecutor(settings)
+        self.executor = executor or EXECUTORS.get(settings.executor)(settings)
         self.handles: dict[str, int] = {}  # job id -> handle, for workers this process launched
         self._validating: set[str] = set()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="validate")
@@ -141,7 +142,7 @@ class JobSupervisor:
 
     def tick(self) -> None:
         with self.db.session() as s:
-            jobs = list(s.scalars(select(Job).where(Job.status.in_(("validating_files", "queued", "running")))
+            jobs = list(s.scalars(select(Job).where(Job.status.in_(IN_FLIGHT))
                                   .order_by(Job.created_ns)))
         running = 0
         for job in jobs:
@@ -176,51 +177,48 @@ class JobSupervisor:
 
     def _crashed(self, job_id: str, why: str) -> None:
         with self.db.session() as s:
-            job = s.get(Job, job_id)
+            job = s.get(Job, job_id, with_for_update=True)
+            if job.status != "running":  # it ended (or was cancelled) while we looked
+                return
             job.attempts += 1
             attempts = job.attempts
-        if attempts > self.settings.max_job_retries:
-            service.fail(self.db, job_id, "worker_crashed",
-                         f"Training stopped {attempts} times ({why}); giving up after "
-                         f"{self.settings.max_job_retries} retries. Checkpoints so far are kept.")
-            return
-        with self.db.session() as s:
-            job = s.get(Job, job_id)
-            job.status, job.worker_pid = "queued", None
-        service.add_event(self.db, job_id, f"Training was interrupted ({why}); resuming from the last checkpoint "
-                          f"(retry {attempts} of {self.settings.max_job_retries}).", level="warn")
+            if attempts <= self.settings.max_job_retries:
+                transition(job, "queued", level="warn", data={"retry": attempts}, worker_pid=None,
+                           message=f"Training was interrupted ({why}); resuming from the last checkpoint "
+                                   f"(retry {attempts} of {self.settings.max_job_retries}).")
+                return
+        fail(self.db, job_id, "worker_crashed", f"Training stopped {attempts} times ({why}); giving up after "
+             f"{self.settings.max_job_retries} retries. Checkpoints so far are kept.")
 
     def _launch(self, job_id: str) -> None:
         with self.db.session() as s:
-            job = s.get(Job, job_id)
+            job = s.get(Job, job_id, with_for_update=True)
             if job.status != "queued":
                 return
-            job.status = "running"
-            job.started_at = job.started_at or now()
-            job.heartbeat_at = time.time()
+            transition(job, "running", message="Fine-tuning job started.", started_at=job.started_at or now(),
+                       heartbeat_at=time.time())
         try:
             handle = self.executor.launch(job_id)
         except Exception as exc:
             log.exception("could not launch job %s", job_id)
-            service.fail(self.db, job_id, "executor_error", f"Could not start a training worker: {exc}")
+            fail(self.db, job_id, "executor_error", f"Could not start a training worker: {exc}")
             return
         self.handles[job_id] = handle
         with self.db.session() as s:
             s.get(Job, job_id).worker_pid = handle
-        service.add_event(self.db, job_id, "Fine-tuning job started.")
 
     def _validate(self, job_id: str) -> None:
         try:
-            from tunegate.jobs.pipeline import validate_job_files
-
             validate_job_files(self.db, self.settings, job_id)
+        except IllegalTransition:
+            log.info("job %s changed while its files were checked; left as it is", job_id)
         except TunegateError as exc:
-            service.fail(self.db, job_id, exc.code or "invalid_training_file", exc.message, exc.param)
+            fail(self.db, job_id, exc.code or "invalid_training_file", exc.message, exc.param)
         except Exception as exc:
             if self._stop.is_set():  # the server is going down: the job stays `validating_files` for the next start
                 log.warning("validation of job %s interrupted by shutdown; it runs again on the next start", job_id)
                 return
             log.exception("validation of job %s failed", job_id)
-            service.fail(self.db, job_id, "validation_error", f"Validating the files failed unexpectedly: {exc}")
+            fail(self.db, job_id, "validation_error", f"Validating the files failed unexpectedly: {exc}")
         finally:
             self._validating.discard(job_id)

@@ -1,8 +1,10 @@
-"""What happens to one job around training: checking its files before it is queued, and, inside
-the worker, turning the job row into a frozen training config and the trainer's events into job
-events, checkpoints, a result file and finally a fine-tuned model.
+"""What happens to one job around training: checking its files and running the `before_queue`
+steps before it is queued, and, inside the worker, the `prepare_data` steps, turning the
+trainer's typed events into job events and checkpoint rows, the `after_training` steps, and
+finally the result file and the fine-tuned model.
 
-Owns the glue between the job store and the trainer. The trainer's own logic is in train/.
+Owns the glue between the job store and the trainer and acting on the steps' decisions. The
+trainer's own logic is in train/; the steps are registered by later stages (jobs/steps.py).
 """
 
 from __future__ import annotations
@@ -16,36 +18,79 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tunegate.db import Checkpoint, Database, File, FineTunedModel, Job, JobEvent, Organization
+from tunegate.db import Checkpoint, Database, File, Job, Organization
 from tunegate.errors import InvalidRequestError
-from tunegate.ids import new_id, now
-from tunegate.jobs import service
+from tunegate.files.service import store_bytes, summarize_errors, validate_stored
+from tunegate.ids import new_id
+from tunegate.jobs import lifecycle
+from tunegate.jobs.lifecycle import EventLevel, EventType, add_event, new_event, transition
+from tunegate.jobs.steps import Decision, Emit, JobContext, Phase, steps
 from tunegate.settings import Settings
 
 log = logging.getLogger("tunegate.jobs")
 
+# The checkpoint metrics OpenAI's FineTuningJobCheckpoint carries.
+CHECKPOINT_METRICS = ("full_valid_loss", "full_valid_mean_token_accuracy", "train_loss", "train_mean_token_accuracy",
+                      "valid_loss", "valid_mean_token_accuracy")
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    """The job's artifact folder: checkpoints, adapter, results.csv and the steps' reports."""
+    return settings.artifacts_dir / job_id
+
+
+def _emitter(db: Database, job_id: str) -> Emit:
+    def emit(message: str, *, type: EventType = "message", data: Any = None, level: EventLevel = "info") -> None:
+        add_event(db, job_id, message, type=type, data=data, level=level)
+
+    return emit
+
+
+def context(db: Database, settings: Settings, job: Job, training_path: str | Path) -> JobContext:
+    return JobContext(job_id=job.id, org_id=job.org_id, model=job.model, seed=job.seed,
+                      options=dict(job.options or {}), training_path=Path(training_path),
+                      work_dir=job_dir(settings, job.id), settings=settings, db=db, emit=_emitter(db, job.id))
+
+
+def _run_steps(db: Database, ctx: JobContext, phase: Phase, **inputs: Any) -> Decision:
+    """Run `phase`'s steps in order; the first refusal ends the phase. Records go to job.safety."""
+    for step in steps(phase):
+        decision = step.run(ctx, **inputs)
+        if decision.record is not None:
+            with db.session() as s:
+                job = s.get(Job, ctx.job_id)
+                job.safety = {**(job.safety or {}), step.name: decision.record}
+        if not decision.allow:
+            return decision
+        if decision.training_path is not None:
+            ctx = JobContext(**{**ctx.__dict__, "training_path": decision.training_path})
+    return Decision(training_path=ctx.training_path)
+
+
+def _refused(decision: Decision) -> InvalidRequestError:
+    return InvalidRequestError(decision.message, param=decision.param, code=decision.code)
+
 
 def validate_job_files(db: Database, settings: Settings, job_id: str) -> None:
-    """validating_files -> queued, or failed with `invalid_training_file` naming the first problems."""
-    from tunegate.files.service import summarize_errors, validate_stored
-
+    """validating_files -> queued, or an error (`invalid_training_file`, a step's code) to fail the job with."""
     with db.session() as s:
         job = s.get(Job, job_id)
         files = [("training_file", job.training_file), ("validation_file", job.validation_file)]
         model = job.model
+    training_path = ""
     for param, file_id in files:
         if not file_id:
             continue
+        code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
         with db.session() as s:
             row = s.get(File, file_id)
             report = row.validation if row is not None else None
+            path = row.path if row is not None else ""
         if row is None:
-            raise InvalidRequestError(f"File {file_id} was deleted before the job started.", param=param,
-                                      code="invalid_training_file" if param == "training_file" else "invalid_validation_file")
+            raise InvalidRequestError(f"File {file_id} was deleted before the job started.", param=param, code=code)
         if report is None or report.get("model") != model:
             report = validate_stored(db, settings, file_id, model)
         if not report["valid"]:
-            code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
             raise InvalidRequestError(f"The {param.replace('_', ' ')} {file_id} has problems: "
                                       f"{summarize_errors(report)}. Fix them (see GET /v1/files/{file_id}/validation "
                                       f"or `tunegate validate FILE`) and upload again.", param=param, code=code)
@@ -53,39 +98,51 @@ def validate_job_files(db: Database, settings: Settings, job_id: str) -> None:
             raise InvalidRequestError(f"The training file is in `{report.get('format')}` format; only supervised "
                                       "chat data can be trained until DPO is implemented.", param=param,
                                       code="invalid_training_file")
-    from tunegate.safety.jobs import screen_job  # raises `unsafe_training_file` when blocked
-
-    screen_job(db, settings, job_id)
+        if param == "training_file":
+            training_path = path
+    decision = _run_steps(db, context(db, settings, job, training_path), "before_queue")
+    if not decision.allow:
+        raise _refused(decision)
     with db.session() as s:
-        job = s.get(Job, job_id)
-        if job.status == "validating_files":
-            job.status = "queued"
-            s.add(JobEvent(id=new_id("ftevent", 12), job_id=job_id, message="Files validated; job queued."))
+        job = s.get(Job, job_id, with_for_update=True)
+        if job.status == "validating_files":  # not cancelled meanwhile
+            transition(job, "queued", message="Files validated; job queued.")
+
+
+def prepare_training_data(db: Database, settings: Settings, job: Job, training_path: str) -> str:
+    """The file to train on after the `prepare_data` steps (e.g. with safety examples mixed in)."""
+    decision = _run_steps(db, context(db, settings, job, training_path), "prepare_data")
+    if not decision.allow:
+        raise _refused(decision)
+    return str(decision.training_path)
 
 
 class JobReporter:
-    """The trainer's `on_event` callback: events, progress, ETA and checkpoints into the database."""
+    """The trainer's `on_event` callback: events, progress, ETA and checkpoint rows into the database."""
 
-    def __init__(self, db: Database, settings: Settings, job: Job, model_id: str, out_dir: Path):
-        self.db, self.settings, self.job_id, self.org_id = db, settings, job.id, job.org_id
-        self.model_id, self.out_dir = model_id, out_dir
+    def __init__(self, db: Database, job: Job, model_id: str):
+        self.db, self.job_id, self.org_id, self.model_id = db, job.id, job.org_id, model_id
         self.t0, self.step0 = time.time(), None
 
     def __call__(self, event: dict[str, Any]) -> None:
-        data = event.get("data")
+        kind, data = event.get("type", "message"), event.get("data")
+        if kind == "checkpoint":
+            self.record_checkpoint(data)
+            data = {"step": data["step"], "fine_tuned_model_checkpoint": self.checkpoint_model(data["step"]),
+                    "metrics": _checkpoint_metrics(data["step"], data.get("metrics"))}
         with self.db.session() as s:
-            s.add(JobEvent(id=new_id("ftevent", 12), job_id=self.job_id, message=event.get("message", ""),
-                           level=event.get("level", "info"), type=event.get("type", "message"), data=data))
-            if event.get("type") == "metrics" and data:
+            s.add(new_event(self.job_id, event.get("message", ""), type=kind, data=data,
+                            level=event.get("level", "info")))
+            if kind == "metrics" and data:
                 job = s.get(Job, self.job_id)
                 job.progress = {**(job.progress or {}), **data}
                 job.trained_tokens = data.get("trained_tokens", job.trained_tokens)
                 job.estimated_finish = self._eta(data)
-        if event.get("type") == "metrics" and data and data.get("full_valid_loss", None) is not None or \
-                "checkpoint" in (event.get("message") or "").lower():
-            self.sync_checkpoints()
 
-    def _eta(self, data: dict) -> int | None:
+    def checkpoint_model(self, step: int) -> str:
+        return f"{self.model_id}:ckpt-step-{step}"
+
+    def _eta(self, data: dict[str, Any]) -> int | None:
         step, total = data.get("step"), data.get("total_steps")
         if not step or not total:
             return None
@@ -95,31 +152,31 @@ class JobReporter:
         rate = (time.time() - self.t0) / max(step - self.step0, 1)
         return int(time.time() + rate * (total - step))
 
-    def sync_checkpoints(self) -> None:
-        """Mirror out_dir/checkpoints/step-N folders (the trainer keeps the last few) as checkpoint rows."""
-        import json
+    def record_checkpoint(self, data: dict[str, Any]) -> None:
+        """A checkpoint the trainer saved; rows of the ones it pruned (not in `kept_steps`) go."""
+        self.sync_checkpoints([(data["step"], Path(data["path"]), data.get("metrics") or {})],
+                              kept=data.get("kept_steps"))
 
-        ck_dir = self.out_dir / "checkpoints"
-        on_disk = {}
-        for d in ck_dir.glob("step-*"):
-            meta = d / "meta.json"
-            if meta.exists() and d.name.removeprefix("step-").isdigit():
-                on_disk[int(d.name.removeprefix("step-"))] = d
+    def sync_checkpoints(self, checkpoints: list[tuple[int, Path, dict[str, Any]]],
+                         kept: list[int] | None = None) -> None:
+        """Rows for `checkpoints` (step, folder, metrics) as the trainer returned them; rows of
+        steps not in `kept` (default: exactly these checkpoints) are removed."""
+        keep = set(kept) if kept is not None else {step for step, _, _ in checkpoints}
         with self.db.session() as s:
             rows = {c.step: c for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == self.job_id))}
             for step, row in rows.items():
-                if step not in on_disk:
+                if step not in keep:
                     s.delete(row)
-            for step, d in on_disk.items():
-                if step in rows:
+            for step, path, metrics in checkpoints:
+                if step in rows or step not in keep:
                     continue
-                meta = json.loads((d / "meta.json").read_text())
-                metrics = {k: v for k, v in (meta.get("metrics") or {}).items() if k in (
-                    "full_valid_loss", "full_valid_mean_token_accuracy", "train_loss", "train_mean_token_accuracy",
-                    "valid_loss", "valid_mean_token_accuracy")}
-                metrics["step"] = step
                 s.add(Checkpoint(id=new_id("ftckpt", 12), job_id=self.job_id, org_id=self.org_id, step=step,
-                                 model_id=f"{self.model_id}:ckpt-step-{step}", path=str(d), metrics=metrics))
+                                 model_id=self.checkpoint_model(step), path=str(path),
+                                 metrics=_checkpoint_metrics(step, metrics)))
+
+
+def _checkpoint_metrics(step: int, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    return {**{k: v for k, v in (metrics or {}).items() if k in CHECKPOINT_METRICS}, "step": step}
 
 
 def results_csv(path: Path) -> bytes:
@@ -138,26 +195,40 @@ def results_csv(path: Path) -> bytes:
 def fine_tuned_model_id(db: Database, job: Job) -> str:
     with db.session() as s:
         org_name = s.get(Organization, job.org_id).name
-    return service.model_name(job.model, org_name, job.suffix, job.id)
+    return model_name(job.model, org_name, job.suffix, job.id)
 
 
-def finish_succeeded(db: Database, settings: Settings, job_id: str, model_id: str, adapter_dir: Path,
-                     results_path: Path, trained_tokens: int | None) -> None:
-    from tunegate.files.service import store_bytes
+def model_name(base: str, org_name: str, suffix: str | None, job_id: str) -> str:
+    """OpenAI's `ft:<base>:<org>:<suffix>:<id>` (the suffix part is empty when none was given)."""
+    return f"ft:{base}:{org_name}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
+
+def after_training(db: Database, settings: Settings, job_id: str, model_id: str, adapter_dir: Path,
+                   trained_tokens: int | None) -> bool:
+    """The `after_training` steps (the safety gate), then the model is served. False: a step
+    refused; the adapter is kept as a model that is not deployable and the job failed."""
     with db.session() as s:
         job = s.get(Job, job_id)
-        org_id, base = job.org_id, job.model
+    decision = _run_steps(db, context(db, settings, job, ""), "after_training", adapter_dir=adapter_dir,
+                          model_id=model_id)
+    if not decision.allow:
+        with db.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            lifecycle.register_model(s, job, model_id, adapter_dir, deployable=False)
+        lifecycle.fail(db, job_id, decision.code or "blocked", decision.message, decision.param)
+        return False
+    succeed(db, settings, job_id, model_id, adapter_dir, trained_tokens=trained_tokens)
+    return True
+
+
+def succeed(db: Database, settings: Settings, job_id: str, model_id: str, adapter_dir: Path, *,
+            trained_tokens: int | None = None, override: dict[str, Any] | None = None) -> None:
+    """Store the result file and mark the job succeeded with its model servable (lifecycle.complete).
+    `override`: an admin serves a model a step blocked; the note is kept in job.safety."""
+    with db.session() as s:
+        org_id = s.get(Job, job_id).org_id
     result = store_bytes(db, settings, org_id, purpose="fine-tune-results", filename="step_metrics.csv",
-                         data=results_csv(results_path))
+                         data=results_csv(job_dir(settings, job_id) / "results.csv"))
     with db.session() as s:
-        job = s.get(Job, job_id)
-        if s.get(FineTunedModel, model_id) is None:
-            s.add(FineTunedModel(id=model_id, org_id=org_id, job_id=job_id, base_model=base,
-                                 adapter_path=str(adapter_dir), deployable=True))
-        job.status, job.finished_at, job.control, job.worker_pid = "succeeded", now(), None, None
-        job.fine_tuned_model, job.result_files = model_id, [result.id]
-        job.trained_tokens = trained_tokens if trained_tokens is not None else job.trained_tokens
-        job.estimated_finish = None
-        s.add(JobEvent(id=new_id("ftevent", 12), job_id=job_id,
-                       message=f"The job has successfully completed. New model: {model_id}"))
+        job = s.get(Job, job_id, with_for_update=True)
+        lifecycle.complete(s, job, model_id, adapter_dir, result.id, trained_tokens=trained_tokens, override=override)

@@ -7,8 +7,7 @@ import re
 
 from fastapi import APIRouter, Query, Request
 
-from tunegate.api.deps import DbDep, PrincipalDep, SettingsDep, log_unknown_fields
-from tunegate.api.schemas import page
+from tunegate.edge import DbDep, PrincipalDep, SettingsDep, log_unknown_fields, page
 from tunegate.jobs import service
 from tunegate.jobs.schemas import FineTuningJob, JobCreate
 

@@ -8,9 +8,9 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tunegate.jobs.lifecycle import EventLevel, EventType, JobStatus
+
 Auto = Literal["auto"]
-JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
-TERMINAL = ("succeeded", "failed", "cancelled")
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -159,10 +159,13 @@ class FineTuningJobEvent(BaseModel):
     id: str
     object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
     created_at: int
-    level: Literal["info", "warn", "error"]
+    level: EventLevel
     message: str
+    """For people; programs read `type` and `data`."""
     data: Any = None
-    type: Literal["message", "metrics", "moderation_checks"] = "message"
+    type: EventType = "message"
+    """OpenAI's `message` and `metrics`, plus ours: `status` (data: status, previous), `checkpoint`
+    (data: step, fine_tuned_model_checkpoint, metrics) and `moderation_checks` (data: check, ...)."""
 
 
 class CheckpointMetrics(BaseModel):

@@ -1,11 +1,8 @@
 """Fine-tuning jobs: creation with parameter checks, the state machine, events and checkpoints.
 
-Owns the job rows and their legal transitions:
-
-    validating_files -> queued -> running -> succeeded | failed | cancelled
-                                   running <-> paused (pause / resume)
-
-Running jobs are driven by the executor (`jobs/executor.py`); this module never trains.
+Owns creating job rows, reading them as OpenAI objects and the user's cancel/pause/resume
+requests. Status changes go through `lifecycle.transition`; running jobs are driven by the
+executor (`jobs/executor.py`); this module never trains.
 """
 
 from __future__ import annotations
@@ -19,8 +16,9 @@ from tunegate.auth import Principal
 from tunegate.audit import record
 from tunegate.db import Checkpoint, Database, File, Job, JobEvent
 from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError
-from tunegate.ids import new_id, now
-from tunegate.jobs.schemas import TERMINAL, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, JobCreate
+from tunegate.ids import new_id
+from tunegate.jobs.lifecycle import TERMINAL, new_event, transition
+from tunegate.jobs.schemas import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, JobCreate
 from tunegate.settings import Settings
 
 
@@ -33,11 +31,6 @@ def to_object(job: Job, org_name: str | None = None) -> FineTuningJob:
         training_file=job.training_file, validation_file=job.validation_file, estimated_finish=job.estimated_finish,
         metadata=job.metadata_, method=job.method, suffix=job.suffix, integrations=[],
     )
-
-
-def model_name(base: str, org_name: str, suffix: str | None, job_id: str) -> str:
-    """OpenAI's `ft:<base>:<org>:<suffix>:<id>` (the suffix part is empty when none was given)."""
-    return f"ft:{base}:{org_name}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
 def _requested_method(body: JobCreate) -> dict[str, Any]:
@@ -96,21 +89,12 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
                   metadata_=body.metadata, method=method, hyperparameters=method["supervised"]["hyperparameters"],
                   options=options, status="validating_files", result_files=[], progress={}, safety={})
         s.add(job)
-        s.add(_event(job.id, "Created fine-tuning job: " + job.id))
+        s.add(new_event(job.id, "Created fine-tuning job: " + job.id, type="status",
+                        data={"status": "validating_files", "previous": None}))
     record(db, "job.created", org_id=principal.org_id, actor=principal.key_id, object_id=job.id,
            details={"model": body.model, "training_file": body.training_file, "options": options,
                     "safety_switches": restricted})
     return job
-
-
-def _event(job_id: str, message: str, level: str = "info", type_: str = "message", data: Any = None) -> JobEvent:
-    return JobEvent(id=new_id("ftevent", 12), job_id=job_id, message=message, level=level, type=type_, data=data)
-
-
-def add_event(db: Database, job_id: str, message: str, *, level: str = "info", type_: str = "message",
-              data: Any = None) -> None:
-    with db.session() as s:
-        s.add(_event(job_id, message, level, type_, data))
 
 
 def get(db: Database, principal: Principal, job_id: str) -> Job:
@@ -190,34 +174,24 @@ def request_control(db: Database, principal: Principal, job_id: str, action: str
                                     param="fine_tuning_job_id", code="job_not_cancellable")
             if st == "running":
                 job.control = "cancel"
-                s.add(_event(job_id, "Cancellation requested; training stops after the current step."))
+                s.add(new_event(job_id, "Cancellation requested; training stops after the current step."))
             else:
-                job.status, job.finished_at, job.control = "cancelled", now(), None
-                s.add(_event(job_id, "Job cancelled."))
+                transition(job, "cancelled", message="Job cancelled.")
         elif action == "pause":
             if st != "running" and st != "queued":
                 raise ConflictError(f"Job {job_id} is {st}; only queued or running jobs can be paused.",
                                     param="fine_tuning_job_id", code="job_not_pausable")
             if st == "running":
                 job.control = "pause"
-                s.add(_event(job_id, "Pause requested; a checkpoint is saved after the current step."))
+                s.add(new_event(job_id, "Pause requested; a checkpoint is saved after the current step."))
             else:
-                job.status = "paused"
-                s.add(_event(job_id, "Job paused."))
+                transition(job, "paused", message="Job paused.")
         elif action == "resume":
             if st != "paused":
                 raise ConflictError(f"Job {job_id} is {st}; only paused jobs can be resumed.",
                                     param="fine_tuning_job_id", code="job_not_resumable")
-            job.status, job.control = "queued", None
-            s.add(_event(job_id, "Job resumed; it is queued and continues from its last checkpoint."))
+            transition(job, "queued", message="Job resumed; it is queued and continues from its last checkpoint.",
+                       control=None)
         s.flush()
     record(db, f"job.{action}", org_id=principal.org_id, actor=principal.key_id, object_id=job_id)
     return get(db, principal, job_id)
-
-
-def fail(db: Database, job_id: str, code: str, message: str, param: str | None = None) -> None:
-    with db.session() as s:
-        job = s.get(Job, job_id)
-        job.status, job.finished_at, job.worker_pid = "failed", now(), None
-        job.error = {"code": code, "message": message, "param": param}
-        s.add(_event(job_id, f"Job failed: {message}", level="error"))

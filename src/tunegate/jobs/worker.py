@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tunegate.db import Database, File, Job
 from tunegate.errors import TunegateError
-from tunegate.ids import now
-from tunegate.jobs import pipeline, service
+from tunegate.jobs import pipeline
+from tunegate.jobs.lifecycle import add_event, fail, transition
 from tunegate.settings import Settings
 
 log = logging.getLogger("tunegate.worker")
@@ -50,10 +50,7 @@ def build_config(db: Database, settings: Settings, job: Job):
         hp.get("n_epochs", "auto"), hp.get("batch_size", "auto"), hp.get("learning_rate_multiplier", "auto"),
         n_examples=int(report.get("n_examples") or 0))
     opts = job.options or {}
-    # The job pipeline orchestrates the stages to its right: safety mixes refusal data in first.
-    from tunegate.safety.jobs import mixed_training_file
-
-    training_path = mixed_training_file(db, settings, job, train_file.path)
+    training_path = pipeline.prepare_training_data(db, settings, job, train_file.path)
     config = TrainConfig(
         base_model=base.name, base_model_path=str(base.path), template_sha256=base.template_sha256,
         training_file=training_path, validation_file=valid_file.path if valid_file else None,
@@ -68,7 +65,7 @@ def build_config(db: Database, settings: Settings, job: Job):
 def run(job_id: str, settings: Settings | None = None) -> int:
     from tunegate.train.distributed import run_data_parallel
 
-    settings = settings or Settings()
+    settings = settings or Settings.from_worker_env()
     db = Database(settings.db_url)
     with db.session() as s:
         job = s.get(Job, job_id)
@@ -86,8 +83,8 @@ def run(job_id: str, settings: Settings | None = None) -> int:
             row.hyperparameters = resolved
         resuming = (out_dir / "checkpoints").exists() and any((out_dir / "checkpoints").iterdir())
         if resuming:
-            service.add_event(db, job_id, "Resuming training from the last checkpoint.")
-        reporter = pipeline.JobReporter(db, settings, job, model_id, out_dir)
+            add_event(db, job_id, "Resuming training from the last checkpoint.")
+        reporter = pipeline.JobReporter(db, job, model_id)
 
         def should_stop() -> str | None:
             with db.session() as s:
@@ -96,39 +93,27 @@ def run(job_id: str, settings: Settings | None = None) -> int:
         n_workers = int((job.options or {}).get("n_workers") or 1)
         threads = max(1, (settings.torch_threads or os.cpu_count() or 1) // n_workers)  # the worker's cores, shared
         result = run_data_parallel(config, out_dir, reporter, should_stop, world_size=n_workers, threads=threads)
-        reporter.sync_checkpoints()
-        if result.status == "cancelled":
+        reporter.sync_checkpoints(result.checkpoints)
+        if result.status in ("cancelled", "paused"):
             with db.session() as s:
-                row = s.get(Job, job_id)
-                row.status, row.finished_at, row.control, row.worker_pid = "cancelled", now(), None, None
-            service.add_event(db, job_id, "Training stopped: the job was cancelled.")
-        elif result.status == "paused":
-            with db.session() as s:
-                row = s.get(Job, job_id)
-                row.status, row.control, row.worker_pid = "paused", None, None
-            service.add_event(db, job_id, "Training paused; a checkpoint was saved. Resume to continue.")
+                row = s.get(Job, job_id, with_for_update=True)
+                if result.status == "cancelled":
+                    transition(row, "cancelled", message="Training stopped: the job was cancelled.")
+                else:
+                    transition(row, "paused", message="Training paused; a checkpoint was saved. Resume to continue.",
+                               control=None, worker_pid=None)
         else:
-            after_training(db, settings, job_id, model_id, Path(result.adapter_dir), out_dir, result.trained_tokens)
+            pipeline.after_training(db, settings, job_id, model_id, Path(result.adapter_dir), result.trained_tokens)
         return 0
     except TunegateError as exc:
-        service.fail(db, job_id, exc.code or "training_error", exc.message, exc.param)
+        fail(db, job_id, exc.code or "training_error", exc.message, exc.param)
         return 0
     except Exception as exc:  # recorded as a clean failure; the traceback goes to the worker log only
         traceback.print_exc()
-        service.fail(db, job_id, "training_error", f"Training failed: {type(exc).__name__}: {exc}")
+        fail(db, job_id, "training_error", f"Training failed: {type(exc).__name__}: {exc}")
         return 0
     finally:
         stop.set()
-
-
-def after_training(db: Database, settings: Settings, job_id: str, model_id: str, adapter_dir: Path, out_dir: Path,
-                   trained_tokens: int | None) -> None:
-    """Safety gate, then the fine-tuned model is registered as servable."""
-    from tunegate.safety.jobs import gate_job
-
-    if not gate_job(db, settings, job_id, adapter_dir, model_id):
-        return  # the gate failed the job with `unsafe_model`
-    pipeline.finish_succeeded(db, settings, job_id, model_id, adapter_dir, out_dir / "results.csv", trained_tokens)
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
-"""Safety inside the job pipeline: screening a job's training data before it is queued, the gate
-after training, and safety-data mixing. Called by jobs/ through two hooks (`screen_job`,
-`gate_job`); the checks themselves live in screen.py and gate.py.
+"""Safety inside the job pipeline, as three steps that jobs/ runs (registered in the `job_steps`
+plugin registry): screening a job's training data before it is queued, mixing the project's
+refusal examples in before training, and the gate after training. The checks themselves live in
+screen.py, mixing.py and gate.py.
 
 Owns where reports are written (the job's artifact folder), the `moderation_checks` events, the
-`unsafe_training_file` / `unsafe_model` failures and their audit entries, and the gate run on
-demand on one checkpoint (its decision is stored on the checkpoint; the job is not changed).
+decisions that block with `unsafe_training_file` / `unsafe_model`, their audit entries, an admin's
+override of a blocked model, and the gate run on demand on one checkpoint (its decision is stored
+on the checkpoint). Never writes job rows: jobs/ acts on the decisions.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ import threading
 from pathlib import Path
 
 from tunegate.audit import record
-from tunegate.db import Database, File, FineTunedModel, Job, Organization
+from tunegate.db import Database, FineTunedModel, Job, Organization
 from tunegate.errors import InvalidRequestError
-from tunegate.jobs import service
+from tunegate.jobs.lifecycle import add_event
+from tunegate.jobs.pipeline import job_dir, succeed
+from tunegate.jobs.steps import Decision, JobContext, Step
 from tunegate.safety.policy import SafetyPolicy, policy_from_overrides
 from tunegate.settings import Settings
+
+__all__ = ["GATE", "SAFETY_MIXING", "SCREENING", "checkpoint_dir", "gate_checkpoint", "job_dir", "org_policy", "override"]
 
 log = logging.getLogger("tunegate.safety")
 
@@ -30,119 +36,101 @@ def org_policy(db: Database, org_id: str) -> SafetyPolicy:
         return policy_from_overrides((org.policy or {}) if org else {})
 
 
-def job_dir(settings: Settings, job_id: str) -> Path:
-    return settings.artifacts_dir / job_id
-
-
-def screen_job(db: Database, settings: Settings, job_id: str) -> None:
-    """Moderate every example and run the job-level checks; raise `unsafe_training_file` when blocked."""
+def screen(ctx: JobContext) -> Decision:
+    """Moderate every example and run the job-level checks; refuse with `unsafe_training_file` when blocked."""
     from tunegate.safety.moderation import get_moderator
     from tunegate.safety.screen import screen_training_file
 
-    with db.session() as s:
-        job = s.get(Job, job_id)
-        org_id, path = job.org_id, Path(s.get(File, job.training_file).path)
-        options = dict(job.options or {})
-    policy = org_policy(db, org_id)
-    if not policy.screening.enabled or options.get("skip_screening"):
-        service.add_event(db, job_id, "Training-data screening is disabled by policy.", level="warn",
-                          type_="moderation_checks", data={"check": "screening", "enabled": False})
-        return
-    report = screen_training_file(path, get_moderator(settings), policy)
-    out = job_dir(settings, job_id)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "screening_report.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
-    with db.session() as s:
-        job = s.get(Job, job_id)
-        job.safety = {**(job.safety or {}), "screening": {"blocked": report.blocked, "message": report.message,
-                                                          "n_flagged": report.n_flagged}}
+    policy = org_policy(ctx.db, ctx.org_id)
+    if not policy.screening.enabled or ctx.options.get("skip_screening"):
+        ctx.emit("Training-data screening is disabled by policy.", level="warn", type="moderation_checks",
+                 data={"check": "screening", "enabled": False})
+        return Decision()
+    report = screen_training_file(ctx.training_path, get_moderator(ctx.settings), policy)
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.work_dir / "screening_report.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
     summary = {"check": "screening", "blocked": report.blocked, "n_examples": report.n_examples,
                "n_flagged": report.n_flagged, "category_counts": report.category_counts,
                "findings": [f.model_dump() for f in report.findings][:20]}
-    service.add_event(db, job_id, f"Training-data screening: {report.message}", level="error" if report.blocked
-                      else "info", type_="moderation_checks", data=summary)
-    if report.blocked:
-        record(db, "job.blocked", org_id=org_id, actor="screening", object_id=job_id,
-               details={"stage": "screening", "message": report.message})
-        raise InvalidRequestError(f"{report.message} The full per-line report: GET /v1/fine_tuning/jobs/{job_id}/"
-                                  "safety_report.", param="training_file", code="unsafe_training_file")
+    ctx.emit(f"Training-data screening: {report.message}", level="error" if report.blocked else "info",
+             type="moderation_checks", data=summary)
+    kept = {"blocked": report.blocked, "message": report.message, "n_flagged": report.n_flagged}
+    if not report.blocked:
+        return Decision(record=kept)
+    record(ctx.db, "job.blocked", org_id=ctx.org_id, actor="screening", object_id=ctx.job_id,
+           details={"stage": "screening", "message": report.message})
+    return Decision(allow=False, code="unsafe_training_file", param="training_file", record=kept,
+                    message=f"{report.message} The full per-line report: GET /v1/fine_tuning/jobs/{ctx.job_id}/"
+                            "safety_report.")
 
 
-def mixed_training_file(db: Database, settings: Settings, job: Job, training_path: str) -> str:
+def mix(ctx: JobContext) -> Decision:
     """The training file with the project's refusal examples mixed in (~3%), unless turned off.
 
     Written once into the job folder so that a resumed run trains on exactly the same data.
     """
     from tunegate.safety.mixing import mix_safety_examples
 
-    policy = org_policy(db, job.org_id)
-    enabled = (job.options or {}).get("safety_mixing", policy.safety_mixing)
-    if not enabled:
-        return training_path
-    out = job_dir(settings, job.id) / "training_mixed.jsonl"
+    policy = org_policy(ctx.db, ctx.org_id)
+    if not ctx.options.get("safety_mixing", policy.safety_mixing):
+        return Decision()
+    out = ctx.work_dir / "training_mixed.jsonl"
     if out.exists():
-        return str(out)
-    with open(training_path, encoding="utf-8") as f:
+        return Decision(training_path=out)
+    with open(ctx.training_path, encoding="utf-8") as f:
         examples = [json.loads(line) for line in f if line.strip()]
-    mixed = mix_safety_examples(examples, fraction=policy.safety_mixing_fraction, seed=job.seed)
+    mixed = mix_safety_examples(examples, fraction=policy.safety_mixing_fraction, seed=ctx.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in mixed), encoding="utf-8")
     tmp.replace(out)
-    service.add_event(db, job.id, f"Safety data mixing: {len(mixed) - len(examples)} of the project's refusal "
-                      f"examples were mixed into {len(examples)} training examples.", type_="moderation_checks",
-                      data={"check": "safety_mixing", "added": len(mixed) - len(examples)})
-    return str(out)
+    ctx.emit(f"Safety data mixing: {len(mixed) - len(examples)} of the project's refusal examples were mixed "
+             f"into {len(examples)} training examples.", type="moderation_checks",
+             data={"check": "safety_mixing", "added": len(mixed) - len(examples)})
+    return Decision(training_path=out)
 
 
-def gate_job(db: Database, settings: Settings, job_id: str, adapter_dir: Path, model_id: str) -> bool:
-    """Run the post-training gate. True: deployable. False: the job failed with `unsafe_model`."""
+def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
+    """The post-training gate. Refuses with `unsafe_model` when the fine-tune lost safety behaviour."""
     from tunegate.safety.gate import run_gate, save_report
     from tunegate.safety.generation import AdapterGenerator
     from tunegate.safety.moderation import get_moderator
 
-    with db.session() as s:
-        job = s.get(Job, job_id)
-        org_id, base_name = job.org_id, job.model
-    policy = org_policy(db, org_id)
+    policy = org_policy(ctx.db, ctx.org_id)
     if not policy.gate.enabled:
-        service.add_event(db, job_id, "The post-training safety gate is disabled by policy.", level="warn",
-                          type_="moderation_checks", data={"check": "gate", "enabled": False})
-        return True
-    service.add_event(db, job_id, "Safety gate: generating answers from the base and the fine-tuned model on the "
-                      "harmful and benign suites.", type_="moderation_checks", data={"check": "gate", "stage": "start"})
-    gen = AdapterGenerator(settings, base_name, adapter_dir, policy.gate.max_new_tokens)
-    cache = settings.models_dir / "safety" / "gate-base-answers"
-    report = run_gate(gen.cached_base(cache), gen.tuned, get_moderator(settings), policy)
-    save_report(report, job_dir(settings, job_id))
+        ctx.emit("The post-training safety gate is disabled by policy.", level="warn", type="moderation_checks",
+                 data={"check": "gate", "enabled": False})
+        return Decision()
+    ctx.emit("Safety gate: generating answers from the base and the fine-tuned model on the harmful and benign "
+             "suites.", type="moderation_checks", data={"check": "gate", "stage": "start"})
+    gen = AdapterGenerator(ctx.settings, ctx.model, adapter_dir, policy.gate.max_new_tokens)
+    cache = ctx.settings.models_dir / "safety" / "gate-base-answers"
+    report = run_gate(gen.cached_base(cache), gen.tuned, get_moderator(ctx.settings), policy)
+    save_report(report, ctx.work_dir)
     data = {"check": "gate", "decision": report.decision, "reasons": report.reasons,
             "base": report.base.model_dump(), "tuned": report.tuned.model_dump(),
             "categories": [c.model_dump() for c in report.categories],
             "answer_categories": [c.model_dump() for c in report.answer_categories], "timings": report.timings}
-    with db.session() as s:
-        job = s.get(Job, job_id)
-        job.safety = {**(job.safety or {}), "gate": {"decision": report.decision, "reasons": report.reasons}}
-    service.add_event(db, job_id, report.summary(), level="error" if report.blocked else "info",
-                      type_="moderation_checks", data=data)
+    ctx.emit(report.summary(), level="error" if report.blocked else "info", type="moderation_checks", data=data)
+    kept = {"decision": report.decision, "reasons": report.reasons}
     if not report.blocked:
-        return True
-    # Keep the adapter registered but not deployable, so an admin can review and override.
-    with db.session() as s:
-        if s.get(FineTunedModel, model_id) is None:
-            s.add(FineTunedModel(id=model_id, org_id=org_id, job_id=job_id, base_model=base_name,
-                                 adapter_path=str(adapter_dir), deployable=False))
-    record(db, "job.blocked", org_id=org_id, actor="gate", object_id=job_id,
+        return Decision(record=kept)
+    record(ctx.db, "job.blocked", org_id=ctx.org_id, actor="gate", object_id=ctx.job_id,
            details={"stage": "gate", "reasons": report.reasons, "model": model_id})
-    service.fail(db, job_id, "unsafe_model", "The fine-tuned model did not pass the safety gate: "
-                 + "; ".join(report.reasons) + f". It is not served. See GET /v1/fine_tuning/jobs/{job_id}/"
-                 "safety_report; an admin can override with a reason.")
-    return False
+    # jobs/ keeps the adapter registered but not deployable, so an admin can review and override.
+    return Decision(allow=False, code="unsafe_model", record=kept,
+                    message="The fine-tuned model did not pass the safety gate: " + "; ".join(report.reasons)
+                            + f". It is not served. See GET /v1/fine_tuning/jobs/{ctx.job_id}/safety_report; an "
+                            "admin can override with a reason.")
 
 
-def override(db: Database, job_id: str, org_id: str, actor: str, reason: str) -> str:
+SCREENING = Step("screening", "before_queue", screen)
+SAFETY_MIXING = Step("safety_mixing", "prepare_data", mix)
+GATE = Step("gate", "after_training", gate)
+
+
+def override(db: Database, settings: Settings, job_id: str, org_id: str, actor: str, reason: str) -> str:
     """An admin's decision to serve a model the gate blocked. Returns the model id."""
-    from tunegate.ids import now
-
     with db.session() as s:
         job = s.get(Job, job_id)
         if job is None or job.org_id != org_id:
@@ -151,13 +139,10 @@ def override(db: Database, job_id: str, org_id: str, actor: str, reason: str) ->
             raise InvalidRequestError(f"Job {job_id} was not blocked by the safety gate; nothing to override.",
                                       param="fine_tuning_job_id", code="not_blocked")
         ft = s.query(FineTunedModel).filter_by(job_id=job_id).one()
-        ft.deployable = True
-        job.status, job.fine_tuned_model, job.finished_at = "succeeded", ft.id, now()
-        job.safety = {**(job.safety or {}), "override": {"by": actor, "reason": reason, "previous_error": job.error}}
-        job.error = None
-        model_id = ft.id
-    service.add_event(db, job_id, f"Safety gate overridden by an admin: {reason}", level="warn",
-                      type_="moderation_checks", data={"check": "override", "reason": reason})
+        model_id, adapter_dir = ft.id, Path(ft.adapter_path)
+    add_event(db, job_id, f"Safety gate overridden by an admin: {reason}", level="warn", type="moderation_checks",
+              data={"check": "override", "reason": reason})
+    succeed(db, settings, job_id, model_id, adapter_dir, override={"by": actor, "reason": reason})
     record(db, "safety.override", org_id=org_id, actor=actor, object_id=job_id,
            details={"reason": reason, "model": model_id})
     return model_id
@@ -201,9 +186,9 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
                     "by": actor, "finished_at": now()}
     with db.session() as s:
         s.get(Checkpoint, checkpoint_id).gate = decision
-    service.add_event(db, job_id, f"Safety gate on checkpoint {model_id}: {decision['decision']}"
-                      + (f" ({'; '.join(decision['reasons'])})" if decision["reasons"] else "") + ".",
-                      level="info" if decision["decision"] == "passed" else "error", type_="moderation_checks",
-                      data={"check": "checkpoint_gate", "checkpoint": model_id, **decision})
+    add_event(db, job_id, f"Safety gate on checkpoint {model_id}: {decision['decision']}"
+              + (f" ({'; '.join(decision['reasons'])})" if decision["reasons"] else "") + ".",
+              level="info" if decision["decision"] == "passed" else "error", type="moderation_checks",
+              data={"check": "checkpoint_gate", "checkpoint": model_id, **decision})
     record(db, "checkpoint.gated", org_id=org_id, actor=actor, object_id=model_id, details=decision)
     return decision

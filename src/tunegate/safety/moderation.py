@@ -14,6 +14,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from tunegate.errors import InvalidRequestError, ServerError
 from tunegate.ids import new_id
+from tunegate.plugins import MODERATORS
 from tunegate.safety.schemas import CATEGORIES, DEFAULT_MODEL, MAX_INPUTS, ModerationCreateResponse, ModerationResult
 from tunegate.settings import Settings
 
@@ -29,32 +30,26 @@ class Moderator(Protocol):
 
 
 ModeratorFactory = Callable[[Settings], Moderator]
-_REGISTRY: dict[str, ModeratorFactory] = {}
 _INSTANCES: dict[tuple, Moderator] = {}
 _LOCK = threading.Lock()
 
 
 def register_moderator(name: str, factory: ModeratorFactory) -> None:
-    """Make a moderator selectable with `TUNEGATE_MODERATOR=name`."""
-    _REGISTRY[name] = factory
+    """Make a moderator selectable with `TUNEGATE_MODERATOR=name` (the `moderators` plugin registry)."""
+    MODERATORS.register(name, factory)
 
 
 def moderator_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(MODERATORS.names())
 
 
 def get_moderator(settings: Settings) -> Moderator:
     """The moderator named by `settings.moderator`, built once per process and configuration."""
-    name = settings.moderator
-    if name not in _REGISTRY:
-        raise InvalidRequestError(
-            f"Unknown moderator `{name}`. Set TUNEGATE_MODERATOR to one of: {', '.join(moderator_names())}.",
-            param="moderator",
-        )
-    key = (name, str(settings.data_dir.resolve()), settings.moderation_url)
+    factory = MODERATORS.get(settings.moderator)  # an unknown name is a 400 naming the setting
+    key = (settings.moderator, str(settings.data_dir.resolve()), settings.moderation_url)
     with _LOCK:
         if key not in _INSTANCES:
-            _INSTANCES[key] = _REGISTRY[name](settings)
+            _INSTANCES[key] = factory(settings)
         return _INSTANCES[key]
 
 
@@ -126,9 +121,6 @@ class HttpModerator:
     def close(self) -> None:
         self._client.close()
 
-
-register_moderator("builtin", BuiltinModerator)
-register_moderator("http", HttpModerator)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?\n])\s+")

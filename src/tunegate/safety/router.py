@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tunegate.api.deps import AdminDep, DbDep, PrincipalDep, SettingsDep, log_unknown_fields
+from tunegate.edge import AdminDep, DbDep, PrincipalDep, SettingsDep, log_unknown_fields
 from tunegate.audit import record
 from tunegate.db import Organization
 from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError
@@ -86,10 +86,10 @@ class OverrideRequest(BaseModel):
 
 
 @router.post("/fine_tuning/jobs/{job_id}/safety_override")
-def safety_override(job_id: str, body: OverrideRequest, db: DbDep, principal: AdminDep):
+def safety_override(job_id: str, body: OverrideRequest, db: DbDep, settings: SettingsDep, principal: AdminDep):
     """Admin only: serve a model that the safety gate blocked. The reason goes to the audit log."""
     jobs.get(db, principal, job_id)
-    safety_jobs.override(db, job_id, principal.org_id, principal.key_id, body.reason)
+    safety_jobs.override(db, settings, job_id, principal.org_id, principal.key_id, body.reason)
     return jobs.to_object(jobs.get(db, principal, job_id))
 
 

@@ -1,10 +1,11 @@
 """`POST /v1/chat/completions`: JSON, or Server-Sent Events when `stream` is true.
 
-Owns the HTTP edge of serving only: authentication and model lookup come from `api/deps.py`, the
-protocol logic from `serve/service.py`, SSE framing from sse-starlette, and noticing a client that
-went away (a streaming response is cancelled by sse-starlette; a JSON one is watched here), so its
-batch slots are freed. `setup(app)` creates the one engine of the server and registers it as a
-service (started and stopped with the app).
+Owns the HTTP edge of serving only: authentication comes from `edge.py`, model lookup from
+`models/service.py`, the protocol logic from `serve/service.py`, SSE framing from sse-starlette, and
+noticing a client that went away (a streaming response is cancelled by sse-starlette; a JSON one is
+watched here), so its batch slots are freed. `setup(app)` creates the server's one engine, chosen by
+`TUNEGATE_ENGINE` through the plugin registry, and registers it as a service (started and stopped
+with the app).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from collections import Counter
 from fastapi import APIRouter, FastAPI, Request, Response
 from sse_starlette.sse import EventSourceResponse
 
-from tunegate.api.deps import AdminDep, PrincipalDep
+from tunegate.edge import AdminDep, PrincipalDep
 from tunegate.errors import TunegateError
 from tunegate.safety.jobs import org_policy
 from tunegate.safety.moderation import get_moderator
+from tunegate.models.service import resolve
+from tunegate.plugins import ENGINES
 from tunegate.safety.runtime import RuntimeModeration
 from tunegate.serve.engine import ServableModel
 from tunegate.serve.limits import Caller, ChatLimits
@@ -31,10 +34,9 @@ router = APIRouter(prefix="/v1", tags=["chat"])
 
 
 def setup(app: FastAPI) -> None:
-    from tunegate.serve.hf_engine import HFEngine
-
-    engine = HFEngine(app.state.settings)
-    app.state.chat = ChatService(engine, ChatLimits.from_settings(app.state.settings))
+    settings = app.state.settings
+    engine = ENGINES.get(settings.engine)(settings)  # TUNEGATE_ENGINE, through the plugin registry
+    app.state.chat = ChatService(engine, ChatLimits.from_settings(settings))
     app.state.services.append(engine)
     app.add_middleware(NoticeDisconnect)
 
@@ -130,8 +132,6 @@ async def _moderation_report(mod: RuntimeModeration, body: ChatCompletionRequest
 
 
 async def _prepare(app, principal, body: ChatCompletionRequest):
-    from tunegate.models.service import resolve
-
     resolved = await asyncio.to_thread(resolve, app.state.db, app.state.settings, principal, body.model)
     model = ServableModel(resolved.id, resolved.base, resolved.adapter_path)
     moderation = await _moderation(app, principal, body, model.id)

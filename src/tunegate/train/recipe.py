@@ -5,9 +5,11 @@ stop poll, it trains LoRA adapters and leaves PEFT checkpoints, a final adapter 
 in the folder. Calling it again on a folder that holds checkpoints resumes from the latest one
 (that is how a killed worker recovers). It knows nothing about HTTP, jobs or the database.
 
-Events are dicts `{"level", "message", "type": "message"|"metrics", "data"}`; metrics use
-OpenAI's names (train_loss, train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy,
-full_valid_loss, full_valid_mean_token_accuracy) plus step, total_steps, epoch, trained_tokens.
+Events are dicts `{"level", "message", "type": "message"|"metrics"|"checkpoint", "data"}`; metrics
+use OpenAI's names (train_loss, train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy,
+full_valid_loss, full_valid_mean_token_accuracy) plus step, total_steps, epoch, trained_tokens; a
+checkpoint's data is its step, epoch, path, metrics and `kept_steps` (the checkpoints left after
+pruning). Readers use `type` and `data`; `message` is for people.
 """
 
 from __future__ import annotations
@@ -123,7 +125,9 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
                             _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
                             _trainer_state(step, trained_tokens, metrics, optimizer, scheduler))
         prune_checkpoints(out_dir, config.keep_checkpoints)
-        say.info(f"Checkpoint saved at step {step} (epoch {epoch}).")
+        say.checkpoint(f"Checkpoint saved at step {step} (epoch {epoch}).",
+                       {"step": step, "epoch": epoch, "path": str(path), "metrics": dict(metrics),
+                        "kept_steps": [s for s, _ in list_checkpoints(out_dir)]})
         group.barrier()
         return path
 
@@ -326,6 +330,9 @@ class _Say:
 
     def warn(self, message: str) -> None:
         self.on_event({"level": "warn", "message": message, "type": "message", "data": None})
+
+    def checkpoint(self, message: str, data: dict[str, Any]) -> None:
+        self.on_event({"level": "info", "message": message, "type": "checkpoint", "data": data})
 
     def metrics(self, data: dict[str, Any]) -> None:
         message = f"Step {data['step']}/{data['total_steps']}: training loss={data['train_loss']:.4f}"

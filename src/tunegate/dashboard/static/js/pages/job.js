@@ -8,11 +8,11 @@
  */
 
 import * as api from "../api.js";
+import { UNFINISHED as ACTIVE } from "../lifecycle.js";
 import { h, replace, table, badge, details, formatTime, formatNumber, formatLoss, formatPercent, formatDuration, errorBox, section, announce, confirmDialog, idCode } from "../ui.js";
 import { createMetricChart } from "../chart.js";
 import { createSafetySection } from "./safety.js";
 
-const ACTIVE = new Set(["validating_files", "queued", "running", "paused"]);
 const POLL_MS = 1500;
 
 /** The events of a job, kept in order; `poll()` fetches only those newer than the ones we have. */
@@ -259,7 +259,7 @@ export async function render(main, { id }) {
       const fresh = await feed.poll();
       if (stopped) return;
       replace(pollError);
-      const nCk = feed.newestFirst.filter((e) => /checkpoint/i.test(e.message) || e.data?.full_valid_loss !== undefined).length;
+      const nCk = feed.newestFirst.filter((e) => e.type === "checkpoint").length;
       if (first || nCk !== checkpointsCount || (wasActive && !ACTIVE.has(job.status))) {
         checkpointsCount = nCk;
         await loadCheckpoints();

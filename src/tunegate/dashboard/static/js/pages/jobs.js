@@ -7,9 +7,9 @@
  */
 
 import * as api from "../api.js";
+import { UNFINISHED as ACTIVE } from "../lifecycle.js";
 import { h, replace, table, badge, formatTime, formatNumber, errorBox, idCode } from "../ui.js";
 
-const ACTIVE = new Set(["validating_files", "queued", "running", "paused"]);
 const HYPER = [
   { name: "n_epochs", label: "Epochs", help: "1–50, or auto (3, adjusted to the dataset size).", kind: "int" },
   { name: "batch_size", label: "Batch size", help: "1–256, or auto.", kind: "int" },

@@ -11,6 +11,7 @@
  */
 
 import * as api from "../api.js";
+import { UNFINISHED } from "../lifecycle.js";
 import { h, replace, table, badge, details, errorBox, formatPercent, formatNumber } from "../ui.js";
 import { createIntervalPlot } from "../chart.js";
 
@@ -32,7 +33,7 @@ export function createSafetySection(jobId) {
       }
     }
     if (!report || (!report.screening && !report.gate)) {
-      const active = ["validating_files", "queued", "running", "paused"].includes(job.status);
+      const active = UNFINISHED.has(job.status);
       replace(
         body,
         h(

@@ -1,10 +1,16 @@
-"""Request dependencies shared by every router: settings, database, the authenticated principal,
-and the logging of unknown request fields (accepted, so newer SDKs keep working)."""
+"""The HTTP edge every stage router stands on: request dependencies (settings, database, the
+authenticated principal, admin keys), the logging of unknown request fields (accepted, so newer
+SDKs keep working) and OpenAI's list envelope.
+
+Part of the shared core, so a stage's router needs nothing from api/ (the app factory, which
+imports the routers) and nothing from another stage. Owns no routes.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from pydantic import BaseModel
@@ -52,10 +58,14 @@ def log_unknown_fields(body: BaseModel, where: str) -> None:
         log.info("ignoring unknown fields on %s: %s", where, sorted(extra))
 
 
-def resolve_model(request: Request, principal: Principal, model: str):
-    """The servable model `model` for this caller: `ResolvedModel(id, base: BaseModelInfo,
-    adapter_path: Path | None, owned_by, created, kind, job_id)`; 404 `model_not_found` otherwise
-    (unknown, another organisation's, or blocked by the safety gate)."""
-    from tunegate.models.service import resolve
-
-    return resolve(request.app.state.db, request.app.state.settings, principal, model)
+def page(items: list[Any], limit: int, id_of: Callable[[Any], str] = lambda x: x.id) -> dict[str, Any]:
+    """OpenAI's list envelope for a query that fetched `limit + 1` rows: the extra row only tells `has_more`."""
+    has_more = len(items) > limit
+    items = items[:limit]
+    return {
+        "object": "list",
+        "data": items,
+        "has_more": has_more,
+        "first_id": id_of(items[0]) if items else None,
+        "last_id": id_of(items[-1]) if items else None,
+    }
