@@ -15,7 +15,7 @@ from tunegate.catalog import get_base_model
 from tunegate.errors import InvalidRequestError, RateLimitError
 from tunegate.serve.engine import GenerationRequest, GenerationTimeoutError, SamplingParams, ServableModel
 from tunegate.serve.hf_engine import HFEngine
-from tunegate.serve.protocol import parse_request
+from tunegate.serve.protocol import ChatCompletionRequest
 from tunegate.serve.service import ChatService
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -66,7 +66,7 @@ def adapters(tiny_base, tmp_path_factory):
 
 def chat(prompt: str, **kw):
     body = {"model": "m", "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 10}
-    return parse_request({**body, **kw})
+    return ChatCompletionRequest.model_validate({**body, **kw})
 
 
 def run(coro):

@@ -8,13 +8,14 @@ import logging
 import math
 
 import pytest
+from pydantic import ValidationError
 
 from tunegate.catalog import get_base_model
 from tunegate.catalog.template import render
-from tunegate.errors import InvalidRequestError
+from tunegate.errors import InvalidRequestError, from_validation_errors
 from tunegate.serve.engine import ServableModel
 from tunegate.serve.hf_engine import HFEngine
-from tunegate.serve.protocol import parse_request
+from tunegate.serve.protocol import ChatCompletionRequest
 from tunegate.serve.service import ChatService
 
 USER = [{"role": "user", "content": "Tell me a story about a lighthouse."}]
@@ -22,6 +23,14 @@ USER = [{"role": "user", "content": "Tell me a story about a lighthouse."}]
 
 def body(**kw):
     return {"model": "tiny", "messages": USER, **kw}
+
+
+def parse_request(data) -> ChatCompletionRequest:
+    """What the route does with a JSON body: validate it, every problem in one 400 (api/errors.py)."""
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_errors(exc.errors()) from None
 
 
 @pytest.mark.parametrize(

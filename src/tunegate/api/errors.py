@@ -8,14 +8,13 @@ routes (404), wrong methods (405), request validation (400 with `param`) and une
 from __future__ import annotations
 
 import logging
-import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunegate.errors import TunegateError
+from tunegate.errors import TunegateError, from_validation_errors
 
 log = logging.getLogger("tunegate.api")
 
@@ -29,24 +28,6 @@ def error_response(status: int, message: str, *, type_: str = "invalid_request_e
     # Every error carries a machine-readable code, even where a stage raised without one.
     body = {"error": {"message": message, "type": type_, "param": param, "code": code or _HTTP_CODES.get(status)}}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def param_from_loc(loc: tuple) -> str | None:
-    """FastAPI's `("body", "messages", 0, "role")` -> OpenAI's `messages[0].role`."""
-    parts = [p for p in loc if p not in ("body", "query", "path", "header", "form")]
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif not _TYPE_TAG.match(str(p)):  # pydantic's union-branch tags are not field names
-            out += ("." if out else "") + str(p)
-    return out or None
-
-
-_TYPE_TAG = re.compile(r"^([a-z_-]+\[.*\]|str|int|float|bool|list|dict|none|bytes|tagged-union\[.*)$")
-
-
-_NAMED_FIELD = re.compile(r"`([A-Za-z_][A-Za-z0-9_.\[\]]*)`")
 
 
 def install(app: FastAPI) -> None:
@@ -65,23 +46,8 @@ def install(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return error_response(400, "We could not parse the JSON body of your request. Send valid UTF-8 JSON "
                                   "with `Content-Type: application/json`.", code="invalid_json")
-        # A value that fails every branch of a union (e.g. `content`: a string or a list of parts) fails each
-        # branch; the deepest location names the field to fix.
-        deepest = max(errors, key=lambda e: len(param_from_loc(tuple(e.get("loc", ()))) or "")) if errors else {}
-        param = param_from_loc(tuple(deepest.get("loc", ())))
-        if param is None:  # a rule across fields (a model validator) names its field in the message
-            named = _NAMED_FIELD.search(str(deepest.get("msg", "")))
-            param = named.group(1) if named else None
-        msgs = []
-        for e in errors[:5]:
-            p = param_from_loc(tuple(e.get("loc", ()))) or "body"
-            msg = e.get("msg", "invalid value")
-            if e.get("type") == "missing":
-                msg = "this field is required"
-            msgs.append(f"`{p}`: {msg}")
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        return error_response(400, "Invalid request: " + "; ".join(msgs) + more + ".", param=param,
-                              code="missing_required_parameter" if first.get("type") == "missing" else "invalid_value")
+        err = from_validation_errors(errors)
+        return error_response(400, err.message, param=err.param, code=err.code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

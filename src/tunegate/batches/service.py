@@ -29,7 +29,7 @@ from tunegate.batches.schemas import (
     BatchRequestCounts,
 )
 from tunegate.db import Batch, Database
-from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError
+from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError, param_from_loc
 from tunegate.files import service as files
 from tunegate.ids import new_id, now
 from tunegate.settings import Settings
@@ -59,8 +59,6 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
 
 def _body_problems(endpoint: str, body: dict) -> list[tuple[str, str | None, str]]:
     """(code, param, message) for a request body that the endpoint would refuse before running it."""
-    from tunegate.api.errors import param_from_loc
-
     if endpoint == "/v1/moderations":
         if "input" not in body:
             return [("missing_required_parameter", "body.input", "The moderation request has no `input`.")]

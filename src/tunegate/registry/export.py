@@ -14,7 +14,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from tunegate.registry.store import ADAPTER_FILES, META, TRAINER_STATE, is_adapter_dir, load_adapter_model
+from tunegate.registry.store import ADAPTER_FILES, base_model_path, is_adapter_dir, load_adapter_model
+from tunegate.train.checkpoints import META, TRAINER_STATE
 
 _BLOCK = 512
 
@@ -46,8 +47,6 @@ def export_adapter(adapter_dir: Path, out: Path) -> Path:
 def export_merged(adapter_dir: Path, base_path: str | Path | None, out: Path) -> Path:
     """Merge the LoRA weights into the base model and save a plain HF model folder with its tokenizer."""
     from transformers import AutoTokenizer
-
-    from tunegate.registry.store import base_model_path
 
     adapter_dir, out = _require_adapter(adapter_dir), Path(out)
     base_path = str(base_path or base_model_path(adapter_dir))

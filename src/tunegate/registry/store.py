@@ -6,64 +6,25 @@ Layout of one training run (`out_dir`, owned by the job):
     adapter/              adapter_config.json, adapter_model.safetensors, meta.json
     results.csv
 
-A folder appears under its final name only when complete (written beside it, then renamed), so a
-worker killed mid-save never leaves a half checkpoint. Owns saving, listing, pruning and loading
-these folders, and checking them on read: `sha256.json` records every file's size and sha256 when
-the folder is written; `verify_adapter` refuses a folder whose bytes changed (truncated, corrupted)
-before it is served or downloaded. Does not own what goes into trainer_state.pt (the recipe's
-resume state) nor which database rows point at them (jobs/).
+The trainer writes these folders (train/checkpoints.py: atomic saves with a `sha256.json` manifest
+of every file's size and sha256, listing, pruning); this module reads them: an adapter's meta.json,
+its base model, loading it onto the base for generation, and `verify_adapter`, which refuses a
+folder whose bytes changed (truncated, corrupted) before it is served or downloaded. Does not own
+which database rows point at them (jobs/).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
 from tunegate.errors import ConflictError, NotFoundError
+from tunegate.train.checkpoints import MANIFEST, META, sha256_file
 
-META = "meta.json"
-MANIFEST = "sha256.json"
-TRAINER_STATE = "trainer_state.pt"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-def save_adapter(model, out: Path, meta: dict[str, Any], trainer_state: dict[str, Any] | None = None) -> Path:
-    """Write the PEFT adapter of `model` (+ meta.json, + resume state for checkpoints) to `out`."""
-    import torch
-
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-    write_manifest(tmp)
-    if out.exists():  # a re-run after a crash writes the same folder again
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_manifest(folder: Path) -> None:
-    """Record the size and sha256 of every file in `folder` (checked by `verify_adapter`)."""
-    folder = Path(folder)
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
-    (folder / MANIFEST).write_text(json.dumps(files, indent=2, sort_keys=True))
 
 
 _verified: dict[str, tuple] = {}  # folder -> the (name, size, mtime) it had when its hashes last matched
@@ -111,7 +72,7 @@ def verify_adapter(folder: Path) -> None:
         if _verified.get(key) == tuple(stats):
             return
     for name, want in sorted(manifest.items()):
-        if _sha256(folder / name) != want.get("sha256"):
+        if sha256_file(folder / name) != want.get("sha256"):
             raise corrupted(f"{name} does not match its sha256")
     with _verified_lock:
         _verified[key] = tuple(stats)
@@ -127,28 +88,6 @@ def read_meta(adapter_dir: Path) -> dict[str, Any]:
     if not path.exists():
         raise NotFoundError(f"No adapter at {adapter_dir} (meta.json is missing).", code="model_not_found")
     return json.loads(path.read_text())
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first."""
-    found = []
-    for d in (Path(run_dir) / "checkpoints").glob("step-*"):
-        step = d.name.removeprefix("step-")
-        if step.isdigit() and (d / META).exists():
-            found.append((int(step), d))
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = [d for _, d in list_checkpoints(run_dir) if (d / TRAINER_STATE).exists()]
-    return found[-1] if found else None
-
-
-def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    for _, d in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(d, ignore_errors=True)
-    for stale in (Path(run_dir) / "checkpoints").glob(".step-*.tmp-*"):  # left by a killed worker
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def base_model_path(adapter_dir: Path) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tunegate.errors import InvalidRequestError
 from tunegate.text import check_text
@@ -265,32 +265,6 @@ def check_supported(request: "ChatCompletionRequest") -> None:
         raise InvalidRequestError(f"`tool_choice` names the function `{request.tool_choice.function.name}`, which "
                                   f"is not in `tools` ({', '.join(names)}).", param="tool_choice.function.name",
                                   code="invalid_value")
-
-
-def _param(loc: tuple) -> str | None:
-    out = ""
-    for p in loc:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif p not in ("str", "list[str]", "int", "float", "bool", "list[dict[str,any]]") and not str(p).startswith(
-            ("function-", "list[")
-        ):
-            out += ("." if out else "") + str(p)
-    return out or None
-
-
-def parse_request(body: Any) -> ChatCompletionRequest:
-    """Validate a decoded JSON body; every problem is reported at once, the first one's field as `param`."""
-    try:
-        return ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        errors = exc.errors()
-        parts = [f"`{_param(tuple(e['loc'])) or 'body'}`: {e['msg']}" for e in errors[:5]]
-        raise InvalidRequestError(
-            "Invalid request: " + "; ".join(parts) + ".",
-            param=_param(tuple(errors[0]["loc"])) if errors else None,
-            code="invalid_value",
-        ) from None
 
 
 # --- responses -----------------------------------------------------------------------------------

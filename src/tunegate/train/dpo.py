@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tunegate.catalog import load_tokenizer
 from tunegate.catalog.template import tokenize_examples
 from tunegate.errors import InvalidRequestError
-from tunegate.registry.store import latest_checkpoint, prune_checkpoints, save_adapter
+from tunegate.train.checkpoints import latest_checkpoint, save_adapter, write_checkpoint
 from tunegate.train.config import TrainConfig
 from tunegate.train.data import Example, epoch_batches, file_sha256, steps_per_epoch
 from tunegate.train.lora import Precision, build_model, choose_precision, trainable_parameters
@@ -248,12 +248,12 @@ def run_dpo(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
     results = ResultsWriter(out_dir / "results.csv", resume_step=step, columns=DPO_RESULT_COLUMNS)
 
     def save_checkpoint(epoch: int) -> Path:
-        path = save_adapter(model, out_dir / "checkpoints" / f"step-{step}",
-                            _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
-                            _trainer_state(step, trained_tokens, metrics, optimizer, scheduler))
-        prune_checkpoints(out_dir, config.keep_checkpoints)
-        say.info(f"Checkpoint saved at step {step} (epoch {epoch}).")
-        return path
+        saved = write_checkpoint(model, out_dir, step, epoch,
+                                 _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
+                                 _trainer_state(step, trained_tokens, metrics, optimizer, scheduler),
+                                 keep=config.keep_checkpoints)
+        say.checkpoint(f"Checkpoint saved at step {step} (epoch {epoch}).", saved)
+        return Path(saved["path"])
 
     # ---- train: epochs of shuffled pair batches, one optimizer step per batch
     model.train()

@@ -26,7 +26,7 @@ import torch
 
 from tunegate.catalog import load_tokenizer
 from tunegate.errors import InvalidRequestError, ServerError
-from tunegate.registry.store import TRAINER_STATE, latest_checkpoint, list_checkpoints, prune_checkpoints, save_adapter
+from tunegate.train.checkpoints import TRAINER_STATE, latest_checkpoint, list_checkpoints, save_adapter, write_checkpoint
 from tunegate.train.config import TrainConfig
 from tunegate.train.distributed import Group
 from tunegate.train.data import Dataset, epoch_batches, load_dataset, micro_batches, steps_per_epoch
@@ -121,15 +121,13 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
         if not group.is_main:  # every rank holds the same weights and optimizer state: save once
             group.barrier()
             return None
-        path = save_adapter(model, out_dir / "checkpoints" / f"step-{step}",
-                            _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
-                            _trainer_state(step, trained_tokens, metrics, optimizer, scheduler))
-        prune_checkpoints(out_dir, config.keep_checkpoints)
-        say.checkpoint(f"Checkpoint saved at step {step} (epoch {epoch}).",
-                       {"step": step, "epoch": epoch, "path": str(path), "metrics": dict(metrics),
-                        "kept_steps": [s for s, _ in list_checkpoints(out_dir)]})
+        saved = write_checkpoint(model, out_dir, step, epoch,
+                                 _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
+                                 _trainer_state(step, trained_tokens, metrics, optimizer, scheduler),
+                                 keep=config.keep_checkpoints)
+        say.checkpoint(f"Checkpoint saved at step {step} (epoch {epoch}).", saved)
         group.barrier()
-        return path
+        return Path(saved["path"])
 
     # ---- train: epochs of shuffled batches, one optimizer step per batch
     model.train()
