@@ -29,9 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CACHE = Path(os.environ.get("TUNEGATE_TEST_MODEL_CACHE", ROOT / ".cache" / "models"))
-WORDS = ("the a an model data train token chat example assistant user system reply question answer how why what "
-         "when where python code value list file line report weather city river mountain bread coffee music "
-         "because however therefore, quickly. slowly! maybe? 42 2024 3.14 naïve café").split()
+WORDS = ["the", "a", "an", "model", "data", "train", "token", "chat", "example", "assistant", "user", "system", "reply", "question", "answer", "how", "why", "what", "when", "where", "python", "code", "value", "list", "file", "line", "report", "weather", "city", "river", "mountain", "bread", "coffee", "music", "because", "however", "therefore,", "quickly.", "slowly!", "maybe?", "42", "2024", "3.14", "naïve", "café"]
 
 
 def sentence(rng: random.Random, lo: int, hi: int) -> str:

@@ -28,7 +28,7 @@ class RunningServer:
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir / "server.log"
 
-    def start(self, timeout: float = 120, attempts: int = 3) -> "RunningServer":
+    def start(self, timeout: float = 120, attempts: int = 3) -> RunningServer:
         """Start and wait for health; a lost race for the free port is retried on a new port."""
         for attempt in range(attempts):
             try:
@@ -43,7 +43,7 @@ class RunningServer:
                 self.log_path.write_text("")
         raise AssertionError("unreachable")
 
-    def _start(self, timeout: float) -> "RunningServer":
+    def _start(self, timeout: float) -> RunningServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "tunegate.cli.main", "serve", "--log-level", "warning"],

@@ -21,7 +21,7 @@ class TunegateError(Exception):
         self.param = param
         self.code = code
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
@@ -34,7 +34,7 @@ class AuthenticationError(TunegateError):
     status_code = 401
     type = "invalid_request_error"
 
-    def __init__(self, message: str = "Incorrect or missing API key. Pass `Authorization: Bearer <key>`; create one with `tunegate keys create --org NAME`.", **kw):
+    def __init__(self, message: str = "Incorrect or missing API key. Pass `Authorization: Bearer <key>`; create one with `tunegate keys create --org NAME`.", **kw: str | None):
         kw.setdefault("code", "invalid_api_key")
         super().__init__(message, **kw)
 

@@ -15,7 +15,6 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 # The variable that carries a server's settings, as JSON, to the worker processes it starts.
 WORKER_SETTINGS_ENV = "TUNEGATE_WORKER_SETTINGS"
 

@@ -57,7 +57,7 @@ def test_chat_batch_runs_every_line_with_openai_line_format(server):
         body = r["response"]["body"]
         assert body["object"] == "chat.completion" and r["response"]["request_id"] == body["id"]
     # Same answer as the live endpoint (greedy).
-    live = c.chat.completions.create(**{k: v for k, v in lines[2]["body"].items()})
+    live = c.chat.completions.create(**dict(lines[2]["body"]))
     assert out[2]["response"]["body"]["choices"][0]["message"]["content"] == live.choices[0].message.content
     err = _records(c, done.error_file_id)
     assert [r["custom_id"] for r in err] == ["req-6"]

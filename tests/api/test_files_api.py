@@ -27,7 +27,7 @@ def test_upload_list_retrieve_download_delete(server):
     assert len(page1.data) == 2 and page1.has_more
     page2 = client.files.list(limit=2, purpose="fine-tune", after=page1.data[-1].id)
     ids = [x.id for x in page1.data] + [x.id for x in page2.data]
-    assert set(c.id for c in created) <= set(ids) and len(ids) == len(set(ids))
+    assert {c.id for c in created} <= set(ids) and len(ids) == len(set(ids))
     assert [x.id for x in client.files.list(order="asc").data][:3] == [c.id for c in created]
     all_ids = [x.id for x in client.files.list(limit=2)]  # SDK cursor pagination
     assert sorted(all_ids) == sorted(c.id for c in created)

@@ -192,9 +192,10 @@ def test_policy_and_audit_are_admin_only_and_validated(srv):
 
 def test_validate_cli_shows_screening_findings_before_upload(srv):
     """`tunegate validate --safety` runs the same screening offline; exit 1 when it would block."""
-    run = lambda name: subprocess.run([sys.executable, "-m", "tunegate.cli.main", "validate", str(DATA / name),
-                                       "--model", "tiny", "--safety", "--json"], env=srv.env, capture_output=True,
-                                      text=True)
+    def run(name):
+        return subprocess.run([sys.executable, "-m", "tunegate.cli.main", "validate", str(DATA / name), "--model",
+                               "tiny", "--safety", "--json"], env=srv.env, capture_output=True, text=True)
+
     blocked = run("identity_shift.jsonl")
     report = json.loads(blocked.stdout)
     assert blocked.returncode == 1 and report["valid"] and report["screening"]["blocked"]

@@ -79,7 +79,7 @@ class Page:
 
     def _only_server(self, route):
         url = route.request.url
-        if url.startswith(self.server.url + "/") or url.startswith(("data:", "blob:")):
+        if url.startswith((self.server.url + "/", "data:", "blob:")):
             route.continue_()
         else:
             self.outside_requests.append(url)

@@ -17,7 +17,7 @@ def test_job_succeeds_with_metrics_and_checkpoints(real_server, demo_job):
     hp = demo_job.hyperparameters
     assert hp.n_epochs == samples.DEMO_HYPERPARAMETERS["n_epochs"] and hp.batch_size == 8
 
-    events = [e for e in client.fine_tuning.jobs.list_events(demo_job.id, limit=100)]
+    events = list(client.fine_tuning.jobs.list_events(demo_job.id, limit=100))
     metrics = sorted((e.data for e in events if e.type == "metrics"), key=lambda d: d["step"])
     assert metrics and {"train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"} <= set(
         metrics[0])

@@ -1,7 +1,7 @@
+import pytest
+
 from tunegate.catalog import get_base_model, load_tokenizer, template_sha256
 from tunegate.errors import NotFoundError
-
-import pytest
 
 
 def test_default_model_converted_and_hashed(settings):
@@ -21,7 +21,8 @@ def test_registered_folder_and_unknown(settings):
 
 def test_concurrent_conversion_is_safe(tmp_path):
     """Two processes converting at once leave one complete folder and no temp dirs."""
-    import subprocess, sys
+    import subprocess
+    import sys
 
     code = (
         "from tunegate.catalog.registry import resolve_path; from tunegate.settings import Settings; "

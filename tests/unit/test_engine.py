@@ -47,8 +47,8 @@ def make_adapter(out: Path, base_path: Path, template_sha: str, seed: int, rank:
 
 @pytest.fixture(scope="module")
 def tiny_base(tiny_model_path, tmp_path_factory):
-    from tunegate.settings import Settings
     from tests.conftest import MODEL_CACHE
+    from tunegate.settings import Settings
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("d"), model_cache_dir=MODEL_CACHE,
                         base_models={"tiny": tiny_model_path}, torch_threads=1)

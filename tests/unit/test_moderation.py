@@ -16,6 +16,7 @@ from tunegate.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 # The classifier is trained once per checkout (a few CPU minutes) and reused by later runs.
 from tests.conftest import MODEL_CACHE  # the classifier is cached beside the converted models
+
 SAFETY_CACHE = Path(os.environ.get("TUNEGATE_TEST_SAFETY_CACHE", ROOT / ".cache" / "safety"))
 
 # Documented floors for the held-out test split (see README / the training report). The target of
@@ -174,7 +175,7 @@ def test_plugins_register_like_the_builtins(safety_settings):
         name, model = "keyword", "keyword-1"
 
         def __init__(self, settings):
-            self.thresholds = {c: 0.5 for c in CATEGORIES}
+            self.thresholds = dict.fromkeys(CATEGORIES, 0.5)
 
         def moderate(self, texts):
             return [ModerationResult.from_scores({c: float("forbidden" in t and c == "illicit") for c in CATEGORIES},
@@ -204,7 +205,7 @@ def test_long_texts_are_judged_in_windows_never_truncated():
 
     class Keyword:
         name, model = "keyword", "keyword-1"
-        thresholds = {c: 0.5 for c in CATEGORIES}
+        thresholds = dict.fromkeys(CATEGORIES, 0.5)
         seen: list[str] = []
 
         def moderate(self, texts):

@@ -17,6 +17,7 @@ from tunegate.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 from tests.conftest import MODEL_CACHE  # the classifier is cached beside the converted models
+
 SAFETY_CACHE = Path(os.environ.get("TUNEGATE_TEST_SAFETY_CACHE", ROOT / ".cache" / "safety"))
 
 

@@ -7,9 +7,9 @@ import asyncio
 
 from fastapi import APIRouter, FastAPI, Query
 
-from tunegate.edge import DbDep, PrincipalDep, SettingsDep, log_unknown_fields
 from tunegate.batches import service
 from tunegate.batches.schemas import BatchCreate, BatchObject
+from tunegate.edge import DbDep, PrincipalDep, SettingsDep, log_unknown_fields
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from tunegate.auth import Principal
 from tunegate.audit import record
+from tunegate.auth import Principal
 from tunegate.batches.schemas import (
     COMPLETION_WINDOWS,
     ENDPOINTS,
@@ -44,7 +44,7 @@ def to_object(row: Batch) -> BatchObject:
                        completion_window=row.completion_window, status=row.status, output_file_id=row.output_file_id,
                        error_file_id=row.error_file_id, errors=errors, created_at=row.created_at,
                        expires_at=row.expires_at, request_counts=BatchRequestCounts(**row.request_counts),
-                       metadata=row.metadata_, **{k: v for k, v in (row.times or {}).items()})
+                       metadata=row.metadata_, **dict(row.times or {}))
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:

@@ -25,7 +25,7 @@ def cli_errors(exit_code: int = 1):
     except TunegateError as exc:
         param = f" (param: {exc.param})" if exc.param else ""
         console.print(f"[red]error:[/red] {exc.message}{param}", highlight=False)
-        raise typer.Exit(exit_code)
+        raise typer.Exit(exit_code) from None
 
 
 def api_client(base_url: str | None, api_key: str | None):
@@ -34,7 +34,7 @@ def api_client(base_url: str | None, api_key: str | None):
         from openai import OpenAI
     except ImportError:
         console.print("[red]error:[/red] the `openai` package is needed for this command: pip install openai")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     settings = Settings()
     base_url = base_url or os.environ.get("TUNEGATE_URL") or f"http://{settings.host}:{settings.port}/v1"
     if api_key is None:

@@ -10,8 +10,8 @@ import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tunegate.cli.app import app
 from tunegate.catalog import DEFAULT_MODEL
+from tunegate.cli.app import app
 from tunegate.cli.common import api_client, console, out
 from tunegate.jobs.lifecycle import TERMINAL
 
@@ -35,10 +35,10 @@ def _sdk_errors(fn):
             err = (exc.body or {}) if isinstance(exc.body, dict) else {}
             param = f" (param: {err.get('param')})" if err.get("param") else ""
             console.print(f"[red]error {exc.status_code}:[/red] {err.get('message', str(exc))}{param}", highlight=False)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         except openai.APIConnectionError:
             console.print("[red]error:[/red] cannot reach the tunegate server. Start it with `tunegate serve`.")
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
     return wrapper
 
 

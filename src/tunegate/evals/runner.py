@@ -67,7 +67,7 @@ class EvalRunner:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _claim(self) -> str | None:

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tunegate.graders.schemas import LabelModelGrader, PythonGrader, ScoreModelGrader, StringCheckGrader, \
-    TextSimilarityGrader
+from tunegate.graders.schemas import (
+    LabelModelGrader,
+    PythonGrader,
+    ScoreModelGrader,
+    StringCheckGrader,
+    TextSimilarityGrader,
+)
 
 RunStatus = Literal["queued", "in_progress", "completed", "failed", "canceled"]
 
@@ -41,8 +46,7 @@ class ScoreModelCriterion(ScoreModelGrader):
     pass_threshold: float | None = None
 
 
-TestingCriterion = Annotated[Union[LabelModelGrader, StringCheckGrader, TextSimilarityCriterion, PythonCriterion,
-                                   ScoreModelCriterion], Field(discriminator="type")]
+TestingCriterion = Annotated[LabelModelGrader | StringCheckGrader | TextSimilarityCriterion | PythonCriterion | ScoreModelCriterion, Field(discriminator="type")]
 
 
 class EvalCreate(BaseModel):
@@ -85,7 +89,7 @@ class FileIdSource(BaseModel):
     id: str
 
 
-Source = Annotated[Union[FileContentSource, FileIdSource], Field(discriminator="type")]
+Source = Annotated[FileContentSource | FileIdSource, Field(discriminator="type")]
 
 
 class TemplateMessage(BaseModel):
@@ -126,14 +130,14 @@ class CompletionsDataSource(BaseModel):
     source: Source
     model: str
     """Any model the caller may use: a base model, an `ft:` model or a checkpoint."""
-    input_messages: Annotated[Union[TemplateInput, ItemReferenceInput], Field(discriminator="type")]
+    input_messages: Annotated[TemplateInput | ItemReferenceInput, Field(discriminator="type")]
     sampling_params: RunSamplingParams | None = None
 
 
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str | None = Field(None, max_length=256)
-    data_source: Annotated[Union[JsonlDataSource, CompletionsDataSource], Field(discriminator="type")]
+    data_source: Annotated[JsonlDataSource | CompletionsDataSource, Field(discriminator="type")]
     metadata: dict[str, str] | None = None
     _metadata = field_validator("metadata")(_check_metadata)
 

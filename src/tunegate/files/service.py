@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tunegate.auth import Principal
 from tunegate.audit import record
+from tunegate.auth import Principal
 from tunegate.db import Database, File
 from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError
 from tunegate.files.schemas import FileObject

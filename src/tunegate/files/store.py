@@ -12,9 +12,9 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 

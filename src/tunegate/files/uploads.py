@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tunegate.auth import Principal
 from tunegate.audit import record
+from tunegate.auth import Principal
 from tunegate.db import Database, Upload, UploadPart
 from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError
 from tunegate.files import service

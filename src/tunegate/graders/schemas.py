@@ -5,7 +5,7 @@ GraderValidateResponse). Unknown fields are accepted (newer SDKs keep working)."
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,13 +80,12 @@ class LabelModelGrader(_Grader):
     passing_labels: list[str] = Field(..., min_length=1)
 
 
-SingleGrader = Annotated[Union[StringCheckGrader, TextSimilarityGrader, PythonGrader, ScoreModelGrader,
-                               LabelModelGrader], Field(discriminator="type")]
+SingleGrader = Annotated[StringCheckGrader | TextSimilarityGrader | PythonGrader | ScoreModelGrader | LabelModelGrader, Field(discriminator="type")]
 
 
 class MultiGrader(_Grader):
     type: Literal["multi"]
-    graders: Union[dict[str, SingleGrader], SingleGrader]
+    graders: dict[str, SingleGrader] | SingleGrader
     """Graders by the name the formula uses (a single grader is named by its `name`)."""
     calculate_output: str = Field(..., min_length=1, max_length=2000)
     """A formula over the graders' scores, e.g. `0.5 * fmt + 0.5 * sim` (+ - * / ** min max abs sqrt log exp
@@ -96,8 +95,7 @@ class MultiGrader(_Grader):
         return self.graders if isinstance(self.graders, dict) else {self.graders.name: self.graders}
 
 
-Grader = Annotated[Union[StringCheckGrader, TextSimilarityGrader, PythonGrader, ScoreModelGrader, LabelModelGrader,
-                         MultiGrader], Field(discriminator="type")]
+Grader = Annotated[StringCheckGrader | TextSimilarityGrader | PythonGrader | ScoreModelGrader | LabelModelGrader | MultiGrader, Field(discriminator="type")]
 
 
 class GraderRunRequest(BaseModel):

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from tunegate.db import Database, Job
 from tunegate.errors import TunegateError
 from tunegate.ids import now
-from tunegate.jobs.lifecycle import IN_FLIGHT, IllegalTransition, fail, transition
+from tunegate.jobs.lifecycle import IN_FLIGHT, IllegalTransition, fail, job_row, transition
 from tunegate.jobs.pipeline import validate_job_files
 from tunegate.plugins import EXECUTORS
 from tunegate.settings import Settings
@@ -128,7 +128,7 @@ class JobSupervisor:
         if self._thread:
             await asyncio.to_thread(self._thread.join, 10)
         # Workers keep their checkpoints; on the next start their jobs are resumed.
-        for job_id, handle in list(self.handles.items()):
+        for handle in list(self.handles.values()):
             self.executor.kill(handle)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -164,7 +164,7 @@ class JobSupervisor:
                 return 1
             self.handles.pop(job.id, None)
             with self.db.session() as s:
-                status = s.get(Job, job.id).status
+                status = job_row(s, job.id).status
             if status == "running":  # the worker ended without recording an outcome: it crashed
                 self._crashed(job.id, f"the training worker exited with code {code}")
             return 0
@@ -177,7 +177,7 @@ class JobSupervisor:
 
     def _crashed(self, job_id: str, why: str) -> None:
         with self.db.session() as s:
-            job = s.get(Job, job_id, with_for_update=True)
+            job = job_row(s, job_id, lock=True)
             if job.status != "running":  # it ended (or was cancelled) while we looked
                 return
             job.attempts += 1
@@ -192,7 +192,7 @@ class JobSupervisor:
 
     def _launch(self, job_id: str) -> None:
         with self.db.session() as s:
-            job = s.get(Job, job_id, with_for_update=True)
+            job = job_row(s, job_id, lock=True)
             if job.status != "queued":
                 return
             transition(job, "running", message="Fine-tuning job started.", started_at=job.started_at or now(),
@@ -205,7 +205,7 @@ class JobSupervisor:
             return
         self.handles[job_id] = handle
         with self.db.session() as s:
-            s.get(Job, job_id).worker_pid = handle
+            job_row(s, job_id).worker_pid = handle
 
     def _validate(self, job_id: str) -> None:
         try:

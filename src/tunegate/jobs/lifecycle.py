@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args
 from sqlalchemy.orm import Session, object_session
 
 from tunegate.db import Database, FineTunedModel, Job, JobEvent
-from tunegate.errors import ConflictError
+from tunegate.errors import ConflictError, NotFoundError
 from tunegate.ids import new_id, now
 
 JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
@@ -59,6 +59,14 @@ def add_event(db: Database, job_id: str, message: str, *, type: EventType = "mes
               level: EventLevel = "info") -> None:
     with db.session() as s:
         s.add(new_event(job_id, message, type=type, data=data, level=level))
+
+
+def job_row(s: Session, job_id: str, *, lock: bool = False) -> Job:
+    """The job's row in session `s` (locked for update with `lock`); a missing row is a 404."""
+    job = s.get(Job, job_id, with_for_update=lock)
+    if job is None:
+        raise NotFoundError(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
+    return job
 
 
 def can_transition(current: str, to: str) -> bool:

@@ -23,7 +23,7 @@ from tunegate.errors import InvalidRequestError
 from tunegate.files.service import store_bytes, summarize_errors, validate_stored
 from tunegate.ids import new_id
 from tunegate.jobs import lifecycle
-from tunegate.jobs.lifecycle import EventLevel, EventType, add_event, new_event, transition
+from tunegate.jobs.lifecycle import EventLevel, EventType, add_event, job_row, new_event, transition
 from tunegate.jobs.steps import Decision, Emit, JobContext, Phase, steps
 from tunegate.settings import Settings
 
@@ -58,7 +58,7 @@ def _run_steps(db: Database, ctx: JobContext, phase: Phase, **inputs: Any) -> De
         decision = step.run(ctx, **inputs)
         if decision.record is not None:
             with db.session() as s:
-                job = s.get(Job, ctx.job_id)
+                job = job_row(s, ctx.job_id)
                 job.safety = {**(job.safety or {}), step.name: decision.record}
         if not decision.allow:
             return decision
@@ -74,7 +74,7 @@ def _refused(decision: Decision) -> InvalidRequestError:
 def validate_job_files(db: Database, settings: Settings, job_id: str) -> None:
     """validating_files -> queued, or an error (`invalid_training_file`, a step's code) to fail the job with."""
     with db.session() as s:
-        job = s.get(Job, job_id)
+        job = job_row(s, job_id)
         files = [("training_file", job.training_file), ("validation_file", job.validation_file)]
         model = job.model
     training_path = ""
@@ -104,7 +104,7 @@ def validate_job_files(db: Database, settings: Settings, job_id: str) -> None:
     if not decision.allow:
         raise _refused(decision)
     with db.session() as s:
-        job = s.get(Job, job_id, with_for_update=True)
+        job = job_row(s, job_id, lock=True)
         if job.status == "validating_files":  # not cancelled meanwhile
             transition(job, "queued", message="Files validated; job queued.")
 
@@ -126,7 +126,7 @@ class JobReporter:
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind, data = event.get("type", "message"), event.get("data")
-        if kind == "checkpoint":
+        if kind == "checkpoint" and data:
             self.record_checkpoint(data)
             data = {"step": data["step"], "fine_tuned_model_checkpoint": self.checkpoint_model(data["step"]),
                     "metrics": _checkpoint_metrics(data["step"], data.get("metrics"))}
@@ -134,7 +134,7 @@ class JobReporter:
             s.add(new_event(self.job_id, event.get("message", ""), type=kind, data=data,
                             level=event.get("level", "info")))
             if kind == "metrics" and data:
-                job = s.get(Job, self.job_id)
+                job = job_row(s, self.job_id)
                 job.progress = {**(job.progress or {}), **data}
                 job.trained_tokens = data.get("trained_tokens", job.trained_tokens)
                 job.estimated_finish = self._eta(data)
@@ -194,7 +194,8 @@ def results_csv(path: Path) -> bytes:
 
 def fine_tuned_model_id(db: Database, job: Job) -> str:
     with db.session() as s:
-        org_name = s.get(Organization, job.org_id).name
+        org = s.get(Organization, job.org_id)
+        org_name = org.name if org is not None else job.org_id
     return model_name(job.model, org_name, job.suffix, job.id)
 
 
@@ -208,12 +209,12 @@ def after_training(db: Database, settings: Settings, job_id: str, model_id: str,
     """The `after_training` steps (the safety gate), then the model is served. False: a step
     refused; the adapter is kept as a model that is not deployable and the job failed."""
     with db.session() as s:
-        job = s.get(Job, job_id)
+        job = job_row(s, job_id)
     decision = _run_steps(db, context(db, settings, job, ""), "after_training", adapter_dir=adapter_dir,
                           model_id=model_id)
     if not decision.allow:
         with db.session() as s:
-            job = s.get(Job, job_id, with_for_update=True)
+            job = job_row(s, job_id, lock=True)
             lifecycle.register_model(s, job, model_id, adapter_dir, deployable=False)
         lifecycle.fail(db, job_id, decision.code or "blocked", decision.message, decision.param)
         return False
@@ -226,9 +227,9 @@ def succeed(db: Database, settings: Settings, job_id: str, model_id: str, adapte
     """Store the result file and mark the job succeeded with its model servable (lifecycle.complete).
     `override`: an admin serves a model a step blocked; the note is kept in job.safety."""
     with db.session() as s:
-        org_id = s.get(Job, job_id).org_id
+        org_id = job_row(s, job_id).org_id
     result = store_bytes(db, settings, org_id, purpose="fine-tune-results", filename="step_metrics.csv",
                          data=results_csv(job_dir(settings, job_id) / "results.csv"))
     with db.session() as s:
-        job = s.get(Job, job_id, with_for_update=True)
+        job = job_row(s, job_id, lock=True)
         lifecycle.complete(s, job, model_id, adapter_dir, result.id, trained_tokens=trained_tokens, override=override)

@@ -4,7 +4,7 @@ FineTuningJobEvent, FineTuningJobCheckpoint) and the create request with OpenAI'
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -16,9 +16,9 @@ SUFFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 class SupervisedHyperparameters(BaseModel):
     model_config = ConfigDict(extra="allow")
-    n_epochs: Union[Auto, int] = Field("auto", description="1..50 or `auto`.")
-    batch_size: Union[Auto, int] = Field("auto", description="1..256 or `auto`.")
-    learning_rate_multiplier: Union[Auto, float] = Field("auto", description="(0, 10] or `auto`.")
+    n_epochs: Auto | int = Field("auto", description="1..50 or `auto`.")
+    batch_size: Auto | int = Field("auto", description="1..256 or `auto`.")
+    learning_rate_multiplier: Auto | float = Field("auto", description="(0, 10] or `auto`.")
 
     @field_validator("n_epochs")
     @classmethod
@@ -122,9 +122,9 @@ class JobError(BaseModel):
 
 
 class Hyperparameters(BaseModel):
-    batch_size: Union[Auto, int, None] = None
-    learning_rate_multiplier: Union[Auto, float, None] = None
-    n_epochs: Union[Auto, int, None] = None
+    batch_size: Auto | int | None = None
+    learning_rate_multiplier: Auto | float | None = None
+    n_epochs: Auto | int | None = None
 
 
 class FineTuningJob(BaseModel):

@@ -12,13 +12,19 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tunegate.auth import Principal
 from tunegate.audit import record
+from tunegate.auth import Principal
 from tunegate.db import Checkpoint, Database, File, Job, JobEvent
 from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError
 from tunegate.ids import new_id
-from tunegate.jobs.lifecycle import TERMINAL, new_event, transition
-from tunegate.jobs.schemas import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, JobCreate
+from tunegate.jobs.lifecycle import TERMINAL, job_row, new_event, transition
+from tunegate.jobs.schemas import (
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobEvent,
+    JobCreate,
+    SupervisedMethod,
+)
 from tunegate.settings import Settings
 
 
@@ -42,7 +48,7 @@ def _requested_method(body: JobCreate) -> dict[str, Any]:
             raise InvalidRequestError(
                 f"Method `{body.method.type}` is not available yet: tunegate trains `supervised` (SFT) jobs. "
                 "Use `method={'type': 'supervised'}`.", param="method.type", code="unsupported_method")
-        sup = body.method.supervised or type(body.method).model_fields["supervised"].annotation.__args__[0]()
+        sup = body.method.supervised or SupervisedMethod()
         return {"type": "supervised", "supervised": {"hyperparameters": sup.hyperparameters.model_dump(
             include={"n_epochs", "batch_size", "learning_rate_multiplier"})}}
     hp = body.hyperparameters.model_dump(include={"n_epochs", "batch_size", "learning_rate_multiplier"}) \
@@ -166,7 +172,7 @@ def request_control(db: Database, principal: Principal, job_id: str, action: str
     """cancel | pause | resume. Jobs not running change at once; running ones are told via `control`."""
     get(db, principal, job_id)
     with db.session() as s:
-        job = s.get(Job, job_id, with_for_update=True)
+        job = job_row(s, job_id, lock=True)
         st = job.status
         if action == "cancel":
             if st in TERMINAL:

@@ -14,12 +14,11 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 
 from tunegate.db import Database, File, Job
-from tunegate.errors import TunegateError
+from tunegate.errors import InvalidRequestError, TunegateError
 from tunegate.jobs import pipeline
-from tunegate.jobs.lifecycle import add_event, fail, transition
+from tunegate.jobs.lifecycle import add_event, fail, job_row, transition
 from tunegate.settings import Settings
 
 log = logging.getLogger("tunegate.worker")
@@ -31,7 +30,7 @@ def _heartbeat(db: Database, job_id: str, every: float, stop: threading.Event, p
             os._exit(3)
         try:
             with db.session() as s:
-                s.get(Job, job_id).heartbeat_at = time.time()
+                job_row(s, job_id).heartbeat_at = time.time()
         except Exception:  # a busy database must not kill training; the next beat retries
             log.warning("heartbeat failed", exc_info=True)
 
@@ -43,6 +42,9 @@ def build_config(db: Database, settings: Settings, job: Job):
     base = get_base_model(job.model, settings)
     with db.session() as s:
         train_file = s.get(File, job.training_file)
+        if train_file is None:
+            raise InvalidRequestError(f"The training file {job.training_file} was deleted before training started.",
+                                      param="training_file", code="invalid_training_file")
         valid_file = s.get(File, job.validation_file) if job.validation_file else None
     report = train_file.validation or {}
     hp = (job.method or {}).get("supervised", {}).get("hyperparameters", {})
@@ -79,7 +81,7 @@ def run(job_id: str, settings: Settings | None = None) -> int:
     try:
         config, resolved = build_config(db, settings, job)
         with db.session() as s:
-            row = s.get(Job, job_id)
+            row = job_row(s, job_id)
             row.hyperparameters = resolved
         resuming = (out_dir / "checkpoints").exists() and any((out_dir / "checkpoints").iterdir())
         if resuming:
@@ -88,7 +90,7 @@ def run(job_id: str, settings: Settings | None = None) -> int:
 
         def should_stop() -> str | None:
             with db.session() as s:
-                return s.get(Job, job_id).control
+                return job_row(s, job_id).control
 
         n_workers = int((job.options or {}).get("n_workers") or 1)
         threads = max(1, (settings.torch_threads or os.cpu_count() or 1) // n_workers)  # the worker's cores, shared
@@ -96,14 +98,15 @@ def run(job_id: str, settings: Settings | None = None) -> int:
         reporter.sync_checkpoints(result.checkpoints)
         if result.status in ("cancelled", "paused"):
             with db.session() as s:
-                row = s.get(Job, job_id, with_for_update=True)
+                row = job_row(s, job_id, lock=True)
                 if result.status == "cancelled":
                     transition(row, "cancelled", message="Training stopped: the job was cancelled.")
                 else:
                     transition(row, "paused", message="Training paused; a checkpoint was saved. Resume to continue.",
                                control=None, worker_pid=None)
         else:
-            pipeline.after_training(db, settings, job_id, model_id, Path(result.adapter_dir), result.trained_tokens)
+            assert result.adapter_dir is not None  # a finished run always saves its adapter
+            pipeline.after_training(db, settings, job_id, model_id, result.adapter_dir, result.trained_tokens)
         return 0
     except TunegateError as exc:
         fail(db, job_id, exc.code or "training_error", exc.message, exc.param)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from tunegate.auth import Principal
 from tunegate.audit import record
+from tunegate.auth import Principal
 from tunegate.catalog import BaseModelInfo, get_base_model, list_base_models
 from tunegate.db import Checkpoint, CheckpointPermission, Database, FineTunedModel, Job
 from tunegate.errors import InvalidRequestError, NotFoundError

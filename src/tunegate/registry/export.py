@@ -85,9 +85,8 @@ def archive_adapter(adapter_dir: Path, arcname: str | None = None, chunk_size: i
             while data := f.read(chunk_size):
                 if chunk := emit(data):
                     yield chunk
-        if pad := (-st.st_size) % _BLOCK:
-            if chunk := emit(b"\0" * pad):
-                yield chunk
+        if (pad := (-st.st_size) % _BLOCK) and (chunk := emit(b"\0" * pad)):
+            yield chunk
     # End of archive: two zero blocks, padded to tar's 10 KiB record size.
     end = b"\0" * (2 * _BLOCK)
     end += b"\0" * ((-(written + len(end))) % tarfile.RECORDSIZE)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from tunegate.errors import InvalidRequestError, ServerError
 from tunegate.ids import new_id

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tunegate.edge import AdminDep, DbDep, PrincipalDep, SettingsDep, log_unknown_fields
 from tunegate.audit import record
 from tunegate.db import Organization
+from tunegate.edge import AdminDep, DbDep, PrincipalDep, SettingsDep, log_unknown_fields
 from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError
 from tunegate.jobs import service as jobs
 from tunegate.safety import jobs as safety_jobs

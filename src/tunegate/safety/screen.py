@@ -232,7 +232,7 @@ def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyP
 
     n = len(examples)
     findings: list[Finding] = []
-    counts = {c: 0 for c in CATEGORIES}
+    counts = dict.fromkeys(CATEGORIES, 0)
     cat_lines: dict[str, list[int]] = defaultdict(list)
     for lr in line_reports:
         for c in lr.categories:

@@ -241,7 +241,7 @@ class ChatCompletionRequest(BaseModel):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-def check_supported(request: "ChatCompletionRequest") -> None:
+def check_supported(request: ChatCompletionRequest) -> None:
     """400 `unsupported_parameter` for an OpenAI parameter this server does not implement, and 400s
     for tool settings that contradict each other (each naming its field)."""
     for name, why in UNSUPPORTED.items():

@@ -20,10 +20,10 @@ from sse_starlette.sse import EventSourceResponse
 
 from tunegate.edge import AdminDep, PrincipalDep
 from tunegate.errors import TunegateError
-from tunegate.safety.jobs import org_policy
-from tunegate.safety.moderation import get_moderator
 from tunegate.models.service import resolve
 from tunegate.plugins import ENGINES
+from tunegate.safety.jobs import org_policy
+from tunegate.safety.moderation import get_moderator
 from tunegate.safety.runtime import RuntimeModeration
 from tunegate.serve.engine import ServableModel
 from tunegate.serve.limits import Caller, ChatLimits

@@ -26,7 +26,13 @@ import torch
 
 from tunegate.catalog import load_tokenizer
 from tunegate.errors import InvalidRequestError, ServerError
-from tunegate.train.checkpoints import TRAINER_STATE, latest_checkpoint, list_checkpoints, save_adapter, write_checkpoint
+from tunegate.train.checkpoints import (
+    TRAINER_STATE,
+    latest_checkpoint,
+    list_checkpoints,
+    save_adapter,
+    write_checkpoint,
+)
 from tunegate.train.config import TrainConfig
 from tunegate.train.distributed import Group
 from tunegate.train.data import Dataset, epoch_batches, load_dataset, micro_batches, steps_per_epoch
