@@ -71,7 +71,7 @@ def make_adapters(base, root: Path, count: int) -> list[Path]:
 async def engine_run(settings, base, adapters, questions, tokens):
     from tunegate.serve.engine import ServableModel
     from tunegate.serve.hf_engine import HFEngine
-    from tunegate.serve.protocol import parse_request
+    from tunegate.serve.protocol import ChatCompletionRequest
     from tunegate.serve.service import ChatService
 
     engine = HFEngine(settings)
@@ -79,9 +79,9 @@ async def engine_run(settings, base, adapters, questions, tokens):
     models = [ServableModel(f"ft-{i}", base, p) for i, p in enumerate(adapters)]
 
     def request(q):
-        return parse_request({"model": "m", "messages": [{"role": "user", "content": q}], "temperature": 0,
-                              "max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True},
-                              "ignore_eos": True})
+        return ChatCompletionRequest.model_validate({
+            "model": "m", "messages": [{"role": "user", "content": q}], "temperature": 0, "max_tokens": tokens,
+            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True})
 
     async def client(q, model, t0):
         chunks = await service.stream(request(q), model)
@@ -277,12 +277,13 @@ def main() -> None:
 
         from tunegate.serve.engine import ServableModel
         from tunegate.serve.hf_engine import HFEngine
-        from tunegate.serve.protocol import parse_request
+        from tunegate.serve.protocol import ChatCompletionRequest
         from tunegate.serve.service import ChatService
 
         prep = ChatService(HFEngine(settings))
-        prompts = [prep.prepare_sync(parse_request({"model": "m", "messages": [{"role": "user", "content": q}]}),
-                                     ServableModel("m", base, None)).prompt_ids for q in questions]
+        prompts = [prep.prepare_sync(ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": q}]}), ServableModel("m", base, None)).prompt_ids
+            for q in questions]
 
         base_runs, eng_runs = [], []
         for _ in range(args.rounds):

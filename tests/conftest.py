@@ -108,6 +108,6 @@ def db_backend(request):
     """Per metadata store (SQLite, the default; PostgreSQL), a function giving the server environment
     of a fresh, empty database. Tests that take it run once per backend."""
     if request.param == "sqlite":
-        return lambda: {}
+        return dict
     pg = request.getfixturevalue("pg_server")
     return lambda: {"TUNEGATE_DATABASE_URL": pg.create_database()}

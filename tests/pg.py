@@ -63,7 +63,7 @@ class PostgresServer:
     def _run(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
         return subprocess.run([*self.as_user, *cmd], check=True, capture_output=True, text=True, **kw)
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         self._run("mkdir", "-p", str(self.socket_dir))
         self._run(find_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                   "--no-sync", "--no-instructions")
@@ -77,7 +77,7 @@ class PostgresServer:
                 break
             except subprocess.CalledProcessError:
                 if attempt == 2:
-                    raise RuntimeError(f"PostgreSQL did not start:\n{self.log()}")
+                    raise RuntimeError(f"PostgreSQL did not start:\n{self.log()}") from None
                 self.port = free_port()  # lost the port race: try another
                 options = options.replace(options.split()[1], str(self.port), 1)
         return self

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from tunegate.auth import Principal
 from tunegate.audit import record
+from tunegate.auth import Principal
 from tunegate.db import Checkpoint, CheckpointPermission, Database, Project
 from tunegate.errors import InvalidRequestError, NotFoundError, TunegateError
 from tunegate.ids import new_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from tunegate.api.deps import AdminDep, DbDep, SettingsDep
+from tunegate.edge import AdminDep, DbDep, SettingsDep
 from tunegate.models import permissions
 
 router = APIRouter(prefix="/v1/fine_tuning/checkpoints", tags=["models"])

@@ -34,8 +34,8 @@ from tunegate.train.checkpoints import (
     write_checkpoint,
 )
 from tunegate.train.config import TrainConfig
-from tunegate.train.distributed import Group
 from tunegate.train.data import Dataset, epoch_batches, load_dataset, micro_batches, steps_per_epoch
+from tunegate.train.distributed import Group
 from tunegate.train.lora import (
     Precision,
     StepStats,

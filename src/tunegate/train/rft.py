@@ -26,7 +26,7 @@ import torch
 from tunegate.catalog import load_tokenizer
 from tunegate.catalog.template import render
 from tunegate.errors import InvalidRequestError
-from tunegate.registry.store import latest_checkpoint, prune_checkpoints, save_adapter
+from tunegate.train.checkpoints import latest_checkpoint, save_adapter, write_checkpoint
 from tunegate.train.config import TrainConfig
 from tunegate.train.data import Example, epoch_batches, file_sha256, steps_per_epoch
 from tunegate.train.lora import build_model, choose_precision, trainable_parameters
@@ -191,12 +191,12 @@ def run_rft(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
                              f"{base_reward:.3f}."})
 
     def save_checkpoint(epoch: int) -> Path:
-        path = save_adapter(model, out_dir / "checkpoints" / f"step-{step}",
-                            _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
-                            _trainer_state(step, trained_tokens, metrics, optimizer, scheduler))
-        prune_checkpoints(out_dir, config.keep_checkpoints)
-        say.info(f"Checkpoint saved at step {step} (epoch {epoch}).")
-        return path
+        saved = write_checkpoint(model, out_dir, step, epoch,
+                                 _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
+                                 _trainer_state(step, trained_tokens, metrics, optimizer, scheduler),
+                                 keep=config.keep_checkpoints)
+        say.checkpoint(f"Checkpoint saved at step {step} (epoch {epoch}).", saved)
+        return Path(saved["path"])
 
     model.train()
     for epoch in range(step // per_epoch, config.n_epochs):
