@@ -62,3 +62,27 @@ def test_invalid_config_reports_every_problem_with_its_field():
         _config(lora_r=0, lora_dropout=1.5, device="tpu")
     assert err.value.param == "lora_r"
     assert "`lora_dropout`" in err.value.message and "`device`" in err.value.message
+
+
+@pytest.mark.parametrize("name", ["n_epochs", "batch_size", "learning_rate_multiplier"])
+def test_the_api_schema_and_the_trainer_share_the_bounds(name):
+    """One range per hyperparameter: a value the jobs API accepts is one the trainer accepts, and
+    the first value outside is refused by both (the learning-rate multipliers once differed)."""
+    from pydantic import ValidationError
+
+    from tunegate.jobs.schemas import SupervisedHyperparameters
+    from tunegate.train.config import HYPERPARAMETER_BOUNDS
+
+    bound = HYPERPARAMETER_BOUNDS[name]
+    step = 1 if bound.kind is int else 1e-9
+    inside = [bound.high, bound.low + step if bound.low_open else bound.low]
+    outside = [bound.high + step, bound.low if bound.low_open else bound.low - step]
+    for value in inside:
+        SupervisedHyperparameters(**{name: value})
+        resolve_hyperparameters(**{name: value}, n_examples=100)
+    for value in outside:
+        with pytest.raises(ValidationError):
+            SupervisedHyperparameters(**{name: value})
+        with pytest.raises(InvalidRequestError) as e:
+            resolve_hyperparameters(**{name: value}, n_examples=100)
+        assert e.value.param.endswith(name) and bound.describe() in e.value.message

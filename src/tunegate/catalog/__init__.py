@@ -7,6 +7,7 @@ one-time GGUF -> HF conversion. Does not own training or serving.
 from tunegate.catalog.registry import (
     DEFAULT_MODEL,
     BaseModelInfo,
+    context_length,
     get_base_model,
     list_base_models,
     load_pretrained,
@@ -14,5 +15,5 @@ from tunegate.catalog.registry import (
     template_sha256,
 )
 
-__all__ = ["DEFAULT_MODEL", "BaseModelInfo", "get_base_model", "list_base_models", "load_pretrained",
+__all__ = ["DEFAULT_MODEL", "BaseModelInfo", "context_length", "get_base_model", "list_base_models", "load_pretrained",
            "load_tokenizer", "template_sha256"]

@@ -80,16 +80,25 @@ def get_base_model(name: str, settings: Settings) -> BaseModelInfo:
     return info
 
 
+# A model folder whose config.json does not say its context length is read as a Llama-2-era 2,048.
+FALLBACK_CONTEXT_LENGTH = 2048
+
+
+def context_length(model_path: Path | str) -> int:
+    """The context length of the Hugging Face model folder `model_path` (its config.json)."""
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or FALLBACK_CONTEXT_LENGTH)
+
+
 def _info(name: str, path: str) -> BaseModelInfo:
     folder = Path(path)
-    config = json.loads((folder / "config.json").read_text())
     tokenizer = _tokenizer_locked(path)
     template = tokenizer.chat_template or ""
     features = template_features(tokenizer)
     return BaseModelInfo(
         name=name,
         path=folder,
-        context_length=int(config.get("max_position_embeddings") or 2048),
+        context_length=context_length(folder),
         chat_template=template,
         template_sha256=effective_template_sha256(template, features),
         created=int((folder / "config.json").stat().st_mtime),

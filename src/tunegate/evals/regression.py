@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Literal
 
+from tunegate.jsonl import read_jsonl
+
 Answerer = Callable[[list[list[dict]]], list[str]]
 SYSTEM = "Answer in one short sentence. If you do not know or cannot know the answer, say \"I don't know\"."
 # Honest non-answers: "I don't know", "I can't know/predict", "I have no way/information", "does not exist".
@@ -38,8 +40,7 @@ Verdict = Literal["correct", "abstained", "wrong"]
 
 
 def closed_book_questions() -> list[dict]:
-    path = files("tunegate.evals").joinpath("data/closed_book.jsonl")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(str(files("tunegate.evals").joinpath("data/closed_book.jsonl")))
 
 
 def abstains(answer: str) -> bool:

@@ -6,39 +6,30 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tunegate.jobs.lifecycle import EventLevel, EventType, JobStatus
+from tunegate.train.config import HYPERPARAMETER_BOUNDS
 
 Auto = Literal["auto"]
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class SupervisedHyperparameters(BaseModel):
+    """Each `auto` or a number within `HYPERPARAMETER_BOUNDS` (train/config.py, which the trainer checks too)."""
+
     model_config = ConfigDict(extra="allow")
-    n_epochs: Auto | int = Field("auto", description="1..50 or `auto`.")
-    batch_size: Auto | int = Field("auto", description="1..256 or `auto`.")
-    learning_rate_multiplier: Auto | float = Field("auto", description="(0, 10] or `auto`.")
+    n_epochs: Auto | int = Field("auto", description=f"{HYPERPARAMETER_BOUNDS['n_epochs'].describe()}, or `auto`.")
+    batch_size: Auto | int = Field("auto", description=f"{HYPERPARAMETER_BOUNDS['batch_size'].describe()}, or `auto`.")
+    learning_rate_multiplier: Auto | float = Field(
+        "auto", description=f"{HYPERPARAMETER_BOUNDS['learning_rate_multiplier'].describe()}, or `auto`.")
 
-    @field_validator("n_epochs")
+    @field_validator("n_epochs", "batch_size", "learning_rate_multiplier")
     @classmethod
-    def _epochs(cls, v):
-        if v != "auto" and not 1 <= v <= 50:
-            raise ValueError("n_epochs must be `auto` or an integer from 1 to 50")
-        return v
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, v):
-        if v != "auto" and not 1 <= v <= 256:
-            raise ValueError("batch_size must be `auto` or an integer from 1 to 256")
-        return v
-
-    @field_validator("learning_rate_multiplier")
-    @classmethod
-    def _lrm(cls, v):
-        if v != "auto" and not 0 < v <= 10:
-            raise ValueError("learning_rate_multiplier must be `auto` or a number above 0 and at most 10")
+    def _within_bounds(cls, v: Any, info: ValidationInfo) -> Any:
+        bound = HYPERPARAMETER_BOUNDS[str(info.field_name)]
+        if v != "auto" and not bound.contains(v):
+            raise ValueError(f"{info.field_name} must be `auto` or {bound.describe()}")
         return v
 
 

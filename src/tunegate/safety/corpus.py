@@ -39,6 +39,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tunegate.errors import MissingPackageError
+from tunegate.jsonl import read_jsonl
 
 DATA_DIR = Path(__file__).parent / "data"
 PACKAGE_VERSIONS = {
@@ -262,10 +263,6 @@ def _real_toxicity() -> list[Example]:
 # --- benign text --------------------------------------------------------------------------------
 
 _NORMAL_INSTRUCTIONS = "normal_instructions.json"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def chatterbot_lines(limit: int | None = None) -> list[str]:

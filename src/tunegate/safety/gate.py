@@ -21,7 +21,6 @@ prompt's category is the moderator's highest-scoring category for the prompt its
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from tunegate.jsonl import read_jsonl
 from tunegate.safety.corpus import DATA_DIR, adv_bench, harm_bench
 from tunegate.safety.moderation import Moderator
 from tunegate.safety.policy import GatePolicy, SafetyPolicy
@@ -134,7 +134,7 @@ def wilson(count: int, n: int) -> RateEstimate:
 
 
 def benign_suite() -> list[SuitePrompt]:
-    rows = [json.loads(x) for x in (DATA_DIR / "benign_prompts.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    rows = read_jsonl(DATA_DIR / "benign_prompts.jsonl")
     return [SuitePrompt(id=f"benign-{i}", suite="benign", source="tunegate", prompt=r["prompt"], category=r["category"])
             for i, r in enumerate(rows)]
 

@@ -11,7 +11,6 @@ on the checkpoint). Never writes job rows: jobs/ acts on the decisions.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
@@ -22,6 +21,7 @@ from tunegate.errors import InvalidRequestError
 from tunegate.jobs.lifecycle import add_event
 from tunegate.jobs.pipeline import job_dir, succeed
 from tunegate.jobs.steps import Decision, JobContext, Step
+from tunegate.jsonl import read_jsonl, write_jsonl
 from tunegate.safety.policy import SafetyPolicy, policy_from_overrides
 from tunegate.settings import Settings
 
@@ -77,13 +77,9 @@ def mix(ctx: JobContext) -> Decision:
     out = ctx.work_dir / "training_mixed.jsonl"
     if out.exists():
         return Decision(training_path=out)
-    with open(ctx.training_path, encoding="utf-8") as f:
-        examples = [json.loads(line) for line in f if line.strip()]
+    examples = read_jsonl(ctx.training_path)
     mixed = mix_safety_examples(examples, fraction=policy.safety_mixing_fraction, seed=ctx.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in mixed), encoding="utf-8")
-    tmp.replace(out)
+    write_jsonl(out, mixed)
     ctx.emit(f"Safety data mixing: {len(mixed) - len(examples)} of the project's refusal examples were mixed "
              f"into {len(examples)} training examples.", type="moderation_checks",
              data={"check": "safety_mixing", "added": len(mixed) - len(examples)})

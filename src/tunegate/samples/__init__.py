@@ -22,6 +22,8 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
+from tunegate.jsonl import iter_jsonl
+
 FILES = {
     "demo_train": "answer_format_train.jsonl",
     "demo_valid": "answer_format_valid.jsonl",
@@ -44,8 +46,7 @@ def path(name: str) -> Path:
 
 def held_out_prompts() -> list[list[dict]]:
     """The held-out conversations (each a list of messages ending with a user turn)."""
-    with open(path("demo_prompts"), encoding="utf-8") as f:
-        return [json.loads(line)["messages"] for line in f if line.strip()]
+    return [row["messages"] for row in iter_jsonl(path("demo_prompts"))]
 
 
 def preference_pairs(name: str) -> list[dict]:

@@ -2,7 +2,8 @@
 
 Owns `TrainConfig` (one frozen dataclass, saved as meta.json beside every checkpoint and adapter)
 and `resolve_hyperparameters`, which turns the job's `"auto"`/number hyperparameters into
-numbers. Does not own the API-level range checks of the jobs router, nor training itself.
+numbers, and `HYPERPARAMETER_BOUNDS`, the ranges of those numbers that the jobs API checks too.
+Does not own training itself.
 
 The "auto" rules (also in the README):
 
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from tunegate.errors import InvalidRequestError
+from tunegate.files.tokens import auto_n_epochs as files_auto_n_epochs
 
 BASE_LEARNING_RATE = 2e-4
 DPO_BASE_LEARNING_RATE = 5e-5
@@ -133,23 +135,8 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _fallback_auto_n_epochs(n_examples: int) -> int:
-    # Used only while tunegate.files.tokens is not installed in this build; same rule.
-    n = max(n_examples, 1)
-    epochs = 3
-    if n * epochs < 100:
-        epochs = math.ceil(100 / n)
-    elif n * epochs > 25_000:
-        epochs = 25_000 // n
-    return max(1, min(25, epochs))
-
-
 def auto_n_epochs(n_examples: int) -> int:
-    try:
-        from tunegate.files.tokens import auto_n_epochs as rule
-    except ImportError:
-        rule = _fallback_auto_n_epochs
-    return int(rule(n_examples))
+    return int(files_auto_n_epochs(n_examples))
 
 
 def auto_batch_size(n_examples: int, n_tokens: int | None = None) -> int:
@@ -167,14 +154,40 @@ def auto_learning_rate_multiplier(batch_size: int) -> float:
     return min(2.0, max(0.5, math.sqrt(batch_size / 8)))
 
 
-def _number(value: Any, param: str, kind: type, low: float, high: float) -> Any:
+@dataclass(frozen=True)
+class Bound:
+    """The range of a job hyperparameter; the API schema (jobs/schemas.py) and the trainer both check it."""
+
+    kind: type
+    low: float
+    high: float
+    low_open: bool = False  # the range excludes `low` itself
+
+    def contains(self, value: float) -> bool:
+        return (self.low < value if self.low_open else self.low <= value) and value <= self.high
+
+    def describe(self) -> str:
+        if self.kind is int:
+            return f"an integer from {self.low:g} to {self.high:g}"
+        return f"a number {'above' if self.low_open else 'from'} {self.low:g} {'and at most' if self.low_open else 'to'} {self.high:g}"
+
+
+HYPERPARAMETER_BOUNDS: dict[str, Bound] = {
+    "n_epochs": Bound(int, 1, 50),
+    "batch_size": Bound(int, 1, 256),
+    "learning_rate_multiplier": Bound(float, 0, 10, low_open=True),
+}
+
+
+def _number(value: Any, param: str, name: str) -> Any:
+    bound = HYPERPARAMETER_BOUNDS[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequestError(f"`{param}` must be \"auto\" or a number, got {value!r}.", param=param)
-    if kind is int and float(value) != int(value):
+    if bound.kind is int and float(value) != int(value):
         raise InvalidRequestError(f"`{param}` must be a whole number, got {value!r}.", param=param)
-    if not low <= value <= high:
-        raise InvalidRequestError(f"`{param}` must be between {low} and {high}, got {value!r}.", param=param)
-    return kind(value)
+    if not bound.contains(value):
+        raise InvalidRequestError(f"`{param}` must be \"auto\" or {bound.describe()}, got {value!r}.", param=param)
+    return bound.kind(value)
 
 
 def resolve_hyperparameters(
@@ -192,15 +205,15 @@ def resolve_hyperparameters(
     if n_epochs == "auto" or n_epochs is None:
         n_epochs = auto_n_epochs(n_examples)
     else:
-        n_epochs = _number(n_epochs, prefix + "n_epochs", int, 1, 50)
+        n_epochs = _number(n_epochs, prefix + "n_epochs", "n_epochs")
     if batch_size == "auto" or batch_size is None:
         batch_size = auto_batch_size(n_examples, n_tokens)
     else:
-        batch_size = _number(batch_size, prefix + "batch_size", int, 1, 256)
+        batch_size = _number(batch_size, prefix + "batch_size", "batch_size")
     if learning_rate_multiplier == "auto" or learning_rate_multiplier is None:
         multiplier = auto_learning_rate_multiplier(batch_size)
     else:
-        multiplier = _number(learning_rate_multiplier, prefix + "learning_rate_multiplier", float, 1e-6, 50)
+        multiplier = _number(learning_rate_multiplier, prefix + "learning_rate_multiplier", "learning_rate_multiplier")
     return n_epochs, batch_size, base_rate * multiplier
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tunegate.catalog import load_tokenizer
+from tunegate.catalog import context_length, load_tokenizer
 from tunegate.catalog.template import tokenize_examples
 from tunegate.errors import InvalidRequestError
 from tunegate.train.checkpoints import latest_checkpoint, save_adapter, write_checkpoint
@@ -40,7 +40,6 @@ from tunegate.train.recipe import (
     StopPoll,
     TrainResult,
     _checkpoints,
-    _context_length,
     _meta,
     _restore,
     _Say,
@@ -212,7 +211,7 @@ def run_dpo(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     precision = choose_precision(config)
-    config = dataclasses.replace(config, max_seq_len=config.max_seq_len or _context_length(config.base_model_path))
+    config = dataclasses.replace(config, max_seq_len=config.max_seq_len or context_length(config.base_model_path))
     tokenizer = load_tokenizer(config.base_model_path)
     train = load_pairs(config.training_file, tokenizer, config.max_seq_len)
     valid = (load_pairs(config.validation_file, tokenizer, config.max_seq_len, "validation_file")

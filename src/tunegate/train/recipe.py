@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import torch
 
-from tunegate.catalog import load_tokenizer
+from tunegate.catalog import context_length, load_tokenizer
 from tunegate.errors import InvalidRequestError, ServerError
 from tunegate.train.checkpoints import (
     TRAINER_STATE,
@@ -84,7 +84,7 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     precision = choose_precision(config)
-    config = dataclasses.replace(config, max_seq_len=config.max_seq_len or _context_length(config.base_model_path))
+    config = dataclasses.replace(config, max_seq_len=config.max_seq_len or context_length(config.base_model_path))
     tokenizer = load_tokenizer(config.base_model_path)
     train = load_dataset(config.training_file, tokenizer, config.max_seq_len)
     valid = (load_dataset(config.validation_file, tokenizer, config.max_seq_len, "validation_file")
@@ -316,11 +316,6 @@ def _meta(kind, config: TrainConfig, train: Dataset, valid: Dataset | None, step
 def _checkpoints(out_dir: Path) -> list[tuple[int, Path, dict]]:
     return [(step, d, json.loads((d / "meta.json").read_text()).get("metrics", {}))
             for step, d in list_checkpoints(out_dir)]
-
-
-def _context_length(base_model_path: str) -> int:
-    config = json.loads((Path(base_model_path) / "config.json").read_text())
-    return int(config.get("max_position_embeddings") or 2048)
 
 
 class _Say:
