@@ -251,7 +251,7 @@ def run_dpo(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
                                  _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
                                  _trainer_state(step, trained_tokens, metrics, optimizer, scheduler),
                                  keep=config.keep_checkpoints)
-        say.checkpoint(f"Checkpoint saved at step {step} (epoch {epoch}).", saved)
+        say.checkpoint(saved)
         return Path(saved["path"])
 
     # ---- train: epochs of shuffled pair batches, one optimizer step per batch

@@ -131,7 +131,7 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
                                  _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
                                  _trainer_state(step, trained_tokens, metrics, optimizer, scheduler),
                                  keep=config.keep_checkpoints)
-        say.checkpoint(f"Checkpoint saved at step {step} (epoch {epoch}).", saved)
+        say.checkpoint(saved)
         group.barrier()
         return Path(saved["path"])
 
@@ -330,8 +330,10 @@ class _Say:
     def warn(self, message: str) -> None:
         self.on_event({"level": "warn", "message": message, "type": "message", "data": None})
 
-    def checkpoint(self, message: str, data: dict[str, Any]) -> None:
-        self.on_event({"level": "info", "message": message, "type": "checkpoint", "data": data})
+    def checkpoint(self, data: dict[str, Any]) -> None:
+        """`data` as train/checkpoints.py's `write_checkpoint` returns it."""
+        self.on_event({"level": "info", "type": "checkpoint", "data": data,
+                       "message": f"Checkpoint saved at step {data['step']} (epoch {data['epoch']})."})
 
     def metrics(self, data: dict[str, Any]) -> None:
         message = f"Step {data['step']}/{data['total_steps']}: training loss={data['train_loss']:.4f}"

@@ -195,7 +195,7 @@ def run_rft(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
                                  _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
                                  _trainer_state(step, trained_tokens, metrics, optimizer, scheduler),
                                  keep=config.keep_checkpoints)
-        say.checkpoint(f"Checkpoint saved at step {step} (epoch {epoch}).", saved)
+        say.checkpoint(saved)
         return Path(saved["path"])
 
     model.train()
