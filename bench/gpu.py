@@ -65,14 +65,14 @@ def train(settings, base, data: Path, out: Path, steps: int, batch: int, **optio
 
 async def serve(engine, base, adapters: list[Path], clients: int, tokens: int) -> dict:
     from tunegate.serve.engine import ServableModel
-    from tunegate.serve.protocol import parse_request
+    from tunegate.serve.protocol import ChatCompletionRequest
     from tunegate.serve.service import ChatService
 
     service = ChatService(engine)
     models = [ServableModel(f"ft-{i}", base, p) for i, p in enumerate(adapters)]
 
     def request(q):
-        return parse_request({"model": "m", "messages": [{"role": "user", "content": q}], "temperature": 0,
+        return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": q}], "temperature": 0,
                               "max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True},
                               "ignore_eos": True})
 

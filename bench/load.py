@@ -227,7 +227,7 @@ def main() -> None:
     b, d, stats, rss = result["before"], result["during"], result["stats"], result["rss"]
     p50b, p99b, p50d, p99d = (percentile(b, 0.5), percentile(b, 0.99), percentile(d, 0.5), percentile(d, 0.99))
     print(f"\n2-token probe ({args.model}), seconds")
-    print(f"| phase  | requests | p50    | p99    |\n|---|---|---|---|")
+    print("| phase  | requests | p50    | p99    |\n|---|---|---|---|")
     print(f"| before | {len(b):8d} | {p50b:6.3f} | {p99b:6.3f} |")
     print(f"| storm  | {len(d):8d} | {p50d:6.3f} | {p99d:6.3f} |")
     print(f"p99 during / before: {p99d / p99b:.1f}x (target <= 5x)")

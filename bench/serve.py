@@ -161,7 +161,7 @@ async def scenario_run(settings, base, adapters, bodies, *, warm_body=None, runn
     stream per adapter and measure their longest gap between two tokens while `bodies` arrive."""
     from tunegate.serve.engine import ServableModel
     from tunegate.serve.hf_engine import HFEngine
-    from tunegate.serve.protocol import parse_request
+    from tunegate.serve.protocol import ChatCompletionRequest
     from tunegate.serve.service import ChatService
 
     engine = HFEngine(settings)
@@ -169,7 +169,7 @@ async def scenario_run(settings, base, adapters, bodies, *, warm_body=None, runn
     models = [ServableModel(f"ft-{i}", base, p) for i, p in enumerate(adapters)]
 
     async def client(body, model, t0, gaps=None):
-        chunks = await service.stream(parse_request({**body, "stream": True, "stream_options": {"include_usage": True}}),
+        chunks = await service.stream(ChatCompletionRequest.model_validate({**body, "stream": True, "stream_options": {"include_usage": True}}),
                                       model)
         ttft, usage, last = None, None, None
         async for c in chunks:

@@ -28,7 +28,7 @@ log = logging.getLogger("tunegate.plugins")
 
 # name -> "module:attribute" per registry; the same form an entry point takes.
 BUILTINS: dict[str, dict[str, str]] = {
-    "engines": {"transformers": "tunegate.serve.hf_engine:HFEngine"},
+    "engines": {"transformers": "tunegate.serve.hf_engine:HFEngine", "vllm": "tunegate.serve.vllm_engine:VLLMEngine"},
     "executors": {"local": "tunegate.jobs.executor:LocalExecutor"},
     "moderators": {"builtin": "tunegate.safety.moderation:BuiltinModerator",
                    "http": "tunegate.safety.moderation:HttpModerator"},

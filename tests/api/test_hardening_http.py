@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 
-
 @pytest.fixture(scope="module")
 def server(hardened_server):
     hardened_server.key_a = hardened_server.create_key("org-http")
@@ -33,7 +32,7 @@ def _read_response(sock: socket.socket, timeout: float = 10) -> bytes:
             data += chunk
             if b"\r\n\r\n" in data and data.split(b"\r\n\r\n", 1)[1].rstrip().endswith(b"}"):
                 break
-    except (socket.timeout, ConnectionResetError):
+    except (TimeoutError, ConnectionResetError):
         pass
     return data
 

@@ -236,7 +236,7 @@ def test_prefix_cached_prefill_gives_the_same_logits_and_tokens(runner):
         logits, batch = runner.prefill_cached(hits, prompts[1:], [0, 0])  # two different rests, one forward
         assert isinstance(batch, BatchCache) and batch.mask.sum(1).tolist() == [len(p) for p in prompts[1:]]
         out = [[int(x)] for x in logits.argmax(-1)]
-        for i, (tokens, ref_logits) in enumerate(refs[1:]):
+        for i, (_tokens, ref_logits) in enumerate(refs[1:]):
             torch.testing.assert_close(logits[i], ref_logits[0], **close)
         pos = [len(p) for p in prompts[1:]]
         for step in range(3):

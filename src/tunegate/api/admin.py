@@ -9,6 +9,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from tunegate import audit
+from tunegate.edge import AdminDep, DbDep
+from tunegate.errors import PermissionDeniedError
+
+MAX_SEQ = 2**63 - 1  # the audit sequence is a 64-bit integer in every database
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 

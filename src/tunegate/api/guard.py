@@ -103,7 +103,7 @@ class Guard:
             remaining = total - (time.monotonic() - started)
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(0.0, min(idle, remaining)))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await answer(error_response(408, f"The request body did not arrive in time (no data for {idle:g} s, "
                                             f"or not complete after {total:g} s). Send the body without pauses.",
                                             code="request_timeout", headers={"connection": "close"}))

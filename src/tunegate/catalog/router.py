@@ -12,8 +12,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from tunegate import audit
-from tunegate.api.deps import AdminDep, DbDep, SettingsDep
 from tunegate.catalog.local import add_model
+from tunegate.edge import AdminDep, DbDep, SettingsDep
 from tunegate.errors import PermissionDeniedError
 
 router = APIRouter(prefix="/v1/admin/base_models", tags=["admin"])

@@ -11,6 +11,8 @@ import logging
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse
 
+from tunegate.edge import DbDep, PrincipalDep, SettingsDep
+from tunegate.errors import InvalidRequestError, RateLimitError
 from tunegate.files import service
 from tunegate.files.schemas import UPLOAD_PURPOSES, FileDeleted, FileObject
 from tunegate.files.store import receive_upload, sweep_tmp

@@ -12,9 +12,9 @@ import logging
 import re
 import shutil
 import unicodedata
-from urllib.parse import quote
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import select
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from tunegate.edge import DbDep, PrincipalDep, SettingsDep
+from tunegate.files.service import content_disposition
 from tunegate.models import service
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
