@@ -170,3 +170,11 @@ def test_constrained_requests_are_refused_not_served_unconstrained(base):
     with pytest.raises(InvalidRequestError) as e:
         engine.submit(req)
     assert e.value.code == "unsupported_parameter" and "TUNEGATE_ENGINE=transformers" in e.value.message
+
+
+def test_tunegate_engine_vllm_chooses_this_engine(base, monkeypatch):
+    from tunegate.plugins import ENGINES
+    from tunegate.settings import Settings
+
+    monkeypatch.setenv("TUNEGATE_ENGINE", "vllm")
+    assert Settings().engine == "vllm" and ENGINES.get("vllm") is VLLMEngine
