@@ -8,6 +8,7 @@ executor (`jobs/executor.py`); this module never trains.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -32,11 +33,16 @@ def to_object(job: Job, org_name: str | None = None) -> FineTuningJob:
     hp = job.hyperparameters or {}
     return FineTuningJob(
         id=job.id, created_at=job.created_at, error=job.error, fine_tuned_model=job.fine_tuned_model,
-        finished_at=job.finished_at, hyperparameters=hp, model=job.model, organization_id=job.org_id,
+        finished_at=job.finished_at, hyperparameters=hp, model=_shown_model(job), organization_id=job.org_id,
         result_files=job.result_files or [], seed=job.seed, status=job.status, trained_tokens=job.trained_tokens,
         training_file=job.training_file, validation_file=job.validation_file, estimated_finish=job.estimated_finish,
         metadata=job.metadata_, method=job.method, suffix=job.suffix, integrations=[],
     )
+
+
+def _shown_model(job: Job) -> str:
+    """The model the job was created with: a continued job shows its `ft:` parent, like OpenAI."""
+    return (job.options or {}).get("parent_model") or job.model
 
 
 def _requested_method(body: JobCreate) -> dict[str, Any]:
@@ -67,14 +73,29 @@ def _own_file(s, principal: Principal, file_id: str, param: str) -> File:
     return row
 
 
+# Continued fine-tuning (`model="ft:..."`): the models stage, which knows which models a caller may
+# use, registers how a parent model becomes the base model and the training options (this stage
+# cannot import it). Signature: (db, settings, principal, model, options) -> (base model, options).
+_PARENT_MODEL_HOOKS: list[Callable[..., tuple[str, dict]]] = []
+
+
+def register_parent_model_hook(hook: Callable[..., tuple[str, dict]]) -> None:
+    if hook not in _PARENT_MODEL_HOOKS:
+        _PARENT_MODEL_HOOKS.append(hook)
+
+
 def create(db: Database, settings: Settings, principal: Principal, body: JobCreate) -> Job:
     from tunegate.catalog.registry import list_base_models
 
-    if body.model not in list_base_models(settings):
-        raise InvalidRequestError(f"Model `{body.model}` cannot be fine-tuned here. Base models: "
-                                  f"{', '.join(list_base_models(settings))}.", param="model", code="model_not_available")
-    method = _requested_method(body)
     options = body.tunegate.model_dump(exclude_none=True) if body.tunegate else {}
+    base = body.model
+    if isinstance(base, str) and base.startswith("ft:") and _PARENT_MODEL_HOOKS:
+        base, options = _PARENT_MODEL_HOOKS[0](db, settings, principal, body.model, options)
+    if base not in list_base_models(settings):
+        raise InvalidRequestError(f"Model `{body.model}` cannot be fine-tuned here. Base models: "
+                                  f"{', '.join(list_base_models(settings))}, or one of your `ft:` models.",
+                                  param="model", code="model_not_available")
+    method = _requested_method(body)
     if options.get("quantization"):  # refused now, not as a failed job later
         from tunegate.train.lora import require_qlora
 
@@ -89,7 +110,7 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
         if body.validation_file:
             _own_file(s, principal, body.validation_file, "validation_file")
         job = Job(id=new_id("ftjob", 12), org_id=principal.org_id, project_id=principal.project_id,
-                  created_by=principal.key_id, model=body.model, training_file=body.training_file,
+                  created_by=principal.key_id, model=base, training_file=body.training_file,
                   validation_file=body.validation_file, suffix=body.suffix,
                   seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1),
                   metadata_=body.metadata, method=method, hyperparameters=method["supervised"]["hyperparameters"],

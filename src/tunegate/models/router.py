@@ -7,7 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from tunegate.edge import DbDep, PrincipalDep, SettingsDep
 from tunegate.files.service import content_disposition
-from tunegate.models import service
+from tunegate.models import lineage, service  # noqa: F401 - lineage registers continued fine-tuning with jobs
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
