@@ -29,7 +29,7 @@ log = logging.getLogger("tunegate.plugins")
 # name -> "module:attribute" per registry; the same form an entry point takes.
 BUILTINS: dict[str, dict[str, str]] = {
     "engines": {"transformers": "tunegate.serve.hf_engine:HFEngine", "vllm": "tunegate.serve.vllm_engine:VLLMEngine"},
-    "executors": {"local": "tunegate.jobs.executor:LocalExecutor"},
+    "executors": {"local": "tunegate.jobs.executor:LocalExecutor", "ray": "tunegate.jobs.executors.ray:RayExecutor"},
     "moderators": {"builtin": "tunegate.safety.moderation:BuiltinModerator",
                    "http": "tunegate.safety.moderation:HttpModerator"},
     # Run in this order within each phase (jobs/steps.py).

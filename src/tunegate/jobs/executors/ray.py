@@ -1,0 +1,128 @@
+"""The Ray executor (`TUNEGATE_EXECUTOR=ray`, `TUNEGATE_RAY_ADDRESS=host:port`): each training job
+runs as one Ray task on a Ray cluster, with the resources it declares.
+
+Owns starting, watching and stopping that task. The task runs the same worker code as the local
+executor (`tunegate.jobs.worker.run`) with the server's settings, so events, heartbeats, cancel and
+pause go through the shared database, and checkpoints through the shared data directory, exactly as
+for a local worker: nothing here assumes the task runs on the server's machine, only that every
+node reaches the database and mounts the data directory (see the README's deployment guide).
+
+Each task gets its own Ray worker process (`max_calls=1`: torch state and memory are not reused
+between jobs) and writes its output to the job's `worker.log` in the data directory; the job's
+events name the node and that log. If the Ray worker process or its node dies, the task fails
+(Ray does not retry it: `max_retries=0`), `poll` reports a crash and the supervisor re-queues the
+job, which resumes from its last checkpoint like any crashed worker. `ray` is an optional extra
+(`pip install 'tunegate[ray]'`); the local executor stays the default.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+
+from tunegate.errors import InvalidRequestError
+from tunegate.settings import Settings
+
+log = logging.getLogger("tunegate.jobs.ray")
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise InvalidRequestError("TUNEGATE_EXECUTOR=ray needs Ray: pip install 'tunegate[ray]' (or pip install ray) "
+                                  "on the server and every node.", param="executor", code="ray_not_installed") from exc
+    return ray
+
+
+def _run_job(job_id: str, settings_json: str) -> int:
+    """Inside the Ray worker process: the ordinary training worker, its output in the job's log."""
+    import sys
+
+    from tunegate.jobs import worker
+    from tunegate.jobs.lifecycle import add_event
+    from tunegate.settings import Settings
+
+    settings = Settings.model_validate_json(settings_json)
+    log_path = settings.artifacts_dir / job_id / "worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab", buffering=0)
+    os.dup2(out.fileno(), 1)
+    os.dup2(out.fileno(), 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    import ray
+
+    from tunegate.db import Database, Job
+
+    db = Database(settings.db_url)
+    with db.session() as s:  # the pid on its node: what a test (or an operator) kills to simulate a crash
+        job = s.get(Job, job_id)
+        if job is not None:
+            job.worker_pid = os.getpid()
+    node = ray.get_runtime_context().get_node_id()
+    add_event(db, job_id, f"Training worker started on Ray node {node[:12]} ({ray.util.get_node_ip_address()}, "
+                          f"pid {os.getpid()}); its log: {log_path}", data={"ray_node_id": node,
+                                                                             "worker_log": str(log_path)})
+    db.engine.dispose()
+    return worker.run(job_id, settings)
+
+
+class RayExecutor:
+    """Jobs as Ray tasks. Handles are small integers local to this server process."""
+
+    name = "ray"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.ray = _import_ray()
+        self._refs: dict[int, object] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        if not self.ray.is_initialized():
+            self.ray.init(address=settings.ray_address or "auto", namespace="tunegate", log_to_driver=False,
+                          logging_level=logging.WARNING)
+        self._task = self.ray.remote(max_calls=1, max_retries=0)(_run_job)
+
+    def _options(self) -> dict:
+        s = self.settings
+        opts: dict = {"num_cpus": s.ray_num_cpus, "num_gpus": s.ray_num_gpus}
+        if s.ray_memory_gb:
+            opts["memory"] = int(s.ray_memory_gb * 2**30)
+        threads = s.torch_threads or max(1, int(s.ray_num_cpus))
+        worker_settings = s.model_copy(update={"torch_threads": threads})
+        from tunegate.train.allocator import worker_env
+
+        env = worker_env(threads, allocator=s.worker_allocator == "jemalloc")
+        env = {k: v for k, v in env.items() if k != "LD_PRELOAD"}  # the Ray worker process is already running
+        opts["runtime_env"] = {"env_vars": env}
+        return opts, worker_settings.model_dump_json()
+
+    def launch(self, job_id: str) -> int:
+        options, settings_json = self._options()
+        ref = self._task.options(**options).remote(job_id, settings_json)
+        with self._lock:
+            handle = next(self._ids)
+            self._refs[handle] = ref
+        return handle
+
+    def poll(self, handle: int) -> int | None:
+        ref = self._refs.get(handle)
+        if ref is None:
+            return -1
+        done, _ = self.ray.wait([ref], timeout=0)
+        if not done:
+            return None
+        self._refs.pop(handle, None)
+        try:
+            return int(self.ray.get(ref))
+        except Exception as exc:  # the worker process or its node died, or the task was cancelled
+            log.warning("Ray task %s ended without a result: %s", handle, exc)
+            return -1
+
+    def kill(self, handle: int) -> None:
+        ref = self._refs.pop(handle, None)
+        if ref is not None:
+            self.ray.cancel(ref, force=True)
