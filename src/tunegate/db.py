@@ -101,6 +101,10 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The supervising API server's lease on an in-flight job (jobs/executor.py): another server takes
+    # the job over only once the lease has expired, so several servers on one database never both act.
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # step, total_steps, last metrics
     safety: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # screening + gate reports
 

@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 
 from tunegate.db import Database, Job
 from tunegate.errors import TunegateError
-from tunegate.ids import now
+from tunegate.ids import new_id, now
 from tunegate.jobs.lifecycle import IN_FLIGHT, IllegalTransition, fail, job_row, transition
 from tunegate.jobs.pipeline import validate_job_files
 from tunegate.plugins import EXECUTORS
@@ -114,6 +114,9 @@ class JobSupervisor:
         self.settings, self.db, self.interval = settings, db, interval
         self.executor = executor or EXECUTORS.get(settings.executor)(settings)
         self.handles: dict[str, int] = {}  # job id -> handle, for workers this process launched
+        # Several servers may share one database: each holds leases on the jobs it supervises.
+        self.server_id = new_id("server", 8)
+        self.lease_seconds = settings.heartbeat_timeout_seconds
         self._validating: set[str] = set()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="validate")
         self._stop = threading.Event()
@@ -131,6 +134,8 @@ class JobSupervisor:
         for handle in list(self.handles.values()):
             self.executor.kill(handle)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self.db.session() as s:  # another server (or the next start) takes them over at once
+            s.execute(update(Job).where(Job.lease_owner == self.server_id).values(lease_expires=0.0))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -141,12 +146,15 @@ class JobSupervisor:
             self._stop.wait(self.interval)
 
     def tick(self) -> None:
+        with self.db.session() as s:  # renew this server's leases first: they must never lapse while it lives
+            s.execute(update(Job).where(Job.lease_owner == self.server_id, Job.status.in_(IN_FLIGHT))
+                      .values(lease_expires=time.time() + self.lease_seconds))
         with self.db.session() as s:
             jobs = list(s.scalars(select(Job).where(Job.status.in_(IN_FLIGHT))
                                   .order_by(Job.created_ns)))
         running = 0
         for job in jobs:
-            if job.status == "validating_files" and job.id not in self._validating:
+            if job.status == "validating_files" and job.id not in self._validating and self._take_lease(job):
                 self._validating.add(job.id)
                 self._pool.submit(self._validate, job.id)
             elif job.status == "running":
@@ -168,12 +176,26 @@ class JobSupervisor:
             if status == "running":  # the worker ended without recording an outcome: it crashed
                 self._crashed(job.id, f"the training worker exited with code {code}")
             return 0
-        # A running job this supervisor did not start: its server was restarted, or it is a leftover.
+        # A running job this supervisor did not start: another live server's (leave it), or one whose
+        # server died or restarted (take it over once its lease has expired).
+        if not self._take_lease(job):
+            return 0
         stale = (job.heartbeat_at or 0) < time.time() - self.settings.heartbeat_timeout_seconds
         if _pid_alive(job.worker_pid) and not stale:
             return 1
         self._crashed(job.id, "the training worker stopped (server restart or crash)")
         return 0
+
+    def _take_lease(self, job: Job) -> bool:
+        """Compare-and-set on the job row: take its lease when it is free, expired or already ours.
+        Of several servers trying at once exactly one row update succeeds (the database's row lock)."""
+        t = time.time()
+        with self.db.session() as s:
+            taken = s.execute(update(Job).where(
+                Job.id == job.id, Job.status == job.status,
+                or_(Job.lease_owner.is_(None), Job.lease_owner == self.server_id, Job.lease_expires < t))
+                .values(lease_owner=self.server_id, lease_expires=t + self.lease_seconds))
+            return taken.rowcount == 1
 
     def _crashed(self, job_id: str, why: str) -> None:
         with self.db.session() as s:
@@ -196,7 +218,8 @@ class JobSupervisor:
             if job.status != "queued":
                 return
             transition(job, "running", message="Fine-tuning job started.", started_at=job.started_at or now(),
-                       heartbeat_at=time.time())
+                       heartbeat_at=time.time(), lease_owner=self.server_id,
+                       lease_expires=time.time() + self.lease_seconds)
         try:
             handle = self.executor.launch(job_id)
         except Exception as exc:
