@@ -32,7 +32,7 @@ class RayCluster:
                                             "--object-store-memory=78643200", *args], env=self.env, stdout=out,
                                            stderr=subprocess.STDOUT, start_new_session=True))
 
-    def start(self, timeout: float = 180) -> "RayCluster":
+    def start(self, timeout: float = 180) -> RayCluster:
         self._start("--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.tmp}",
                     "--node-ip-address=127.0.0.1", log="head.log")
         self._wait_nodes(1, timeout)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import time
 
 from sqlalchemy import create_engine, text
 
@@ -72,9 +70,11 @@ def test_three_servers_one_database_survive_a_killed_server(tmp_path, tiny_model
         killed, killed_job = _wait(victim, timeout=600, every=0.2)
         killed.stop(kill=True)
         alive = [c for s, c in zip(servers, clients) if s is not killed]
+        def finished(job_id):
+            return alive[0].fine_tuning.jobs.retrieve(job_id).status in ("succeeded", "failed", "cancelled")
+
         for job_id in jobs:
-            _wait(lambda: alive[0].fine_tuning.jobs.retrieve(job_id).status in ("succeeded", "failed", "cancelled"),
-                  timeout=900)
+            _wait(lambda j=job_id: finished(j), timeout=900)
         for job_id in jobs:
             views = [c.fine_tuning.jobs.retrieve(job_id) for c in alive]  # every server answers the same
             assert all(v.model_dump() == views[0].model_dump() for v in views)

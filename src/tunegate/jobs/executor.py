@@ -195,7 +195,7 @@ class JobSupervisor:
                 Job.id == job.id, Job.status == job.status,
                 or_(Job.lease_owner.is_(None), Job.lease_owner == self.server_id, Job.lease_expires < t))
                 .values(lease_owner=self.server_id, lease_expires=t + self.lease_seconds))
-            return taken.rowcount == 1
+            return taken.rowcount == 1  # type: ignore[attr-defined]  # a CursorResult for UPDATE
 
     def _crashed(self, job_id: str, why: str) -> None:
         with self.db.session() as s:

@@ -86,7 +86,7 @@ class RayExecutor:
                           logging_level=logging.WARNING)
         self._task = self.ray.remote(max_calls=1, max_retries=0)(_run_job)
 
-    def _options(self) -> dict:
+    def _options(self) -> tuple[dict, str]:
         s = self.settings
         opts: dict = {"num_cpus": s.ray_num_cpus, "num_gpus": s.ray_num_gpus}
         if s.ray_memory_gb:
