@@ -52,9 +52,11 @@ def test_three_servers_one_database_survive_a_killed_server(tmp_path, tiny_model
         jobs = []
         for i in range(N_JOBS):  # created through every server in turn
             c = clients[i % 3]
-            f = c.files.create(file=("t.jsonl", io.BytesIO(_data(16, i))), purpose="fine-tune")
+            # 30 examples (+1 refusal example), batch 1, 2 epochs: 62 steps, a checkpoint after 31, so the
+            # second epoch is long enough to be cut short by the kill on any machine.
+            f = c.files.create(file=("t.jsonl", io.BytesIO(_data(30, i))), purpose="fine-tune")
             jobs.append(c.fine_tuning.jobs.create(model="tiny", training_file=f.id, seed=i, method={
-                "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 2}}}).id)
+                "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}}).id)
 
         def victim():
             """A server whose worker is past its first checkpoint (killing it loses training)."""
