@@ -163,9 +163,12 @@ async def heavy(client: httpx.AsyncClient, url: str, key: str, model: str, until
         try:
             r = await client.post(url + "/v1/chat/completions", json=body, timeout=8,
                                   headers={"Authorization": f"Bearer {key}"})
+            param = r.json().get("error", {}).get("param") if r.status_code == 400 else None
+            if param in ("n", "max_tokens"):  # over the server's bounds: step down to the largest legal request
+                body[param] = max(1, int(body[param] * 0.5))
+                stats.note("heavy", f"400 {param} (stepping down)")
+                continue
             stats.note("heavy", r.status_code)
-            if r.status_code == 400 and "max_tokens" in r.text:  # the model's context is shorter: the largest legal
-                body["max_tokens"] = max(16, int(body["max_tokens"] * 0.5))
             if r.status_code >= 400:
                 await asyncio.sleep(0.5)
         except httpx.TimeoutException:
@@ -183,7 +186,9 @@ async def run(args, url: str, pid: int, keys: list[str]) -> dict:
         before: list[float] = []
         before_stats = Stats()
         rss = {"before": rss_mib(pid)}
-        await probe(client, url, keys[0], args.model, time.monotonic() + args.probe_seconds, before, before_stats, 10_000)
+        probe_key, heavy_key, keys = keys[0], keys[1], keys[2:]  # the probe and the heavy client have their own keys
+        await probe(client, url, probe_key, args.model, time.monotonic() + args.probe_seconds, before, before_stats,
+                    10_000)
         during: list[float] = []
         stats = Stats()
         until = time.monotonic() + args.duration
@@ -195,8 +200,8 @@ async def run(args, url: str, pid: int, keys: list[str]) -> dict:
                 await asyncio.sleep(2)
 
         await asyncio.gather(
-            probe(client, url, keys[0], args.model, until, during, stats, 100_000),
-            heavy(client, url, keys[1 % len(keys)], args.model, until, stats),
+            probe(client, url, probe_key, args.model, until, during, stats, 100_000),
+            heavy(client, url, heavy_key, args.model, until, stats),
             sample(),
             *(worker(i, client, url, keys, args.model, until, stats, args.max_requests_per_client)
               for i in range(args.clients)))
@@ -219,7 +224,8 @@ def main() -> None:
         data_dir.mkdir()
         proc, url, env = start_server(data_dir)
         try:
-            keys = [make_key(env, f"load{k % 3}") for k in range(args.keys)]
+            keys = [make_key(env, "probe"), make_key(env, "heavy")] + [make_key(env, f"load{k % 3}")
+                                                                       for k in range(args.keys)]
             result = asyncio.run(run(args, url, proc.pid, keys))
         finally:
             proc.terminate()
@@ -235,7 +241,8 @@ def main() -> None:
     for status, n in sorted(stats.status.items(), key=lambda kv: str(kv[0])):
         print(f"  {status}: {n}")
     print("by kind:", dict(sorted(((f"{k}:{s}", n) for (k, s), n in stats.by_kind.items()))))
-    errors = {s: n for s, n in stats.status.items() if s not in (200, 429) and s != "abandoned after 8 s"}
+    errors = {s: n for s, n in stats.status.items()
+              if s not in (200, 429) and s != "abandoned after 8 s" and not str(s).endswith("(stepping down)")}
     print(f"errors other than 429: {sum(errors.values())} {errors or ''}")
     print(f"server RSS MiB: before {rss['before']:.0f}, peak {rss['peak']:.0f}, after {rss['after']:.0f}")
 
