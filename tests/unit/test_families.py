@@ -189,7 +189,7 @@ def test_serving_renders_with_the_family_template_and_stops_at_its_end_of_turn(f
     from tunegate.catalog import get_base_model
     from tunegate.serve.engine import ServableModel
     from tunegate.serve.hf_engine import HFEngine
-    from tunegate.serve.protocol import parse_request
+    from tunegate.serve.protocol import ChatCompletionRequest
     from tunegate.serve.service import ChatService
     from tunegate.settings import Settings
 
@@ -224,7 +224,7 @@ def test_serving_renders_with_the_family_template_and_stops_at_its_end_of_turn(f
         await engine.start()
         try:
             service = ChatService(engine)
-            request = parse_request({"model": name, "max_tokens": 5, "temperature": 0,
+            request = ChatCompletionRequest.model_validate({"model": name, "max_tokens": 5, "temperature": 0,
                                      "messages": [{"role": "system", "content": "Be brief."},
                                                   {"role": "user", "content": "Hi"}]})
             return await service.create(request, ServableModel(name, base))
