@@ -35,7 +35,8 @@ BUILTINS: dict[str, dict[str, str]] = {
     # Run in this order within each phase (jobs/steps.py).
     "job_steps": {"screening": "tunegate.safety.jobs:SCREENING",
                   "safety_mixing": "tunegate.safety.jobs:SAFETY_MIXING",
-                  "gate": "tunegate.safety.jobs:GATE"},
+                  "gate": "tunegate.safety.jobs:GATE",
+                  "regression": "tunegate.evals.checks:REGRESSION"},
 }
 
 

@@ -77,6 +77,7 @@ def validate_job_files(db: Database, settings: Settings, job_id: str) -> None:
         job = job_row(s, job_id)
         files = [("training_file", job.training_file), ("validation_file", job.validation_file)]
         model = job.model
+        method = (job.method or {}).get("type", "supervised")
     training_path = ""
     for param, file_id in files:
         if not file_id:
@@ -94,10 +95,13 @@ def validate_job_files(db: Database, settings: Settings, job_id: str) -> None:
             raise InvalidRequestError(f"The {param.replace('_', ' ')} {file_id} has problems: "
                                       f"{summarize_errors(report)}. Fix them (see GET /v1/files/{file_id}/validation "
                                       f"or `tunegate validate FILE`) and upload again.", param=param, code=code)
-        if param == "training_file" and report.get("format") not in (None, "chat", "sft"):
-            raise InvalidRequestError(f"The training file is in `{report.get('format')}` format; only supervised "
-                                      "chat data can be trained until DPO is implemented.", param=param,
-                                      code="invalid_training_file")
+        wanted = ("preference",) if method == "dpo" else ("chat", "sft")
+        if report.get("format") not in (None, *wanted):
+            raise InvalidRequestError(
+                f"The {param.replace('_', ' ')} is in `{report.get('format')}` format, but method `{method}` trains on "
+                + ("preference pairs (`input`, `preferred_output`, `non_preferred_output`)" if method == "dpo" else
+                   "chat examples (`messages`)") + ". Upload a file in that format or choose the other method.",
+                param=param, code=code)
         if param == "training_file":
             training_path = path
     decision = _run_steps(db, context(db, settings, job, training_path), "before_queue")
@@ -180,15 +184,21 @@ def _checkpoint_metrics(step: int, metrics: dict[str, Any] | None) -> dict[str, 
 
 
 def results_csv(path: Path) -> bytes:
-    """The trainer's results.csv, re-emitted with OpenAI's result-file columns."""
+    """The trainer's results.csv, re-emitted with OpenAI's result-file columns (SFT), or with the
+    method's own columns when the trainer wrote others (DPO: rewards and margins)."""
     cols = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(cols)
+    rows: list[dict[str, str]] = []
     if path.exists():
         with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                w.writerow([row.get(c, "") for c in cols])
+            reader = csv.DictReader(f)
+            if reader.fieldnames and "train_accuracy" not in reader.fieldnames:
+                cols = list(reader.fieldnames)
+            rows = list(reader)
+    w.writerow(cols)
+    for row in rows:
+        w.writerow([row.get(c, "") for c in cols])
     return out.getvalue().encode()
 
 

@@ -38,11 +38,27 @@ class SupervisedMethod(BaseModel):
     hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
 
 
+class DpoHyperparameters(SupervisedHyperparameters):
+    beta: Auto | float = Field("auto", description="Above 0 and at most 2, or `auto` (0.1).")
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, v):
+        if v != "auto" and not 0 < v <= 2:
+            raise ValueError("beta must be `auto` or a number above 0 and at most 2")
+        return v
+
+
+class DpoMethod(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
 class Method(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None
 
 

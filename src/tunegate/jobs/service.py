@@ -50,10 +50,17 @@ def _requested_method(body: JobCreate) -> dict[str, Any]:
         raise InvalidRequestError("Pass hyperparameters either in `method.supervised.hyperparameters` or in the "
                                   "deprecated top-level `hyperparameters`, not both.", param="hyperparameters")
     if body.method is not None:
+        if body.method.type == "dpo":
+            from tunegate.jobs.schemas import DpoMethod
+
+            dpo = body.method.dpo or DpoMethod()
+            return {"type": "dpo", "dpo": {"hyperparameters": dpo.hyperparameters.model_dump(
+                include={"n_epochs", "batch_size", "learning_rate_multiplier", "beta"})}}
         if body.method.type != "supervised":
             raise InvalidRequestError(
-                f"Method `{body.method.type}` is not available yet: tunegate trains `supervised` (SFT) jobs. "
-                "Use `method={'type': 'supervised'}`.", param="method.type", code="unsupported_method")
+                f"Method `{body.method.type}` is not available through jobs yet: tunegate trains `supervised` "
+                "(SFT) and `dpo` jobs. Use `method={'type': 'supervised'}` or `{'type': 'dpo'}`.",
+                param="method.type", code="unsupported_method")
         sup = body.method.supervised or SupervisedMethod()
         return {"type": "supervised", "supervised": {"hyperparameters": sup.hyperparameters.model_dump(
             include={"n_epochs", "batch_size", "learning_rate_multiplier"})}}
@@ -113,7 +120,7 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
                   created_by=principal.key_id, model=base, training_file=body.training_file,
                   validation_file=body.validation_file, suffix=body.suffix,
                   seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1),
-                  metadata_=body.metadata, method=method, hyperparameters=method["supervised"]["hyperparameters"],
+                  metadata_=body.metadata, method=method, hyperparameters=method[method["type"]]["hyperparameters"],
                   options=options, status="validating_files", result_files=[], progress={}, safety={})
         s.add(job)
         s.add(new_event(job.id, "Created fine-tuning job: " + job.id, type="status",

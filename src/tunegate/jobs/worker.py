@@ -37,7 +37,7 @@ def _heartbeat(db: Database, job_id: str, every: float, stop: threading.Event, p
 
 def build_config(db: Database, settings: Settings, job: Job):
     from tunegate.catalog import get_base_model
-    from tunegate.train.config import TrainConfig, resolve_hyperparameters
+    from tunegate.train.config import TrainConfig, base_learning_rate, resolve_beta, resolve_hyperparameters
 
     base = get_base_model(job.model, settings)
     with db.session() as s:
@@ -47,21 +47,26 @@ def build_config(db: Database, settings: Settings, job: Job):
                                       param="training_file", code="invalid_training_file")
         valid_file = s.get(File, job.validation_file) if job.validation_file else None
     report = train_file.validation or {}
-    hp = (job.method or {}).get("supervised", {}).get("hyperparameters", {})
+    method = (job.method or {}).get("type", "supervised")
+    hp = (job.method or {}).get(method, {}).get("hyperparameters", {})
     n_epochs, batch_size, lr = resolve_hyperparameters(
         hp.get("n_epochs", "auto"), hp.get("batch_size", "auto"), hp.get("learning_rate_multiplier", "auto"),
-        n_examples=int(report.get("n_examples") or 0))
+        n_examples=int(report.get("n_examples") or 0), method=method)
+    method_fields = {"method": method, "beta": resolve_beta(hp.get("beta", "auto"))} if method == "dpo" else {}
     opts = job.options or {}
     training_path = pipeline.prepare_training_data(db, settings, job, train_file.path)
     config = TrainConfig(
         base_model=base.name, base_model_path=str(base.path), template_sha256=base.template_sha256,
         training_file=training_path, validation_file=valid_file.path if valid_file else None,
         n_epochs=n_epochs, batch_size=batch_size, learning_rate=lr, seed=job.seed,
-        keep_checkpoints=settings.keep_checkpoints,
+        keep_checkpoints=settings.keep_checkpoints, **method_fields,
         **{k: v for k, v in opts.items() if k in TrainConfig.__dataclass_fields__},
     )
-    return config, {"n_epochs": n_epochs, "batch_size": batch_size,
-                    "learning_rate_multiplier": round(lr / TrainConfig.base_learning_rate(), 6)}
+    resolved = {"n_epochs": n_epochs, "batch_size": batch_size,
+                "learning_rate_multiplier": round(lr / base_learning_rate(method), 6)}
+    if method == "dpo":
+        resolved["beta"] = config.beta
+    return config, resolved
 
 
 def run(job_id: str, settings: Settings | None = None) -> int:

@@ -78,6 +78,13 @@ def mix(ctx: JobContext) -> Decision:
     if out.exists():
         return Decision(training_path=out)
     examples = read_jsonl(ctx.training_path)
+    if any("messages" not in e for e in examples):
+        # Preference pairs (DPO): the refusal examples are chat data, and a harmful "rejected" answer to
+        # pair them with is not something this project writes. Screening and the gate still apply.
+        ctx.emit("Safety data mixing is for chat data: this preference file is trained as it is; screening and "
+                 "the post-training gate apply.", type="moderation_checks",
+                 data={"check": "safety_mixing", "added": 0, "skipped": "preference data"})
+        return Decision()
     mixed = mix_safety_examples(examples, fraction=policy.safety_mixing_fraction, seed=ctx.seed)
     write_jsonl(out, mixed)
     ctx.emit(f"Safety data mixing: {len(mixed) - len(examples)} of the project's refusal examples were mixed "

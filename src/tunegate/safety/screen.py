@@ -108,8 +108,11 @@ def _read_examples(path: Path) -> tuple[list[tuple[int, list[dict]]], list[int]]
             if not raw.strip():
                 continue
             try:
-                messages = json.loads(raw).get("messages")
-            except (json.JSONDecodeError, AttributeError):
+                row = json.loads(raw)
+                messages = row.get("messages")
+                if messages is None and isinstance(row.get("input"), dict):  # DPO: what the pair teaches
+                    messages = list(row["input"].get("messages") or []) + list(row.get("preferred_output") or [])
+            except (json.JSONDecodeError, AttributeError, TypeError):
                 messages = None
             if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
                 examples.append((lineno, messages))
