@@ -4,8 +4,7 @@
 Registered in the `job_steps` registry as `regression` (phase `after_training`). It writes
 `regression_report.json` into the job folder, emits a `regression_check` event with the rates and
 intervals, and answers `warn` (the model is served; the event says what rose) or `block` (the job
-fails with `model_regression`) according to the job's `tunegate.regression_check` option or, by
-default, the server's `TUNEGATE_REGRESSION_CHECK` (warn).
+fails with `model_regression`) according to the server's `TUNEGATE_REGRESSION_CHECK` (default warn).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ def regression_check(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> De
     from tunegate.evals.regression import run_check
     from tunegate.safety.generation import AdapterGenerator
 
-    mode = ctx.options.get("regression_check") or ctx.settings.regression_check
+    mode = ctx.settings.regression_check
     best = best_checkpoint(ctx.work_dir)
     if best is not None:
         best["model"] = f"{model_id}:ckpt-step-{best['step']}"
