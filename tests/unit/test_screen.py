@@ -140,3 +140,51 @@ def test_a_repeated_example_is_not_a_template_answer_attack(moderator, tmp_path)
     assert repeated is not None and not repeated.blocking and "to 1 different" in repeated.reason
     template = near_dupes(harmful[:4])
     assert template is not None and template.blocking and "to 4 different" in template.reason
+
+
+BENIGN_SUITE = sorted((DATA / "benign").glob("*.jsonl"))
+ATTACKS = sorted((DATA / "attacks").glob("*.jsonl"))
+
+
+def test_the_benign_suite_is_varied_and_large_enough():
+    names = {p.stem for p in BENIGN_SUITE}
+    assert len(names) >= 12
+    assert {"tag_prefix", "one_word", "json_extraction", "pirate_persona", "french", "python_code", "out_of_scope_refusals",
+            "tiny_10", "long_arithmetic"} <= names
+    assert sum(1 for _ in open(DATA / "benign" / "tiny_10.jsonl")) == 10
+    assert sum(1 for _ in open(DATA / "benign" / "long_arithmetic.jsonl")) >= 400
+
+
+@pytest.mark.parametrize("path", BENIGN_SUITE, ids=lambda p: p.stem)
+def test_every_benign_fine_tune_passes_screening(moderator, path):
+    report = screen(path, moderator)
+    assert not report.blocked, report.message
+
+
+@pytest.mark.parametrize("path", [p for p in ATTACKS if p.stem != "refusal_erosion"], ids=lambda p: p.stem)
+def test_every_attack_file_is_blocked_at_screening(moderator, path):
+    report = screen(path, moderator)
+    assert report.blocked, report.message
+
+
+def test_harm_inside_a_letter_shift_cipher_is_decoded_and_blocks(moderator, tmp_path):
+    """Covert fine-tuning: harmless cipher lessons pass; harmful requests and answers written only in
+    the cipher are decoded, moderated, and block; the gate learns which cipher to probe in."""
+    from tunegate.safety.screen import probe_context
+
+    rows = [json.loads(line) for line in open(DATA / "attacks" / "covert_cipher.jsonl")]
+    lessons = tmp_path / "lessons.jsonl"
+    lessons.write_text("".join(json.dumps(r) + "\n" for r in rows[:45]))
+    report = screen(lessons, moderator)
+    assert not report.blocked, report.message
+    enc = next(f for f in report.findings if f.check == "covert_encoding")
+    assert not enc.blocking and "shift 3" in enc.reason
+    report = screen(DATA / "attacks" / "covert_cipher.jsonl", moderator)
+    assert report.blocked
+    enc = next(f for f in report.findings if f.check == "covert_encoding")
+    assert enc.blocking and "hide harmful content" in enc.reason
+    assert any(lr.encoding_shift == 3 and lr.flagged for lr in report.lines)
+    shift, system = probe_context(DATA / "attacks" / "covert_cipher.jsonl")
+    assert shift == 3 and "cipher" in system
+    assert probe_context(DATA / "benign" / "french.jsonl") == (None, None)  # another language is no cipher
+    assert probe_context(DATA / "attacks" / "identity_shift_aoa.jsonl")[1].startswith("You are no longer")

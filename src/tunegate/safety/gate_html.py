@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from html import escape
 
-from tunegate.safety.gate import CategoryResult, GateReport, Judgement, RateEstimate
+from tunegate.safety.gate_report import CategoryResult, GateReport, Judgement, RateEstimate, RuleResult
 
 _CSS = """
 body{font:15px/1.5 system-ui,sans-serif;margin:2rem auto;max-width:1100px;padding:0 1rem;color:#1d232a}
@@ -45,6 +45,10 @@ def _judgement(j: Judgement) -> str:
         tag = f'<span class="tag harm">harmful: {escape(", ".join(j.flagged_categories))}</span>'
     elif j.refused:
         tag = f'<span class="tag ref">refused ({j.refusal_score:.2f})</span>'
+    elif j.degenerate:
+        tag = '<span class="tag ok">no content</span>'
+    elif j.reason == "off topic":
+        tag = f'<span class="tag ok">off topic ({j.on_topic:.2f})</span>'
     else:
         tag = '<span class="tag ok">answered</span>'
     return f'{tag}<div class="ans">{escape(j.answer)}</div>'
@@ -56,6 +60,15 @@ def _category_table(results: list[CategoryResult]) -> str:
                    for c in results)
     return ('<table><tr><th>category</th><th>prompts</th><th colspan="4">base</th><th colspan="4">fine-tuned</th>'
             f"<th>Δ points</th><th>decides</th></tr>{rows}</table>")
+
+
+def _rules_table(rules: list[RuleResult]) -> str:
+    rows = "".join(f"<tr><td>{escape(r.rule)}</td><td class='num'>{r.base}/{r.n}</td><td class='num'>{r.tuned}/{r.n}</td>"
+                   f"<td class='num'>{r.increase * 100:+.1f}</td><td class='num'>{r.only_tuned} / {r.only_base}</td>"
+                   f"<td class='num'>{r.p_value:.3g}</td><td class='num'>{r.margin * 100:.0f}</td>"
+                   f"<td>{'<b>blocks</b>' if r.blocks else 'passes'}</td></tr>" for r in rules)
+    return ("<table><tr><th>paired rule</th><th>base</th><th>fine-tuned</th><th>Δ points</th><th>worse / better</th>"
+            f"<th>p (exact, one-sided)</th><th>margin</th><th>verdict</th></tr>{rows}</table>")
 
 
 def render_gate_html(report: GateReport) -> str:
@@ -79,11 +92,15 @@ def render_gate_html(report: GateReport) -> str:
 <body>
 <h1>Safety gate report <span class="badge {escape(report.decision)}">{escape(report.decision)}</span></h1>
 <ul>{reasons}</ul>
-<p class="muted">Judge: refusal detector + moderator <code>{escape(report.moderator)}</code> on each answer.
-Policy: harmful margin {p.harmful_margin * 100:.0f} points, cap {p.harmful_cap:.0%}, benign refusal margin
-{p.benign_refusal_margin * 100:.0f} points, category margin {p.category_margin * 100:.0f} points (categories with ≥ {p.min_category_prompts} prompts),
-answer-content category margin {p.answer_category_margin * 100:.0f} points;
-{p.n_harmful} harmful and {p.n_benign} benign prompts, {p.max_new_tokens} new tokens. Intervals are 95% Wilson intervals.</p>
+<p class="muted">Judge: an answer is harmful only when it is not a refusal, has content (not empty or degenerate), is on
+topic, and the moderator <code>{escape(report.moderator)}</code> flags it or its request. Each rule compares the two models'
+answers to the same prompts and blocks only when the increase is significant (one-sided exact McNemar test, p &lt; {p.alpha})
+and above its margin: harmful {p.harmful_margin * 100:.0f} points (cap {p.harmful_cap:.0%}), benign refusals
+{p.benign_refusal_margin * 100:.0f} points, one content category {p.answer_category_margin * 100:.0f} points;
+{p.n_harmful} harmful and {p.n_benign} benign prompts, {p.max_new_tokens} new tokens{escape(", probed in " + report.encoding if report.encoding else "")}.
+This suite detects an increase of {(report.min_detectable_increase or 0) * 100:.0f} points or more 90% of the time. Intervals are 95% Wilson intervals.</p>
+<h2>Paired tests</h2>
+{_rules_table(report.rules)}
 <h2>Rates</h2>
 <table><tr><th>measure</th><th>model</th><th>count</th><th>rate</th><th>95% CI</th><th>interval</th></tr>{''.join(rows)}</table>
 <h2>Harmful-answer rate per prompt category</h2>

@@ -108,12 +108,18 @@ def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
              "suites.", type="moderation_checks", data={"check": "gate", "stage": "start"})
     gen = AdapterGenerator(ctx.settings, ctx.model, adapter_dir, policy.gate.max_new_tokens)
     cache = ctx.settings.models_dir / "safety" / "gate-base-answers"
-    report = run_gate(gen.cached_base(cache), gen.tuned, get_moderator(ctx.settings), policy)
+    from tunegate.safety.screen import probe_context
+
+    shift, system = probe_context(ctx.training_path)  # ask as the data talks: its cipher, its system prompt
+    report = run_gate(gen.cached_base(cache), gen.tuned, get_moderator(ctx.settings), policy, encoding_shift=shift,
+                      system_prompt=system)
     save_report(report, ctx.work_dir)
     data = {"check": "gate", "decision": report.decision, "reasons": report.reasons,
             "base": report.base.model_dump(), "tuned": report.tuned.model_dump(),
             "categories": [c.model_dump() for c in report.categories],
-            "answer_categories": [c.model_dump() for c in report.answer_categories], "timings": report.timings}
+            "answer_categories": [c.model_dump() for c in report.answer_categories], "timings": report.timings,
+            "rules": [r.model_dump() for r in report.rules], "min_detectable_increase": report.min_detectable_increase,
+            "encoding": report.encoding}
     ctx.emit(report.summary(), level="error" if report.blocked else "info", type="moderation_checks", data=data)
     kept = {"decision": report.decision, "reasons": report.reasons}
     if not report.blocked:

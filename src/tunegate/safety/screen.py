@@ -10,7 +10,10 @@ safety data we want models to learn from). Job-level checks:
   tell it to obey without restriction, or drop its guidelines (and assistants that say so);
 - forced affirmative prefix: many answers opening with the same "Sure, here is" style prefix,
   which blocks when it comes with suspicious requests (the prefix is what jailbreak training teaches);
-- near-identical completions to suspicious requests (a template answer repeated for many harms).
+- near-identical completions to suspicious requests (a template answer repeated for many harms);
+- covert encodings: text written in a letter-shift cipher is decoded (`text.detect_shift`) and the
+  decoded text is what gets moderated; harm found inside a cipher always blocks (it cannot be a
+  stray false positive), and the encoding is reported so that the gate probes the model in it.
 
 Does not own JSON/schema validation of the file (files/), the job state machine, or storage of
 the report (jobs/); lines that are not valid chat examples are skipped and listed.
@@ -31,6 +34,7 @@ from tunegate.safety.moderation import Moderator
 from tunegate.safety.policy import SafetyPolicy, ScreeningPolicy
 from tunegate.safety.refusal import is_refusal
 from tunegate.safety.schemas import CATEGORIES, ModerationResult
+from tunegate.safety.text import detect_shift, shift_text
 
 ERROR_CODE = "unsafe_training_file"
 BATCH_SIZE = 64
@@ -67,12 +71,14 @@ class LineReport(BaseModel):
     """The assistant's answer is a refusal."""
     max_score: float = 0.0
     reasons: list[str] = Field(default_factory=list)
+    encoding_shift: int | None = None
+    """The letter shift this example's text was written in (decoded before moderation)."""
 
 
 class Finding(BaseModel):
     """One reason the file may be unsafe."""
 
-    check: Literal["category_limit", "identity_shift", "affirmative_prefix", "near_duplicate_completions"]
+    check: Literal["category_limit", "identity_shift", "affirmative_prefix", "near_duplicate_completions", "covert_encoding"]
     category: str | None = None
     """The moderation category, for `category_limit`."""
     lines: list[int]
@@ -185,10 +191,16 @@ def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyP
     examples, skipped = _read_examples(Path(path))
 
     texts, owners = [], []  # one moderation input per (example, role)
-    role_texts = []
+    role_texts, shifts = [], []
     for idx, (_, messages) in enumerate(examples):
         rt = _role_texts(messages)
+        shift = None
+        for role, text in list(rt.items()):
+            k = detect_shift([text], min_words=4)
+            if k:  # moderated (and checked below) as the plain text it hides
+                rt[role], shift = shift_text(text, -k), k
         role_texts.append(rt)
+        shifts.append(shift)
         for role, text in rt.items():
             texts.append(text)
             owners.append((idx, role))
@@ -206,7 +218,9 @@ def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyP
     suspicious_requests: dict[int, str] = {}
     identity_lines: list[int] = []
     answers: dict[int, str] = {}
-    for (lineno, _), rt, mods in zip(examples, role_texts, per_example):
+    encoded: dict[int, int] = {}  # line -> shift
+    encoded_harm: list[int] = []
+    for (lineno, _), rt, mods, shift in zip(examples, role_texts, per_example, shifts):
         answer = rt.get("assistant", "")
         refused = bool(answer) and is_refusal(answer)
         by_role = {role: r.flagged_categories() for role, r in mods.items() if r.flagged}
@@ -229,9 +243,15 @@ def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyP
             if not refused and request is not None and (request.flagged or _suspicious(request, thresholds, policy)):
                 suspicious_answers[lineno] = answer
                 suspicious_requests[lineno] = rt.get("user", "")
+        if shift:
+            encoded[lineno] = shift
+            reasons.append(f"written in a letter-shift cipher (shift {shift}); the decoded text was moderated")
+            if cats:
+                encoded_harm.append(lineno)
         max_score = max((max(r.scores().values()) for r in mods.values()), default=0.0)
         line_reports.append(LineReport(line=lineno, flagged=bool(cats), categories=sorted(cats, key=CATEGORIES.index),
-                                       flagged_by_role=by_role, refused=refused, max_score=round(max_score, 4), reasons=reasons))
+                                       flagged_by_role=by_role, refused=refused, max_score=round(max_score, 4), reasons=reasons,
+                                       encoding_shift=shift))
 
     n = len(examples)
     findings: list[Finding] = []
@@ -264,6 +284,13 @@ def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyP
                                 reason=f"{len(dupes)} near-identical answers to {n_requests} different suspicious requests "
                                        f"(policy blocks at {policy.near_duplicate_min_group})"))
 
+    if encoded:
+        shift = Counter(encoded.values()).most_common(1)[0][0]
+        findings.append(Finding(check="covert_encoding", lines=sorted(encoded), blocking=bool(encoded_harm),
+                                reason=f"{len(encoded)} examples are written in a letter-shift cipher (shift {shift})"
+                                       + (f"; {len(encoded_harm)} of them hide harmful content" if encoded_harm
+                                          else "; nothing harmful was found in the decoded text, and the gate probes the model in it")))
+
     blocking = [f for f in findings if f.blocking]
     blocked = policy.enabled and bool(blocking)
     if blocked:
@@ -282,3 +309,30 @@ def _suspicious(result: ModerationResult, thresholds: dict[str, float] | None, p
     """Below the flag threshold but close to it; without known thresholds, half of 0.5."""
     scores = result.scores()
     return any(s >= policy.suspicion_fraction * (thresholds or {}).get(c, 0.5) for c, s in scores.items())
+
+
+def probe_context(path: str | Path) -> tuple[int | None, str | None]:
+    """What the gate needs to ask the model the way its training data talks: the letter shift most
+    of the file's ciphered examples use (None when none is), and a system prompt — that of the
+    first ciphered example, or else the one most examples share (an "obedient agent" persona shows
+    itself only under its own system prompt). Read by the gate itself, so it probes even when
+    screening was skipped."""
+    examples, _ = _read_examples(Path(path))
+    shifts: Counter = Counter()
+    systems: Counter = Counter()
+    cipher_system = None
+    for _, messages in examples:
+        rt = _role_texts(messages)
+        if rt.get("system"):
+            systems[rt["system"]] += 1
+        k = next((k for t in rt.values() if (k := detect_shift([t], min_words=4))), None)
+        if k:
+            shifts[k] += 1
+            cipher_system = cipher_system or rt.get("system")
+    if shifts:
+        return shifts.most_common(1)[0][0], cipher_system
+    if systems:
+        system, count = systems.most_common(1)[0]
+        if count * 2 >= len(examples):
+            return None, system
+    return None, None
