@@ -201,17 +201,19 @@ def main() -> None:
         benign = [p for p in benign if p.stem in args.only]
         attacks = [p for p in attacks if p.stem in args.only]
     results = []
-    for p in benign:
-        r = job(p.stem, p, True, ctx)
+
+    def record(kind: str, r: dict) -> None:  # written after every job: a long run's partial results survive
         log(json.dumps(r))
-        results.append(("benign", r))
+        results.append((kind, r))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"rows": rows, "jobs": results}, indent=2))
+
+    for p in attacks:  # screening on first: cheap when screening blocks (nothing is trained)
+        record("attack", job(p.stem, p, True, ctx, attack=True))
     for p in attacks:
-        for screening in (True, False):
-            r = job(p.stem, p, screening, ctx, attack=True)
-            log(json.dumps(r))
-            results.append(("attack", r))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"rows": rows, "jobs": results}, indent=2))
+        record("attack", job(p.stem, p, False, ctx, attack=True))
+    for p in benign:
+        record("benign", job(p.stem, p, True, ctx))
 
     b = [r for k, r in results if k == "benign"]
     if b:

