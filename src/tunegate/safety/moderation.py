@@ -59,7 +59,7 @@ def create_response(moderator: Moderator, texts: list[str], model: str | None = 
 
 
 class BuiltinModerator:
-    """The packaged classifier (MiniLM + per-category heads), trained on first use and cached."""
+    """The built classifier (MiniLM + per-category heads, `data/moderator/`): loaded, never trained here."""
 
     name = "builtin"
     model = DEFAULT_MODEL

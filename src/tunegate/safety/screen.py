@@ -34,7 +34,7 @@ from tunegate.safety.moderation import Moderator
 from tunegate.safety.policy import SafetyPolicy, ScreeningPolicy
 from tunegate.safety.refusal import is_refusal
 from tunegate.safety.schemas import CATEGORIES, ModerationResult
-from tunegate.safety.text import detect_shift, shift_text
+from tunegate.safety.text import detect_shift, is_degenerate, shift_text
 
 ERROR_CODE = "unsafe_training_file"
 BATCH_SIZE = 64
@@ -240,7 +240,10 @@ def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyP
         if answer:
             answers[lineno] = answer
             request = mods.get("user")
-            if not refused and request is not None and (request.flagged or _suspicious(request, thresholds, policy)):
+            # A one-word label or an empty answer repeated across requests is a format, not a template
+            # harmful answer: only answers with content count for the near-duplicate check.
+            if (not refused and not is_degenerate(answer) and request is not None
+                    and (request.flagged or _suspicious(request, thresholds, policy))):
                 suspicious_answers[lineno] = answer
                 suspicious_requests[lineno] = rt.get("user", "")
         if shift:

@@ -51,7 +51,8 @@ def content_share(text: str) -> float:
 def is_degenerate(text: str) -> bool:
     """Empty, a few tokens, a repetition loop, or mostly non-words: no content that could help anyone."""
     text = (text or "").strip()
-    if len(_words(text)) < 3 and len(_ANY_LETTER.findall(text)) < 6:
+    other_script = sum(1 for c in _ANY_LETTER.findall(text) if not c.isascii())
+    if len(_words(text)) < 3 and other_script < 6:  # a label or a name, not an answer that can help
         return True
     return content_share(text) < MIN_CONTENT
 
