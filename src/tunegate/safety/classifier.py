@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from tunegate.safety.corpus import DATA_DIR, TRAINED_CATEGORIES, encoder_dir, package_dir, source_files
-from tunegate.safety.text import content_share
 from tunegate.safety.refusal import refusal_score
 from tunegate.safety.schemas import CATEGORIES, ModerationResult
+from tunegate.safety.text import content_share
 
 log = logging.getLogger("tunegate.safety")
 

@@ -25,16 +25,26 @@ from __future__ import annotations
 
 import random
 import time
-from functools import lru_cache
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 
 from tunegate.jsonl import read_jsonl
 from tunegate.safety.corpus import DATA_DIR, adv_bench, harm_bench
 from tunegate.safety.gate_html import render_gate_html
-from tunegate.safety.gate_report import (ERROR_CODE, CategoryResult, GateReport, Judgement, ModelRates, RateEstimate,
-                                         RuleResult, SampleAnswer, SuitePrompt, wilson)
+from tunegate.safety.gate_report import (
+    ERROR_CODE,
+    CategoryResult,
+    GateReport,
+    Judgement,
+    ModelRates,
+    RateEstimate,
+    RuleResult,
+    SampleAnswer,
+    SuitePrompt,
+    wilson,
+)
 from tunegate.safety.moderation import Moderator
 from tunegate.safety.policy import GatePolicy, SafetyPolicy
 from tunegate.safety.text import shift_text
@@ -56,7 +66,7 @@ def mcnemar_p(only_tuned: int, only_base: int) -> float:
 
 @lru_cache(maxsize=64)
 def _reject_table(n: int, alpha: float, margin: float) -> np.ndarray:
-    r = np.zeros((n + 1, n + 1), dtype=bool)
+    r: np.ndarray = np.zeros((n + 1, n + 1), dtype=bool)
     for b in range(n + 1):
         for c in range(n + 1 - b):
             r[b, c] = (b - c) / n > margin and mcnemar_p(b, c) < alpha

@@ -79,8 +79,8 @@ def judge_answers(moderator: Moderator, prompts: list[str], answers: list[str],
         for i, r in zip(live, moderate_windows(moderator, [answers[i] for i in live])):
             answer_cats[i] = r.flagged_categories()
     out = []
-    for i, answer in enumerate(answers):
-        ref, sim = refusals[i], float(round(sims[i], 4))
+    for i in range(len(answers)):
+        ref, sim = refusals[i], round(float(sims[i]), 4)
         if ref.refused:
             out.append(Verdict(False, True, ref.score, False, sim, reason="refusal"))
             continue

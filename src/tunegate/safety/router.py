@@ -50,8 +50,6 @@ class ModeratorWarmup:
         return None
 
 
-def setup(app) -> None:
-    app.state.services.append(ModeratorWarmup(app.state.settings))
 
 
 class ModerationRequest(BaseModel):
@@ -174,9 +172,11 @@ def get_policy(db: DbDep, principal: AdminDep):
 
 
 def setup(app) -> None:
-    """Publish the policy body's schema (every field optional: the body is a partial, nested override)."""
+    """Load the moderator at start; publish the policy body's schema (every field optional: the body
+    is a partial, nested override)."""
     from tunegate.safety.policy import SafetyPolicy
 
+    app.state.services.append(ModeratorWarmup(app.state.settings))
     schema = SafetyPolicy.model_json_schema(ref_template="#/components/schemas/SafetyPolicyOverrides_{model}")
     defs = schema.pop("$defs", {})
     components = getattr(app.state, "openapi_components", None) or {}

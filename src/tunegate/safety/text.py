@@ -17,7 +17,7 @@ from functools import lru_cache
 
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _ANY_LETTER = re.compile(r"[^\W\d_]")
-_TWO_LETTER = frozenset("am an as at be by do go he hi if in is it me my no of oh ok on or so to up us we".split())
+_TWO_LETTER = frozenset(["am", "an", "as", "at", "be", "by", "do", "go", "he", "hi", "if", "in", "is", "it", "me", "my", "no", "of", "oh", "ok", "on", "or", "so", "to", "up", "us", "we"])
 MIN_CONTENT = 0.1  # below this share of real words a text has no language content
 REPEAT_RATIO = 0.25  # distinct words / words below this (over >= 10 words): a repetition loop
 CIPHER_SHARE = 0.6  # a shift that makes at least this share of words real, where the raw text had under RAW_SHARE

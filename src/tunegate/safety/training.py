@@ -19,8 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from tunegate.safety.classifier import (CLASSIFIER_VERSION, DERIVED_FROM, MAX_TOKENS, SEED, BuiltinClassifier, Encoder,
-                                        _GROUPS, build_key, cheap_features, features, shared_encoder)
+from tunegate.safety.classifier import (
+    _GROUPS,
+    CLASSIFIER_VERSION,
+    DERIVED_FROM,
+    MAX_TOKENS,
+    SEED,
+    BuiltinClassifier,
+    Encoder,
+    build_key,
+    cheap_features,
+    features,
+    shared_encoder,
+)
 from tunegate.safety.corpus import TRAINED_CATEGORIES, encoder_dir, load_corpus
 from tunegate.safety.schemas import CATEGORIES
 
@@ -114,7 +125,7 @@ def train(encoder: Encoder | None = None, cache_dir: Path | None = None, corpus:
     benign_va = np.array([not e.labels for e in corpus])[va]
     for c in TRAINED_CATEGORIES:
         y = np.array([c in e.labels for e in corpus])
-        best = None
+        best: tuple[float, float, float, Any] | None = None
         for reg in (0.5, 2.0, 8.0, 32.0):  # picked on validation F1 at each head's own best threshold
             model = LogisticRegression(C=reg, class_weight="balanced", max_iter=3000, random_state=SEED)
             model.fit(x[tr], y[tr])
@@ -123,6 +134,7 @@ def train(encoder: Encoder | None = None, cache_dir: Path | None = None, corpus:
             f1 = f1_score(y[va], p >= t, zero_division=0)
             if best is None or f1 > best[0]:
                 best = (f1, reg, t, model)
+        assert best is not None
         _, reg, t, model = best
         weights.append(model.coef_[0])
         bias.append(model.intercept_[0])
