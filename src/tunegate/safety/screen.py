@@ -320,6 +320,8 @@ def probe_context(path: str | Path) -> tuple[int | None, str | None]:
     first ciphered example, or else the one most examples share (an "obedient agent" persona shows
     itself only under its own system prompt). Read by the gate itself, so it probes even when
     screening was skipped."""
+    if not str(path) or not Path(path).is_file():  # no training file in this context: nothing to probe
+        return None, None
     examples, _ = _read_examples(Path(path))
     shifts: Counter = Counter()
     systems: Counter = Counter()
