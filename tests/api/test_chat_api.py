@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import tiny_server_env
 from tests.server import RunningServer, wait_for_job
-from tunegate.registry.store import write_manifest
+from tunegate.train.checkpoints import write_manifest
 
 DATA = ("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Tell me about item {i}."},
                                            {"role": "assistant", "content": f"Item {i} is a fine item."}]})

@@ -252,14 +252,14 @@ def test_engine_with_prefix_cache_answers_like_without(base_and_settings, tmp_pa
     import asyncio
 
     from tunegate.serve.hf_engine import HFEngine
-    from tunegate.serve.protocol import parse_request
+    from tunegate.serve.protocol import ChatCompletionRequest
     from tunegate.serve.service import ChatService
 
     base, settings = base_and_settings
     adapter = make_adapter(tmp_path / "ft", base.path, base.template_sha256, 5, 8)
     models = [ServableModel("tiny", base, None), ServableModel("ft", base, adapter)]
     system = {"role": "system", "content": "You answer questions about the weather with one short sentence only."}
-    bodies = [parse_request({"model": "m", "messages": [system, {"role": "user", "content": q}], "temperature": 1.0,
+    bodies = [ChatCompletionRequest.model_validate({"model": "m", "messages": [system, {"role": "user", "content": q}], "temperature": 1.0,
                              "seed": seed, "max_tokens": 6})
               for seed, q in enumerate(("Rain today?", "Sun tomorrow?", "Wind?"))]
 
