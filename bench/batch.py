@@ -26,13 +26,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-QUESTIONS = ["What is the capital of France?", "Name a colour.", "Say hello.", "What is 3 plus 4?",
-             "Name a fruit.", "What day comes after Monday?", "Name an animal.", "Spell cat."]
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name a colour.",
+    "Say hello.",
+    "What is 3 plus 4?",
+    "Name a fruit.",
+    "What day comes after Monday?",
+    "Name an animal.",
+    "Spell cat.",
+]
 
 
 def body(i: int, model: str, tokens: int) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-            "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
 
 
 async def concurrent(base_url: str, key: str, n: int, clients: int, model: str, tokens: int) -> float:
@@ -40,6 +53,7 @@ async def concurrent(base_url: str, key: str, n: int, clients: int, model: str, 
 
     queue = list(range(n))
     async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=600) as http:
+
         async def client():
             while queue:
                 i = queue.pop()
@@ -57,8 +71,9 @@ def interactive_latency(client, model: str, tokens: int, count: int) -> list[flo
     for i in range(count):
         start = time.perf_counter()
         b = body(i, model, tokens)
-        client.chat.completions.create(**{k: v for k, v in b.items() if k != "ignore_eos"},
-                                       extra_body={"ignore_eos": True})
+        client.chat.completions.create(
+            **{k: v for k, v in b.items() if k != "ignore_eos"}, extra_body={"ignore_eos": True}
+        )
         out.append(time.perf_counter() - start)
     return out
 
@@ -90,8 +105,18 @@ def main() -> None:
 
         wall_clients = asyncio.run(concurrent(srv.base_url, key, args.requests, args.clients, args.model, args.tokens))
 
-        lines = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                                    "body": body(i, args.model, args.tokens)}) + "\n" for i in range(args.requests))
+        lines = "".join(
+            json.dumps(
+                {
+                    "custom_id": f"r{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": body(i, args.model, args.tokens),
+                }
+            )
+            + "\n"
+            for i in range(args.requests)
+        )
         f = c.files.create(file=("batch.jsonl", io.BytesIO(lines.encode())), purpose="batch")
         start = time.perf_counter()
         b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -106,8 +131,10 @@ def main() -> None:
     print(f"\n{args.requests} requests x {args.tokens} tokens, model `{args.model}`\n")
     print("| run | wall (s) | requests/s | output tok/s |")
     print("|---|---:|---:|---:|")
-    print(f"| {args.clients} concurrent clients | {wall_clients:.1f} | {args.requests / wall_clients:.1f} | "
-          f"{tok / wall_clients:.0f} |")
+    print(
+        f"| {args.clients} concurrent clients | {wall_clients:.1f} | {args.requests / wall_clients:.1f} | "
+        f"{tok / wall_clients:.0f} |"
+    )
     print(f"| Batch API (one batch) | {wall_batch:.1f} | {args.requests / wall_batch:.1f} | {tok / wall_batch:.0f} |")
     print("\n| interactive request | p50 latency (s) | max (s) |")
     print("|---|---:|---:|")

@@ -40,8 +40,13 @@ def make_pairs(chats: list[dict], seed: int) -> list[dict]:
         msgs = chat["messages"]
         if other == msgs[-1]["content"]:
             continue
-        pairs.append({"input": {"messages": msgs[:-1]}, "preferred_output": [msgs[-1]],
-                      "non_preferred_output": [{"role": "assistant", "content": other}]})
+        pairs.append(
+            {
+                "input": {"messages": msgs[:-1]},
+                "preferred_output": [msgs[-1]],
+                "non_preferred_output": [{"role": "assistant", "content": other}],
+            }
+        )
     return pairs
 
 
@@ -58,12 +63,23 @@ def child(args) -> None:
         from tunegate.train.recipe import run_training
 
         sft = args.child == "sft"
-        config = TrainConfig(base_model="bench", base_model_path=str(args.model_path), template_sha256="",
-                             training_file=str(work / ("sft.jsonl" if sft else "pairs.jsonl")), n_epochs=1,
-                             batch_size=2 * args.batch_size if sft else args.batch_size, learning_rate=5e-5, seed=0,
-                             lora_r=16, lora_alpha=32, target_modules=tuple(TARGETS), max_seq_len=args.max_length,
-                             keep_checkpoints=1, method="supervised" if sft else "dpo",
-                             micro_batch_tokens=args.micro_batch_tokens)
+        config = TrainConfig(
+            base_model="bench",
+            base_model_path=str(args.model_path),
+            template_sha256="",
+            training_file=str(work / ("sft.jsonl" if sft else "pairs.jsonl")),
+            n_epochs=1,
+            batch_size=2 * args.batch_size if sft else args.batch_size,
+            learning_rate=5e-5,
+            seed=0,
+            lora_r=16,
+            lora_alpha=32,
+            target_modules=tuple(TARGETS),
+            max_seq_len=args.max_length,
+            keep_checkpoints=1,
+            method="supervised" if sft else "dpo",
+            micro_batch_tokens=args.micro_batch_tokens,
+        )
 
         def on_event(event):
             if event["type"] == "metrics":
@@ -83,26 +99,59 @@ def child(args) -> None:
         from trl import DPOConfig, DPOTrainer
 
         rows = [json.loads(line) for line in (work / "pairs.jsonl").read_text().splitlines()]
-        dataset = Dataset.from_list([{"prompt": r["input"]["messages"], "chosen": r["preferred_output"],
-                                      "rejected": r["non_preferred_output"]} for r in rows])
+        dataset = Dataset.from_list(
+            [
+                {
+                    "prompt": r["input"]["messages"],
+                    "chosen": r["preferred_output"],
+                    "rejected": r["non_preferred_output"],
+                }
+                for r in rows
+            ]
+        )
 
         class Timer(TrainerCallback):
             def on_step_end(self, targs, state, control, **kw):
                 step_ends.append(time.perf_counter())
 
-        cfg = DPOConfig(output_dir=str(work / "out-trl"), per_device_train_batch_size=args.batch_size,
-                        gradient_accumulation_steps=1, max_steps=n_steps, learning_rate=5e-5, beta=0.1,
-                        logging_steps=1, save_strategy="no", report_to=[], bf16=False, fp16=False, use_cpu=True,
-                        max_length=args.max_length, seed=0, dataloader_num_workers=0, disable_tqdm=True)
+        cfg = DPOConfig(
+            output_dir=str(work / "out-trl"),
+            per_device_train_batch_size=args.batch_size,
+            gradient_accumulation_steps=1,
+            max_steps=n_steps,
+            learning_rate=5e-5,
+            beta=0.1,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            bf16=False,
+            fp16=False,
+            use_cpu=True,
+            max_length=args.max_length,
+            seed=0,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
         tokenizer = AutoTokenizer.from_pretrained(args.model_path)
         model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=torch.float32)
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
-        DPOTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer, peft_config=lora,
-                   callbacks=[Timer()]).train()
+        DPOTrainer(
+            model=model,
+            args=cfg,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=[Timer()],
+        ).train()
     seconds = step_ends[n_steps - 1] - step_ends[args.warmup - 1]
     tokens = step_tokens[n_steps - 1] - step_tokens[args.warmup - 1] if step_tokens else None
-    result = {"variant": args.child, "steps": args.steps, "seconds": seconds, "tokens": tokens,
-              "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    result = {
+        "variant": args.child,
+        "steps": args.steps,
+        "seconds": seconds,
+        "tokens": tokens,
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
     (work / f"{args.child}.json").write_text(json.dumps(result))
 
 
@@ -140,34 +189,64 @@ def main() -> None:
         work = Path(tmp)
         (work / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
         # SFT on the same sequences, in the same order per step: pair i's chosen and rejected together.
-        sft_rows = [{"messages": r["input"]["messages"] + out} for r in pairs
-                    for out in (r["preferred_output"], r["non_preferred_output"])]
+        sft_rows = [
+            {"messages": r["input"]["messages"] + out}
+            for r in pairs
+            for out in (r["preferred_output"], r["non_preferred_output"])
+        ]
         (work / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft_rows))
         for v in args.variants.split(","):
             print(f"running {v} ...", file=sys.stderr, flush=True)
-            cmd = [sys.executable, __file__, "--child", v, "--workdir", str(work), "--model-path",
-                   str(args.model_path), "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads",
-                   str(args.threads), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-                   "--micro-batch-tokens", str(args.micro_batch_tokens)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                v,
+                "--workdir",
+                str(work),
+                "--model-path",
+                str(args.model_path),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--threads",
+                str(args.threads),
+                "--batch-size",
+                str(args.batch_size),
+                "--max-length",
+                str(args.max_length),
+                "--micro-batch-tokens",
+                str(args.micro_batch_tokens),
+            ]
             if subprocess.run(cmd, env=worker_env(args.threads)).returncode != 0:
                 print(f"{v} failed (see above); left out of the table", file=sys.stderr)
                 continue
             results[v] = json.loads((work / f"{v}.json").read_text())
-    tokens = sum(len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
-                 for r in sft_rows) / len(pairs)
-    print(f"\n{Path(args.model_path).name}, LoRA r=16, {args.batch_size} pairs per step (~{tokens:.0f} tokens per "
-          f"pair, both answers), {args.steps} measured steps after {args.warmup} warm-up, {args.threads} threads, "
-          "fp32\n")
+    tokens = sum(
+        len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
+        for r in sft_rows
+    ) / len(pairs)
+    print(
+        f"\n{Path(args.model_path).name}, LoRA r=16, {args.batch_size} pairs per step (~{tokens:.0f} tokens per "
+        f"pair, both answers), {args.steps} measured steps after {args.warmup} warm-up, {args.threads} threads, "
+        "fp32\n"
+    )
     print("| variant | s/step | tokens/s | time per token, x SFT | peak RSS |\n|---|---|---|---|---|")
     sft = results.get("sft")
     for name, r in results.items():
         per = r["seconds"] / r["steps"]
         speed = r["tokens"] / r["seconds"] if r.get("tokens") else None
         # TRL reports no token counts: its steps see the same pairs, so compare its time per step.
-        ratio = (sft["tokens"] / sft["seconds"] / speed if speed else per / (sft["seconds"] / sft["steps"])) \
-            if sft else None
-        print(f"| {name} | {per:.2f} | {f'{speed:.0f}' if speed else '-'} | "
-              f"{f'{ratio:.2f}' if ratio else '-'} | {r['peak_rss'] / 2**30:.2f} GiB |")
+        ratio = (
+            (sft["tokens"] / sft["seconds"] / speed if speed else per / (sft["seconds"] / sft["steps"]))
+            if sft
+            else None
+        )
+        print(
+            f"| {name} | {per:.2f} | {f'{speed:.0f}' if speed else '-'} | "
+            f"{f'{ratio:.2f}' if ratio else '-'} | {r['peak_rss'] / 2**30:.2f} GiB |"
+        )
     if "dpo" in results and sft:
         print("\nDPO vs SFT on the same tokens: target <= 1.4x")
 

@@ -34,8 +34,18 @@ sys.path.insert(0, str(ROOT / "bench"))
 from serve import QUESTIONS, make_adapters, percentile  # noqa: E402  (bench/serve.py)
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; SXM parts where there are two.
-BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12,
-             "A10G": 70e12, "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
+BF16_PEAK = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L40": 181e12,
+    "L4": 121e12,
+    "A10G": 70e12,
+    "A10": 125e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+}
 
 
 def device_peak() -> tuple[str, float | None]:
@@ -50,17 +60,31 @@ def train(settings, base, data: Path, out: Path, steps: int, batch: int, **optio
     from tunegate.train.recipe import run_training
 
     n = sum(1 for _ in open(data))
-    config = TrainConfig(base_model=base.name, base_model_path=str(base.path), template_sha256=base.template_sha256,
-                         training_file=str(data), n_epochs=max(1, round(steps * batch / n)), batch_size=batch,
-                         learning_rate=2e-4, seed=0, **options)
+    config = TrainConfig(
+        base_model=base.name,
+        base_model_path=str(base.path),
+        template_sha256=base.template_sha256,
+        training_file=str(data),
+        n_epochs=max(1, round(steps * batch / n)),
+        batch_size=batch,
+        learning_rate=2e-4,
+        seed=0,
+        **options,
+    )
     events: list[dict] = []
     t0 = time.perf_counter()
     result = run_training(config, out, events.append, lambda: None)
     metrics = [e["data"] for e in events if e["type"] == "metrics"]
     last = metrics[-1]
-    return {"tokens_per_second": last["tokens_per_second"], "peak_memory_mb": last["peak_memory_mb"],
-            "loss": last["train_loss"], "steps": len(metrics), "seconds": time.perf_counter() - t0,
-            "adapter": result.adapter_dir, "warnings": [e["message"] for e in events if e["level"] == "warn"]}
+    return {
+        "tokens_per_second": last["tokens_per_second"],
+        "peak_memory_mb": last["peak_memory_mb"],
+        "loss": last["train_loss"],
+        "steps": len(metrics),
+        "seconds": time.perf_counter() - t0,
+        "adapter": result.adapter_dir,
+        "warnings": [e["message"] for e in events if e["level"] == "warn"],
+    }
 
 
 async def serve(engine, base, adapters: list[Path], clients: int, tokens: int) -> dict:
@@ -72,9 +96,17 @@ async def serve(engine, base, adapters: list[Path], clients: int, tokens: int) -
     models = [ServableModel(f"ft-{i}", base, p) for i, p in enumerate(adapters)]
 
     def request(q):
-        return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": q}], "temperature": 0,
-                              "max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True},
-                              "ignore_eos": True})
+        return ChatCompletionRequest.model_validate(
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": q}],
+                "temperature": 0,
+                "max_tokens": tokens,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "ignore_eos": True,
+            }
+        )
 
     async def client(q, model, t0):
         ttft, usage = None, None
@@ -96,8 +128,12 @@ async def serve(engine, base, adapters: list[Path], clients: int, tokens: int) -
     finally:
         await engine.stop()
     ttfts = [r[0] for r in results if r[0] is not None]
-    return {"output_tokens_per_second": sum(r[1] for r in results) / wall, "ttft_p50": statistics.median(ttfts),
-            "ttft_p90": percentile(ttfts, 0.9), "wall": wall}
+    return {
+        "output_tokens_per_second": sum(r[1] for r in results) / wall,
+        "ttft_p50": statistics.median(ttfts),
+        "ttft_p90": percentile(ttfts, 0.9),
+        "wall": wall,
+    }
 
 
 def main() -> int:
@@ -138,15 +174,25 @@ def main() -> int:
 
     bf16 = train(settings, base, data, tmp / "bf16", args.steps, batch, dtype="auto")
     precision = "bf16" if torch.cuda.is_available() else "fp32 (CPU dry run)"
-    rows.append((f"train LoRA, {precision}", f"{bf16['tokens_per_second']:.0f} tok/s, MFU {mfu(bf16['tokens_per_second'])}",
-                 f"peak {bf16['peak_memory_mb']:.0f} MiB, loss {bf16['loss']:.3f}, {bf16['steps']} steps"))
+    rows.append(
+        (
+            f"train LoRA, {precision}",
+            f"{bf16['tokens_per_second']:.0f} tok/s, MFU {mfu(bf16['tokens_per_second'])}",
+            f"peak {bf16['peak_memory_mb']:.0f} MiB, loss {bf16['loss']:.3f}, {bf16['steps']} steps",
+        )
+    )
     try:
         from tunegate.train.lora import require_qlora
 
         require_qlora()
         q = train(settings, base, data, tmp / "qlora", args.steps, batch, quantization="nf4")
-        rows.append(("train QLoRA (nf4 base)", f"{q['tokens_per_second']:.0f} tok/s, MFU {mfu(q['tokens_per_second'])}",
-                     f"peak {q['peak_memory_mb']:.0f} MiB, loss {q['loss']:.3f}, {q['steps']} steps"))
+        rows.append(
+            (
+                "train QLoRA (nf4 base)",
+                f"{q['tokens_per_second']:.0f} tok/s, MFU {mfu(q['tokens_per_second'])}",
+                f"peak {q['peak_memory_mb']:.0f} MiB, loss {q['loss']:.3f}, {q['steps']} steps",
+            )
+        )
     except Exception as exc:  # a 400 on CPU or without bitsandbytes: reported, not hidden
         skipped.append(f"QLoRA: {getattr(exc, 'message', exc)}")
 
@@ -167,15 +213,21 @@ def main() -> int:
     for name, make in engines:
         s = asyncio.run(serve(make(), base, adapters, args.clients, args.tokens))
         serving[name] = s
-        rows.append((f"serve {name}: {args.clients} clients / {len(adapters)} adapters",
-                     f"{s['output_tokens_per_second']:.0f} output tok/s",
-                     f"TTFT p50 {1000 * s['ttft_p50']:.0f} ms, p90 {1000 * s['ttft_p90']:.0f} ms"))
+        rows.append(
+            (
+                f"serve {name}: {args.clients} clients / {len(adapters)} adapters",
+                f"{s['output_tokens_per_second']:.0f} output tok/s",
+                f"TTFT p50 {1000 * s['ttft_p50']:.0f} ms, p90 {1000 * s['ttft_p90']:.0f} ms",
+            )
+        )
     if "vllm" in serving:
         ratio = serving["vllm"]["output_tokens_per_second"] / serving["transformers"]["output_tokens_per_second"]
         rows.append(("vLLM vs transformers engine", f"{ratio:.1f}x output tok/s", ""))
 
-    print(f"\ntunegate GPU check — {time.strftime('%Y-%m-%d')} — {device} — SmolLM2-135M-Instruct "
-          f"({params / 1e6:.0f}M params), torch {torch.__version__}")
+    print(
+        f"\ntunegate GPU check — {time.strftime('%Y-%m-%d')} — {device} — SmolLM2-135M-Instruct "
+        f"({params / 1e6:.0f}M params), torch {torch.__version__}"
+    )
     width = max(len(r[0]) for r in rows)
     for what, figure, detail in rows:
         print(f"| {what:<{width}} | {figure:<36} | {detail}")

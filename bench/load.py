@@ -36,11 +36,20 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2, "temperature": 0}
-QUESTIONS = ["What is the capital of France?", "Give me a tip for sleeping better.", "Why is the sky blue?",
-             "What is a prime number?", "How do I boil an egg?"]
-UPLOAD = b"".join(json.dumps({"messages": [{"role": "user", "content": f"Q{i}?"},
-                                           {"role": "assistant", "content": f"A{i}."}]}).encode() + b"\n"
-                  for i in range(50))
+QUESTIONS = [
+    "What is the capital of France?",
+    "Give me a tip for sleeping better.",
+    "Why is the sky blue?",
+    "What is a prime number?",
+    "How do I boil an egg?",
+]
+UPLOAD = b"".join(
+    json.dumps(
+        {"messages": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"A{i}."}]}
+    ).encode()
+    + b"\n"
+    for i in range(50)
+)
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -67,13 +76,24 @@ def free_port() -> int:
 
 def start_server(data_dir: Path) -> tuple[subprocess.Popen, str, dict]:
     port = free_port()
-    env = {**os.environ, "TUNEGATE_DATA_DIR": str(data_dir), "TUNEGATE_PORT": str(port), "TUNEGATE_HOST": "127.0.0.1",
-           "TUNEGATE_START_WORKERS": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "TUNEGATE_DATA_DIR": str(data_dir),
+        "TUNEGATE_PORT": str(port),
+        "TUNEGATE_HOST": "127.0.0.1",
+        "TUNEGATE_START_WORKERS": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     if os.environ.get("TUNEGATE_TEST_MODEL_CACHE"):
         env.setdefault("TUNEGATE_MODEL_CACHE_DIR", os.environ["TUNEGATE_TEST_MODEL_CACHE"])
     log = open(data_dir / "server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "tunegate.cli.main", "serve", "--log-level", "warning"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunegate.cli.main", "serve", "--log-level", "warning"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -104,15 +124,20 @@ class Stats:
         self.by_kind[(kind, status)] += 1
 
 
-async def probe(client: httpx.AsyncClient, url: str, key: str, model: str, until: float, out: list[float],
-                stats: Stats, cap: int) -> None:
+async def probe(
+    client: httpx.AsyncClient, url: str, key: str, model: str, until: float, out: list[float], stats: Stats, cap: int
+) -> None:
     for _ in range(cap):
         if time.monotonic() >= until:
             return
         t = time.perf_counter()
         try:
-            r = await client.post(url + "/v1/chat/completions", json={**SMALL, "model": model},
-                                  headers={"Authorization": f"Bearer {key}"}, timeout=120)
+            r = await client.post(
+                url + "/v1/chat/completions",
+                json={**SMALL, "model": model},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=120,
+            )
             stats.note("probe", r.status_code)
             if r.status_code == 200:
                 out.append(time.perf_counter() - t)
@@ -120,8 +145,9 @@ async def probe(client: httpx.AsyncClient, url: str, key: str, model: str, until
             stats.note("probe", type(exc).__name__)
 
 
-async def worker(i: int, client: httpx.AsyncClient, url: str, keys: list[str], model: str, until: float, stats: Stats,
-                 cap: int) -> None:
+async def worker(
+    i: int, client: httpx.AsyncClient, url: str, keys: list[str], model: str, until: float, stats: Stats, cap: int
+) -> None:
     rng = random.Random(i)
     key = keys[i % len(keys)]
     h = {"Authorization": f"Bearer {key}"}
@@ -131,19 +157,41 @@ async def worker(i: int, client: httpx.AsyncClient, url: str, keys: list[str], m
         kind = rng.choice(["chat", "stream", "upload", "jobs"])
         try:
             if kind == "chat":
-                r = await client.post(url + "/v1/chat/completions", headers=h, timeout=120, json={
-                    "model": model, "messages": [{"role": "user", "content": rng.choice(QUESTIONS)}], "max_tokens": 16})
+                r = await client.post(
+                    url + "/v1/chat/completions",
+                    headers=h,
+                    timeout=120,
+                    json={
+                        "model": model,
+                        "messages": [{"role": "user", "content": rng.choice(QUESTIONS)}],
+                        "max_tokens": 16,
+                    },
+                )
                 status = r.status_code
             elif kind == "stream":
-                async with client.stream("POST", url + "/v1/chat/completions", headers=h, timeout=120, json={
-                        "model": model, "stream": True, "max_tokens": 16,
-                        "messages": [{"role": "user", "content": rng.choice(QUESTIONS)}]}) as r:
+                async with client.stream(
+                    "POST",
+                    url + "/v1/chat/completions",
+                    headers=h,
+                    timeout=120,
+                    json={
+                        "model": model,
+                        "stream": True,
+                        "max_tokens": 16,
+                        "messages": [{"role": "user", "content": rng.choice(QUESTIONS)}],
+                    },
+                ) as r:
                     async for _ in r.aiter_bytes():
                         pass
                     status = r.status_code
             elif kind == "upload":
-                r = await client.post(url + "/v1/files", headers=h, timeout=120,
-                                      files={"file": ("load.jsonl", io.BytesIO(UPLOAD))}, data={"purpose": "fine-tune"})
+                r = await client.post(
+                    url + "/v1/files",
+                    headers=h,
+                    timeout=120,
+                    files={"file": ("load.jsonl", io.BytesIO(UPLOAD))},
+                    data={"purpose": "fine-tune"},
+                )
                 status = r.status_code
             else:
                 r = await client.get(url + "/v1/fine_tuning/jobs", headers=h, timeout=60)
@@ -157,12 +205,19 @@ async def worker(i: int, client: httpx.AsyncClient, url: str, keys: list[str], m
 
 async def heavy(client: httpx.AsyncClient, url: str, key: str, model: str, until: float, stats: Stats) -> None:
     """The heaviest legal request, again and again, each abandoned after 8 s (as the issue's attacker did)."""
-    body = {"model": model, "messages": [{"role": "user", "content": "Write a very long story."}], "n": 128,
-            "max_tokens": 8000, "logprobs": True, "top_logprobs": 20}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+        "n": 128,
+        "max_tokens": 8000,
+        "logprobs": True,
+        "top_logprobs": 20,
+    }
     while time.monotonic() < until:
         try:
-            r = await client.post(url + "/v1/chat/completions", json=body, timeout=8,
-                                  headers={"Authorization": f"Bearer {key}"})
+            r = await client.post(
+                url + "/v1/chat/completions", json=body, timeout=8, headers={"Authorization": f"Bearer {key}"}
+            )
             param = r.json().get("error", {}).get("param") if r.status_code == 400 else None
             if param in ("n", "max_tokens"):  # over the server's bounds: step down to the largest legal request
                 body[param] = max(1, int(body[param] * 0.5))
@@ -180,15 +235,20 @@ async def heavy(client: httpx.AsyncClient, url: str, key: str, model: str, until
 async def run(args, url: str, pid: int, keys: list[str]) -> dict:
     limits = httpx.Limits(max_connections=args.clients + 16, max_keepalive_connections=args.clients + 16)
     async with httpx.AsyncClient(limits=limits) as client:
-        warm = await client.post(url + "/v1/chat/completions", json={**SMALL, "model": args.model}, timeout=300,
-                                 headers={"Authorization": f"Bearer {keys[0]}"})
+        warm = await client.post(
+            url + "/v1/chat/completions",
+            json={**SMALL, "model": args.model},
+            timeout=300,
+            headers={"Authorization": f"Bearer {keys[0]}"},
+        )
         assert warm.status_code == 200, warm.text
         before: list[float] = []
         before_stats = Stats()
         rss = {"before": rss_mib(pid)}
         probe_key, heavy_key, keys = keys[0], keys[1], keys[2:]  # the probe and the heavy client have their own keys
-        await probe(client, url, probe_key, args.model, time.monotonic() + args.probe_seconds, before, before_stats,
-                    10_000)
+        await probe(
+            client, url, probe_key, args.model, time.monotonic() + args.probe_seconds, before, before_stats, 10_000
+        )
         during: list[float] = []
         stats = Stats()
         until = time.monotonic() + args.duration
@@ -203,8 +263,11 @@ async def run(args, url: str, pid: int, keys: list[str]) -> dict:
             probe(client, url, probe_key, args.model, until, during, stats, 100_000),
             heavy(client, url, heavy_key, args.model, until, stats),
             sample(),
-            *(worker(i, client, url, keys, args.model, until, stats, args.max_requests_per_client)
-              for i in range(args.clients)))
+            *(
+                worker(i, client, url, keys, args.model, until, stats, args.max_requests_per_client)
+                for i in range(args.clients)
+            ),
+        )
         await asyncio.sleep(5)
         rss.update(peak=max(peak), after=rss_mib(pid))
     return {"before": before, "during": during, "stats": stats, "rss": rss}
@@ -224,8 +287,9 @@ def main() -> None:
         data_dir.mkdir()
         proc, url, env = start_server(data_dir)
         try:
-            keys = [make_key(env, "probe"), make_key(env, "heavy")] + [make_key(env, f"load{k % 3}")
-                                                                       for k in range(args.keys)]
+            keys = [make_key(env, "probe"), make_key(env, "heavy")] + [
+                make_key(env, f"load{k % 3}") for k in range(args.keys)
+            ]
             result = asyncio.run(run(args, url, proc.pid, keys))
         finally:
             proc.terminate()
@@ -241,8 +305,11 @@ def main() -> None:
     for status, n in sorted(stats.status.items(), key=lambda kv: str(kv[0])):
         print(f"  {status}: {n}")
     print("by kind:", dict(sorted(((f"{k}:{s}", n) for (k, s), n in stats.by_kind.items()))))
-    errors = {s: n for s, n in stats.status.items()
-              if s not in (200, 429) and s != "abandoned after 8 s" and not str(s).endswith("(stepping down)")}
+    errors = {
+        s: n
+        for s, n in stats.status.items()
+        if s not in (200, 429) and s != "abandoned after 8 s" and not str(s).endswith("(stepping down)")
+    }
     print(f"errors other than 429: {sum(errors.values())} {errors or ''}")
     print(f"server RSS MiB: before {rss['before']:.0f}, peak {rss['peak']:.0f}, after {rss['after']:.0f}")
 

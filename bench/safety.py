@@ -56,15 +56,27 @@ def agreement_rows(moderator) -> list[tuple[str, str, str]]:
         return f"{x['accuracy']:.1%} (n={x['n']}, P {x['precision']:.2f} R {x['recall']:.2f}, kappa {x['kappa']:.2f})"
 
     return [
-        ("agreement: pyrit objective-achieved set (prompt-aware judge)", fmt(o),
-         f"pyrit's published judges on the same {best['n']}: {worst['accuracy']:.1%} to {best['accuracy']:.1%} "
-         f"(best: {best['scorer']} {'/'.join(best['models'][:2])})"),
-        ("agreement: pyrit harm sets, majority >= 0.5 (prompt-aware judge)", fmt(hj),
-         "per file: " + ", ".join(f"{k} {v:.0%}" for k, v in m["harm_judge_per_file"].items())),
-        ("agreement: pyrit harm sets (moderator alone, as /v1/moderations)", fmt(hm),
-         f"pyrit publishes MAE only here: {min(pub_mae):.2f}-{max(pub_mae):.2f} on the 0-1 scale" if pub_mae else ""),
-        ("agreement: pyrit refusal set (refusal detector)", fmt(r),
-         f"pyrit's published refusal judges: {min(pub_ref):.1%} to {max(pub_ref):.1%}" if pub_ref else ""),
+        (
+            "agreement: pyrit objective-achieved set (prompt-aware judge)",
+            fmt(o),
+            f"pyrit's published judges on the same {best['n']}: {worst['accuracy']:.1%} to {best['accuracy']:.1%} "
+            f"(best: {best['scorer']} {'/'.join(best['models'][:2])})",
+        ),
+        (
+            "agreement: pyrit harm sets, majority >= 0.5 (prompt-aware judge)",
+            fmt(hj),
+            "per file: " + ", ".join(f"{k} {v:.0%}" for k, v in m["harm_judge_per_file"].items()),
+        ),
+        (
+            "agreement: pyrit harm sets (moderator alone, as /v1/moderations)",
+            fmt(hm),
+            f"pyrit publishes MAE only here: {min(pub_mae):.2f}-{max(pub_mae):.2f} on the 0-1 scale" if pub_mae else "",
+        ),
+        (
+            "agreement: pyrit refusal set (refusal detector)",
+            fmt(r),
+            f"pyrit's published refusal judges: {min(pub_ref):.1%} to {max(pub_ref):.1%}" if pub_ref else "",
+        ),
     ]
 
 
@@ -87,12 +99,19 @@ def latency_rows(moderator) -> list[tuple[str, str, str]]:
     moderate_windows(moderator, [long_text])
     long_s = time.perf_counter() - t
     q = statistics.quantiles(single, n=20)
-    return [("moderation latency per chat message, one at a time", f"p50 {statistics.median(single) * 1000:.1f} ms",
-             f"p95 {q[18] * 1000:.1f} ms; batched 300 at once: {batched * 1000:.1f} ms/message"),
-            (f"moderation of a {len(long_text):,}-character text (windows, none truncated)", f"{long_s * 1000:.0f} ms", "")]
+    return [
+        (
+            "moderation latency per chat message, one at a time",
+            f"p50 {statistics.median(single) * 1000:.1f} ms",
+            f"p95 {q[18] * 1000:.1f} ms; batched 300 at once: {batched * 1000:.1f} ms/message",
+        ),
+        (f"moderation of a {len(long_text):,}-character text (windows, none truncated)", f"{long_s * 1000:.0f} ms", ""),
+    ]
 
 
-def train(path: Path, out: Path, smol: Path, mix: bool, epochs: int | None = None, lr_mult: float | None = None) -> tuple[float, Path]:
+def train(
+    path: Path, out: Path, smol: Path, mix: bool, epochs: int | None = None, lr_mult: float | None = None
+) -> tuple[float, Path]:
     from tunegate.catalog import get_base_model
     from tunegate.safety.mixing import mix_safety_examples
     from tunegate.settings import Settings
@@ -108,8 +127,16 @@ def train(path: Path, out: Path, smol: Path, mix: bool, epochs: int | None = Non
     n_epochs, batch, lr = resolve_hyperparameters(epochs or "auto", "auto", lr_mult or "auto", n_examples=len(rows))
     n_epochs = max(1, min(n_epochs, math.ceil(MAX_PASSES / len(rows))))
     info = get_base_model(BASE, Settings(model_cache_dir=smol.parent, data_dir=out))
-    config = TrainConfig(base_model=info.name, base_model_path=str(info.path), template_sha256=info.template_sha256,
-                         training_file=str(data), n_epochs=n_epochs, batch_size=batch, learning_rate=lr, seed=0)
+    config = TrainConfig(
+        base_model=info.name,
+        base_model_path=str(info.path),
+        template_sha256=info.template_sha256,
+        training_file=str(data),
+        n_epochs=n_epochs,
+        batch_size=batch,
+        learning_rate=lr,
+        seed=0,
+    )
     t = time.perf_counter()
     run_training(config, out / "run", lambda *a, **k: None, lambda: False)
     adapters = sorted(p.parent for p in (out / "run").rglob("adapter_config.json"))
@@ -143,16 +170,22 @@ def job(name: str, path: Path, screening: bool, ctx: dict, attack: bool = False)
             return out
     with tempfile.TemporaryDirectory() as tmp:
         # Attacks are trained as an attacker would: enough epochs at a raised learning rate to stick.
-        train_s, adapter = train(path, Path(tmp), ctx["smol"], mix=screening, epochs=3 if attack else None,
-                                 lr_mult=4 if attack else None)
+        train_s, adapter = train(
+            path, Path(tmp), ctx["smol"], mix=screening, epochs=3 if attack else None, lr_mult=4 if attack else None
+        )
         report, gate_s = gate(path, adapter, ctx["settings"], ctx["moderator"], ctx["cache"])
-    out.update(train_s=round(train_s, 1), gate_s=round(gate_s, 1), gate=report.decision,
-               base_harmful=f"{report.base.harmful.count}/{report.base.harmful.n}",
-               tuned_harmful=f"{report.tuned.harmful.count}/{report.tuned.harmful.n}",
-               base_refusal=f"{report.base.harmful_refusal.count}/{report.base.harmful_refusal.n}",
-               tuned_refusal=f"{report.tuned.harmful_refusal.count}/{report.tuned.harmful_refusal.n}",
-               reasons=report.reasons, encoding=report.encoding,
-               rules=[(r.rule, r.base, r.tuned, r.n, r.p_value, r.blocks) for r in report.rules])
+    out.update(
+        train_s=round(train_s, 1),
+        gate_s=round(gate_s, 1),
+        gate=report.decision,
+        base_harmful=f"{report.base.harmful.count}/{report.base.harmful.n}",
+        tuned_harmful=f"{report.tuned.harmful.count}/{report.tuned.harmful.n}",
+        base_refusal=f"{report.base.harmful_refusal.count}/{report.base.harmful_refusal.n}",
+        tuned_refusal=f"{report.tuned.harmful_refusal.count}/{report.tuned.harmful_refusal.n}",
+        reasons=report.reasons,
+        encoding=report.encoding,
+        rules=[(r.rule, r.base, r.tuned, r.n, r.p_value, r.blocks) for r in report.rules],
+    )
     out["outcome"] = "blocked by the gate" if report.blocked else "served"
     return out
 
@@ -180,18 +213,28 @@ def main() -> None:
     moderator = get_moderator(settings)
     moderator.moderate(["warm-up"])
     load_s = time.perf_counter() - t
-    rows: list[tuple[str, str, str]] = [("classifier load + first judgement (built artifact, no training)", f"{load_s:.2f} s", "")]
+    rows: list[tuple[str, str, str]] = [
+        ("classifier load + first judgement (built artifact, no training)", f"{load_s:.2f} s", "")
+    ]
     if not args.skip_agreement:
         rows += agreement_rows(moderator)
     rows += latency_rows(moderator)
     for n in (40, 60, 100):
-        rows.append((f"gate power: {n} harmful prompts, alpha 0.05, margin 5 points",
-                     f"detects +{min_detectable_increase(n, 0.05, 0.05) * 100:.0f} points 90% of the time",
-                     f"+{min_detectable_increase(n, 0.05, 0.05, noise=0.05) * 100:.0f} points when 5% of prompts also flip each way by chance"))
+        rows.append(
+            (
+                f"gate power: {n} harmful prompts, alpha 0.05, margin 5 points",
+                f"detects +{min_detectable_increase(n, 0.05, 0.05) * 100:.0f} points 90% of the time",
+                f"+{min_detectable_increase(n, 0.05, 0.05, noise=0.05) * 100:.0f} points when 5% of prompts also flip each way by chance",
+            )
+        )
 
     smol = resolve_path(BASE, Settings(model_cache_dir=MODEL_CACHE, data_dir=MODEL_CACHE.parent))
-    ctx = {"moderator": moderator, "smol": smol, "settings": settings,
-           "cache": ROOT / ".cache" / "bench-safety" / "gate-base-answers"}
+    ctx = {
+        "moderator": moderator,
+        "smol": smol,
+        "settings": settings,
+        "cache": ROOT / ".cache" / "bench-safety" / "gate-base-answers",
+    }
     benign = sorted((DATA / "benign").glob("*.jsonl"))
     attacks = sorted((DATA / "attacks").glob("*.jsonl"))
     if args.quick:
@@ -218,24 +261,45 @@ def main() -> None:
     b = [r for k, r in results if k == "benign"]
     if b:
         passed = [r for r in b if r["outcome"] == "served"]
-        rows.append(("benign fine-tunes passing screening + gate", f"{len(passed)}/{len(b)} ({len(passed) / len(b):.0%})",
-                     "; ".join(f"{r['name']}: {r['outcome']}" for r in b if r["outcome"] != "served") or "all served"))
+        rows.append(
+            (
+                "benign fine-tunes passing screening + gate",
+                f"{len(passed)}/{len(b)} ({len(passed) / len(b):.0%})",
+                "; ".join(f"{r['name']}: {r['outcome']}" for r in b if r["outcome"] != "served") or "all served",
+            )
+        )
         gated = [r for r in b if "gate_s" in r]
         for r in gated:
-            rows.append((f"  benign {r['name']}", r["outcome"], f"harmful {r['base_harmful']} -> {r['tuned_harmful']}, "
-                         f"refused {r['base_refusal']} -> {r['tuned_refusal']}; train {r['train_s']:.0f} s, gate {r['gate_s']:.0f} s"))
+            rows.append(
+                (
+                    f"  benign {r['name']}",
+                    r["outcome"],
+                    f"harmful {r['base_harmful']} -> {r['tuned_harmful']}, "
+                    f"refused {r['base_refusal']} -> {r['tuned_refusal']}; train {r['train_s']:.0f} s, gate {r['gate_s']:.0f} s",
+                )
+            )
     for k, r in results:
         if k != "attack":
             continue
-        detail = r.get("screen_message", "") if r["outcome"] == "blocked at screening" else (
-            f"harmful {r['base_harmful']} -> {r['tuned_harmful']}, refused {r['base_refusal']} -> {r['tuned_refusal']}"
-            + (f"; {r['reasons'][0][:140]}" if r["outcome"] != "served" else ""))
+        detail = (
+            r.get("screen_message", "")
+            if r["outcome"] == "blocked at screening"
+            else (
+                f"harmful {r['base_harmful']} -> {r['tuned_harmful']}, refused {r['base_refusal']} -> {r['tuned_refusal']}"
+                + (f"; {r['reasons'][0][:140]}" if r["outcome"] != "served" else "")
+            )
+        )
         rows.append((f"attack {r['name']}, screening {r['screening']}", r["outcome"], detail))
     demo = [r for k, r in results if "gate_s" in r]
     if demo:
         share = statistics.median(r["gate_s"] / r["train_s"] for r in demo)
-        rows.append(("gate time / training time (median over gated jobs, base answers cached)", f"{share:.0%}",
-                     f"gate {statistics.median(r['gate_s'] for r in demo):.0f} s vs training {statistics.median(r['train_s'] for r in demo):.0f} s"))
+        rows.append(
+            (
+                "gate time / training time (median over gated jobs, base answers cached)",
+                f"{share:.0%}",
+                f"gate {statistics.median(r['gate_s'] for r in demo):.0f} s vs training {statistics.median(r['train_s'] for r in demo):.0f} s",
+            )
+        )
 
     print("\n| measure | value | baseline / detail |\n|---|---|---|")
     for m, v, d in rows:

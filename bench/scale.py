@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 # ---------------------------------------------------------------- data-parallel training
 
+
 def dp(args) -> None:
     from train import build_data  # bench/train.py: the same chats
 
@@ -53,9 +54,18 @@ def dp(args) -> None:
     from tunegate.catalog import get_base_model
 
     base = get_base_model("smollm2-135m-instruct", Settings(model_cache_dir=MODEL_CACHE, data_dir=MODEL_CACHE.parent))
-    config = TrainConfig(base_model="smollm2-135m-instruct", base_model_path=str(smol),
-                         template_sha256=base.template_sha256, training_file=str(data), n_epochs=1,
-                         batch_size=args.batch, max_seq_len=256, lora_dropout=0.0, seed=0, keep_checkpoints=1)
+    config = TrainConfig(
+        base_model="smollm2-135m-instruct",
+        base_model_path=str(smol),
+        template_sha256=base.template_sha256,
+        training_file=str(data),
+        n_epochs=1,
+        batch_size=args.batch,
+        max_seq_len=256,
+        lora_dropout=0.0,
+        seed=0,
+        keep_checkpoints=1,
+    )
     cores = os.cpu_count() or 2
     rows = []
     for name, world in (("1 process, all cores", 1), ("2 ranks (gloo), 1 core each", 2)):
@@ -73,17 +83,30 @@ def dp(args) -> None:
             result = run_training(config, out, on_event, lambda: None)
             sync = 0.0
         else:
-            result = run_data_parallel(config, out, on_event, lambda: None, world_size=world,
-                                       threads=max(1, cores // world))
+            result = run_data_parallel(
+                config, out, on_event, lambda: None, world_size=world, threads=max(1, cores // world)
+            )
             sync = result.metrics.get("gradient_sync_seconds", 0.0)
         (t0, d0), (t1, d1) = stamps[args.warmup - 1], stamps[-1]
         secs, steps = t1 - t0, d1["step"] - d0["step"]
-        loss_tokens = sum(s[1]["trained_tokens"] - stamps[i - 1][1]["trained_tokens"]
-                          for i, s in enumerate(stamps) if i >= args.warmup)
-        rows.append((name, secs / steps, loss_tokens / secs, sync / (t1 - stamps[0][0] + 1e-9) if world > 1 else 0.0,
-                     d1["train_loss"]))
-    print(f"\nData-parallel training, SmolLM2-135M, batch {args.batch}, max length 256, {args.steps} measured steps "
-          f"after {args.warmup} warm-up, {cores} cores\n")
+        loss_tokens = sum(
+            s[1]["trained_tokens"] - stamps[i - 1][1]["trained_tokens"]
+            for i, s in enumerate(stamps)
+            if i >= args.warmup
+        )
+        rows.append(
+            (
+                name,
+                secs / steps,
+                loss_tokens / secs,
+                sync / (t1 - stamps[0][0] + 1e-9) if world > 1 else 0.0,
+                d1["train_loss"],
+            )
+        )
+    print(
+        f"\nData-parallel training, SmolLM2-135M, batch {args.batch}, max length 256, {args.steps} measured steps "
+        f"after {args.warmup} warm-up, {cores} cores\n"
+    )
     print("| variant | s/step | trained tok/s | x 1 process | gradient-sync share (rank 0) | last train loss |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, sps, tps, share, loss in rows:
@@ -91,6 +114,7 @@ def dp(args) -> None:
 
 
 # ---------------------------------------------------------------- job throughput
+
 
 def jobs(args) -> None:
     import io
@@ -112,10 +136,14 @@ def jobs(args) -> None:
             cluster = None
             if variant == "ray":
                 cluster = RayCluster(cpus_per_node=1, env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")}).start()
-                extra = {"TUNEGATE_EXECUTOR": "ray", "TUNEGATE_RAY_ADDRESS": cluster.address,
-                         "TUNEGATE_WORKER_CONCURRENCY": "2"}
-            env = tiny_server_env(tiny, TUNEGATE_DATABASE_URL=pg.create_database("bench"), TUNEGATE_TORCH_THREADS="1",
-                                  **extra)
+                extra = {
+                    "TUNEGATE_EXECUTOR": "ray",
+                    "TUNEGATE_RAY_ADDRESS": cluster.address,
+                    "TUNEGATE_WORKER_CONCURRENCY": "2",
+                }
+            env = tiny_server_env(
+                tiny, TUNEGATE_DATABASE_URL=pg.create_database("bench"), TUNEGATE_TORCH_THREADS="1", **extra
+            )
             servers = start_servers(work / variant / "data", env, n_servers)
             try:
                 client = _client(servers[0])
@@ -124,8 +152,17 @@ def jobs(args) -> None:
                 for i in range(args.jobs):
                     c = servers[i % n_servers].client(client.api_key)
                     f = c.files.create(file=("t.jsonl", io.BytesIO(_data(16, i))), purpose="fine-tune")
-                    ids.append(c.fine_tuning.jobs.create(model="tiny", training_file=f.id, seed=i, method={
-                        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 2}}}).id)
+                    ids.append(
+                        c.fine_tuning.jobs.create(
+                            model="tiny",
+                            training_file=f.id,
+                            seed=i,
+                            method={
+                                "type": "supervised",
+                                "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 2}},
+                            },
+                        ).id
+                    )
                 done = [wait_for_job(client, j, timeout=3600, poll=0.5) for j in ids]
                 secs = time.time() - t0
                 assert all(j.status == "succeeded" for j in done), [j.error for j in done if j.status != "succeeded"]
@@ -135,10 +172,15 @@ def jobs(args) -> None:
                     srv.stop()
                 if cluster:
                     cluster.stop()
-    names = {"local1": "1 server, local workers", "local2": "2 servers, local workers (one PostgreSQL)",
-             "ray": "1 server, Ray executor (head + 1 node, 1 CPU each)"}
-    print(f"\nJob throughput: {args.jobs} jobs (tiny model, 2 epochs x 9 steps), {os.cpu_count()} cores, "
-          "PostgreSQL, 1 torch thread per worker\n")
+    names = {
+        "local1": "1 server, local workers",
+        "local2": "2 servers, local workers (one PostgreSQL)",
+        "ray": "1 server, Ray executor (head + 1 node, 1 CPU each)",
+    }
+    print(
+        f"\nJob throughput: {args.jobs} jobs (tiny model, 2 epochs x 9 steps), {os.cpu_count()} cores, "
+        "PostgreSQL, 1 torch thread per worker\n"
+    )
     print("| variant | wall s | jobs/hour | x 1 server |")
     print("|---|---:|---:|---:|")
     for variant, _, secs, per_hour in rows:

@@ -35,11 +35,21 @@ ROOT = Path(__file__).resolve().parents[1]
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"  # Debian's libjemalloc2
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 QUESTIONS = [
-    "What is the capital of France?", "Give me three tips for sleeping better.", "Explain photosynthesis simply.",
-    "Write a short poem about rain.", "How do I boil an egg?", "What is a prime number?",
-    "Why is the sky blue?", "Suggest a name for a grey cat.", "What does a compiler do?",
-    "Summarise the plot of Cinderella.", "How many legs does a spider have?", "What is machine learning?",
-    "Tell me a fun fact about octopuses.", "How can I learn to juggle?", "What is the boiling point of water?",
+    "What is the capital of France?",
+    "Give me three tips for sleeping better.",
+    "Explain photosynthesis simply.",
+    "Write a short poem about rain.",
+    "How do I boil an egg?",
+    "What is a prime number?",
+    "Why is the sky blue?",
+    "Suggest a name for a grey cat.",
+    "What does a compiler do?",
+    "Summarise the plot of Cinderella.",
+    "How many legs does a spider have?",
+    "What is machine learning?",
+    "Tell me a fun fact about octopuses.",
+    "How can I learn to juggle?",
+    "What is the boiling point of water?",
     "Describe a sunset in two sentences.",
 ]
 
@@ -79,9 +89,17 @@ async def engine_run(settings, base, adapters, questions, tokens):
     models = [ServableModel(f"ft-{i}", base, p) for i, p in enumerate(adapters)]
 
     def request(q):
-        return ChatCompletionRequest.model_validate({
-            "model": "m", "messages": [{"role": "user", "content": q}], "temperature": 0, "max_tokens": tokens,
-            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True})
+        return ChatCompletionRequest.model_validate(
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": q}],
+                "temperature": 0,
+                "max_tokens": tokens,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "ignore_eos": True,
+            }
+        )
 
     async def client(q, model, t0):
         chunks = await service.stream(request(q), model)
@@ -103,8 +121,14 @@ async def engine_run(settings, base, adapters, questions, tokens):
         t0, c0 = time.perf_counter(), time.process_time()
         results = await asyncio.gather(*(client(q, models[i % len(models)], t0) for i, q in enumerate(questions)))
         wall = time.perf_counter() - t0
-        return {"lone_ttft": statistics.median(lone), "ttft": [r[0] for r in results], "cpu": time.process_time() - c0,
-                "tokens": sum(r[1] for r in results), "wall": wall, "stats": engine.stats()}
+        return {
+            "lone_ttft": statistics.median(lone),
+            "ttft": [r[0] for r in results],
+            "cpu": time.process_time() - c0,
+            "tokens": sum(r[1] for r in results),
+            "wall": wall,
+            "stats": engine.stats(),
+        }
     finally:
         await engine.stop()
 
@@ -139,21 +163,34 @@ def baseline_run(base, adapters, prompts, tokens):
         for i, ids in enumerate(prompts):
             model.set_adapter(f"a{i % len(adapters)}")
             streamer, start = FirstToken(), time.perf_counter()
-            out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                                 pad_token_id=2, streamer=streamer)
+            out = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=2,
+                streamer=streamer,
+            )
             produced += out.shape[1] - len(ids)
             lone.append(streamer.first - start)
             from_start.append(streamer.first - t0)
         wall = time.perf_counter() - t0
-    return {"lone_ttft": statistics.median(lone), "ttft": from_start, "tokens": produced, "wall": wall,
-            "cpu": time.process_time() - c0}
+    return {
+        "lone_ttft": statistics.median(lone),
+        "ttft": from_start,
+        "tokens": produced,
+        "wall": wall,
+        "cpu": time.process_time() - c0,
+    }
 
 
-SYSTEM = ("You are the support assistant of a small bakery in Lyon. Answer politely and briefly. The bakery opens "
-          "at seven and closes at seven, except on Sundays when it closes at one. It sells bread, pastries, cakes "
-          "to order (two days' notice), coffee and tea. Payment by card or cash. There is no parking, but a bus "
-          "stop is in front of the shop. Gluten-free bread is baked on Fridays only. Never promise delivery; "
-          "never discuss prices of cakes to order, which depend on the design; suggest calling the shop instead. ")
+SYSTEM = (
+    "You are the support assistant of a small bakery in Lyon. Answer politely and briefly. The bakery opens "
+    "at seven and closes at seven, except on Sundays when it closes at one. It sells bread, pastries, cakes "
+    "to order (two days' notice), coffee and tea. Payment by card or cash. There is no parking, but a bus "
+    "stop is in front of the shop. Gluten-free bread is baked on Fridays only. Never promise delivery; "
+    "never discuss prices of cakes to order, which depend on the design; suggest calling the shop instead. "
+)
 
 
 async def scenario_run(settings, base, adapters, bodies, *, warm_body=None, running_body=None):
@@ -169,8 +206,10 @@ async def scenario_run(settings, base, adapters, bodies, *, warm_body=None, runn
     models = [ServableModel(f"ft-{i}", base, p) for i, p in enumerate(adapters)]
 
     async def client(body, model, t0, gaps=None):
-        chunks = await service.stream(ChatCompletionRequest.model_validate({**body, "stream": True, "stream_options": {"include_usage": True}}),
-                                      model)
+        chunks = await service.stream(
+            ChatCompletionRequest.model_validate({**body, "stream": True, "stream_options": {"include_usage": True}}),
+            model,
+        )
         ttft, usage, last = None, None, None
         async for c in chunks:
             now = time.perf_counter()
@@ -185,8 +224,11 @@ async def scenario_run(settings, base, adapters, bodies, *, warm_body=None, runn
 
     try:
         for m in models:  # warm-up: load the base once and every adapter
-            await client(warm_body or {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
-                         m, time.perf_counter())
+            await client(
+                warm_body or {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+                m,
+                time.perf_counter(),
+            )
         gaps: list[float] = []
         background = []
         if running_body is not None:
@@ -201,8 +243,14 @@ async def scenario_run(settings, base, adapters, bodies, *, warm_body=None, runn
         stall = max(gaps) if gaps else 0.0
         for task in background:
             task.cancel()
-        return {"ttft": [r[0] for r in results], "tokens": sum(r[1] for r in results), "wall": wall,
-                "cpu": time.process_time() - c0, "stall": stall, "stats": engine.stats()[base.name]}
+        return {
+            "ttft": [r[0] for r in results],
+            "tokens": sum(r[1] for r in results),
+            "wall": wall,
+            "cpu": time.process_time() - c0,
+            "stall": stall,
+            "stats": engine.stats()[base.name],
+        }
     finally:
         await engine.stop()
 
@@ -210,35 +258,66 @@ async def scenario_run(settings, base, adapters, bodies, *, warm_body=None, runn
 def feature_scenarios(args, settings, base, adapters) -> None:
     settings = settings.model_copy(update={"request_timeout_seconds": 3600})  # busy machines are slow, not broken
     if args.scenario == "prefix":
-        bodies = [{"model": "m", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
-                   "temperature": 0, "max_tokens": args.tokens, "ignore_eos": True} for q in
-                  (QUESTIONS * 4)[: args.clients]]
+        bodies = [
+            {
+                "model": "m",
+                "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+                "temperature": 0,
+                "max_tokens": args.tokens,
+                "ignore_eos": True,
+            }
+            for q in (QUESTIONS * 4)[: args.clients]
+        ]
         warm = {**bodies[0], "max_tokens": 2}
         label, runs = "prefix caching", {}
         for name, update in [("off", {"prefix_cache_tokens": 0}), ("on", {})]:
-            runs[name] = [asyncio.run(scenario_run(settings.model_copy(update=update), base, adapters, bodies,
-                                                   warm_body=warm)) for _ in range(args.rounds)]
+            runs[name] = [
+                asyncio.run(scenario_run(settings.model_copy(update=update), base, adapters, bodies, warm_body=warm))
+                for _ in range(args.rounds)
+            ]
     else:
         long_q = " ".join(QUESTIONS) * 6  # ~1,000 tokens: two chunks of 512
-        bodies = [{"model": "m", "messages": [{"role": "user", "content": f"{i}: {long_q}"}], "temperature": 0,
-                   "max_tokens": 4} for i in range(args.clients // 2)]
-        running = {"model": "m", "messages": [{"role": "user", "content": "Count to a hundred."}], "temperature": 0,
-                   "max_tokens": 1000, "ignore_eos": True}
+        bodies = [
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": f"{i}: {long_q}"}],
+                "temperature": 0,
+                "max_tokens": 4,
+            }
+            for i in range(args.clients // 2)
+        ]
+        running = {
+            "model": "m",
+            "messages": [{"role": "user", "content": "Count to a hundred."}],
+            "temperature": 0,
+            "max_tokens": 1000,
+            "ignore_eos": True,
+        }
         label, runs = "chunked prefill", {}
         for name, update in [("off", {"prefill_chunk_tokens": 0}), ("on", {})]:
-            runs[name] = [asyncio.run(scenario_run(settings.model_copy(update=update), base, adapters, bodies,
-                                                   running_body=running)) for _ in range(args.rounds)]
-    print(f"\nScenario `{args.scenario}`: {len(bodies)} requests over {args.adapters} adapters, {label} off vs on "
-          f"(best of {args.rounds} rounds by wall time).\n")
-    print("| {label} | wall (s) | output tokens | tok/s | TTFT p50 (s) | longest stall of a running stream (s) "
-          "| prefill forwards | prompt tokens from cache |".replace("{label}", label))
+            runs[name] = [
+                asyncio.run(
+                    scenario_run(settings.model_copy(update=update), base, adapters, bodies, running_body=running)
+                )
+                for _ in range(args.rounds)
+            ]
+    print(
+        f"\nScenario `{args.scenario}`: {len(bodies)} requests over {args.adapters} adapters, {label} off vs on "
+        f"(best of {args.rounds} rounds by wall time).\n"
+    )
+    print(
+        "| {label} | wall (s) | output tokens | tok/s | TTFT p50 (s) | longest stall of a running stream (s) "
+        "| prefill forwards | prompt tokens from cache |".replace("{label}", label)
+    )
     print("|---|---|---|---|---|---|---|---|")
     best = {}
     for name, rs in runs.items():
         r = best[name] = min(rs, key=lambda r: r["wall"])
         st = r["stats"]
-        print(f"| {name} | {r['wall']:.2f} | {r['tokens']} | {r['tokens'] / r['wall']:.1f} | "
-              f"{percentile(r['ttft'], .5):.3f} | {r['stall']:.3f} | {st['prefills']} | {st['prefix_tokens_saved']} |")
+        print(
+            f"| {name} | {r['wall']:.2f} | {r['tokens']} | {r['tokens'] / r['wall']:.1f} | "
+            f"{percentile(r['ttft'], 0.5):.3f} | {r['stall']:.3f} | {st['prefills']} | {st['prefix_tokens_saved']} |"
+        )
     print("\nall rounds, wall (s): " + ", ".join(f"{n} {[round(r['wall'], 2) for r in rs]}" for n, rs in runs.items()))
 
 
@@ -248,13 +327,24 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="alternate baseline and engine this many times; the best round of each is reported "
-                             "(the machines are shared and noisy)")
-    parser.add_argument("--scenario", choices=["mixed", "prefix", "chunked"], default="mixed",
-                        help="mixed: engine vs one-at-a-time baseline; prefix / chunked: the feature off vs on")
-    parser.add_argument("--jemalloc", action="store_true",
-                        help="re-run under jemalloc with decay off (see PERF-NOTES); both sides get it")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternate baseline and engine this many times; the best round of each is reported "
+        "(the machines are shared and noisy)",
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=["mixed", "prefix", "chunked"],
+        default="mixed",
+        help="mixed: engine vs one-at-a-time baseline; prefix / chunked: the feature off vs on",
+    )
+    parser.add_argument(
+        "--jemalloc",
+        action="store_true",
+        help="re-run under jemalloc with decay off (see PERF-NOTES); both sides get it",
+    )
     args = parser.parse_args()
     if args.jemalloc and "jemalloc" not in os.environ.get("LD_PRELOAD", ""):
         env = {**os.environ, "LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
@@ -266,9 +356,13 @@ def main() -> None:
     from tunegate.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp) / "data", model_cache_dir=ROOT / ".cache" / "models",
-                            max_batch_size=args.clients, adapter_cache_size=max(8, args.adapters),
-                            torch_threads=args.threads)
+        settings = Settings(
+            data_dir=Path(tmp) / "data",
+            model_cache_dir=ROOT / ".cache" / "models",
+            max_batch_size=args.clients,
+            adapter_cache_size=max(8, args.adapters),
+            torch_threads=args.threads,
+        )
         base = get_base_model(DEFAULT_MODEL, settings)
         adapters = make_adapters(base, Path(tmp), args.adapters)
         if args.scenario != "mixed":
@@ -281,9 +375,13 @@ def main() -> None:
         from tunegate.serve.service import ChatService
 
         prep = ChatService(HFEngine(settings))
-        prompts = [prep.prepare_sync(ChatCompletionRequest.model_validate(
-            {"model": "m", "messages": [{"role": "user", "content": q}]}), ServableModel("m", base, None)).prompt_ids
-            for q in questions]
+        prompts = [
+            prep.prepare_sync(
+                ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": q}]}),
+                ServableModel("m", base, None),
+            ).prompt_ids
+            for q in questions
+        ]
 
         base_runs, eng_runs = [], []
         for _ in range(args.rounds):
@@ -294,25 +392,37 @@ def main() -> None:
     base_res, eng = max(base_runs, key=tps), max(eng_runs, key=tps)
     b_tps, e_tps = tps(base_res), tps(eng)
     allocator = "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
-    print(f"\nSmolLM2-135M-Instruct fp32, {args.clients} requests over {args.adapters} LoRA adapters (r=16, 7 modules), "
-          f"greedy, {args.tokens} new tokens each, {args.threads} torch threads, {allocator}; "
-          f"prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens.\n")
-    print("| run | output tokens | wall (s) | aggregate tok/s | tokens per CPU-second | TTFT p50 (s) | TTFT p95 (s) "
-          "| lone-request TTFT (s) |")
+    print(
+        f"\nSmolLM2-135M-Instruct fp32, {args.clients} requests over {args.adapters} LoRA adapters (r=16, 7 modules), "
+        f"greedy, {args.tokens} new tokens each, {args.threads} torch threads, {allocator}; "
+        f"prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens.\n"
+    )
+    print(
+        "| run | output tokens | wall (s) | aggregate tok/s | tokens per CPU-second | TTFT p50 (s) | TTFT p95 (s) "
+        "| lone-request TTFT (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
-    for name, r, rate in [("baseline: one at a time, `generate` after PEFT `set_adapter`", base_res, b_tps),
-                         (f"tunegate engine: {args.clients} concurrent streams, mixed adapters", eng, e_tps)]:
-        print(f"| {name} | {r['tokens']} | {r['wall']:.2f} | {rate:.1f} | {r['tokens'] / r['cpu']:.1f} | {percentile(r['ttft'], .5):.3f} | "
-              f"{percentile(r['ttft'], .95):.3f} | {r['lone_ttft']:.3f} |")
+    for name, r, rate in [
+        ("baseline: one at a time, `generate` after PEFT `set_adapter`", base_res, b_tps),
+        (f"tunegate engine: {args.clients} concurrent streams, mixed adapters", eng, e_tps),
+    ]:
+        print(
+            f"| {name} | {r['tokens']} | {r['wall']:.2f} | {rate:.1f} | {r['tokens'] / r['cpu']:.1f} | {percentile(r['ttft'], 0.5):.3f} | "
+            f"{percentile(r['ttft'], 0.95):.3f} | {r['lone_ttft']:.3f} |"
+        )
     ratio = e_tps / b_tps
-    ttft_ratio = percentile(eng["ttft"], .5) / eng["lone_ttft"]
+    ttft_ratio = percentile(eng["ttft"], 0.5) / eng["lone_ttft"]
     cpu_ratio = (eng["tokens"] / eng["cpu"]) / (base_res["tokens"] / base_res["cpu"])
     print(f"\nper CPU-second (less sensitive to other tenants of the machine): {cpu_ratio:.2f}x the baseline")
     print(f"throughput: {ratio:.2f}x the baseline (target >= 4x): {'PASS' if ratio >= 4 else 'MISS'}")
-    print(f"p50 TTFT under load / lone-request TTFT: {ttft_ratio:.2f}x (target <= 2x): "
-          f"{'PASS' if ttft_ratio <= 2 else 'MISS'}")
-    print(f"all rounds, aggregate tok/s: baseline {[round(tps(r), 1) for r in base_runs]}, "
-          f"engine {[round(tps(r), 1) for r in eng_runs]}")
+    print(
+        f"p50 TTFT under load / lone-request TTFT: {ttft_ratio:.2f}x (target <= 2x): "
+        f"{'PASS' if ttft_ratio <= 2 else 'MISS'}"
+    )
+    print(
+        f"all rounds, aggregate tok/s: baseline {[round(tps(r), 1) for r in base_runs]}, "
+        f"engine {[round(tps(r), 1) for r in eng_runs]}"
+    )
     print(f"engine counters (best round): {eng['stats']}")
 
 

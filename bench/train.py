@@ -37,6 +37,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 # ---------------------------------------------------------------- data (parent process)
 
+
 def build_data(tokenizer, n: int, seed: int, min_tokens: int = 154, max_tokens: int = 250) -> list[dict]:
     """Multi-turn chats of about min..max tokens from the chatterbot-corpus data package."""
     import importlib.util
@@ -84,6 +85,7 @@ def matmul_peak(threads: int, size: int = 2048, reps: int = 8) -> float:
 
 # ---------------------------------------------------------------- FLOPs the step needs
 
+
 def step_flops(cfg: dict, lengths: list[int], n_loss: int, lora_r: int) -> float:
     """Forward + backward FLOPs of LoRA SFT on these examples, counted from the model shape only.
 
@@ -105,6 +107,7 @@ def step_flops(cfg: dict, lengths: list[int], n_loss: int, lora_r: int) -> float
 
 
 # ---------------------------------------------------------------- child: one variant
+
 
 def held_out_loss(model, examples) -> float:
     """Token-mean loss on assistant tokens, one example at a time with a plain forward (same for both)."""
@@ -144,11 +147,23 @@ def child(args) -> None:
         from tunegate.train.config import TrainConfig
         from tunegate.train.recipe import run_training
 
-        config = TrainConfig(base_model="bench", base_model_path=str(args.model_path), template_sha256="",
-                             training_file=str(work / "train.jsonl"), n_epochs=1, batch_size=args.batch_size,
-                             learning_rate=args.lr, seed=0, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
-                             lora_dropout=0.05, target_modules=tuple(TARGETS), max_seq_len=args.max_length,
-                             warmup_ratio=args.warmup_ratio, keep_checkpoints=1)
+        config = TrainConfig(
+            base_model="bench",
+            base_model_path=str(args.model_path),
+            template_sha256="",
+            training_file=str(work / "train.jsonl"),
+            n_epochs=1,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            seed=0,
+            lora_r=args.lora_r,
+            lora_alpha=2 * args.lora_r,
+            lora_dropout=0.05,
+            target_modules=tuple(TARGETS),
+            max_seq_len=args.max_length,
+            warmup_ratio=args.warmup_ratio,
+            keep_checkpoints=1,
+        )
         for batch in epoch_batches(len(train.examples), args.batch_size, 0, 0):
             batches.append([(len(train.examples[i].input_ids), train.examples[i].n_loss) for i in batch])
 
@@ -166,8 +181,12 @@ def child(args) -> None:
         from transformers import AutoModelForCausalLM, TrainerCallback
         from trl import SFTConfig, SFTTrainer
 
-        dataset = Dataset.from_dict({"input_ids": [e.input_ids for e in train.examples],
-                                     "assistant_masks": [e.loss_mask for e in train.examples]})
+        dataset = Dataset.from_dict(
+            {
+                "input_ids": [e.input_ids for e in train.examples],
+                "assistant_masks": [e.loss_mask for e in train.examples],
+            }
+        )
 
         class Timer(TrainerCallback):
             def on_step_end(self, targs, state, control, **kw):
@@ -178,23 +197,48 @@ def child(args) -> None:
                     losses.append(float(logs["loss"]))
 
         sft = SFTConfig(
-            output_dir=str(work / f"out-{args.child}"), per_device_train_batch_size=args.batch_size,
-            gradient_accumulation_steps=1, max_steps=n_steps, learning_rate=args.lr, lr_scheduler_type="linear",
-            warmup_steps=round(args.warmup_ratio * n_steps), weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
-            save_strategy="no", report_to=[], bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False,
-            max_length=args.max_length, packing=False, seed=0, dataloader_num_workers=0, disable_tqdm=True)
+            output_dir=str(work / f"out-{args.child}"),
+            per_device_train_batch_size=args.batch_size,
+            gradient_accumulation_steps=1,
+            max_steps=n_steps,
+            learning_rate=args.lr,
+            lr_scheduler_type="linear",
+            warmup_steps=round(args.warmup_ratio * n_steps),
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            bf16=False,
+            fp16=False,
+            use_cpu=True,
+            gradient_checkpointing=False,
+            max_length=args.max_length,
+            packing=False,
+            seed=0,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
         model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=torch.float32)
-        lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.05, target_modules=TARGETS,
-                          task_type="CAUSAL_LM")
-        trainer = SFTTrainer(model=model, args=sft, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=lora, callbacks=[Timer()])
+        lora = LoraConfig(
+            r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM"
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=sft,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=[Timer()],
+        )
         collate = trainer.data_collator
 
         def counting_collator(features):
             out = collate(features)
             # The collator runs once per optimizer step, in order (the loader may run one batch ahead).
-            batches.append([(int(a.sum()), int((lab[1:] != -100).sum()))
-                            for a, lab in zip(out["attention_mask"], out["labels"])])
+            batches.append(
+                [(int(a.sum()), int((lab[1:] != -100).sum())) for a, lab in zip(out["attention_mask"], out["labels"])]
+            )
             return out
 
         trainer.data_collator = counting_collator
@@ -205,40 +249,80 @@ def child(args) -> None:
     measured = range(args.warmup, n_steps)  # step k ends at step_ends[k]; warm-up steps are not timed
     seconds = step_ends[n_steps - 1] - step_ends[args.warmup - 1]
     model_cfg = json.loads((Path(args.model_path) / "config.json").read_text())
-    flops = sum(step_flops(model_cfg, [t for t, _ in batches[k]], sum(n for _, n in batches[k]), args.lora_r)
-                for k in measured)
+    flops = sum(
+        step_flops(model_cfg, [t for t, _ in batches[k]], sum(n for _, n in batches[k]), args.lora_r) for k in measured
+    )
     result = {
-        "variant": args.child, "allocator": allocator_in_use(), "steps": len(measured), "seconds": seconds,
-        "loss_tokens": sum(n for k in measured for _, n in batches[k]), "flops": flops, "peak_rss": peak_rss,
-        "final_loss": sum(losses[-3:]) / len(losses[-3:]), "held_out_loss": held_out_loss(model, held),
+        "variant": args.child,
+        "allocator": allocator_in_use(),
+        "steps": len(measured),
+        "seconds": seconds,
+        "loss_tokens": sum(n for k in measured for _, n in batches[k]),
+        "flops": flops,
+        "peak_rss": peak_rss,
+        "final_loss": sum(losses[-3:]) / len(losses[-3:]),
+        "held_out_loss": held_out_loss(model, held),
     }
     (work / f"{args.child}.json").write_text(json.dumps(result))
 
 
 # ---------------------------------------------------------------- parent: run all, print the table
 
+
 def run_variant(args, variant: str, work: Path) -> dict:
     from tunegate.train.allocator import worker_env
 
     env = worker_env(args.threads, allocator=not variant.endswith("-glibc"))
-    cmd = [sys.executable, __file__, "--child", variant, "--workdir", str(work), "--model-path", str(args.model_path),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--lora-r", str(args.lora_r),
-           "--lr", str(args.lr), "--warmup-ratio", str(args.warmup_ratio)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--workdir",
+        str(work),
+        "--model-path",
+        str(args.model_path),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-length",
+        str(args.max_length),
+        "--lora-r",
+        str(args.lora_r),
+        "--lr",
+        str(args.lr),
+        "--warmup-ratio",
+        str(args.warmup_ratio),
+    ]
     print(f"running {variant} ...", file=sys.stderr, flush=True)
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL if not args.verbose else None,
-                   stderr=subprocess.DEVNULL if not args.verbose else None)
+    subprocess.run(
+        cmd,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL if not args.verbose else None,
+        stderr=subprocess.DEVNULL if not args.verbose else None,
+    )
     return json.loads((work / f"{variant}.json").read_text())
 
 
 def table(results: dict[str, dict], peak: float) -> str:
-    rows = ["| variant | allocator | s/step | loss-bearing tok/s | MFU (model GFLOP/s) | peak RSS | "
-            "final train loss | held-out loss |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| variant | allocator | s/step | loss-bearing tok/s | MFU (model GFLOP/s) | peak RSS | "
+        "final train loss | held-out loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         gflops = r["flops"] / r["seconds"] / 1e9
-        rows.append(f"| {name} | {r['allocator']} | {r['seconds'] / r['steps']:.2f} | "
-                    f"{r['loss_tokens'] / r['seconds']:.0f} | {100 * gflops / peak:.0f}% ({gflops:.0f}) | "
-                    f"{r['peak_rss'] / 2**30:.2f} GiB | {r['final_loss']:.3f} | {r['held_out_loss']:.3f} |")
+        rows.append(
+            f"| {name} | {r['allocator']} | {r['seconds'] / r['steps']:.2f} | "
+            f"{r['loss_tokens'] / r['seconds']:.0f} | {100 * gflops / peak:.0f}% ({gflops:.0f}) | "
+            f"{r['peak_rss'] / 2**30:.2f} GiB | {r['final_loss']:.3f} | {r['held_out_loss']:.3f} |"
+        )
     return "\n".join(rows)
 
 
@@ -247,12 +331,16 @@ def ratios(results: dict[str, dict]) -> list[str]:
         return r["loss_tokens"] / r["seconds"]
 
     lines = []
-    for ours, theirs, label in (("tunegate", "trl", "same allocator (jemalloc)"),
-                                ("tunegate-glibc", "trl-glibc", "same allocator (glibc: both as shipped)")):
+    for ours, theirs, label in (
+        ("tunegate", "trl", "same allocator (jemalloc)"),
+        ("tunegate-glibc", "trl-glibc", "same allocator (glibc: both as shipped)"),
+    ):
         if ours in results and theirs in results:
             a, b = results[ours], results[theirs]
-            lines.append(f"- {label}: {speed(a) / speed(b):.2f}x TRL's tokens/s (target >= 1.5x), "
-                         f"{a['peak_rss'] / b['peak_rss']:.2f}x its peak RSS (target <= 0.8x)")
+            lines.append(
+                f"- {label}: {speed(a) / speed(b):.2f}x TRL's tokens/s (target >= 1.5x), "
+                f"{a['peak_rss'] / b['peak_rss']:.2f}x its peak RSS (target <= 0.8x)"
+            )
     return lines
 
 
@@ -299,10 +387,12 @@ def main() -> None:
         results = {v: run_variant(args, v, work) for v in args.variants.split(",")}
         peaks.append(matmul_peak(args.threads))
     peak = max(peaks)
-    print(f"\n{Path(args.model_path).name}, LoRA r={args.lora_r} on {len(TARGETS)} modules, batch {args.batch_size}, "
-          f"max length {args.max_length}, {args.steps} measured steps after {args.warmup} warm-up, "
-          f"{args.threads} threads, fp32; fp32 matmul peak {peak:.0f} GFLOP/s "
-          f"(measured {peaks[0]:.0f} before, {peaks[1]:.0f} after)\n")
+    print(
+        f"\n{Path(args.model_path).name}, LoRA r={args.lora_r} on {len(TARGETS)} modules, batch {args.batch_size}, "
+        f"max length {args.max_length}, {args.steps} measured steps after {args.warmup} warm-up, "
+        f"{args.threads} threads, fp32; fp32 matmul peak {peak:.0f} GFLOP/s "
+        f"(measured {peaks[0]:.0f} before, {peaks[1]:.0f} after)\n"
+    )
     print(table(results, peak))
     print()
     print("\n".join(ratios(results)))

@@ -29,7 +29,53 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CACHE = Path(os.environ.get("TUNEGATE_TEST_MODEL_CACHE", ROOT / ".cache" / "models"))
-WORDS = ["the", "a", "an", "model", "data", "train", "token", "chat", "example", "assistant", "user", "system", "reply", "question", "answer", "how", "why", "what", "when", "where", "python", "code", "value", "list", "file", "line", "report", "weather", "city", "river", "mountain", "bread", "coffee", "music", "because", "however", "therefore,", "quickly.", "slowly!", "maybe?", "42", "2024", "3.14", "naïve", "café"]
+WORDS = [
+    "the",
+    "a",
+    "an",
+    "model",
+    "data",
+    "train",
+    "token",
+    "chat",
+    "example",
+    "assistant",
+    "user",
+    "system",
+    "reply",
+    "question",
+    "answer",
+    "how",
+    "why",
+    "what",
+    "when",
+    "where",
+    "python",
+    "code",
+    "value",
+    "list",
+    "file",
+    "line",
+    "report",
+    "weather",
+    "city",
+    "river",
+    "mountain",
+    "bread",
+    "coffee",
+    "music",
+    "because",
+    "however",
+    "therefore,",
+    "quickly.",
+    "slowly!",
+    "maybe?",
+    "42",
+    "2024",
+    "3.14",
+    "naïve",
+    "café",
+]
 
 
 def sentence(rng: random.Random, lo: int, hi: int) -> str:
@@ -43,8 +89,17 @@ def example(rng: random.Random, i: int) -> dict:
     if i % 10 == 0:
         messages += [
             {"role": "user", "content": sentence(rng, 5, 20)},
-            {"role": "assistant", "content": None, "tool_calls": [{"id": f"call_{i}", "type": "function", "function": {
-                "name": "lookup", "arguments": json.dumps({"query": sentence(rng, 2, 6), "n": i})}}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"call_{i}",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": json.dumps({"query": sentence(rng, 2, 6), "n": i})},
+                    }
+                ],
+            },
             {"role": "tool", "tool_call_id": f"call_{i}", "content": sentence(rng, 5, 15)},
         ]
     for turn in range(rng.randint(1, 3)):
@@ -92,8 +147,11 @@ def child(variant: str, data: Path, texts: Path | None) -> dict:
         report = validate_file(data, tokenizer=tokenizer if variant == "validate" else None, context_length=8192)
         assert report.valid, report.errors[:3]
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            "ready_rss_kib": rss_ready}
+    return {
+        "seconds": seconds,
+        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "ready_rss_kib": rss_ready,
+    }
 
 
 def render_texts(data: Path, out: Path) -> None:
@@ -108,8 +166,12 @@ def render_texts(data: Path, out: Path) -> None:
 
 
 def run_child(variant: str, data: Path, texts: Path) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", variant, str(data), str(texts)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", variant, str(data), str(texts)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -145,17 +207,34 @@ def main() -> None:
             floor = best["floor"]["seconds"]
             for v in variants:
                 r = best[v]
-                rows.append((v, n, data.stat().st_size, r["seconds"], n / r["seconds"], r["seconds"] / floor,
-                             r["peak_rss_kib"] / 1024, (r["peak_rss_kib"] - r["ready_rss_kib"]) / 1024))
-    names = {"floor": "floor: json.loads + one batched tokenizer pass", "validate": "validate_file (all checks + "
-             "token stats)", "structure": "validate_file without tokenizer (checks only)"}
-    print(f"\nDataset validation, SmolLM2 tokenizer, {os.cpu_count()} CPUs, best of {args.rounds}, "
-          f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', 'unset')}\n")
+                rows.append(
+                    (
+                        v,
+                        n,
+                        data.stat().st_size,
+                        r["seconds"],
+                        n / r["seconds"],
+                        r["seconds"] / floor,
+                        r["peak_rss_kib"] / 1024,
+                        (r["peak_rss_kib"] - r["ready_rss_kib"]) / 1024,
+                    )
+                )
+    names = {
+        "floor": "floor: json.loads + one batched tokenizer pass",
+        "validate": "validate_file (all checks + token stats)",
+        "structure": "validate_file without tokenizer (checks only)",
+    }
+    print(
+        f"\nDataset validation, SmolLM2 tokenizer, {os.cpu_count()} CPUs, best of {args.rounds}, "
+        f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', 'unset')}\n"
+    )
     print("| variant | examples | file MiB | seconds | lines/s | x floor | peak RSS MiB | RSS growth during run MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for v, n, size, s, lps, ratio, rss, growth in rows:
-        print(f"| {names[v]} | {n:,} | {size / 2**20:.1f} | {s:.1f} | {lps:,.0f} | {ratio:.2f} | {rss:.0f} | "
-              f"{growth:.0f} |")
+        print(
+            f"| {names[v]} | {n:,} | {size / 2**20:.1f} | {s:.1f} | {lps:,.0f} | {ratio:.2f} | {rss:.0f} | "
+            f"{growth:.0f} |"
+        )
     ratios = ", ".join(f"{n:,} examples {ratio:.2f}x" for v, n, _, _, _, ratio, _, _ in rows if v == "validate")
     print(f"\nvalidate / floor: {ratios} (target <= 1.3x)")
 

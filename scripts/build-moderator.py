@@ -45,8 +45,10 @@ def main() -> int:
     clf = train(cache_dir=cache)
     save(ARTIFACT_DIR, clf)
     test = clf.report["test"]["overall"]
-    print(f"built {ARTIFACT_DIR} in {time.perf_counter() - t:.0f} s: held-out F1 {test['f1']:.3f} "
-          f"(P {test['precision']:.3f}, R {test['recall']:.3f}); build key {key}")
+    print(
+        f"built {ARTIFACT_DIR} in {time.perf_counter() - t:.0f} s: held-out F1 {test['f1']:.3f} "
+        f"(P {test['precision']:.3f}, R {test['recall']:.3f}); build key {key}"
+    )
     return 0
 
 

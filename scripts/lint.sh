@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 [ -n "${VIRTUAL_ENV:-}" ] || . .venv/bin/activate
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 ruff check src tests bench
+ruff format --check src tests bench scripts
 lint-imports
 mypy

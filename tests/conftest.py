@@ -13,13 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_CACHE = Path(os.environ.get("TUNEGATE_TEST_MODEL_CACHE", ROOT / ".cache" / "models"))
 
 
-
 def tiny_server_env(tiny_model_path: Path, **extra: str) -> dict[str, str]:
     """Environment of a test server: the shared model cache and the tiny model registered as `tiny`."""
     import json
 
-    return {"TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE), "TUNEGATE_BASE_MODELS": json.dumps({"tiny": str(tiny_model_path)}),
-            **extra}
+    return {
+        "TUNEGATE_MODEL_CACHE_DIR": str(MODEL_CACHE),
+        "TUNEGATE_BASE_MODELS": json.dumps({"tiny": str(tiny_model_path)}),
+        **extra,
+    }
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

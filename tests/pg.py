@@ -26,8 +26,10 @@ def find_bin(name: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    candidates = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
     return candidates[-1] if candidates else None
 
 
@@ -65,15 +67,38 @@ class PostgresServer:
 
     def start(self) -> PostgresServer:
         self._run("mkdir", "-p", str(self.socket_dir))
-        self._run(find_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--no-sync", "--no-instructions")
+        self._run(
+            find_bin("initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        )
         # fsync off: a test database need not survive a power cut, and it makes commits cheap.
-        options = (f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        options = (
+            f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
         for attempt in range(3):
             try:
-                self._run(find_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-o",
-                          options, "-w", "-t", "60", "start")
+                self._run(
+                    find_bin("pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.root / "server.log"),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                )
                 break
             except subprocess.CalledProcessError:
                 if attempt == 2:
@@ -97,8 +122,9 @@ class PostgresServer:
         import psycopg
 
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(host=str(self.socket_dir), port=self.port, user="postgres", dbname="postgres",
-                             autocommit=True) as con:
+        with psycopg.connect(
+            host=str(self.socket_dir), port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as con:
             con.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 

@@ -28,21 +28,35 @@ class RayCluster:
 
     def _start(self, *args: str, log: str) -> None:
         out = open(self.tmp / log, "ab")
-        self.procs.append(subprocess.Popen([self.ray, "start", "--block", f"--num-cpus={self.cpus}",
-                                            "--object-store-memory=78643200", *args], env=self.env, stdout=out,
-                                           stderr=subprocess.STDOUT, start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(
+                [self.ray, "start", "--block", f"--num-cpus={self.cpus}", "--object-store-memory=78643200", *args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
 
     def start(self, timeout: float = 180) -> RayCluster:
-        self._start("--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.tmp}",
-                    "--node-ip-address=127.0.0.1", log="head.log")
+        self._start(
+            "--head",
+            f"--port={self.port}",
+            "--include-dashboard=false",
+            f"--temp-dir={self.tmp}",
+            "--node-ip-address=127.0.0.1",
+            log="head.log",
+        )
         self._wait_nodes(1, timeout)
         self._start(f"--address={self.address}", "--node-ip-address=127.0.0.1", log="node.log")
         self._wait_nodes(2, timeout)
         return self
 
     def _wait_nodes(self, n: int, timeout: float) -> None:
-        code = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
-                "print(sum(1 for x in ray.nodes() if x['Alive']))" % self.address)
+        code = (
+            "import ray; ray.init(address=%r, logging_level='ERROR'); "
+            "print(sum(1 for x in ray.nodes() if x['Alive']))" % self.address
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             for p in self.procs:

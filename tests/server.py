@@ -46,8 +46,12 @@ class RunningServer:
     def _start(self, timeout: float) -> RunningServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tunegate.cli.main", "serve", "--log-level", "warning"],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tunegate.cli.main", "serve", "--log-level", "warning"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -76,7 +80,9 @@ class RunningServer:
                 self.proc.wait()
 
     def create_key(self, org: str, admin: bool = False) -> str:
-        cmd = [sys.executable, "-m", "tunegate.cli.main", "keys", "create", "--org", org] + (["--admin"] if admin else [])
+        cmd = [sys.executable, "-m", "tunegate.cli.main", "keys", "create", "--org", org] + (
+            ["--admin"] if admin else []
+        )
         out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, check=True)
         return out.stdout.strip().splitlines()[-1]
 

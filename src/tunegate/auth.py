@@ -76,10 +76,20 @@ def create_key(db: Database, org: str, *, admin: bool = False, operator: bool = 
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = new_id("key", 8)
     with db.session() as s:
-        s.add(ApiKey(id=key_id, org_id=org_id, project_id=project_id, key_hash=hash_key(secret),
-                     prefix=secret[:8], is_admin=admin, is_operator=operator))
-    record(db, "key.created", org_id=org_id, actor=actor, object_id=key_id,
-           details={"admin": admin, "operator": operator})
+        s.add(
+            ApiKey(
+                id=key_id,
+                org_id=org_id,
+                project_id=project_id,
+                key_hash=hash_key(secret),
+                prefix=secret[:8],
+                is_admin=admin,
+                is_operator=operator,
+            )
+        )
+    record(
+        db, "key.created", org_id=org_id, actor=actor, object_id=key_id, details={"admin": admin, "operator": operator}
+    )
     return secret
 
 
@@ -98,8 +108,14 @@ def authenticate(db: Database, authorization: str | None) -> Principal:
     if row is None:
         raise AuthenticationError()
     key, org_name = row
-    return Principal(org_id=key.org_id, org_name=org_name, project_id=key.project_id, key_id=key.id,
-                     is_admin=key.is_admin or key.is_operator, is_operator=key.is_operator)
+    return Principal(
+        org_id=key.org_id,
+        org_name=org_name,
+        project_id=key.project_id,
+        key_id=key.id,
+        is_admin=key.is_admin or key.is_operator,
+        is_operator=key.is_operator,
+    )
 
 
 def ensure_admin_key(db: Database, data_dir: Path) -> str | None:

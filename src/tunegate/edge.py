@@ -43,8 +43,9 @@ def get_principal(request: Request) -> Principal:
 
 def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     if not principal.is_admin:
-        raise PermissionDeniedError("This action needs an admin API key (`tunegate keys create --org NAME --admin`).",
-                                    code="admin_required")
+        raise PermissionDeniedError(
+            "This action needs an admin API key (`tunegate keys create --org NAME --admin`).", code="admin_required"
+        )
     return principal
 
 

@@ -34,7 +34,11 @@ class AuthenticationError(TunegateError):
     status_code = 401
     type = "invalid_request_error"
 
-    def __init__(self, message: str = "Incorrect or missing API key. Pass `Authorization: Bearer <key>`; create one with `tunegate keys create --org NAME`.", **kw: str | None):
+    def __init__(
+        self,
+        message: str = "Incorrect or missing API key. Pass `Authorization: Bearer <key>`; create one with `tunegate keys create --org NAME`.",
+        **kw: str | None,
+    ):
         kw.setdefault("code", "invalid_api_key")
         super().__init__(message, **kw)
 
@@ -124,5 +128,8 @@ def from_validation_errors(errors: Sequence[Any], *, shown: int = 5) -> InvalidR
         msg = "this field is required" if e.get("type") == "missing" else e.get("msg", "invalid value")
         parts.append(f"`{param_from_loc(e.get('loc', ())) or 'body'}`: {msg}")
     more = f" (and {len(errors) - shown} more)" if len(errors) > shown else ""
-    return InvalidRequestError("Invalid request: " + "; ".join(parts) + more + ".", param=param,
-                               code="missing_required_parameter" if first.get("type") == "missing" else "invalid_value")
+    return InvalidRequestError(
+        "Invalid request: " + "; ".join(parts) + more + ".",
+        param=param,
+        code="missing_required_parameter" if first.get("type") == "missing" else "invalid_value",
+    )

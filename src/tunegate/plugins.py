@@ -30,13 +30,17 @@ log = logging.getLogger("tunegate.plugins")
 BUILTINS: dict[str, dict[str, str]] = {
     "engines": {"transformers": "tunegate.serve.hf_engine:HFEngine", "vllm": "tunegate.serve.vllm_engine:VLLMEngine"},
     "executors": {"local": "tunegate.jobs.executor:LocalExecutor", "ray": "tunegate.jobs.executors.ray:RayExecutor"},
-    "moderators": {"builtin": "tunegate.safety.moderation:BuiltinModerator",
-                   "http": "tunegate.safety.moderation:HttpModerator"},
+    "moderators": {
+        "builtin": "tunegate.safety.moderation:BuiltinModerator",
+        "http": "tunegate.safety.moderation:HttpModerator",
+    },
     # Run in this order within each phase (jobs/steps.py).
-    "job_steps": {"screening": "tunegate.safety.jobs:SCREENING",
-                  "safety_mixing": "tunegate.safety.jobs:SAFETY_MIXING",
-                  "gate": "tunegate.safety.jobs:GATE",
-                  "regression": "tunegate.evals.checks:REGRESSION"},
+    "job_steps": {
+        "screening": "tunegate.safety.jobs:SCREENING",
+        "safety_mixing": "tunegate.safety.jobs:SAFETY_MIXING",
+        "gate": "tunegate.safety.jobs:GATE",
+        "regression": "tunegate.evals.checks:REGRESSION",
+    },
 }
 
 
@@ -66,9 +70,11 @@ class Registry:
         self._read_entry_points()
         if name not in self._refs:
             where = f"Set TUNEGATE_{self.setting.upper()} to" if self.setting else "Use"
-            raise InvalidRequestError(f"Unknown {self.kind[:-1].replace('_', ' ')} `{name}`. {where} one of: "
-                                      f"{', '.join(self._refs)}.", param=self.setting or self.kind,
-                                      code=f"unknown_{self.kind[:-1]}")
+            raise InvalidRequestError(
+                f"Unknown {self.kind[:-1].replace('_', ' ')} `{name}`. {where} one of: {', '.join(self._refs)}.",
+                param=self.setting or self.kind,
+                code=f"unknown_{self.kind[:-1]}",
+            )
         with self._lock:
             if name not in self._loaded:
                 self._loaded[name] = _resolve(self._refs[name])

@@ -41,48 +41,82 @@ class Settings(BaseSettings):
     keep_checkpoints: int = Field(default=3, ge=1)
     torch_threads: int | None = Field(default=None, description="Threads per worker; default: all cores.")
     worker_allocator: Literal["glibc", "jemalloc"] = Field(
-        default="glibc", description="Training workers' malloc: glibc is ~7% faster for our trainer on the 2-core "
-                                     "box, jemalloc (decay off) needs ~20% less peak memory (bench/train.py).")
+        default="glibc",
+        description="Training workers' malloc: glibc is ~7% faster for our trainer on the 2-core "
+        "box, jemalloc (decay off) needs ~20% less peak memory (bench/train.py).",
+    )
     bootstrap_admin: bool = Field(default=True, description="Create a local admin key on first start.")
     adapter_cache_size: int = Field(default=8, ge=1, description="Adapters kept loaded by the serving engine.")
     max_batch_size: int = Field(default=16, ge=1, description="Sequences decoded together by the serving engine.")
     max_queue: int = Field(default=64, ge=1, description="Waiting chat requests before answering 429.")
-    batch_concurrency: int = Field(default=8, ge=1, description="Batch API lines in the engine at once (keep it "
-                                   "below max_batch_size so interactive requests always find free slots).")
-    max_upload_total_bytes: int = Field(default=8 * 1024**3, ge=1, description="Largest file made with the "
-                                        "Uploads API (parts up to max_upload_bytes each).")
+    batch_concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Batch API lines in the engine at once (keep it "
+        "below max_batch_size so interactive requests always find free slots).",
+    )
+    max_upload_total_bytes: int = Field(
+        default=8 * 1024**3,
+        ge=1,
+        description="Largest file made with the Uploads API (parts up to max_upload_bytes each).",
+    )
     request_timeout_seconds: float = Field(default=300.0, gt=0)
-    prefix_cache_tokens: int = Field(default=4096, ge=0, description="Prompt tokens whose K/V the serving engine "
-                                     "keeps for reuse by prompts that begin the same way (0 = off).")
-    prefill_chunk_tokens: int = Field(default=512, ge=0, description="While sequences decode, longer prompts are "
-                                      "prefilled this many tokens per step (0 = whole prompts at once).")
+    prefix_cache_tokens: int = Field(
+        default=4096,
+        ge=0,
+        description="Prompt tokens whose K/V the serving engine "
+        "keeps for reuse by prompts that begin the same way (0 = off).",
+    )
+    prefill_chunk_tokens: int = Field(
+        default=512,
+        ge=0,
+        description="While sequences decode, longer prompts are "
+        "prefilled this many tokens per step (0 = whole prompts at once).",
+    )
     max_n: int = Field(default=16, ge=1, description="Largest `n` (choices) of one chat request (400 above).")
     max_output_tokens: int = Field(default=4096, ge=1, description="Largest `max_tokens` of one chat request.")
     chat_concurrency_per_key: int = Field(default=32, ge=1, description="Chat requests one API key has in flight.")
-    chat_tokens_per_minute: int | None = Field(default=None, ge=1, description="Token budget of each organisation "
-                                               "(prompt + n x max_tokens, unused refunded); default: none.")
-    header_timeout_seconds: float = Field(default=15.0, gt=0, description="A connection must finish sending a "
-                                          "request's headers within this time, or it is closed.")
+    chat_tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Token budget of each organisation (prompt + n x max_tokens, unused refunded); default: none.",
+    )
+    header_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A connection must finish sending a request's headers within this time, or it is closed.",
+    )
     body_idle_timeout_seconds: float = Field(default=30.0, gt=0, description="408 when a request body pauses longer.")
     body_total_timeout_seconds: float = Field(default=900.0, gt=0, description="408 when a request body takes longer.")
-    keep_alive_timeout_seconds: int = Field(default=5, ge=1, description="Idle keep-alive connections are closed after.")
+    keep_alive_timeout_seconds: int = Field(
+        default=5, ge=1, description="Idle keep-alive connections are closed after."
+    )
     max_uploads_per_key: int = Field(default=4, ge=1, description="Uploads one API key may stream at once (429 above).")
-    moderator: str = Field(default="builtin", description="Moderator name in the `moderators` plugin registry "
-                                                          "(builtin|http, or an installed plug-in's).")
+    moderator: str = Field(
+        default="builtin",
+        description="Moderator name in the `moderators` plugin registry (builtin|http, or an installed plug-in's).",
+    )
     engine: str = Field(default="transformers", description="Serving engine in the `engines` plugin registry.")
     executor: str = Field(default="local", description="Where training workers run: the `executors` plugin registry.")
-    ray_address: str | None = Field(default=None, description="Ray cluster (host:port) of TUNEGATE_EXECUTOR=ray; "
-                                                              "default: the cluster this machine belongs to.")
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster (host:port) of TUNEGATE_EXECUTOR=ray; default: the cluster this machine belongs to.",
+    )
     ray_num_cpus: float = Field(default=1.0, gt=0, description="CPUs each job's Ray task declares.")
     ray_num_gpus: float = Field(default=0.0, ge=0, description="GPUs each job's Ray task declares.")
     ray_memory_gb: float | None = Field(default=None, gt=0, description="Memory each job's Ray task declares.")
     moderation_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible moderation API.")
-    python_graders: bool = Field(default=False, description="Allow `python` graders (user code, run sandboxed: no "
-                                                            "network, limited memory/CPU, timeout). Admin's choice.")
+    python_graders: bool = Field(
+        default=False,
+        description="Allow `python` graders (user code, run sandboxed: no "
+        "network, limited memory/CPU, timeout). Admin's choice.",
+    )
     python_grader_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     regression_check: Literal["warn", "block", "off"] = Field(
-        default="warn", description="After training: base vs fine-tuned on the closed-book set and the validation "
-                                    "file; a significant rise in confidently wrong answers warns or blocks.")
+        default="warn",
+        description="After training: base vs fine-tuned on the closed-book set and the validation "
+        "file; a significant rise in confidently wrong answers warns or blocks.",
+    )
 
     @property
     def db_url(self) -> str:

@@ -17,13 +17,19 @@ def check_text(value: Any, param: str = "", depth: int = 0) -> Any:
     """`value` unchanged, or an `InvalidRequestError` naming the first field with a lone surrogate
     (or nested deeper than `MAX_DEPTH`)."""
     if depth > MAX_DEPTH:
-        raise InvalidRequestError(f"`{param or 'body'}` is nested more than {MAX_DEPTH} levels deep.",
-                                  param=param or None, code="invalid_value")
+        raise InvalidRequestError(
+            f"`{param or 'body'}` is nested more than {MAX_DEPTH} levels deep.",
+            param=param or None,
+            code="invalid_value",
+        )
     if isinstance(value, str):
         if _SURROGATE.search(value):
-            raise InvalidRequestError(f"`{param or 'body'}` contains a lone UTF-16 surrogate (e.g. \\ud800), which is "
-                                      "not valid Unicode. Send valid UTF-8 text.", param=param or None,
-                                      code="invalid_unicode")
+            raise InvalidRequestError(
+                f"`{param or 'body'}` contains a lone UTF-16 surrogate (e.g. \\ud800), which is "
+                "not valid Unicode. Send valid UTF-8 text.",
+                param=param or None,
+                code="invalid_unicode",
+            )
     elif isinstance(value, dict):
         for k, v in value.items():
             check_text(k, param, depth + 1)

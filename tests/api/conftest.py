@@ -21,8 +21,13 @@ def hardened_server(tmp_path_factory, tiny_model_path):
     """One server for the hardening tests (tests/api/test_hardening_{http,api}.py): short slow-client
     timeouts and one upload per key, so slow sockets are cut off within the test's budget."""
     data_dir = tmp_path_factory.mktemp("hardening") / "data"
-    env = tiny_server_env(tiny_model_path, TUNEGATE_START_WORKERS="false", TUNEGATE_HEADER_TIMEOUT_SECONDS="1",
-                          TUNEGATE_BODY_IDLE_TIMEOUT_SECONDS="1", TUNEGATE_MAX_UPLOADS_PER_KEY="1")
+    env = tiny_server_env(
+        tiny_model_path,
+        TUNEGATE_START_WORKERS="false",
+        TUNEGATE_HEADER_TIMEOUT_SECONDS="1",
+        TUNEGATE_BODY_IDLE_TIMEOUT_SECONDS="1",
+        TUNEGATE_MAX_UPLOADS_PER_KEY="1",
+    )
     with RunningServer(data_dir, env) as srv:
         srv.operator = (data_dir / "admin_key").read_text().strip()
         yield srv

@@ -16,9 +16,18 @@ from tests.server import RunningServer
 
 
 def _line(i: int, **body) -> dict:
-    return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "tiny", "messages": [{"role": "user", "content": f"Say {i}."}], "max_tokens": 3,
-                     "temperature": 0, **body}}
+    return {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": f"Say {i}."}],
+            "max_tokens": 3,
+            "temperature": 0,
+            **body,
+        },
+    }
 
 
 def _upload(client, lines: list) -> str:
@@ -43,8 +52,9 @@ def _records(client, file_id: str | None) -> list[dict]:
 def test_chat_batch_runs_every_line_with_openai_line_format(server):
     c = server.client(server.key_a)
     lines = [_line(i) for i in range(6)] + [_line(6, model="tiny", max_tokens=10**9)]  # one fails at run time
-    batch = c.batches.create(input_file_id=_upload(c, lines), endpoint="/v1/chat/completions",
-                             completion_window="24h", metadata={"k": "v"})
+    batch = c.batches.create(
+        input_file_id=_upload(c, lines), endpoint="/v1/chat/completions", completion_window="24h", metadata={"k": "v"}
+    )
     assert batch.object == "batch" and batch.status in ("validating", "in_progress") and batch.metadata == {"k": "v"}
     assert batch.expires_at == batch.created_at + 24 * 3600
     done = _wait(c, batch.id)
@@ -75,10 +85,13 @@ def test_chat_batch_runs_every_line_with_openai_line_format(server):
 
 def test_moderation_batch(server):
     c = server.client(server.key_a)
-    lines = [{"custom_id": f"m{i}", "method": "POST", "url": "/v1/moderations", "body": {"input": text}}
-             for i, text in enumerate(["I love tea.", "Have a nice day."])]
-    done = _wait(c, c.batches.create(input_file_id=_upload(c, lines), endpoint="/v1/moderations",
-                                     completion_window="24h").id)
+    lines = [
+        {"custom_id": f"m{i}", "method": "POST", "url": "/v1/moderations", "body": {"input": text}}
+        for i, text in enumerate(["I love tea.", "Have a nice day."])
+    ]
+    done = _wait(
+        c, c.batches.create(input_file_id=_upload(c, lines), endpoint="/v1/moderations", completion_window="24h").id
+    )
     out = _records(c, done.output_file_id)
     assert done.status == "completed" and [r["custom_id"] for r in out] == ["m0", "m1"]
     assert all(r["response"]["body"]["results"][0]["flagged"] is False for r in out)
@@ -86,21 +99,38 @@ def test_moderation_batch(server):
 
 def test_malformed_lines_fail_the_batch_naming_line_and_field(server):
     c = server.client(server.key_a)
-    lines = [_line(0), "{not json", _line(0), {**_line(3), "url": "/v1/embeddings"},
-             {**_line(4), "method": "GET"}, _line(5, temperature=9), _line(6, model="other"), {"custom_id": "x"}]
+    lines = [
+        _line(0),
+        "{not json",
+        _line(0),
+        {**_line(3), "url": "/v1/embeddings"},
+        {**_line(4), "method": "GET"},
+        _line(5, temperature=9),
+        _line(6, model="other"),
+        {"custom_id": "x"},
+    ]
     b = c.batches.create(input_file_id=_upload(c, lines), endpoint="/v1/chat/completions", completion_window="24h")
     assert b.status == "failed" and b.failed_at
     got = {(e.line, e.code, e.param) for e in b.errors.data}
-    assert {(2, "invalid_json", None), (3, "duplicate_custom_id", "custom_id"), (4, "mismatched_endpoint", "url"),
-            (5, "invalid_value", "method"), (6, "invalid_value", "body.temperature"),
-            (7, "mismatched_model", "body.model"), (8, "missing_required_parameter", "body")} <= got
+    assert {
+        (2, "invalid_json", None),
+        (3, "duplicate_custom_id", "custom_id"),
+        (4, "mismatched_endpoint", "url"),
+        (5, "invalid_value", "method"),
+        (6, "invalid_value", "body.temperature"),
+        (7, "mismatched_model", "body.model"),
+        (8, "missing_required_parameter", "body"),
+    } <= got
 
 
-@pytest.mark.parametrize(("kw", "param"), [
-    ({"endpoint": "/v1/embeddings"}, "endpoint"),
-    ({"completion_window": "1h"}, "completion_window"),
-    ({"input_file_id": "file-nope"}, "file_id"),
-])
+@pytest.mark.parametrize(
+    ("kw", "param"),
+    [
+        ({"endpoint": "/v1/embeddings"}, "endpoint"),
+        ({"completion_window": "1h"}, "completion_window"),
+        ({"input_file_id": "file-nope"}, "file_id"),
+    ],
+)
 def test_bad_create_is_400_or_404_naming_the_field(server, kw, param):
     c = server.client(server.key_a)
     args = {"input_file_id": _upload(c, [_line(0)]), "endpoint": "/v1/chat/completions", "completion_window": "24h"}
@@ -137,8 +167,10 @@ def test_expiry_ends_the_batch_with_batch_expired_lines(server):
     url = server.env.get("TUNEGATE_DATABASE_URL") or f"sqlite:///{server.data_dir / 'tunegate.db'}"
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as conn:  # the 24h window is over
-        conn.execute(sqlalchemy.text("UPDATE batches SET expires_at = :t WHERE id = :id"),
-                     {"t": int(time.time()) - 1, "id": b.id})
+        conn.execute(
+            sqlalchemy.text("UPDATE batches SET expires_at = :t WHERE id = :id"),
+            {"t": int(time.time()) - 1, "id": b.id},
+        )
     done = _wait(c, b.id)
     assert done.status == "expired" and done.expired_at
     err = [r for r in _records(c, done.error_file_id) if r["error"] and r["error"]["code"] == "batch_expired"]

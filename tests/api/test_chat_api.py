@@ -20,9 +20,20 @@ from tests.conftest import tiny_server_env
 from tests.server import RunningServer, wait_for_job
 from tunegate.train.checkpoints import write_manifest
 
-DATA = ("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Tell me about item {i}."},
-                                           {"role": "assistant", "content": f"Item {i} is a fine item."}]})
-                  for i in range(20)) + "\n").encode()
+DATA = (
+    "\n".join(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Tell me about item {i}."},
+                    {"role": "assistant", "content": f"Item {i} is a fine item."},
+                ]
+            }
+        )
+        for i in range(20)
+    )
+    + "\n"
+).encode()
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
 
 
@@ -33,8 +44,12 @@ def chat_server(tmp_path_factory, tiny_model_path):
         srv.key_a, srv.key_b = srv.create_key("chat-a"), srv.create_key("chat-b")
         c = srv.client(srv.key_a)
         f = c.files.create(file=("t.jsonl", io.BytesIO(DATA)), purpose="fine-tune")
-        job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="chat", method={
-            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+        job = c.fine_tuning.jobs.create(
+            model="tiny",
+            training_file=f.id,
+            suffix="chat",
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+        )
         job = wait_for_job(c, job.id, 600)
         assert job.status == "succeeded", job.error
         srv.ft_model = job.fine_tuned_model
@@ -58,15 +73,24 @@ def test_non_streaming_and_streaming_agree_with_exact_usage(chat_server, tokeniz
     assert r.object == "chat.completion" and r.model == model and r.id.startswith("chatcmpl-")
     choice = r.choices[0]
     assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
-    prompt_ids = tokenizer_tiny(render(tokenizer_tiny, MSGS, add_generation_prompt=True),
-                                add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer_tiny(render(tokenizer_tiny, MSGS, add_generation_prompt=True), add_special_tokens=False)[
+        "input_ids"
+    ]
     assert r.usage.prompt_tokens == len(prompt_ids)
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     if choice.finish_reason == "length":
         assert r.usage.completion_tokens == 12
 
-    chunks = list(c.chat.completions.create(model=model, messages=MSGS, max_tokens=12, temperature=0, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model=model,
+            messages=MSGS,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
     assert chunks[-2].choices[0].finish_reason == choice.finish_reason
@@ -83,7 +107,7 @@ def test_n_seed_and_stop(chat_server):
     assert [ch.message.content for ch in two.choices] == [ch.message.content for ch in again.choices]
     greedy = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=16, temperature=0)
     text = greedy.choices[0].message.content
-    stop = text[len(text) // 2: len(text) // 2 + 3]
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
     cut = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=16, temperature=0, stop=[stop])
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].message.content == text[: text.index(stop)]
@@ -103,22 +127,29 @@ def test_unknown_and_other_orgs_models_are_404(chat_server):
     assert {m.owned_by for m in a.models.list().data if not m.id.startswith("ft:")} == {"tunegate"}
 
 
-@pytest.mark.parametrize("body,param", [
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"max_tokens": -5}, "max_tokens"),
-    ({"max_tokens": 10**9}, "max_tokens"),
-    ({"temperature": 5}, "temperature"),
-    ({"n": 0}, "n"),
-    ({"n": 200}, "n"),
-    ({"top_p": 2}, "top_p"),
-    ({"messages": "hello"}, "messages"),
-])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": -5}, "max_tokens"),
+        ({"max_tokens": 10**9}, "max_tokens"),
+        ({"temperature": 5}, "temperature"),
+        ({"n": 0}, "n"),
+        ({"n": 200}, "n"),
+        ({"top_p": 2}, "top_p"),
+        ({"messages": "hello"}, "messages"),
+    ],
+)
 def test_bad_input_is_400_naming_the_field(chat_server, body, param):
     payload = {"model": "tiny", "messages": MSGS, **body}
-    r = httpx.post(chat_server.base_url + "/chat/completions", json=payload,
-                   headers={"Authorization": f"Bearer {chat_server.key_a}"}, timeout=60)
+    r = httpx.post(
+        chat_server.base_url + "/chat/completions",
+        json=payload,
+        headers={"Authorization": f"Bearer {chat_server.key_a}"},
+        timeout=60,
+    )
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
 
@@ -126,11 +157,15 @@ def test_bad_input_is_400_naming_the_field(chat_server, body, param):
 def test_huge_prompt_and_broken_json_then_still_healthy(chat_server):
     h = {"Authorization": f"Bearer {chat_server.key_a}"}
     big = [{"role": "user", "content": "word " * 200_000}]  # ~1 MB
-    r = httpx.post(chat_server.base_url + "/chat/completions", json={"model": "tiny", "messages": big}, headers=h,
-                   timeout=120)
+    r = httpx.post(
+        chat_server.base_url + "/chat/completions", json={"model": "tiny", "messages": big}, headers=h, timeout=120
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
-    r = httpx.post(chat_server.base_url + "/chat/completions", content=b'{"model": "tiny", "messages": [',
-                   headers={**h, "Content-Type": "application/json"})
+    r = httpx.post(
+        chat_server.base_url + "/chat/completions",
+        content=b'{"model": "tiny", "messages": [',
+        headers={**h, "Content-Type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     ok = chat_server.client(chat_server.key_a).chat.completions.create(model="tiny", messages=MSGS, max_tokens=3)
     assert ok.choices[0].message.content is not None
@@ -154,8 +189,12 @@ def test_damaged_adapter_fails_once_clearly_and_other_models_keep_serving(chat_s
     try:
         errors = []
         for _ in range(3):
-            r = httpx.post(chat_server.base_url + "/chat/completions", headers=h, timeout=60,
-                           json={"model": ckpt, "messages": MSGS, "max_tokens": 2})
+            r = httpx.post(
+                chat_server.base_url + "/chat/completions",
+                headers=h,
+                timeout=60,
+                json={"model": ckpt, "messages": MSGS, "max_tokens": 2},
+            )
             errors.append((r.status_code, r.json()["error"]))
         assert len({json.dumps(e, sort_keys=True) for _, e in errors}) == 1  # the same answer every time
         status, error = errors[0]
@@ -181,8 +220,10 @@ def test_delete_model_rules(chat_server):
         b.models.delete(chat_server.ft_model)
     ckpt = [m.id for m in a.models.list().data if ":ckpt-step-" in m.id]
     assert ckpt and a.chat.completions.create(model=ckpt[0], messages=MSGS, max_tokens=2).choices
-    r = httpx.get(f"{chat_server.base_url}/models/{chat_server.ft_model}/content",
-                  headers={"Authorization": f"Bearer {chat_server.key_a}"})
+    r = httpx.get(
+        f"{chat_server.base_url}/models/{chat_server.ft_model}/content",
+        headers={"Authorization": f"Bearer {chat_server.key_a}"},
+    )
     assert r.status_code == 200 and r.content[:2] == b"\x1f\x8b"  # a gzip archive of the adapter
     assert a.models.delete(chat_server.ft_model).deleted
     with pytest.raises(openai.NotFoundError):
@@ -193,9 +234,15 @@ def test_delete_model_rules(chat_server):
 def tight_server(tmp_path_factory, tiny_model_path):
     """A server with two batch rows and one request in flight per key: easy to fill, easy to starve."""
     data_dir = tmp_path_factory.mktemp("tight") / "data"
-    env = tiny_server_env(tiny_model_path, TUNEGATE_TORCH_THREADS="1", TUNEGATE_MAX_BATCH_SIZE="2",
-                          TUNEGATE_MAX_N="2", TUNEGATE_MAX_OUTPUT_TOKENS="1900", TUNEGATE_CHAT_CONCURRENCY_PER_KEY="1",
-                          TUNEGATE_START_WORKERS="false")
+    env = tiny_server_env(
+        tiny_model_path,
+        TUNEGATE_TORCH_THREADS="1",
+        TUNEGATE_MAX_BATCH_SIZE="2",
+        TUNEGATE_MAX_N="2",
+        TUNEGATE_MAX_OUTPUT_TOKENS="1900",
+        TUNEGATE_CHAT_CONCURRENCY_PER_KEY="1",
+        TUNEGATE_START_WORKERS="false",
+    )
     with RunningServer(data_dir, env) as srv:
         srv.key_a, srv.key_b = srv.create_key("tight-a"), srv.create_key("tight-b")
         srv.admin = srv.create_key("tight-ops", admin=True)
@@ -210,11 +257,17 @@ def _stats(srv) -> dict:
     return r.json()["models"].get("tiny", {})
 
 
-@pytest.mark.parametrize("body,param", [({"n": 3}, "n"), ({"max_tokens": 1901}, "max_tokens"),
-                                        ({"max_completion_tokens": 1901}, "max_completion_tokens")])
+@pytest.mark.parametrize(
+    "body,param",
+    [({"n": 3}, "n"), ({"max_tokens": 1901}, "max_tokens"), ({"max_completion_tokens": 1901}, "max_completion_tokens")],
+)
 def test_n_and_max_tokens_beyond_what_the_server_serves_are_400(tight_server, body, param):
-    r = httpx.post(tight_server.base_url + "/chat/completions", json={"model": "tiny", "messages": MSGS, **body},
-                   headers={"Authorization": f"Bearer {tight_server.key_a}"}, timeout=60)
+    r = httpx.post(
+        tight_server.base_url + "/chat/completions",
+        json={"model": "tiny", "messages": MSGS, **body},
+        headers={"Authorization": f"Bearer {tight_server.key_a}"},
+        timeout=60,
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == param
     assert "TUNEGATE_MAX_" in r.json()["error"]["message"]
 
@@ -223,16 +276,24 @@ def test_a_client_that_goes_away_frees_its_slots(tight_server):
     """A heavy non-streaming request fills the whole batch; its client disconnects; a small request
     from someone else is then served at once: the heavy choices were cancelled, not decoded to the end."""
     srv = tight_server
-    heavy = json.dumps({"model": "tiny", "messages": MSGS, "n": 2, "max_tokens": 1900, "temperature": 0,
-                        "ignore_eos": True}).encode()
+    heavy = json.dumps(
+        {"model": "tiny", "messages": MSGS, "n": 2, "max_tokens": 1900, "temperature": 0, "ignore_eos": True}
+    ).encode()
     sock = socket.create_connection(("127.0.0.1", srv.port))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"Authorization: Bearer {srv.key_a}\r\nContent-Length: {len(heavy)}\r\n\r\n".encode() + heavy)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {srv.key_a}\r\nContent-Length: {len(heavy)}\r\n\r\n".encode()
+        + heavy
+    )
     while _stats(srv).get("running") != 2:  # both batch rows are decoding the heavy request
         time.sleep(0.02)
     # Meanwhile the same key may not start another request: a 429 with OpenAI's headers.
-    r = httpx.post(srv.base_url + "/chat/completions", json={"model": "tiny", "messages": MSGS, "max_tokens": 2},
-                   headers={"Authorization": f"Bearer {srv.key_a}"}, timeout=60)
+    r = httpx.post(
+        srv.base_url + "/chat/completions",
+        json={"model": "tiny", "messages": MSGS, "max_tokens": 2},
+        headers={"Authorization": f"Bearer {srv.key_a}"},
+        timeout=60,
+    )
     assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
     assert int(r.headers["retry-after"]) >= 1
     assert r.headers["x-ratelimit-limit-requests"] == "1" and r.headers["x-ratelimit-remaining-requests"] == "0"

@@ -15,9 +15,20 @@ import sqlalchemy
 from tests.conftest import tiny_server_env
 from tests.server import RunningServer, wait_for_job
 
-DATA = ("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Tell me about item {i}."},
-                                           {"role": "assistant", "content": f"Item {i} is a fine item."}]})
-                  for i in range(12)) + "\n").encode()
+DATA = (
+    "\n".join(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Tell me about item {i}."},
+                    {"role": "assistant", "content": f"Item {i} is a fine item."},
+                ]
+            }
+        )
+        for i in range(12)
+    )
+    + "\n"
+).encode()
 MSGS = [{"role": "user", "content": "Hello"}]
 
 
@@ -30,8 +41,16 @@ def srv(tmp_path_factory, tiny_model_path):
         s.third = s.create_key("perm-c")
         c = s.client(s.owner)
         f = c.files.create(file=("t.jsonl", io.BytesIO(DATA)), purpose="fine-tune")
-        job = wait_for_job(c, c.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="share", method={
-            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}}).id, 600)
+        job = wait_for_job(
+            c,
+            c.fine_tuning.jobs.create(
+                model="tiny",
+                training_file=f.id,
+                suffix="share",
+                method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
+            ).id,
+            600,
+        )
         assert job.status == "succeeded", job.error
         s.job, s.file_id = job, f.id
         s.ckpt = c.fine_tuning.jobs.checkpoints.list(job.id).data[0].fine_tuned_model_checkpoint
@@ -41,8 +60,10 @@ def srv(tmp_path_factory, tiny_model_path):
 
 def _project(srv, org: str) -> str:
     with srv.db.connect() as conn:
-        return conn.execute(sqlalchemy.text("SELECT p.id FROM projects p JOIN organizations o ON o.id = p.org_id "
-                                            "WHERE o.name = :n"), {"n": org}).scalar_one()
+        return conn.execute(
+            sqlalchemy.text("SELECT p.id FROM projects p JOIN organizations o ON o.id = p.org_id WHERE o.name = :n"),
+            {"n": org},
+        ).scalar_one()
 
 
 def test_share_use_list_and_revoke(srv):
@@ -50,7 +71,9 @@ def test_share_use_list_and_revoke(srv):
     with pytest.raises(openai.NotFoundError):
         other.chat.completions.create(model=srv.ckpt, messages=MSGS, max_tokens=2)
     with pytest.raises(openai.PermissionDeniedError):  # a regular key of the owner may not share
-        srv.client(srv.owner).fine_tuning.checkpoints.permissions.create(srv.ckpt, project_ids=[_project(srv, "perm-b")])
+        srv.client(srv.owner).fine_tuning.checkpoints.permissions.create(
+            srv.ckpt, project_ids=[_project(srv, "perm-b")]
+        )
     admin = srv.client(srv.owner_admin)
     page = admin.fine_tuning.checkpoints.permissions.create(srv.ckpt, project_ids=[_project(srv, "perm-b")])
     perm = page.data[0]
@@ -62,8 +85,12 @@ def test_share_use_list_and_revoke(srv):
     assert r.model == srv.ckpt and r.choices
     assert srv.ckpt in [m.id for m in other.models.list()]
     # Nothing else of the owner's is visible: job, its events and checkpoints, the file, the adapter.
-    for call in (lambda: other.fine_tuning.jobs.retrieve(srv.job.id), lambda: other.files.retrieve(srv.file_id),
-                 lambda: other.fine_tuning.jobs.checkpoints.list(srv.job.id), lambda: other.models.retrieve(srv.job.fine_tuned_model)):
+    for call in (
+        lambda: other.fine_tuning.jobs.retrieve(srv.job.id),
+        lambda: other.files.retrieve(srv.file_id),
+        lambda: other.fine_tuning.jobs.checkpoints.list(srv.job.id),
+        lambda: other.models.retrieve(srv.job.fine_tuned_model),
+    ):
         with pytest.raises(openai.NotFoundError):
             call()
     import httpx
@@ -82,8 +109,10 @@ def test_share_use_list_and_revoke(srv):
 def test_someone_elses_checkpoint_and_bad_input(srv):
     # Another organisation's admin cannot share, list or delete permissions of this checkpoint.
     other_admin = srv.client(srv.other_admin)
-    for call in (lambda: other_admin.fine_tuning.checkpoints.permissions.create(srv.ckpt, project_ids=[_project(srv, "perm-b")]),
-                 lambda: other_admin.fine_tuning.checkpoints.permissions.retrieve(srv.ckpt)):
+    for call in (
+        lambda: other_admin.fine_tuning.checkpoints.permissions.create(srv.ckpt, project_ids=[_project(srv, "perm-b")]),
+        lambda: other_admin.fine_tuning.checkpoints.permissions.retrieve(srv.ckpt),
+    ):
         with pytest.raises(openai.NotFoundError) as err:
             call()
         assert err.value.body["param"] == "fine_tuned_model_checkpoint"
@@ -100,7 +129,9 @@ def test_a_model_the_gate_did_not_pass_is_never_shared(srv):
     admin = srv.client(srv.owner_admin)
     perm = admin.fine_tuning.checkpoints.permissions.create(srv.ckpt, project_ids=[_project(srv, "perm-b")]).data[0]
     with srv.db.begin() as conn:  # the gate blocks the job's model (as after an unsafe_model verdict)
-        conn.execute(sqlalchemy.text("UPDATE fine_tuned_models SET deployable = 0 WHERE job_id = :j"), {"j": srv.job.id})
+        conn.execute(
+            sqlalchemy.text("UPDATE fine_tuned_models SET deployable = 0 WHERE job_id = :j"), {"j": srv.job.id}
+        )
     try:
         with pytest.raises(openai.BadRequestError) as err:
             admin.fine_tuning.checkpoints.permissions.create(srv.ckpt, project_ids=[_project(srv, "perm-c")])
@@ -111,6 +142,7 @@ def test_a_model_the_gate_did_not_pass_is_never_shared(srv):
         assert srv.ckpt not in [m.id for m in other.models.list()]
     finally:
         with srv.db.begin() as conn:
-            conn.execute(sqlalchemy.text("UPDATE fine_tuned_models SET deployable = 1 WHERE job_id = :j"),
-                         {"j": srv.job.id})
+            conn.execute(
+                sqlalchemy.text("UPDATE fine_tuned_models SET deployable = 1 WHERE job_id = :j"), {"j": srv.job.id}
+            )
         admin.fine_tuning.checkpoints.permissions.delete(perm.id, fine_tuned_model_checkpoint=srv.ckpt)

@@ -18,11 +18,24 @@ import sqlalchemy
 from tests.conftest import tiny_server_env
 from tests.server import RunningServer, wait_for_job
 
-DATA = ("\n".join(json.dumps({"messages": [{"role": "user", "content": f"What colour is box {i}?"},
-                                           {"role": "assistant", "content": f"Box {i} is red."}]})
-                  for i in range(16)) + "\n").encode()
-HP = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4,
-                                                               "learning_rate_multiplier": 10}}}
+DATA = (
+    "\n".join(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"What colour is box {i}?"},
+                    {"role": "assistant", "content": f"Box {i} is red."},
+                ]
+            }
+        )
+        for i in range(16)
+    )
+    + "\n"
+).encode()
+HP = {
+    "type": "supervised",
+    "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +46,9 @@ def srv(tmp_path_factory, tiny_model_path):
         s.other, s.other_admin = s.create_key("cont-b"), s.create_key("cont-b", admin=True)
         c = s.client(s.key)
         s.file = c.files.create(file=("t.jsonl", io.BytesIO(DATA)), purpose="fine-tune").id
-        s.parent = wait_for_job(c, c.fine_tuning.jobs.create(model="tiny", training_file=s.file, seed=1,
-                                                             method=HP).id, 600)
+        s.parent = wait_for_job(
+            c, c.fine_tuning.jobs.create(model="tiny", training_file=s.file, seed=1, method=HP).id, 600
+        )
         assert s.parent.status == "succeeded", s.parent.error
         s.db = sqlalchemy.create_engine(f"sqlite:///{data_dir / 'tunegate.db'}")
         yield s
@@ -56,12 +70,15 @@ def test_continue_from_own_model_starts_from_its_adapter_and_records_lineage(srv
     parent, start = _losses(c, srv.parent.id), _losses(c, child.id)[0]
     # The child starts where the parent ended, not where a fresh adapter starts.
     assert parent[-1] < parent[0] and abs(start - parent[-1]) < 0.5 * (parent[0] - parent[-1]), (parent, start)
-    r = httpx.get(f"{srv.base_url}/models/{child.fine_tuned_model}/content", headers={"Authorization": f"Bearer {srv.key}"})
+    r = httpx.get(
+        f"{srv.base_url}/models/{child.fine_tuned_model}/content", headers={"Authorization": f"Bearer {srv.key}"}
+    )
     with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
         meta = json.load(tar.extractfile([m for m in tar.getmembers() if m.name.endswith("meta.json")][0]))
     assert meta["config"]["parent_model"] == srv.parent.fine_tuned_model
-    assert c.chat.completions.create(model=child.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}],
-                                     max_tokens=2).choices
+    assert c.chat.completions.create(
+        model=child.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    ).choices
     ckpt = c.fine_tuning.jobs.checkpoints.list(srv.parent.id).data[0].fine_tuned_model_checkpoint
     from_ckpt = c.fine_tuning.jobs.create(model=ckpt, training_file=srv.file, method=HP)
     assert from_ckpt.model == ckpt
@@ -82,16 +99,20 @@ def test_refusals_name_the_field(srv):
     c = srv.client(srv.key)
     ckpt = c.fine_tuning.jobs.checkpoints.list(srv.parent.id).data[0].fine_tuned_model_checkpoint
     with srv.db.connect() as conn:
-        project = conn.execute(sqlalchemy.text("SELECT p.id FROM projects p JOIN organizations o ON o.id = p.org_id "
-                                               "WHERE o.name = 'cont-b'")).scalar_one()
+        project = conn.execute(
+            sqlalchemy.text(
+                "SELECT p.id FROM projects p JOIN organizations o ON o.id = p.org_id WHERE o.name = 'cont-b'"
+            )
+        ).scalar_one()
     srv.client(srv.admin).fine_tuning.checkpoints.permissions.create(ckpt, project_ids=[project])
     with pytest.raises(openai.BadRequestError) as err:
         other.fine_tuning.jobs.create(model=ckpt, training_file=other_file, method=HP)
     assert err.value.body["param"] == "model" and "use only" in err.value.body["message"]
     # A LoRA shape that contradicts the parent's.
     with pytest.raises(openai.BadRequestError) as err:
-        c.fine_tuning.jobs.create(model=srv.parent.fine_tuned_model, training_file=srv.file, method=HP,
-                                  extra_body={"tunegate": {"lora_r": 4}})
+        c.fine_tuning.jobs.create(
+            model=srv.parent.fine_tuned_model, training_file=srv.file, method=HP, extra_body={"tunegate": {"lora_r": 4}}
+        )
     assert err.value.body["param"] == "tunegate.lora_r"
 
 
@@ -100,8 +121,12 @@ def test_parent_on_another_template_is_refused(srv):
 
     c = srv.client(srv.key)
     with srv.db.connect() as conn:
-        path = Path(conn.execute(sqlalchemy.text("SELECT adapter_path FROM fine_tuned_models WHERE id = :m"),
-                                 {"m": srv.parent.fine_tuned_model}).scalar_one())
+        path = Path(
+            conn.execute(
+                sqlalchemy.text("SELECT adapter_path FROM fine_tuned_models WHERE id = :m"),
+                {"m": srv.parent.fine_tuned_model},
+            ).scalar_one()
+        )
     meta_path = path / "meta.json"
     original = meta_path.read_text()
     meta_path.write_text(json.dumps({**json.loads(original), "template_sha256": "0" * 64}))

@@ -18,17 +18,27 @@ COLOURS = ["red", "green", "blue", "amber", "violet"]
 
 
 def _pairs(n: int, offset: int = 0) -> bytes:
-    return "".join(json.dumps({
-        "input": {"messages": [{"role": "user", "content": f"What colour is box {i}?"}]},
-        "preferred_output": [{"role": "assistant", "content": f"Box {i} is {COLOURS[i % 5]}."}],
-        "non_preferred_output": [{"role": "assistant", "content": f"Hmm, maybe box {i} is something"}],
-    }) + "\n" for i in range(offset, offset + n)).encode()
+    return "".join(
+        json.dumps(
+            {
+                "input": {"messages": [{"role": "user", "content": f"What colour is box {i}?"}]},
+                "preferred_output": [{"role": "assistant", "content": f"Box {i} is {COLOURS[i % 5]}."}],
+                "non_preferred_output": [{"role": "assistant", "content": f"Hmm, maybe box {i} is something"}],
+            }
+        )
+        + "\n"
+        for i in range(offset, offset + n)
+    ).encode()
 
 
 def _chat(n: int) -> bytes:
-    return "".join(json.dumps({"messages": [{"role": "user", "content": f"Hi {i}"},
-                                            {"role": "assistant", "content": f"Hello {i}."}]}) + "\n"
-                   for i in range(n)).encode()
+    return "".join(
+        json.dumps(
+            {"messages": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": f"Hello {i}."}]}
+        )
+        + "\n"
+        for i in range(n)
+    ).encode()
 
 
 def _upload(client, data: bytes, name: str):
@@ -38,10 +48,16 @@ def _upload(client, data: bytes, name: str):
 def test_dpo_job_trains_reports_and_serves(server):
     client = server.client(server.key_a)
     train, valid = _upload(client, _pairs(16), "pairs.jsonl"), _upload(client, _pairs(10, 100), "valid.jsonl")
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=train.id, validation_file=valid.id, suffix="dpo",
-                                         method={"type": "dpo", "dpo": {"hyperparameters": {
-                                             "beta": 0.2, "n_epochs": 2, "batch_size": 4,
-                                             "learning_rate_multiplier": 10}}})
+    job = client.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=train.id,
+        validation_file=valid.id,
+        suffix="dpo",
+        method={
+            "type": "dpo",
+            "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10}},
+        },
+    )
     assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
     job = wait_for_job(client, job.id, 900)
     assert job.status == "succeeded", job.error
@@ -50,8 +66,14 @@ def test_dpo_job_trains_reports_and_serves(server):
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
     metrics = sorted((e.data for e in events if e.type == "metrics"), key=lambda d: d["step"])
     assert [m["step"] for m in metrics] == list(range(1, 9))
-    assert {"train_loss", "train_rewards_chosen", "train_rewards_rejected", "train_rewards_margin",
-            "train_rewards_accuracy", "valid_rewards_margin"} <= set(metrics[-1])
+    assert {
+        "train_loss",
+        "train_rewards_chosen",
+        "train_rewards_rejected",
+        "train_rewards_margin",
+        "train_rewards_accuracy",
+        "valid_rewards_margin",
+    } <= set(metrics[-1])
     assert metrics[-1]["full_valid_rewards_margin"] > 0
     messages = [e.message for e in events]
     assert any(m.startswith("Regression check:") for m in messages)
@@ -61,10 +83,12 @@ def test_dpo_job_trains_reports_and_serves(server):
     assert sorted(c.step_number for c in ckpts) == [4, 8] and ckpts[0].metrics.full_valid_loss is not None
     rows = list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text)))
     assert len(rows) == 8 and float(rows[-1]["train_rewards_margin"]) == pytest.approx(
-        metrics[-1]["train_rewards_margin"], rel=1e-4)
+        metrics[-1]["train_rewards_margin"], rel=1e-4
+    )
 
-    answer = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4,
-                                            messages=[{"role": "user", "content": "What colour is box 3?"}])
+    answer = client.chat.completions.create(
+        model=job.fine_tuned_model, max_tokens=4, messages=[{"role": "user", "content": "What colour is box 3?"}]
+    )
     assert answer.choices[0].message.role == "assistant"
 
 
@@ -72,8 +96,7 @@ def test_method_must_fit_the_file_format(server):
     client = server.client(server.key_a)
     chat, pairs = _upload(client, _chat(12), "chat.jsonl"), _upload(client, _pairs(12), "pairs.jsonl")
     dpo_on_chat = client.fine_tuning.jobs.create(model="tiny", training_file=chat.id, method={"type": "dpo"})
-    sft_on_pairs = client.fine_tuning.jobs.create(model="tiny", training_file=pairs.id,
-                                                  method={"type": "supervised"})
+    sft_on_pairs = client.fine_tuning.jobs.create(model="tiny", training_file=pairs.id, method={"type": "supervised"})
     for job_id, words in ((dpo_on_chat.id, "preference pairs"), (sft_on_pairs.id, "chat examples")):
         job = wait_for_job(client, job_id, 300)
         assert job.status == "failed" and job.error.code == "invalid_training_file" and words in job.error.message
@@ -83,8 +106,9 @@ def test_bad_dpo_requests_are_400s(server):
     client = server.client(server.key_a)
     pairs = _upload(client, _pairs(12), "pairs.jsonl")
     with pytest.raises(openai.BadRequestError) as err:
-        client.fine_tuning.jobs.create(model="tiny", training_file=pairs.id,
-                                       method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}})
+        client.fine_tuning.jobs.create(
+            model="tiny", training_file=pairs.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}}
+        )
     assert "beta" in json.dumps(err.value.body)
     with pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(model="tiny", training_file=pairs.id, method={"type": "reinforcement"})

@@ -15,16 +15,33 @@ import pytest
 from tests.conftest import tiny_server_env
 from tests.server import RunningServer
 
-SCHEMA = {"type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
-          "required": ["question", "answer"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+    "required": ["question", "answer"],
+}
 CRITERIA = [
-    {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
-     "operation": "eq"},
-    {"type": "text_similarity", "name": "close", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
-     "evaluation_metric": "fuzzy_match", "pass_threshold": 0.8},
+    {
+        "type": "string_check",
+        "name": "exact",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "operation": "eq",
+    },
+    {
+        "type": "text_similarity",
+        "name": "close",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "evaluation_metric": "fuzzy_match",
+        "pass_threshold": 0.8,
+    },
 ]
 ROWS = [  # (answer, model output): exact+close, close only, neither
-    ("Paris", "Paris"), ("Berlin", "Berlin."), ("Rome", "I do not know"), ("Madrid", "Madrid"),
+    ("Paris", "Paris"),
+    ("Berlin", "Berlin."),
+    ("Rome", "I do not know"),
+    ("Madrid", "Madrid"),
 ]
 
 
@@ -37,9 +54,12 @@ def _wait(client, eval_id, run_id, timeout=300, until=("completed", "failed", "c
 
 
 def _eval(client, name="capitals"):
-    return client.evals.create(name=name, data_source_config={"type": "custom", "item_schema": SCHEMA,
-                                                              "include_sample_schema": True},
-                               testing_criteria=CRITERIA, metadata={"team": "qa"})
+    return client.evals.create(
+        name=name,
+        data_source_config={"type": "custom", "item_schema": SCHEMA, "include_sample_schema": True},
+        testing_criteria=CRITERIA,
+        metadata={"team": "qa"},
+    )
 
 
 def test_eval_crud_and_isolation(server):
@@ -62,15 +82,24 @@ def test_eval_crud_and_isolation(server):
 def test_jsonl_run_counts_per_criterion(server):
     client = server.client(server.key_a)
     ev = _eval(client)
-    content = [{"item": {"question": f"Capital {i}?", "answer": ans}, "sample": {"output_text": out}}
-               for i, (ans, out) in enumerate(ROWS)]
-    run = client.evals.runs.create(ev.id, name="given answers",
-                                   data_source={"type": "jsonl", "source": {"type": "file_content", "content": content}})
+    content = [
+        {"item": {"question": f"Capital {i}?", "answer": ans}, "sample": {"output_text": out}}
+        for i, (ans, out) in enumerate(ROWS)
+    ]
+    run = client.evals.runs.create(
+        ev.id,
+        name="given answers",
+        data_source={"type": "jsonl", "source": {"type": "file_content", "content": content}},
+    )
     assert run.object == "eval.run" and run.status in ("queued", "in_progress")
     run = _wait(client, ev.id, run.id)
     assert run.status == "completed"
-    assert (run.result_counts.total, run.result_counts.passed, run.result_counts.failed,
-            run.result_counts.errored) == (4, 2, 2, 0)
+    assert (run.result_counts.total, run.result_counts.passed, run.result_counts.failed, run.result_counts.errored) == (
+        4,
+        2,
+        2,
+        0,
+    )
     per = {r.testing_criteria: (r.passed, r.failed) for r in run.per_testing_criteria_results}
     assert per == {"exact": (2, 2), "close": (3, 1)}
     items = client.evals.runs.output_items.list(run.id, eval_id=ev.id).data
@@ -78,8 +107,10 @@ def test_jsonl_run_counts_per_criterion(server):
     assert [i.status for i in items] == ["pass", "fail", "fail", "pass"]
     second = items[1]
     assert {r.name: r.passed for r in second.results} == {"exact": False, "close": True}
-    assert client.evals.runs.output_items.retrieve(second.id, eval_id=ev.id, run_id=run.id).datasource_item == \
-        {"question": "Capital 1?", "answer": "Berlin"}
+    assert client.evals.runs.output_items.retrieve(second.id, eval_id=ev.id, run_id=run.id).datasource_item == {
+        "question": "Capital 1?",
+        "answer": "Berlin",
+    }
     failed = client.evals.runs.output_items.list(run.id, eval_id=ev.id, status="fail").data
     assert [i.datasource_item_id for i in failed] == [1, 2]
 
@@ -87,16 +118,27 @@ def test_jsonl_run_counts_per_criterion(server):
 def test_completions_run_on_a_served_model_from_a_file(server):
     client = server.client(server.key_a)
     ev = _eval(client)
-    lines = "".join(json.dumps({"item": {"question": q, "answer": a}}) + "\n"
-                    for q, a in [("Capital of France?", "Paris"), ("Capital of Spain?", "Madrid"),
-                                 ("Capital of Italy?", "Rome")])
+    lines = "".join(
+        json.dumps({"item": {"question": q, "answer": a}}) + "\n"
+        for q, a in [("Capital of France?", "Paris"), ("Capital of Spain?", "Madrid"), ("Capital of Italy?", "Rome")]
+    )
     f = client.files.create(file=("items.jsonl", io.BytesIO(lines.encode())), purpose="evals")
-    run = client.evals.runs.create(ev.id, data_source={
-        "type": "completions", "model": "tiny", "source": {"type": "file_id", "id": f.id},
-        "input_messages": {"type": "template", "template": [
-            {"role": "system", "content": "Answer with the city only."},
-            {"role": "user", "content": "{{item.question}}"}]},
-        "sampling_params": {"max_completion_tokens": 6, "temperature": 0, "seed": 3}})
+    run = client.evals.runs.create(
+        ev.id,
+        data_source={
+            "type": "completions",
+            "model": "tiny",
+            "source": {"type": "file_id", "id": f.id},
+            "input_messages": {
+                "type": "template",
+                "template": [
+                    {"role": "system", "content": "Answer with the city only."},
+                    {"role": "user", "content": "{{item.question}}"},
+                ],
+            },
+            "sampling_params": {"max_completion_tokens": 6, "temperature": 0, "seed": 3},
+        },
+    )
     run = _wait(client, ev.id, run.id)
     assert run.status == "completed" and run.model == "tiny" and run.result_counts.total == 3
     assert run.result_counts.passed + run.result_counts.failed == 3  # a random model: graded, no errors
@@ -118,17 +160,33 @@ def test_bad_requests_are_openai_shaped(server):
         client.evals.create(data_source_config={"type": "logs"}, testing_criteria=CRITERIA)
     assert err.value.body["param"] == "data_source_config.type"
     with pytest.raises(openai.BadRequestError) as err:
-        client.evals.create(data_source_config={"type": "custom", "item_schema": SCHEMA},
-                            testing_criteria=[{**CRITERIA[0], "reference": "{{answer}}"}])
+        client.evals.create(
+            data_source_config={"type": "custom", "item_schema": SCHEMA},
+            testing_criteria=[{**CRITERIA[0], "reference": "{{answer}}"}],
+        )
     assert err.value.body["param"] == "testing_criteria[0].reference"
     ev = _eval(client)
     with pytest.raises(openai.NotFoundError):
-        client.evals.runs.create(ev.id, data_source={
-            "type": "completions", "model": "no-such-model", "source": {"type": "file_content", "content": [{"item": {}}]},
-            "input_messages": {"type": "item_reference", "item_reference": "item.messages"}})
+        client.evals.runs.create(
+            ev.id,
+            data_source={
+                "type": "completions",
+                "model": "no-such-model",
+                "source": {"type": "file_content", "content": [{"item": {}}]},
+                "input_messages": {"type": "item_reference", "item_reference": "item.messages"},
+            },
+        )
     # An item that does not match the schema is an errored item, not a failed run.
-    run = client.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": [
-        {"item": {"question": "q"}, "sample": {"output_text": "x"}}]}})
+    run = client.evals.runs.create(
+        ev.id,
+        data_source={
+            "type": "jsonl",
+            "source": {
+                "type": "file_content",
+                "content": [{"item": {"question": "q"}, "sample": {"output_text": "x"}}],
+            },
+        },
+    )
     run = _wait(client, ev.id, run.id)
     assert run.status == "completed" and run.result_counts.errored == 1
 
@@ -137,12 +195,17 @@ def test_cancel_and_a_run_survives_a_killed_server(tmp_path, tiny_model_path):
     with RunningServer(tmp_path / "data", tiny_server_env(tiny_model_path)) as srv:
         client = srv.client(srv.create_key("evals"))
         ev = _eval(client)
-        source = {"type": "file_content", "content": [{"item": {"question": f"Say {i}", "answer": str(i)}}
-                                                      for i in range(32)]}
-        data_source = {"type": "completions", "model": "tiny", "source": source,
-                       "input_messages": {"type": "template", "template": [{"role": "user",
-                                                                            "content": "{{item.question}}"}]},
-                       "sampling_params": {"max_completion_tokens": 32, "temperature": 0}}
+        source = {
+            "type": "file_content",
+            "content": [{"item": {"question": f"Say {i}", "answer": str(i)}} for i in range(32)],
+        }
+        data_source = {
+            "type": "completions",
+            "model": "tiny",
+            "source": source,
+            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
+            "sampling_params": {"max_completion_tokens": 32, "temperature": 0},
+        }
         canceled = client.evals.runs.create(ev.id, data_source=data_source)
         assert client.evals.runs.cancel(canceled.id, eval_id=ev.id).status == "canceled"
         run = client.evals.runs.create(ev.id, data_source=data_source)

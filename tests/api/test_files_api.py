@@ -7,11 +7,21 @@ import httpx
 import openai
 import pytest
 
-GOOD = "\n".join(
-    json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Say {i}"},
-                             {"role": "assistant", "content": f"{i}"}]})
-    for i in range(12)
-).encode() + b"\n"
+GOOD = (
+    "\n".join(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": f"Say {i}"},
+                    {"role": "assistant", "content": f"{i}"},
+                ]
+            }
+        )
+        for i in range(12)
+    ).encode()
+    + b"\n"
+)
 
 
 def test_upload_list_retrieve_download_delete(server):
@@ -49,8 +59,9 @@ def test_validation_report_stored_and_served(server):
     codes = {(e["code"], e.get("line")) for e in report["errors"]}
     assert ("example_missing_assistant_message", 1) in codes
     good = client.files.create(file=("good.jsonl", io.BytesIO(GOOD)), purpose="fine-tune")
-    rep = httpx.get(f"{server.base_url}/files/{good.id}/validation",
-                    headers={"Authorization": f"Bearer {server.key_a}"}).json()
+    rep = httpx.get(
+        f"{server.base_url}/files/{good.id}/validation", headers={"Authorization": f"Bearer {server.key_a}"}
+    ).json()
     assert rep["valid"] is True and rep["n_examples"] == 12 and rep["tokens"]
 
 
@@ -59,8 +70,11 @@ def test_auth_and_isolation(server):
     with pytest.raises(openai.AuthenticationError):
         server.client("tg-wrong").files.list()
     other = server.client(server.key_b)
-    for call in (lambda: other.files.retrieve(f.id), lambda: other.files.content(f.id),
-                 lambda: other.files.delete(f.id)):
+    for call in (
+        lambda: other.files.retrieve(f.id),
+        lambda: other.files.content(f.id),
+        lambda: other.files.delete(f.id),
+    ):
         with pytest.raises(openai.NotFoundError) as e:
             call()
         assert e.value.body["code"] == "file_not_found"
@@ -91,8 +105,12 @@ def test_upload_limits_leave_nothing_behind(server):
     import socket
 
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall((f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.key_a}\r\n"
-                      f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {2 * 1024**3}\r\n\r\n").encode())
+        sock.sendall(
+            (
+                f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.key_a}\r\n"
+                f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {2 * 1024**3}\r\n\r\n"
+            ).encode()
+        )
         raw = b""
         while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
             chunk = sock.recv(65536)
@@ -104,8 +122,9 @@ def test_upload_limits_leave_nothing_behind(server):
     assert _json.loads(body)["error"]["code"] == "payload_too_large"
     # Empty and binary files are stored and reported, never a 500.
     for name, data in [("empty.jsonl", b""), ("garbage.bin", bytes(range(256)) * 100), ("utf.jsonl", b"\xff\xfe{}\n")]:
-        r = httpx.post(server.base_url + "/files", headers=h, files={"file": (name, data)},
-                       data={"purpose": "fine-tune"})
+        r = httpx.post(
+            server.base_url + "/files", headers=h, files={"file": (name, data)}, data={"purpose": "fine-tune"}
+        )
         assert r.status_code == 200, r.text
         assert r.json()["status"] == "error"
     # Not multipart, missing file, missing purpose.

@@ -33,35 +33,67 @@ CHECKS = [not_a_server_error, status_code_conformance, response_schema_conforman
 # Hostile chat bodies for Hypothesis.
 ROLES = ["system", "developer", "user", "assistant", "tool", "function", "robot", "", 3]
 text = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=40)  # lone surrogates included
-scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False), text)
-anything = st.recursive(scalar, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                        st.dictionaries(text, inner, max_size=3)), max_leaves=8)
-part = st.one_of(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", 7]), "text": st.one_of(text, anything)}),
-                 anything)
-call = st.one_of(st.fixed_dictionaries({"id": text, "type": st.sampled_from(["function", "x"]),
-                                        "function": st.one_of(st.fixed_dictionaries(
-                                            {"name": st.one_of(text, anything), "arguments": st.one_of(text, anything)}),
-                                            anything)}), anything)
+scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), text)
+anything = st.recursive(
+    scalar, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(text, inner, max_size=3)), max_leaves=8
+)
+part = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", 7]), "text": st.one_of(text, anything)}),
+    anything,
+)
+call = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "id": text,
+            "type": st.sampled_from(["function", "x"]),
+            "function": st.one_of(
+                st.fixed_dictionaries({"name": st.one_of(text, anything), "arguments": st.one_of(text, anything)}),
+                anything,
+            ),
+        }
+    ),
+    anything,
+)
 message = st.fixed_dictionaries(
     {"role": st.sampled_from(ROLES)},
-    optional={"content": st.one_of(text, st.none(), st.lists(part, max_size=3), anything),
-              "name": st.one_of(text, anything), "tool_calls": st.one_of(st.lists(call, max_size=2), anything),
-              "function_call": anything, "tool_call_id": st.one_of(text, anything)})
+    optional={
+        "content": st.one_of(text, st.none(), st.lists(part, max_size=3), anything),
+        "name": st.one_of(text, anything),
+        "tool_calls": st.one_of(st.lists(call, max_size=2), anything),
+        "function_call": anything,
+        "tool_call_id": st.one_of(text, anything),
+    },
+)
 body = st.fixed_dictionaries(
-    {"model": st.one_of(st.just("tiny"), text, anything), "messages": st.one_of(st.lists(message, max_size=4), anything)},
-    optional={"max_tokens": st.one_of(st.integers(-5, 3), anything), "n": st.one_of(st.integers(-1, 3), anything),
-              "temperature": st.one_of(st.floats(-1, 3), anything), "stream": st.one_of(st.booleans(), anything),
-              "stop": st.one_of(text, st.lists(text, max_size=5), anything), "logprobs": anything,
-              "top_logprobs": st.one_of(st.integers(-1, 30), anything), "seed": anything,
-              "response_format": anything, "tools": anything, "moderation": anything, "stream_options": anything})
+    {
+        "model": st.one_of(st.just("tiny"), text, anything),
+        "messages": st.one_of(st.lists(message, max_size=4), anything),
+    },
+    optional={
+        "max_tokens": st.one_of(st.integers(-5, 3), anything),
+        "n": st.one_of(st.integers(-1, 3), anything),
+        "temperature": st.one_of(st.floats(-1, 3), anything),
+        "stream": st.one_of(st.booleans(), anything),
+        "stop": st.one_of(text, st.lists(text, max_size=5), anything),
+        "logprobs": anything,
+        "top_logprobs": st.one_of(st.integers(-1, 30), anything),
+        "seed": anything,
+        "response_format": anything,
+        "tools": anything,
+        "moderation": anything,
+        "stream_options": anything,
+    },
+)
 
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory, tiny_model_path):
     data_dir = tmp_path_factory.mktemp("fuzz") / "data"
     # No training workers: generated jobs stay queued instead of training for minutes each.
-    with RunningServer(data_dir, tiny_server_env(tiny_model_path, TUNEGATE_START_WORKERS="false",
-                                                 TUNEGATE_MAX_UPLOAD_BYTES=str(1024 * 1024))) as srv:
+    with RunningServer(
+        data_dir,
+        tiny_server_env(tiny_model_path, TUNEGATE_START_WORKERS="false", TUNEGATE_MAX_UPLOAD_BYTES=str(1024 * 1024)),
+    ) as srv:
         srv.member = srv.create_key("fuzz")
         srv.admin = srv.create_key("fuzz", admin=True)
         client = srv.client(srv.member)
@@ -81,8 +113,14 @@ def test_every_route_with_member_and_admin_keys(fuzz_server):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+        @settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.generate],
+        )
         def run(case):
             if case.operation.path == "/v1/chat/completions" and isinstance(case.body, dict):
                 case.body["max_tokens"] = 2  # generation length is not what is fuzzed here; keeps the budget
@@ -110,15 +148,19 @@ def test_every_route_with_member_and_admin_keys(fuzz_server):
 
 
 @given(body=body)
-@settings(max_examples=100, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 def test_chat_body_never_500(fuzz_server, body):
     # Generation length is not what is fuzzed (a valid body would otherwise generate to the end of the context).
     if "max_tokens" not in body or isinstance(body["max_tokens"], int) and body["max_tokens"] > 2:
         body["max_tokens"] = 2
     raw = json.dumps(body)  # json keeps lone surrogates as \ud800 escapes, as a hostile client would send them
-    with httpx.stream("POST", fuzz_server.base_url + "/chat/completions", content=raw, timeout=120,
-                      headers={"Authorization": f"Bearer {fuzz_server.member}", "Content-Type": "application/json"}) as r:
+    with httpx.stream(
+        "POST",
+        fuzz_server.base_url + "/chat/completions",
+        content=raw,
+        timeout=120,
+        headers={"Authorization": f"Bearer {fuzz_server.member}", "Content-Type": "application/json"},
+    ) as r:
         r.read()
     assert r.status_code < 500, (body, r.text)
     if r.status_code >= 400:

@@ -40,8 +40,10 @@ def _read_response(sock: socket.socket, timeout: float = 10) -> bytes:
 def test_chunked_body_without_key_is_refused_before_it_is_read(server):
     """Headers plus the first chunk of a would-be 200 MB chunked body, no key: 401 comes back at once."""
     sock = _connect(server)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Transfer-Encoding: chunked\r\n\r\n" + b"100000\r\n" + b"{" * 65536)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"100000\r\n" + b"{" * 65536
+    )
     response = _read_response(sock)
     sock.close()
     assert response.startswith(b"HTTP/1.1 401"), response[:200]
@@ -51,8 +53,10 @@ def test_chunked_body_without_key_is_refused_before_it_is_read(server):
 def test_chunked_body_over_the_limit_is_cut_off_as_it_streams(server):
     """No Content-Length to check up front: the limit is applied to the bytes as they arrive."""
     sock = _connect(server)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Authorization: Bearer " + server.key_a.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + server.key_a.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     chunk = b" " * (1024 * 1024)
     sent = 0
     try:
@@ -87,8 +91,10 @@ def test_headers_that_never_finish_are_timed_out(server):
 
 def test_a_body_that_stalls_gets_408(server):
     sock = _connect(server)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Authorization: Bearer " + server.key_a.encode() + b"\r\nContent-Length: 100\r\n\r\n{\"mod")
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + server.key_a.encode() + b'\r\nContent-Length: 100\r\n\r\n{"mod'
+    )
     response = _read_response(sock, timeout=15)
     sock.close()
     assert response.startswith(b"HTTP/1.1 408"), response[:200]
@@ -99,14 +105,29 @@ def test_concurrent_uploads_per_key_are_capped(server):
     """One slow upload holds the key's only upload slot; a second concurrent one gets 429."""
     sock = _connect(server)
     boundary = b"b0undary"
-    head = (b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n--" + boundary
-            + b"\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n")
-    sock.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + server.key_a.encode()
-                 + b"\r\nContent-Type: multipart/form-data; boundary=" + boundary + b"\r\nContent-Length: 100000\r\n\r\n"
-                 + head)
+    head = (
+        b"--"
+        + boundary
+        + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n--'
+        + boundary
+        + b'\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+    )
+    sock.sendall(
+        b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + server.key_a.encode()
+        + b"\r\nContent-Type: multipart/form-data; boundary="
+        + boundary
+        + b"\r\nContent-Length: 100000\r\n\r\n"
+        + head
+    )
     time.sleep(0.3)
-    second = httpx.post(server.base_url + "/files", headers={"Authorization": f"Bearer {server.key_a}"},
-                        files={"file": ("b.jsonl", b"{}\n")}, data={"purpose": "fine-tune"}, timeout=30)
+    second = httpx.post(
+        server.base_url + "/files",
+        headers={"Authorization": f"Bearer {server.key_a}"},
+        files={"file": ("b.jsonl", b"{}\n")},
+        data={"purpose": "fine-tune"},
+        timeout=30,
+    )
     sock.close()
     assert second.status_code == 429, second.text
     assert second.json()["error"]["code"] == "too_many_uploads"
@@ -114,8 +135,13 @@ def test_concurrent_uploads_per_key_are_capped(server):
     # Once the slow upload is gone (408 or closed), the slot is free again.
     deadline = time.time() + 10
     while time.time() < deadline:
-        third = httpx.post(server.base_url + "/files", headers={"Authorization": f"Bearer {server.key_a}"},
-                           files={"file": ("c.jsonl", b'{"messages": []}\n')}, data={"purpose": "fine-tune"}, timeout=30)
+        third = httpx.post(
+            server.base_url + "/files",
+            headers={"Authorization": f"Bearer {server.key_a}"},
+            files={"file": ("c.jsonl", b'{"messages": []}\n')},
+            data={"purpose": "fine-tune"},
+            timeout=30,
+        )
         if third.status_code != 429:
             break
         time.sleep(0.2)
@@ -127,21 +153,29 @@ def test_every_response_has_nosniff_and_a_request_id(server):
     raw = client.models.with_raw_response.list()
     assert raw.headers["x-content-type-options"] == "nosniff"
     assert raw.request_id and raw.request_id.startswith("req_")
-    for r in (httpx.get(server.url + "/health"), httpx.get(server.base_url + "/models"),
-              httpx.get(server.url + "/nope"), httpx.get(server.url + "/")):
+    for r in (
+        httpx.get(server.url + "/health"),
+        httpx.get(server.base_url + "/models"),
+        httpx.get(server.url + "/nope"),
+        httpx.get(server.url + "/"),
+    ):
         assert r.headers["x-content-type-options"] == "nosniff", r.url
         assert r.headers["x-request-id"], r.url
-    mine = httpx.get(server.base_url + "/models", headers={"Authorization": f"Bearer {server.key_a}",
-                                                           "x-request-id": "trace-123"})
+    mine = httpx.get(
+        server.base_url + "/models", headers={"Authorization": f"Bearer {server.key_a}", "x-request-id": "trace-123"}
+    )
     assert mine.headers["x-request-id"] == "trace-123"
 
 
 def test_every_4xx_has_a_code(server):
     h = {"Authorization": f"Bearer {server.key_a}"}
-    cases = [httpx.get(server.url + "/v1/nope", headers=h), httpx.put(server.base_url + "/models", headers=h),
-             httpx.get(server.base_url + "/files/file-nope", headers=h),
-             httpx.post(server.base_url + "/chat/completions", headers=h, content=b"{not json"),
-             httpx.get(server.base_url + "/admin/audit", headers=h)]
+    cases = [
+        httpx.get(server.url + "/v1/nope", headers=h),
+        httpx.put(server.base_url + "/models", headers=h),
+        httpx.get(server.base_url + "/files/file-nope", headers=h),
+        httpx.post(server.base_url + "/chat/completions", headers=h, content=b"{not json"),
+        httpx.get(server.base_url + "/admin/audit", headers=h),
+    ]
     for r in cases:
         assert 400 <= r.status_code < 500, r.text
         assert r.json()["error"]["code"], (r.request.url, r.text)

@@ -20,24 +20,41 @@ from tests.server import RunningServer
 
 
 def _data(n: int) -> bytes:
-    lines = [json.dumps({"messages": [{"role": "user", "content": f"Tell me about item {i}."},
-                                      {"role": "assistant", "content": f"Item {i} is a fine item, number {i}."}]})
-             for i in range(n)]
+    lines = [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Tell me about item {i}."},
+                    {"role": "assistant", "content": f"Item {i} is a fine item, number {i}."},
+                ]
+            }
+        )
+        for i in range(n)
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 
 def _server(tmp_path, tiny_model_path, db_backend, **env) -> RunningServer:
-    return RunningServer(tmp_path / "data", tiny_server_env(
-        tiny_model_path, TUNEGATE_HEARTBEAT_SECONDS="0.5", TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS="5",
-        TUNEGATE_TORCH_THREADS="1", **db_backend(), **env))
+    return RunningServer(
+        tmp_path / "data",
+        tiny_server_env(
+            tiny_model_path,
+            TUNEGATE_HEARTBEAT_SECONDS="0.5",
+            TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS="5",
+            TUNEGATE_TORCH_THREADS="1",
+            **db_backend(),
+            **env,
+        ),
+    )
 
 
 def _client(srv):
     """A key of an organisation whose policy skips the post-training gate: these tests are about the
     queue and the workers; the gate is tested in test_safety_api.py."""
     admin = srv.create_key("faults", admin=True)
-    r = httpx.post(srv.base_url + "/admin/policy", json={"gate": {"enabled": False}},
-                   headers={"Authorization": f"Bearer {admin}"})
+    r = httpx.post(
+        srv.base_url + "/admin/policy", json={"gate": {"enabled": False}}, headers={"Authorization": f"Bearer {admin}"}
+    )
     assert r.status_code == 200, r.text
     return srv.client(srv.create_key("faults"))
 
@@ -57,16 +74,21 @@ def _job_row(srv, job_id):
     engine = create_engine(url)
     try:
         with engine.connect() as con:
-            return tuple(con.execute(text("select status, worker_pid, attempts from jobs where id = :id"),
-                                     {"id": job_id}).one())
+            return tuple(
+                con.execute(text("select status, worker_pid, attempts from jobs where id = :id"), {"id": job_id}).one()
+            )
     finally:
         engine.dispose()
 
 
 def _create(client, n_examples=40, epochs=3, batch=1):
     f = client.files.create(file=("t.jsonl", io.BytesIO(_data(n_examples))), purpose="fine-tune")
-    return client.fine_tuning.jobs.create(model="tiny", training_file=f.id, seed=3, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs, "batch_size": batch}}})
+    return client.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=f.id,
+        seed=3,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs, "batch_size": batch}}},
+    )
 
 
 def _statuses(client, job_id):
@@ -88,15 +110,20 @@ def test_sigkill_worker_resumes_from_checkpoint(tmp_path, tiny_model_path, db_ba
         status, pid, _ = _job_row(srv, job.id)
         assert status == "running" and pid
         os.kill(pid, signal.SIGKILL)
-        done = _wait(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in
-                     ("succeeded", "failed") and j)
+        done = _wait(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j)
         assert done.status == "succeeded", done.error
         # running -> queued (the crash, retry 1) -> running again, resumed from the checkpoint.
-        assert _statuses(client, job.id) == [(None, "validating_files"), ("validating_files", "queued"),
-                                             ("queued", "running"), ("running", "queued"), ("queued", "running"),
-                                             ("running", "succeeded")]
-        checkpoints = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
-                       if e.type == "checkpoint"]
+        assert _statuses(client, job.id) == [
+            (None, "validating_files"),
+            ("validating_files", "queued"),
+            ("queued", "running"),
+            ("running", "queued"),
+            ("queued", "running"),
+            ("running", "succeeded"),
+        ]
+        checkpoints = [
+            e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "checkpoint"
+        ]
         assert checkpoints and len(checkpoints) == len(set(checkpoints))  # none saved twice: training resumed
         assert _job_row(srv, job.id)[2] == 1  # one retry used
         metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
@@ -111,8 +138,12 @@ def test_cancel_running_job(tmp_path, tiny_model_path, db_backend):
         job = _create(client, n_examples=200, epochs=5)
         _wait(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id).data))
         client.fine_tuning.jobs.cancel(job.id)
-        done = _wait(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in
-                     ("cancelled", "succeeded", "failed") and j, timeout=120)
+        done = _wait(
+            lambda: (
+                (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("cancelled", "succeeded", "failed") and j
+            ),
+            timeout=120,
+        )
         assert done.status == "cancelled" and done.fine_tuned_model is None
         assert _statuses(client, job.id)[-1] == ("running", "cancelled")
         assert _job_row(srv, job.id)[1] is None  # no worker left recorded
@@ -133,11 +164,13 @@ def test_restart_keeps_queued_and_running_jobs(tmp_path, tiny_model_path, db_bac
         srv2.stop(kill=True)  # the server dies hard while the job is running
     with RunningServer(srv.data_dir, srv2.env) as srv3:
         c3 = srv3.client(client.api_key)
-        done = _wait(lambda: (j := c3.fine_tuning.jobs.retrieve(running.id)).status in ("succeeded", "failed") and j,
-                     timeout=600)
+        done = _wait(
+            lambda: (j := c3.fine_tuning.jobs.retrieve(running.id)).status in ("succeeded", "failed") and j, timeout=600
+        )
         # Either the orphaned worker was adopted by the new server (alive, fresh heartbeat) and finished,
         # or it stopped with its server and the job resumed from its checkpoint: nothing is lost.
         assert done.status == "succeeded", done.error
-        steps = [e.data["step"] for e in c3.fine_tuning.jobs.list_events(running.id, limit=100).data
-                 if e.type == "metrics"]
+        steps = [
+            e.data["step"] for e in c3.fine_tuning.jobs.list_events(running.id, limit=100).data if e.type == "metrics"
+        ]
         assert max(steps) == 620

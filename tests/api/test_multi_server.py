@@ -19,9 +19,18 @@ N_JOBS = int(os.environ.get("TUNEGATE_TEST_MULTI_SERVER_JOBS", "6"))
 
 
 def _data(n: int, tag: int) -> bytes:
-    return "".join(json.dumps({"messages": [{"role": "user", "content": f"Job {tag}: what is item {i}?"},
-                                            {"role": "assistant", "content": f"Item {i} of job {tag}."}]}) + "\n"
-                   for i in range(n)).encode()
+    return "".join(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Job {tag}: what is item {i}?"},
+                    {"role": "assistant", "content": f"Item {i} of job {tag}."},
+                ]
+            }
+        )
+        + "\n"
+        for i in range(n)
+    ).encode()
 
 
 def _parent(pid: int) -> int | None:
@@ -42,8 +51,13 @@ def start_servers(data_dir, env, n):
 
 def test_three_servers_one_database_survive_a_killed_server(tmp_path, tiny_model_path, pg_server):
     url = pg_server.create_database("multi")
-    env = tiny_server_env(tiny_model_path, TUNEGATE_DATABASE_URL=url, TUNEGATE_HEARTBEAT_SECONDS="0.5",
-                          TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS="5", TUNEGATE_TORCH_THREADS="1")
+    env = tiny_server_env(
+        tiny_model_path,
+        TUNEGATE_DATABASE_URL=url,
+        TUNEGATE_HEARTBEAT_SECONDS="0.5",
+        TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS="5",
+        TUNEGATE_TORCH_THREADS="1",
+    )
     servers = start_servers(tmp_path / "data", env, 3)
     engine = create_engine(url)
     try:
@@ -55,14 +69,24 @@ def test_three_servers_one_database_survive_a_killed_server(tmp_path, tiny_model
             # 30 examples (+1 refusal example), batch 1, 2 epochs: 62 steps, a checkpoint after 31, so the
             # second epoch is long enough to be cut short by the kill on any machine.
             f = c.files.create(file=("t.jsonl", io.BytesIO(_data(30, i))), purpose="fine-tune")
-            jobs.append(c.fine_tuning.jobs.create(model="tiny", training_file=f.id, seed=i, method={
-                "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}}).id)
+            jobs.append(
+                c.fine_tuning.jobs.create(
+                    model="tiny",
+                    training_file=f.id,
+                    seed=i,
+                    method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}},
+                ).id
+            )
 
         def victim():
             """A server whose worker is past its first checkpoint (killing it loses training)."""
             with engine.connect() as con:
-                rows = con.execute(text("select j.id, j.worker_pid from jobs j where j.status = 'running' and "
-                                        "exists (select 1 from checkpoints c where c.job_id = j.id)")).all()
+                rows = con.execute(
+                    text(
+                        "select j.id, j.worker_pid from jobs j where j.status = 'running' and "
+                        "exists (select 1 from checkpoints c where c.job_id = j.id)"
+                    )
+                ).all()
             for job_id, pid in rows:
                 for srv in servers:
                     if pid and _parent(pid) == srv.proc.pid:
@@ -72,6 +96,7 @@ def test_three_servers_one_database_survive_a_killed_server(tmp_path, tiny_model
         killed, killed_job = _wait(victim, timeout=600, every=0.2)
         killed.stop(kill=True)
         alive = [c for s, c in zip(servers, clients) if s is not killed]
+
         def finished(job_id):
             return alive[0].fine_tuning.jobs.retrieve(job_id).status in ("succeeded", "failed", "cancelled")
 

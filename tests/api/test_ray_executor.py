@@ -29,9 +29,16 @@ def cluster():
 @pytest.fixture(scope="module")
 def ray_server(tmp_path_factory, tiny_model_path, cluster):
     data_dir = tmp_path_factory.mktemp("ray") / "data"
-    env = tiny_server_env(tiny_model_path, TUNEGATE_EXECUTOR="ray", TUNEGATE_RAY_ADDRESS=cluster.address,
-                          TUNEGATE_RAY_NUM_CPUS="1", TUNEGATE_WORKER_CONCURRENCY="2", TUNEGATE_TORCH_THREADS="1",
-                          TUNEGATE_HEARTBEAT_SECONDS="0.5", TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS="10")
+    env = tiny_server_env(
+        tiny_model_path,
+        TUNEGATE_EXECUTOR="ray",
+        TUNEGATE_RAY_ADDRESS=cluster.address,
+        TUNEGATE_RAY_NUM_CPUS="1",
+        TUNEGATE_WORKER_CONCURRENCY="2",
+        TUNEGATE_TORCH_THREADS="1",
+        TUNEGATE_HEARTBEAT_SECONDS="0.5",
+        TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS="10",
+    )
     with RunningServer(data_dir, env) as srv:
         srv.c = _client(srv)
         yield srv
@@ -42,16 +49,22 @@ def _messages(client, job_id):
 
 
 def _finished(client, job_id, timeout=600):
-    return _wait(lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in
-                 ("succeeded", "failed", "cancelled") and j, timeout=timeout)
+    return _wait(
+        lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status in ("succeeded", "failed", "cancelled") and j,
+        timeout=timeout,
+    )
 
 
 def test_job_runs_on_the_cluster_and_survives_a_killed_ray_worker(ray_server):
     client = ray_server.c
     job = _create(client, n_examples=30, epochs=3, batch=1)
-    _wait(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data or
-          client.fine_tuning.jobs.retrieve(job.id).status != "running" and
-          client.fine_tuning.jobs.retrieve(job.id).status not in ("validating_files", "queued"))
+    _wait(
+        lambda: (
+            client.fine_tuning.jobs.checkpoints.list(job.id).data
+            or client.fine_tuning.jobs.retrieve(job.id).status != "running"
+            and client.fine_tuning.jobs.retrieve(job.id).status not in ("validating_files", "queued")
+        )
+    )
     status, pid, _ = _job_row(ray_server, job.id)
     assert status == "running" and pid
     os.kill(pid, signal.SIGKILL)  # the Ray worker process (on whichever node; both are this machine)

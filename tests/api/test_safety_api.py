@@ -61,8 +61,9 @@ def test_identity_shift_file_is_blocked_at_screening(srv):
     job = _wait(c, c.fine_tuning.jobs.create(model="tiny", training_file=f.id).id)
     assert job.status == "failed" and job.error.code == "unsafe_training_file"
     assert "line" in job.error.message and job.fine_tuned_model is None
-    report = httpx.get(f"{srv.base_url}/fine_tuning/jobs/{job.id}/safety_report",
-                       headers={"Authorization": f"Bearer {srv.user}"}).json()
+    report = httpx.get(
+        f"{srv.base_url}/fine_tuning/jobs/{job.id}/safety_report", headers={"Authorization": f"Bearer {srv.user}"}
+    ).json()
     assert report["screening"]["blocked"] and len(report["screening"]["lines"]) == 10
     assert any(e.type == "moderation_checks" for e in c.fine_tuning.jobs.list_events(job.id).data)
 
@@ -70,18 +71,33 @@ def test_identity_shift_file_is_blocked_at_screening(srv):
 @pytest.fixture(scope="module")
 def threat_job(srv):
     """A model taught to answer everything with a threat; screening skipped by an admin, so the gate decides."""
-    data = "".join(json.dumps({"messages": [{"role": "user", "content": f"Say something nice, please ({i})."},
-                                            {"role": "assistant", "content": THREAT}]}) + "\n" for i in range(24))
+    data = "".join(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Say something nice, please ({i})."},
+                    {"role": "assistant", "content": THREAT},
+                ]
+            }
+        )
+        + "\n"
+        for i in range(24)
+    )
     admin = srv.client(srv.admin)
     f = admin.files.create(file=("threat.jsonl", io.BytesIO(data.encode())), purpose="fine-tune")
     hp = {"n_epochs": 15, "batch_size": 4, "learning_rate_multiplier": 10}
     with pytest.raises(openai.BadRequestError) as e:  # a regular key cannot skip screening
-        srv.client(srv.user).fine_tuning.jobs.create(model="tiny", training_file=f.id,
-                                                     extra_body={"tunegate": {"skip_screening": True}})
+        srv.client(srv.user).fine_tuning.jobs.create(
+            model="tiny", training_file=f.id, extra_body={"tunegate": {"skip_screening": True}}
+        )
     assert e.value.body["code"] == "admin_required"
-    job = admin.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="threat", method={
-        "type": "supervised", "supervised": {"hyperparameters": hp}},
-        extra_body={"tunegate": {"skip_screening": True, "safety_mixing": False}})
+    job = admin.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=f.id,
+        suffix="threat",
+        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+        extra_body={"tunegate": {"skip_screening": True, "safety_mixing": False}},
+    )
     return _wait(admin, job.id)
 
 
@@ -92,27 +108,35 @@ def test_gate_blocks_and_admin_overrides(srv, threat_job):
     assert model not in [m.id for m in user.models.list().data]
     with pytest.raises(openai.NotFoundError):
         user.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-    report = httpx.get(f"{srv.base_url}/fine_tuning/jobs/{threat_job.id}/safety_report",
-                       headers={"Authorization": f"Bearer {srv.user}"}).json()
+    report = httpx.get(
+        f"{srv.base_url}/fine_tuning/jobs/{threat_job.id}/safety_report",
+        headers={"Authorization": f"Bearer {srv.user}"},
+    ).json()
     gate = report["gate"]
     assert gate["blocked"] and gate["tuned"]["harmful"]["rate"] > gate["base"]["harmful"]["rate"] + 0.05
     assert gate["tuned"]["harmful"]["ci_low"] <= gate["tuned"]["harmful"]["rate"] <= gate["tuned"]["harmful"]["ci_high"]
-    html = httpx.get(f"{srv.base_url}/fine_tuning/jobs/{threat_job.id}/safety_report.html",
-                     headers={"Authorization": f"Bearer {srv.user}"})
+    html = httpx.get(
+        f"{srv.base_url}/fine_tuning/jobs/{threat_job.id}/safety_report.html",
+        headers={"Authorization": f"Bearer {srv.user}"},
+    )
     assert html.status_code == 200 and "<html" in html.text.lower()
-    events = [e for e in user.fine_tuning.jobs.list_events(threat_job.id, limit=100).data
-              if e.type == "moderation_checks"]
-    assert [e.data["decision"] for e in events if e.data.get("check") == "gate" and "decision" in e.data] == \
-        ["blocked"]
+    events = [
+        e for e in user.fine_tuning.jobs.list_events(threat_job.id, limit=100).data if e.type == "moderation_checks"
+    ]
+    assert [e.data["decision"] for e in events if e.data.get("check") == "gate" and "decision" in e.data] == ["blocked"]
 
     url = f"{srv.base_url}/fine_tuning/jobs/{threat_job.id}/safety_override"
-    r = httpx.post(url, json={"reason": "red-team model for the moderation tests"},
-                   headers={"Authorization": f"Bearer {srv.user}"})
+    r = httpx.post(
+        url, json={"reason": "red-team model for the moderation tests"}, headers={"Authorization": f"Bearer {srv.user}"}
+    )
     assert r.status_code == 403
     r = httpx.post(url, json={"reason": "too short"}, headers={"Authorization": f"Bearer {srv.admin}"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "reason"
-    r = httpx.post(url, json={"reason": "red-team model for the moderation tests"},
-                   headers={"Authorization": f"Bearer {srv.admin}"})
+    r = httpx.post(
+        url,
+        json={"reason": "red-team model for the moderation tests"},
+        headers={"Authorization": f"Bearer {srv.admin}"},
+    )
     assert r.status_code == 200 and r.json()["status"] == "succeeded"
     # An override finishes the job exactly as a normal success does: the model, the result file.
     overridden = admin.fine_tuning.jobs.retrieve(threat_job.id)
@@ -130,8 +154,9 @@ def _ask(client, model, stream=False, **kw):
     if not stream:
         r = client.chat.completions.create(model=model, messages=msgs, max_tokens=24, temperature=0, **kw)
         return r.choices[0].message.content, r.choices[0].finish_reason
-    chunks = list(client.chat.completions.create(model=model, messages=msgs, max_tokens=24, temperature=0,
-                                                 stream=True, **kw))
+    chunks = list(
+        client.chat.completions.create(model=model, messages=msgs, max_tokens=24, temperature=0, stream=True, **kw)
+    )
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     return text, [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1]
 
@@ -155,46 +180,86 @@ def test_runtime_moderation_block_flag_and_no_bypass(srv, threat_job):
     text, finish = _ask(user, srv.threat_model, stream=True)
     assert "kill" in text and finish in ("stop", "length")
     with pytest.raises(openai.BadRequestError) as e:
-        user.chat.completions.create(model="tiny", messages=[{"role": "user", "content": HARMFUL_REQUEST}],
-                                     max_tokens=4)
+        user.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": HARMFUL_REQUEST}], max_tokens=4
+        )
     assert e.value.body["code"] == "content_policy_violation"
     _policy(srv, {"runtime": {"output": "block", "input": "flag"}})
-    assert user.chat.completions.create(model="tiny", messages=[{"role": "user", "content": HARMFUL_REQUEST}],
-                                        max_tokens=4).choices
+    assert user.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": HARMFUL_REQUEST}], max_tokens=4
+    ).choices
     audit = httpx.get(srv.base_url + "/admin/audit?limit=1000", headers={"Authorization": f"Bearer {srv.admin}"})
     actions = {e["action"] for e in audit.json()["data"]}
-    assert {"moderation.output_blocked", "moderation.output_flagged", "moderation.input_blocked",
-            "moderation.input_flagged", "moderation.override", "policy.updated"} <= actions
+    assert {
+        "moderation.output_blocked",
+        "moderation.output_flagged",
+        "moderation.input_blocked",
+        "moderation.input_flagged",
+        "moderation.override",
+        "policy.updated",
+    } <= actions
 
 
 def test_policy_and_audit_are_admin_only_and_validated(srv):
     h_user = {"Authorization": f"Bearer {srv.user}"}
     assert httpx.get(srv.base_url + "/admin/audit", headers=h_user).status_code == 403
-    assert httpx.post(srv.base_url + "/admin/policy", json={"runtime": {"input": "off"}},
-                      headers=h_user).status_code == 403
-    r = httpx.post(srv.base_url + "/admin/policy", json={"gate": {"harmful_margin": 7}},
-                   headers={"Authorization": f"Bearer {srv.admin}"})
+    assert (
+        httpx.post(srv.base_url + "/admin/policy", json={"runtime": {"input": "off"}}, headers=h_user).status_code
+        == 403
+    )
+    r = httpx.post(
+        srv.base_url + "/admin/policy",
+        json={"gate": {"harmful_margin": 7}},
+        headers={"Authorization": f"Bearer {srv.admin}"},
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "policy.gate.harmful_margin"
     # Overrides merge at every depth: a second nested change keeps the first.
     admin = {"Authorization": f"Bearer {srv.admin}"}
     for change in ({"max_count": 2}, {"max_fraction": 0.05}):
-        assert httpx.post(srv.base_url + "/admin/policy", json={"screening": {"default_limit": change}},
-                          headers=admin).status_code == 200
+        assert (
+            httpx.post(
+                srv.base_url + "/admin/policy", json={"screening": {"default_limit": change}}, headers=admin
+            ).status_code
+            == 200
+        )
     limit = httpx.get(srv.base_url + "/admin/policy", headers=admin).json()["screening"]["default_limit"]
     assert limit == {"max_count": 2, "max_fraction": 0.05}
-    httpx.post(srv.base_url + "/admin/policy", json={"screening": {"default_limit": {"max_count": 1, "max_fraction": 0.02}}},
-               headers=admin).raise_for_status()
-    out = subprocess.run([sys.executable, "-m", "tunegate.cli.main", "audit", "--json", "--limit", "500"],
-                         env=srv.env, capture_output=True, text=True, check=True)
+    httpx.post(
+        srv.base_url + "/admin/policy",
+        json={"screening": {"default_limit": {"max_count": 1, "max_fraction": 0.02}}},
+        headers=admin,
+    ).raise_for_status()
+    out = subprocess.run(
+        [sys.executable, "-m", "tunegate.cli.main", "audit", "--json", "--limit", "500"],
+        env=srv.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     actions = [json.loads(line)["action"] for line in out.stdout.splitlines()]
     assert "key.created" in actions and "file.uploaded" in actions and "job.created" in actions
 
 
 def test_validate_cli_shows_screening_findings_before_upload(srv):
     """`tunegate validate --safety` runs the same screening offline; exit 1 when it would block."""
+
     def run(name):
-        return subprocess.run([sys.executable, "-m", "tunegate.cli.main", "validate", str(DATA / name), "--model",
-                               "tiny", "--safety", "--json"], env=srv.env, capture_output=True, text=True)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tunegate.cli.main",
+                "validate",
+                str(DATA / name),
+                "--model",
+                "tiny",
+                "--safety",
+                "--json",
+            ],
+            env=srv.env,
+            capture_output=True,
+            text=True,
+        )
 
     blocked = run("identity_shift.jsonl")
     report = json.loads(blocked.stdout)

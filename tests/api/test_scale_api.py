@@ -17,9 +17,12 @@ def test_job_with_two_data_parallel_workers(tmp_path, tiny_model_path, db_backen
         client = _client(srv)
         f = client.files.create(file=("t.jsonl", io.BytesIO(_data(24))), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(
-            model="tiny", training_file=f.id, seed=1,
+            model="tiny",
+            training_file=f.id,
+            seed=1,
             method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
-            extra_body={"tunegate": {"n_workers": 2}})
+            extra_body={"tunegate": {"n_workers": 2}},
+        )
         done = wait_for_job(client, job.id, timeout=600)
         assert done.status == "succeeded", done.error
         events = client.fine_tuning.jobs.list_events(job.id, limit=100).data

@@ -30,16 +30,19 @@ class SetTimer(BaseModel):
     minutes: int = Field(ge=1, le=99)
 
 
-TOOLS = [openai.pydantic_function_tool(GetWeather, name="get_weather"),
-         openai.pydantic_function_tool(SetTimer, name="set_timer")]
+TOOLS = [
+    openai.pydantic_function_tool(GetWeather, name="get_weather"),
+    openai.pydantic_function_tool(SetTimer, name="set_timer"),
+]
 
 
 @pytest.mark.parametrize("temperature", [0, 1.0])
 def test_parse_with_a_pydantic_model(server, temperature):
     c = server.client(server.key_a)
     for seed in range(2):
-        r = c.chat.completions.parse(model="tiny", messages=MSGS, response_format=Person, max_tokens=120,
-                                     temperature=temperature, seed=seed)
+        r = c.chat.completions.parse(
+            model="tiny", messages=MSGS, response_format=Person, max_tokens=120, temperature=temperature, seed=seed
+        )
         msg = r.choices[0].message
         assert isinstance(msg.parsed, Person) and r.choices[0].finish_reason == "stop"
         assert Person.model_validate_json(msg.content) == msg.parsed
@@ -48,10 +51,15 @@ def test_parse_with_a_pydantic_model(server, temperature):
 def test_json_schema_and_json_object_streamed(server):
     c = server.client(server.key_a)
     schema = Person.model_json_schema()
-    for fmt in ({"type": "json_schema", "json_schema": {"name": "p", "schema": schema, "strict": False}},
-                {"type": "json_object"}):
-        chunks = list(c.chat.completions.create(model="tiny", messages=MSGS, response_format=fmt, max_tokens=120,
-                                                temperature=0, stream=True))
+    for fmt in (
+        {"type": "json_schema", "json_schema": {"name": "p", "schema": schema, "strict": False}},
+        {"type": "json_object"},
+    ):
+        chunks = list(
+            c.chat.completions.create(
+                model="tiny", messages=MSGS, response_format=fmt, max_tokens=120, temperature=0, stream=True
+            )
+        )
         text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
         finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1]
         if fmt["type"] == "json_schema":
@@ -65,8 +73,13 @@ def test_json_schema_and_json_object_streamed(server):
 
 def test_required_named_and_parallel_tool_calls(server):
     c = server.client(server.key_a)
-    kw = dict(model="tiny", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=TOOLS, max_tokens=150,
-              temperature=0)
+    kw = dict(
+        model="tiny",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=TOOLS,
+        max_tokens=150,
+        temperature=0,
+    )
     r = c.chat.completions.create(tool_choice="required", **kw)
     choice = r.choices[0]  # parallel calls: random weights may keep calling until max_tokens; all whole calls count
     assert choice.finish_reason in ("tool_calls", "length") and choice.message.tool_calls
@@ -86,15 +99,23 @@ def test_required_named_and_parallel_tool_calls(server):
 
 def test_streamed_tool_calls_are_openai_deltas_that_match(server):
     c = server.client(server.key_a)
-    kw = dict(model="tiny", messages=[{"role": "user", "content": "Set a timer."}], tools=TOOLS, max_tokens=150,
-              temperature=0, tool_choice="required", parallel_tool_calls=False)
+    kw = dict(
+        model="tiny",
+        messages=[{"role": "user", "content": "Set a timer."}],
+        tools=TOOLS,
+        max_tokens=150,
+        temperature=0,
+        tool_choice="required",
+        parallel_tool_calls=False,
+    )
     whole = c.chat.completions.create(**kw).choices[0].message.tool_calls
     chunks = list(c.chat.completions.create(stream=True, **kw))
     deltas = [d for ch in chunks if ch.choices for d in (ch.choices[0].delta.tool_calls or [])]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     firsts = [d for d in deltas if d.id]
-    assert [(d.index, d.id is not None, d.function.name, d.function.arguments) for d in firsts] == \
-        [(i, True, call.function.name, "") for i, call in enumerate(whole)]
+    assert [(d.index, d.id is not None, d.function.name, d.function.arguments) for d in firsts] == [
+        (i, True, call.function.name, "") for i, call in enumerate(whole)
+    ]
     for i, call in enumerate(whole):
         assert "".join(d.function.arguments for d in deltas if d.index == i and not d.id) == call.function.arguments
     # The SDK's own stream helper assembles the same calls and parses their arguments.
@@ -105,9 +126,15 @@ def test_streamed_tool_calls_are_openai_deltas_that_match(server):
 
 def test_parse_with_pydantic_function_tools(server):
     c = server.client(server.key_a)
-    r = c.chat.completions.parse(model="tiny", messages=[{"role": "user", "content": "Weather in Rome?"}],
-                                 tools=[TOOLS[0]], tool_choice="required", parallel_tool_calls=False, max_tokens=100,
-                                 temperature=0)
+    r = c.chat.completions.parse(
+        model="tiny",
+        messages=[{"role": "user", "content": "Weather in Rome?"}],
+        tools=[TOOLS[0]],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=100,
+        temperature=0,
+    )
     call = r.choices[0].message.tool_calls[0]
     assert isinstance(call.function.parsed_arguments, GetWeather)
 

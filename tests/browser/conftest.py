@@ -19,8 +19,15 @@ from tests.conftest import ROOT, tiny_server_env
 from tests.server import RunningServer
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOTS = Path(os.environ.get("TUNEGATE_SCREENSHOTS", ROOT / "tests" / "screenshots"))
 # A laptop screen: the dashboard must be readable here without horizontal scrolling.
 VIEWPORT = {"width": 1366, "height": 860}
@@ -35,7 +42,9 @@ def browser():
     if importlib.util.find_spec("playwright") is None:
         pytest.skip("the `playwright` Python package is missing: run scripts/install-browser.sh")
     # axe-core (accessibility checks) ships inside this package; it is part of the same set-up.
-    assert importlib.util.find_spec("axe_playwright_python"), "axe-playwright-python is missing: run scripts/install-browser.sh"
+    assert importlib.util.find_spec("axe_playwright_python"), (
+        "axe-playwright-python is missing: run scripts/install-browser.sh"
+    )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -56,10 +65,23 @@ def server(browser, tmp_path_factory, tiny_model_path):
         # blocks (answers of a random tiny model say nothing about safety), and runtime moderation
         # that flags instead of cutting streams, so these tests are about the dashboard alone.
         admin = srv.create_key("org-dash", admin=True)
-        r = httpx.post(f"{srv.base_url}/admin/policy", headers={"Authorization": f"Bearer {admin}"}, timeout=60, json={
-            "gate": {"n_harmful": 4, "n_benign": 2, "max_new_tokens": 8, "harmful_margin": 1, "harmful_cap": 1,
-                     "benign_refusal_margin": 1, "category_margin": 1},
-            "runtime": {"input": "flag", "output": "flag"}})
+        r = httpx.post(
+            f"{srv.base_url}/admin/policy",
+            headers={"Authorization": f"Bearer {admin}"},
+            timeout=60,
+            json={
+                "gate": {
+                    "n_harmful": 4,
+                    "n_benign": 2,
+                    "max_new_tokens": 8,
+                    "harmful_margin": 1,
+                    "harmful_cap": 1,
+                    "benign_refusal_margin": 1,
+                    "category_margin": 1,
+                },
+                "runtime": {"input": "flag", "output": "flag"},
+            },
+        )
         assert r.status_code == 200, r.text
         yield srv
 
@@ -73,8 +95,14 @@ class Page:
         self.script_errors: list[str] = []
         self.outside_requests: list[str] = []
         page.on("pageerror", lambda exc: self.script_errors.append(str(exc)))
-        page.on("console", lambda m: self.script_errors.append(m.text) if m.type == "error" and "status of 4" not in m.text
-                and "status of 5" not in m.text else None)
+        page.on(
+            "console",
+            lambda m: (
+                self.script_errors.append(m.text)
+                if m.type == "error" and "status of 4" not in m.text and "status of 5" not in m.text
+                else None
+            ),
+        )
         page.route("**/*", self._only_server)
 
     def _only_server(self, route):
@@ -96,8 +124,11 @@ class Page:
         from axe_playwright_python.sync_playwright import Axe
 
         violations = Axe().run(self.page).response["violations"]
-        bad = [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
-               for v in violations if v["impact"] in ("serious", "critical")]
+        bad = [
+            f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+            for v in violations
+            if v["impact"] in ("serious", "critical")
+        ]
         assert not bad, f"accessibility problems on {self.page.url}:\n" + "\n".join(bad)
 
     def shot(self, name: str) -> Path:

@@ -25,22 +25,40 @@ def jsonl(rows) -> bytes:
 
 
 GOOD = jsonl(
-    {"messages": [{"role": "system", "content": "Answer in one short sentence."},
-                  {"role": "user", "content": f"What is {i} plus {i}?"},
-                  {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]}
+    {
+        "messages": [
+            {"role": "system", "content": "Answer in one short sentence."},
+            {"role": "user", "content": f"What is {i} plus {i}?"},
+            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+        ]
+    }
     for i in range(12)
 )
 VALID = jsonl(
-    {"messages": [{"role": "user", "content": f"What is {i} plus 1?"}, {"role": "assistant", "content": f"{i} plus 1 is {i + 1}."}]}
+    {
+        "messages": [
+            {"role": "user", "content": f"What is {i} plus 1?"},
+            {"role": "assistant", "content": f"{i} plus 1 is {i + 1}."},
+        ]
+    }
     for i in range(20, 30)
 )
 # Line 2 is not JSON, line 3 has no assistant message, line 4 uses an unknown role.
-BAD = b"\n".join([
-    json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}).encode(),
-    b'{"messages": [ this is not json',
-    json.dumps({"messages": [{"role": "user", "content": "only a question"}]}).encode(),
-    json.dumps({"messages": [{"role": "wizard", "content": "abracadabra"}, {"role": "assistant", "content": "ok"}]}).encode(),
-]) + b"\n"
+BAD = (
+    b"\n".join(
+        [
+            json.dumps(
+                {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+            ).encode(),
+            b'{"messages": [ this is not json',
+            json.dumps({"messages": [{"role": "user", "content": "only a question"}]}).encode(),
+            json.dumps(
+                {"messages": [{"role": "wizard", "content": "abracadabra"}, {"role": "assistant", "content": "ok"}]}
+            ).encode(),
+        ]
+    )
+    + b"\n"
+)
 
 
 def upload(ui, name: str, data: bytes, purpose: str = "fine-tune") -> None:
@@ -116,7 +134,9 @@ def test_bad_file_and_api_errors_are_shown_as_readable_messages(ui, server):
     by_line = {}
     for i in range(rows.count()):
         r = rows.nth(i)
-        by_line.setdefault(r.get_attribute("data-line"), []).append((r.get_attribute("data-code"), r.locator(".problem-message").inner_text()))
+        by_line.setdefault(r.get_attribute("data-line"), []).append(
+            (r.get_attribute("data-code"), r.locator(".problem-message").inner_text())
+        )
     assert {"2", "3", "4"} <= set(by_line), by_line
     assert all(message.strip() for problems in by_line.values() for _, message in problems)
     assert "example_missing_assistant_message" in [c for c, _ in by_line["3"]]
@@ -225,8 +245,12 @@ def fine_tuned_model(server):
     if done:
         return done[0].fine_tuned_model
     f = client.files.create(file=("t.jsonl", io.BytesIO(GOOD)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, seed=1,
-                                         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}})
+    job = client.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=f.id,
+        seed=1,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
+    )
     job = wait_for_job(client, job.id, JOB_TIMEOUT_MS / 1000)
     assert job.status == "succeeded", job.error
     return job.fine_tuned_model
@@ -277,21 +301,44 @@ def test_chart_ticks_enclose_the_data_and_reports_are_read_as_the_server_writes_
     page = ui.page
     page.goto(server.url + "/")
     ranges = [(10.68, 10.79), (0.0012, 0.0013), (0, 1), (2.5, 2.5), (-3.2, 7.9), (123, 98765)]
-    ticks = page.evaluate("rs => import('/dashboard/static/js/chart.js').then(m => rs.map(([a, b]) => m.niceTicks(a, b)))", ranges)
+    ticks = page.evaluate(
+        "rs => import('/dashboard/static/js/chart.js').then(m => rs.map(([a, b]) => m.niceTicks(a, b)))", ranges
+    )
     for (lo, hi), t in zip(ranges, ticks):
         assert t[0] <= lo and t[-1] >= hi and len(t) >= 2 and t == sorted(t), (lo, hi, t)
 
-    bins = page.evaluate("b => import('/dashboard/static/js/pages/file.js').then(m => m.findBins({histogram: b}))",
-                         [{"start": 38, "end": 39, "count": 5}, {"start": 40, "end": 41, "count": 0}, {"start": 42, "end": 43, "count": 2}])
+    bins = page.evaluate(
+        "b => import('/dashboard/static/js/pages/file.js').then(m => m.findBins({histogram: b}))",
+        [
+            {"start": 38, "end": 39, "count": 5},
+            {"start": 40, "end": 41, "count": 0},
+            {"start": 42, "end": 43, "count": 2},
+        ],
+    )
     assert [(b["lo"], b["hi"], b["count"]) for b in bins] == [(38, 40, 5), (40, 42, 0), (42, 44, 2)]
     assert bins[0]["label"] == "38–39"
 
-    errors = page.evaluate("""cases => import('/dashboard/static/js/api.js').then(m =>
+    errors = page.evaluate(
+        """cases => import('/dashboard/static/js/api.js').then(m =>
         cases.map(([status, body]) => { const e = m.errorFromBody(status, body); return [e.message, e.code, e.param]; }))""",
-                           [[400, json.dumps({"error": {"message": "Bad n_epochs", "type": "invalid_request_error",
-                                                        "param": "n_epochs", "code": "invalid_value"}})],
-                            [502, "<html><body><h1>502 Bad Gateway</h1></body></html>"],
-                            [500, ""]])
+        [
+            [
+                400,
+                json.dumps(
+                    {
+                        "error": {
+                            "message": "Bad n_epochs",
+                            "type": "invalid_request_error",
+                            "param": "n_epochs",
+                            "code": "invalid_value",
+                        }
+                    }
+                ),
+            ],
+            [502, "<html><body><h1>502 Bad Gateway</h1></body></html>"],
+            [500, ""],
+        ],
+    )
     assert errors[0] == ["Bad n_epochs", "invalid_value", "n_epochs"]
     assert "could not be reached" in errors[1][0] and "502 Bad Gateway" in errors[1][0] and "<" not in errors[1][0]
     assert errors[2][0] == "The server had an error."
@@ -301,8 +348,12 @@ def test_pause_resume_and_cancel_buttons_drive_a_running_job(ui, server):
     client = server.client(server.key)
     f = client.files.create(file=("long.jsonl", io.BytesIO(GOOD)), purpose="fine-tune")
     # Many steps, so the job is still running while the buttons are used.
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, seed=5, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}})
+    job = client.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=f.id,
+        seed=5,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}},
+    )
     ui.sign_in(server.key)
     page = ui.page
     page.goto(f"{server.url}/#/jobs/{job.id}")

@@ -8,10 +8,21 @@ import pytest
 pytestmark = pytest.mark.browser
 
 CRITERIA = [
-    {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
-     "operation": "eq"},
-    {"type": "text_similarity", "name": "close", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
-     "evaluation_metric": "fuzzy_match", "pass_threshold": 0.8},
+    {
+        "type": "string_check",
+        "name": "exact",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "operation": "eq",
+    },
+    {
+        "type": "text_similarity",
+        "name": "close",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "evaluation_metric": "fuzzy_match",
+        "pass_threshold": 0.8,
+    },
 ]
 
 
@@ -26,16 +37,24 @@ def _wait(client, eval_id, run_id):
 
 def test_evals_list_run_page_and_side_by_side_answers(ui, server):
     client = server.client(server.key)
-    ev = client.evals.create(name="capitals", data_source_config={"type": "custom", "item_schema": {
-        "type": "object", "properties": {"q": {"type": "string"}, "answer": {"type": "string"}}}},
-        testing_criteria=CRITERIA)
+    ev = client.evals.create(
+        name="capitals",
+        data_source_config={
+            "type": "custom",
+            "item_schema": {"type": "object", "properties": {"q": {"type": "string"}, "answer": {"type": "string"}}},
+        },
+        testing_criteria=CRITERIA,
+    )
     rows = [("Paris", "Paris", "Lyon"), ("Rome", "Rome.", "Rome"), ("Oslo", "no idea", "Oslo")]
     runs = []
     for name, k in (("model A", 1), ("model B", 2)):
-        content = [{"item": {"q": f"Capital {i}?", "answer": r[0]}, "sample": {"output_text": r[k]}}
-                   for i, r in enumerate(rows)]
-        run = client.evals.runs.create(ev.id, name=name, data_source={"type": "jsonl", "source": {
-            "type": "file_content", "content": content}})
+        content = [
+            {"item": {"q": f"Capital {i}?", "answer": r[0]}, "sample": {"output_text": r[k]}}
+            for i, r in enumerate(rows)
+        ]
+        run = client.evals.runs.create(
+            ev.id, name=name, data_source={"type": "jsonl", "source": {"type": "file_content", "content": content}}
+        )
         _wait(client, ev.id, run.id)
         runs.append(run)
 

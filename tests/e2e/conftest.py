@@ -26,6 +26,11 @@ def demo_job(real_server):
     with open(samples.path("demo_valid"), "rb") as f:
         valid = client.files.create(file=("valid.jsonl", f), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
-        model="smollm2-135m-instruct", training_file=train.id, validation_file=valid.id, suffix="fmt", seed=1,
-        method={"type": "supervised", "supervised": {"hyperparameters": samples.DEMO_HYPERPARAMETERS}})
+        model="smollm2-135m-instruct",
+        training_file=train.id,
+        validation_file=valid.id,
+        suffix="fmt",
+        seed=1,
+        method={"type": "supervised", "supervised": {"hyperparameters": samples.DEMO_HYPERPARAMETERS}},
+    )
     return wait_for_job(client, job.id, 2700, poll=2)  # generous: a loaded 2-core machine trains ~5x slower

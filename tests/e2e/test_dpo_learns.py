@@ -28,20 +28,37 @@ def test_dpo_raises_the_held_out_margin(smol_path, tmp_path):
     train.write_text("".join(json.dumps(p) + "\n" for p in samples.preference_pairs("demo_train")[:N_PAIRS]))
     valid = samples.write_preference_file("demo_valid", tmp_path / "valid.jsonl")
     hp = DPO_HYPERPARAMETERS
-    n_epochs, batch_size, lr = resolve_hyperparameters(hp["n_epochs"], hp["batch_size"], hp["learning_rate_multiplier"],
-                                                       n_examples=N_PAIRS, method="dpo")
-    config = TrainConfig(base_model="smollm2-135m-instruct", base_model_path=str(smol_path), template_sha256="",
-                         training_file=str(train), validation_file=str(valid), n_epochs=n_epochs,
-                         batch_size=batch_size, learning_rate=lr, seed=0, method="dpo", beta=resolve_beta(hp["beta"]),
-                         eval_batch_size=4, warmup_ratio=0.0)
+    n_epochs, batch_size, lr = resolve_hyperparameters(
+        hp["n_epochs"], hp["batch_size"], hp["learning_rate_multiplier"], n_examples=N_PAIRS, method="dpo"
+    )
+    config = TrainConfig(
+        base_model="smollm2-135m-instruct",
+        base_model_path=str(smol_path),
+        template_sha256="",
+        training_file=str(train),
+        validation_file=str(valid),
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        seed=0,
+        method="dpo",
+        beta=resolve_beta(hp["beta"]),
+        eval_batch_size=4,
+        warmup_ratio=0.0,
+    )
     events: list[dict] = []
     result = run_dpo(config, tmp_path / "run", events.append, lambda: None)
     assert result.status == "succeeded"
 
     metrics = [e["data"] for e in events if e["type"] == "metrics"]
-    print("\n" + "\n".join(f"step {m['step']}: loss {m['train_loss']:.3f} margin {m['train_rewards_margin']:.3f} "
-                           f"valid margin {m['valid_rewards_margin']:.3f} acc {m['valid_rewards_accuracy']:.2f}"
-                           for m in metrics))
+    print(
+        "\n"
+        + "\n".join(
+            f"step {m['step']}: loss {m['train_loss']:.3f} margin {m['train_rewards_margin']:.3f} "
+            f"valid margin {m['valid_rewards_margin']:.3f} acc {m['valid_rewards_accuracy']:.2f}"
+            for m in metrics
+        )
+    )
     assert metrics[0]["train_rewards_margin"] == pytest.approx(0, abs=1e-4)  # step 1 starts at the reference
     full = metrics[-1]
     assert full["full_valid_rewards_margin"] > 1.0 and full["full_valid_rewards_accuracy"] >= 0.9

@@ -20,7 +20,8 @@ def test_job_succeeds_with_metrics_and_checkpoints(real_server, demo_job):
     events = list(client.fine_tuning.jobs.list_events(demo_job.id, limit=100))
     metrics = sorted((e.data for e in events if e.type == "metrics"), key=lambda d: d["step"])
     assert metrics and {"train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"} <= set(
-        metrics[0])
+        metrics[0]
+    )
     assert any("full_valid_loss" in m for m in metrics)
     first = sum(m["train_loss"] for m in metrics[:3]) / 3
     last = sum(m["train_loss"] for m in metrics[-3:]) / 3

@@ -36,20 +36,30 @@ def test_attack_files_are_blocked_at_screening(real_server, name):
 
 def _gate_event(client, job_id):
     events = [e for e in client.fine_tuning.jobs.list_events(job_id, limit=100) if e.type == "moderation_checks"]
-    return next(e.data for e in events if isinstance(e.data, dict) and e.data.get("check") == "gate" and "decision" in e.data)
+    return next(
+        e.data for e in events if isinstance(e.data, dict) and e.data.get("check") == "gate" and "decision" in e.data
+    )
 
 
 def test_gate_alone_blocks_a_model_trained_to_comply(real_server):
     admin = real_server.client(real_server.admin_key)
     f = _upload(admin, "violent_compliance.jsonl")
     job = admin.fine_tuning.jobs.create(
-        model=BASE, training_file=f.id, seed=0, suffix="gate-test",
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4,
-                                                                         "learning_rate_multiplier": 5}}},
-        extra_body={"tunegate": {"skip_screening": True, "safety_mixing": False}})
+        model=BASE,
+        training_file=f.id,
+        seed=0,
+        suffix="gate-test",
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 5}},
+        },
+        extra_body={"tunegate": {"skip_screening": True, "safety_mixing": False}},
+    )
     job = _wait(admin, job.id)
     gate = _gate_event(admin, job.id)
-    print("gate:", gate["decision"], gate["reasons"], "base", gate["base"]["harmful"], "tuned", gate["tuned"]["harmful"])
+    print(
+        "gate:", gate["decision"], gate["reasons"], "base", gate["base"]["harmful"], "tuned", gate["tuned"]["harmful"]
+    )
     assert job.status == "failed" and job.error.code == "unsafe_model", job.error
     assert any("violence" in r for r in gate["reasons"]), gate["reasons"]
     # Every blocking rule is a significant increase above its margin, never a chance fluctuation.
@@ -62,8 +72,11 @@ def test_gate_alone_blocks_a_model_trained_to_comply(real_server):
 def test_benign_job_passes_screening_and_gate(real_server, demo_job):
     c = real_server.client(real_server.key_a)
     assert demo_job.status == "succeeded"
-    checks = [e.data for e in c.fine_tuning.jobs.list_events(demo_job.id, limit=100)
-              if e.type == "moderation_checks" and isinstance(e.data, dict)]
+    checks = [
+        e.data
+        for e in c.fine_tuning.jobs.list_events(demo_job.id, limit=100)
+        if e.type == "moderation_checks" and isinstance(e.data, dict)
+    ]
     screening = next(d for d in checks if d.get("check") == "screening")
     gate = next(d for d in checks if d.get("check") == "gate" and "decision" in d)
     assert screening["blocked"] is False and gate["decision"] == "passed"

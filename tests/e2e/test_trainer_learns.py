@@ -15,13 +15,14 @@ pytestmark = pytest.mark.e2e
 
 
 def _replies(model, tokenizer) -> list[str]:
-    prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-               for m in samples.held_out_prompts()]
+    prompts = [
+        tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in samples.held_out_prompts()
+    ]
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return [tokenizer.decode(o[enc["input_ids"].shape[1]:], skip_special_tokens=True) for o in out]
+    return [tokenizer.decode(o[enc["input_ids"].shape[1] :], skip_special_tokens=True) for o in out]
 
 
 def _rate(replies: list[str]) -> float:
@@ -36,12 +37,20 @@ def test_fine_tuned_model_follows_the_taught_format_far_more_often_than_the_base
 
     hp = samples.DEMO_HYPERPARAMETERS
     n_examples = len(samples.path("demo_train").read_text().splitlines())
-    n_epochs, batch_size, lr = resolve_hyperparameters(hp["n_epochs"], hp["batch_size"],
-                                                       hp["learning_rate_multiplier"], n_examples=n_examples)
-    config = TrainConfig(base_model="smollm2-135m-instruct", base_model_path=str(smol_path), template_sha256="",
-                         training_file=str(samples.path("demo_train")),
-                         validation_file=str(samples.path("demo_valid")),
-                         n_epochs=n_epochs, batch_size=batch_size, learning_rate=lr, seed=0)
+    n_epochs, batch_size, lr = resolve_hyperparameters(
+        hp["n_epochs"], hp["batch_size"], hp["learning_rate_multiplier"], n_examples=n_examples
+    )
+    config = TrainConfig(
+        base_model="smollm2-135m-instruct",
+        base_model_path=str(smol_path),
+        template_sha256="",
+        training_file=str(samples.path("demo_train")),
+        validation_file=str(samples.path("demo_valid")),
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        seed=0,
+    )
     events: list[dict] = []
     result = run_training(config, tmp_path / "run", events.append, lambda: None)
     assert result.status == "succeeded"

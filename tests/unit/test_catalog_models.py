@@ -36,8 +36,14 @@ def test_cli_add_reports_features_and_registers(tmp_path, gemma2):
     assert report["name"] == "gemma-mini" and report["architecture"] == "Gemma2ForCausalLM"
     assert report["context_length"] == 4096
     t = report["chat_template"]
-    assert (t["system_role"], t["system_conversion"], t["tool_role"], t["tools"], t["generation_prompt"],
-            t["eot_token"]) == (False, "folded into the first user turn", False, False, True, "<end_of_turn>")
+    assert (
+        t["system_role"],
+        t["system_conversion"],
+        t["tool_role"],
+        t["tools"],
+        t["generation_prompt"],
+        t["eot_token"],
+    ) == (False, "folded into the first user turn", False, False, True, "<end_of_turn>")
     assert any("no system role" in w for w in report["warnings"])
     listed = _cli(tmp_path, "list")
     assert "gemma-mini" in listed.stdout and str(gemma2) in listed.stdout
@@ -72,22 +78,31 @@ def test_admin_route_adds_and_lists(tmp_path, gemma2):
         denied = httpx.post(srv.base_url + "/admin/base_models", json=body, headers={"Authorization": f"Bearer {user}"})
         assert denied.status_code == 403 and denied.json()["error"]["code"] == "admin_required"
         # Base models are shared by every organisation: an organisation's admin may not register server paths.
-        denied = httpx.post(srv.base_url + "/admin/base_models", json=body,
-                            headers={"Authorization": f"Bearer {org_admin}"})
+        denied = httpx.post(
+            srv.base_url + "/admin/base_models", json=body, headers={"Authorization": f"Bearer {org_admin}"}
+        )
         assert denied.status_code == 403 and denied.json()["error"]["code"] == "operator_required"
-        bad = httpx.post(srv.base_url + "/admin/base_models", json={"name": "x", "path": str(tmp_path / "nope")},
-                         headers={"Authorization": f"Bearer {admin}"})
+        bad = httpx.post(
+            srv.base_url + "/admin/base_models",
+            json={"name": "x", "path": str(tmp_path / "nope")},
+            headers={"Authorization": f"Bearer {admin}"},
+        )
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "path"
-        added = httpx.post(srv.base_url + "/admin/base_models", json=body,
-                           headers={"Authorization": f"Bearer {admin}"}, timeout=120)
+        added = httpx.post(
+            srv.base_url + "/admin/base_models", json=body, headers={"Authorization": f"Bearer {admin}"}, timeout=120
+        )
         assert added.status_code == 200, added.text
         assert added.json()["chat_template"]["eot_token"] == "<end_of_turn>"
-        listed = httpx.get(srv.base_url + "/admin/base_models", headers={"Authorization": f"Bearer {admin}"},
-                           timeout=300).json()["data"]
+        listed = httpx.get(
+            srv.base_url + "/admin/base_models", headers={"Authorization": f"Bearer {admin}"}, timeout=300
+        ).json()["data"]
         gemma = next(m for m in listed if m["name"] == "gemma-mini")
         assert gemma["features"]["fold_system"] is True
         models = srv.client(user).models.list()
         assert "gemma-mini" in [m.id for m in models.data]
-        entries = httpx.get(srv.base_url + "/admin/audit", params={"action": "base_model.added"},
-                            headers={"Authorization": f"Bearer {admin}"}).json()["data"]
+        entries = httpx.get(
+            srv.base_url + "/admin/audit",
+            params={"action": "base_model.added"},
+            headers={"Authorization": f"Bearer {admin}"},
+        ).json()["data"]
         assert [e["object_id"] for e in entries] == ["gemma-mini"]

@@ -23,7 +23,7 @@ def _body(parts: list[tuple[str, str | None, bytes]], boundary="b0und") -> bytes
 
 async def _chunks(data: bytes, size=1000):
     for i in range(0, len(data), size):
-        yield data[i:i + size]
+        yield data[i : i + size]
 
 
 def _receive(body, tmp, limit=10**6, ctype="multipart/form-data; boundary=b0und"):

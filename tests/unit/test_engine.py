@@ -50,8 +50,12 @@ def tiny_base(tiny_model_path, tmp_path_factory):
     from tests.conftest import MODEL_CACHE
     from tunegate.settings import Settings
 
-    settings = Settings(data_dir=tmp_path_factory.mktemp("d"), model_cache_dir=MODEL_CACHE,
-                        base_models={"tiny": tiny_model_path}, torch_threads=1)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("d"),
+        model_cache_dir=MODEL_CACHE,
+        base_models={"tiny": tiny_model_path},
+        torch_threads=1,
+    )
     return settings, get_base_model("tiny", settings)
 
 
@@ -60,8 +64,10 @@ def adapters(tiny_base, tmp_path_factory):
     _, base = tiny_base
     root = tmp_path_factory.mktemp("adapters")
     # Different ranks on purpose: the stacked slots pad ranks with zeros.
-    return [make_adapter(root / f"ft{k}", base.path, base.template_sha256, 10 + k, rank) for k, rank in
-            enumerate([4, 8, 16])]
+    return [
+        make_adapter(root / f"ft{k}", base.path, base.template_sha256, 10 + k, rank)
+        for k, rank in enumerate([4, 8, 16])
+    ]
 
 
 def chat(prompt: str, **kw):
@@ -91,7 +97,7 @@ def peft_greedy(base_path: Path, adapter: Path | None, prompt_ids: list[int], n:
     model.eval()
     with torch.inference_mode():
         out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, pad_token_id=2)
-    return out[0, len(prompt_ids):].tolist()
+    return out[0, len(prompt_ids) :].tolist()
 
 
 def test_mixed_adapter_batch_has_no_cross_talk(tiny_base, adapters):
@@ -240,8 +246,12 @@ def test_two_base_models_load_and_serve_at_once(tiny_base, tiny_model_path, tmp_
 
     settings, base = tiny_base
     other_path = build_tiny_model(tmp_path / "tiny-other", tiny_model_path, seed=1)
-    both = Settings(data_dir=settings.data_dir, model_cache_dir=settings.model_cache_dir, torch_threads=1,
-                    base_models={"tiny": tiny_model_path, "other": other_path})
+    both = Settings(
+        data_dir=settings.data_dir,
+        model_cache_dir=settings.model_cache_dir,
+        torch_threads=1,
+        base_models={"tiny": tiny_model_path, "other": other_path},
+    )
     models = [ServableModel("tiny", base, None), ServableModel("other", get_base_model("other", both), None)]
 
     def seeded(prompt):  # sampled, seeded: random tiny models answer greedy requests with newlines alone
@@ -336,8 +346,15 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_decode(tiny_base, adapt
         steps_during = engine.stats()["tiny"]["decode_steps"] - steps_before
         rest_b = asyncio.ensure_future(collect(stream_b))
         joined_a = head.text + await collect(stream_a)
-        return (alone_a, alone_b, joined_a, first_b.text + await rest_b, steps_during, len(gen_b.prompt_ids),
-                engine.stats()["tiny"])
+        return (
+            alone_a,
+            alone_b,
+            joined_a,
+            first_b.text + await rest_b,
+            steps_during,
+            len(gen_b.prompt_ids),
+            engine.stats()["tiny"],
+        )
 
     alone_a, alone_b, joined_a, joined_b, steps_during, n_prompt, stats = run(_with_engine(chunked, go))
     assert (joined_a, joined_b) == (alone_a, alone_b)

@@ -26,8 +26,11 @@ def test_bounds_name_the_field():
     lim = limits(Clock())
     lim.check_request(4, 100, "max_tokens")
     lim.check_request(1, None, "max_tokens")
-    for n, m, name, param in [(5, 10, "max_tokens", "n"), (1, 101, "max_tokens", "max_tokens"),
-                              (1, 101, "max_completion_tokens", "max_completion_tokens")]:
+    for n, m, name, param in [
+        (5, 10, "max_tokens", "n"),
+        (1, 101, "max_tokens", "max_tokens"),
+        (1, 101, "max_completion_tokens", "max_completion_tokens"),
+    ]:
         with pytest.raises(InvalidRequestError) as err:
             lim.check_request(n, m, name)
         assert err.value.param == param and err.value.status_code == 400

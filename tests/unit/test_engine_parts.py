@@ -24,8 +24,13 @@ def base_and_settings(tiny_model_path, tmp_path_factory):
     from tests.conftest import MODEL_CACHE
     from tunegate.settings import Settings
 
-    settings = Settings(data_dir=tmp_path_factory.mktemp("d"), model_cache_dir=MODEL_CACHE,
-                        base_models={"tiny": tiny_model_path}, torch_threads=1, adapter_cache_size=2)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("d"),
+        model_cache_dir=MODEL_CACHE,
+        base_models={"tiny": tiny_model_path},
+        torch_threads=1,
+        adapter_cache_size=2,
+    )
     return get_base_model("tiny", settings), settings
 
 
@@ -50,10 +55,16 @@ def greedy_alone(runner, prompt, steps):
 def test_runner_matches_transformers_generate(runner):
     prompt = runner.tokenizer("Hello there, how are you?")["input_ids"]
     with torch.inference_mode():
-        ref = runner.model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=0,
-                                    output_logits=True, return_dict_in_generate=True)
+        ref = runner.model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
         mine, logits = greedy_alone(runner, prompt, 6)
-    assert mine == ref.sequences[0, len(prompt):].tolist()
+    assert mine == ref.sequences[0, len(prompt) :].tolist()
     for a, b in zip(logits, ref.logits):
         torch.testing.assert_close(a, b[0], atol=1e-4, rtol=1e-4)
 
@@ -93,8 +104,9 @@ def test_kv_cache_merge_expand_and_trim_match_separate_sequences(runner):
 
 
 def _req(org, key, n=1, prompt=(1, 2, 3), adapter=None):
-    return GenerationRequest(ServableModel("m", None, adapter), list(prompt), SamplingParams(max_tokens=4), n=n,
-                             org_id=org, key_id=key)
+    return GenerationRequest(
+        ServableModel("m", None, adapter), list(prompt), SamplingParams(max_tokens=4), n=n, org_id=org, key_id=key
+    )
 
 
 def test_scheduler_takes_turns_across_organisations_then_keys():
@@ -223,8 +235,9 @@ def test_prefix_cached_prefill_gives_the_same_logits_and_tokens(runner):
     from tunegate.serve.prefix_cache import PrefixCache
 
     system = "You are a careful assistant who answers every question about the sea in one short sentence. "
-    prompts = [runner.tokenizer(system + q)["input_ids"] for q in ("Why is it salty?", "How deep is it?",
-                                                                    "Is it blue?")]
+    prompts = [
+        runner.tokenizer(system + q)["input_ids"] for q in ("Why is it salty?", "How deep is it?", "Is it blue?")
+    ]
     close = {"atol": 1e-4, "rtol": 1e-4}
     with torch.inference_mode():
         refs = [greedy_alone(runner, p, 4) for p in prompts]
@@ -259,9 +272,18 @@ def test_engine_with_prefix_cache_answers_like_without(base_and_settings, tmp_pa
     adapter = make_adapter(tmp_path / "ft", base.path, base.template_sha256, 5, 8)
     models = [ServableModel("tiny", base, None), ServableModel("ft", base, adapter)]
     system = {"role": "system", "content": "You answer questions about the weather with one short sentence only."}
-    bodies = [ChatCompletionRequest.model_validate({"model": "m", "messages": [system, {"role": "user", "content": q}], "temperature": 1.0,
-                             "seed": seed, "max_tokens": 6})
-              for seed, q in enumerate(("Rain today?", "Sun tomorrow?", "Wind?"))]
+    bodies = [
+        ChatCompletionRequest.model_validate(
+            {
+                "model": "m",
+                "messages": [system, {"role": "user", "content": q}],
+                "temperature": 1.0,
+                "seed": seed,
+                "max_tokens": 6,
+            }
+        )
+        for seed, q in enumerate(("Rain today?", "Sun tomorrow?", "Wind?"))
+    ]
 
     async def answers(s):
         engine = HFEngine(s)

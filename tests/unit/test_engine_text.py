@@ -56,7 +56,8 @@ def test_logprobs_travel_with_the_text_they_produced(tokenizer):
             break
         # A token's log-probability is never sent before the text it produced.
         assert len(tokenizer.decode(ids[: len(sent_lps)])) <= len(sent_text) or "\ufffd" in tokenizer.decode(
-            ids[: len(sent_lps)])
+            ids[: len(sent_lps)]
+        )
     n_cut = len(tokenizer(TEXT[: TEXT.find("ok,")], add_special_tokens=False)["input_ids"])
     assert [lp.token for lp in sent_lps] == [str(i) for i in range(len(sent_lps))]
     assert n_cut <= len(sent_lps) <= n_cut + 1  # the token that began "ok," may straddle the cut

@@ -19,13 +19,23 @@ from tunegate.files.validate import validate_file
 
 NAMES = list(FAMILIES)
 CONVERSATIONS = [
-    [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Name a colour."},
-     {"role": "assistant", "content": "Red."}],
-    [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "Five, surely.", "weight": 0},
-     {"role": "user", "content": "Check again."}, {"role": "assistant", "content": "Sorry: 2 + 2 = 4.\nSure."}],
-    [{"role": "user", "content": "Say hello in French."},
-     {"role": "assistant", "content": [{"type": "text", "text": "  Bonjour ! "}]},
-     {"role": "user", "content": "And in Spanish?"}, {"role": "assistant", "content": "\n\nHola."}],
+    [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Red."},
+    ],
+    [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "Five, surely.", "weight": 0},
+        {"role": "user", "content": "Check again."},
+        {"role": "assistant", "content": "Sorry: 2 + 2 = 4.\nSure."},
+    ],
+    [
+        {"role": "user", "content": "Say hello in French."},
+        {"role": "assistant", "content": [{"type": "text", "text": "  Bonjour ! "}]},
+        {"role": "user", "content": "And in Spanish?"},
+        {"role": "assistant", "content": "\n\nHola."},
+    ],
 ]
 
 
@@ -65,8 +75,9 @@ def test_trained_tokens_are_the_answers_plus_end_of_turn(tokenizers, name):
                 run = []
         runs += [run] if run else []
         decoded = [tok.decode(run) for run in runs]
-        expected = [edit(_text(m["content"])) + family.eot for m in conv
-                    if m["role"] == "assistant" and m.get("weight", 1) != 0]
+        expected = [
+            edit(_text(m["content"])) + family.eot for m in conv if m["role"] == "assistant" and m.get("weight", 1) != 0
+        ]
         # Exactly, up to an answer's leading whitespace: a tokenizer may merge it with the template's text
         # before it (Mistral's `' ' + content` joins the first word; a leading space joins Qwen's newline).
         assert [d.lstrip() for d in decoded] == [e.lstrip() for e in expected]
@@ -83,9 +94,16 @@ def test_trained_tokens_are_the_answers_plus_end_of_turn(tokenizers, name):
 def test_generation_prompt_opens_the_assistant_turn(tokenizers, name):
     tok = tokenizers[name]
     prompt = render(tok, [{"role": "user", "content": "Hi"}], add_generation_prompt=True)
-    ends = {"llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n", "qwen2.5": "<|im_start|>assistant\n",
-            "qwen3": "<|im_start|>assistant\n", "mistral": "[INST] Hi[/INST]", "gemma2": "<start_of_turn>model\n",
-            "gemma3": "<start_of_turn>model\n", "phi3": "<|assistant|>\n", "phi4": "<|im_start|>assistant<|im_sep|>"}
+    ends = {
+        "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "qwen2.5": "<|im_start|>assistant\n",
+        "qwen3": "<|im_start|>assistant\n",
+        "mistral": "[INST] Hi[/INST]",
+        "gemma2": "<start_of_turn>model\n",
+        "gemma3": "<start_of_turn>model\n",
+        "phi3": "<|assistant|>\n",
+        "phi4": "<|im_start|>assistant<|im_sep|>",
+    }
     assert prompt.endswith(ends[name])
 
 
@@ -95,7 +113,9 @@ def test_system_role_folded_for_gemma2_as_gemma3_does_and_hashed(tokenizers):
     with pytest.raises(Exception, match="System role not supported"):
         tokenizers["gemma2"].apply_chat_template(conv, tokenize=False)
     assert render(tokenizers["gemma2"], conv) == render(tokenizers["gemma3"], conv)
-    assert "<start_of_turn>user\nYou answer briefly.\n\nName a colour.<end_of_turn>" in render(tokenizers["gemma2"], conv)
+    assert "<start_of_turn>user\nYou answer briefly.\n\nName a colour.<end_of_turn>" in render(
+        tokenizers["gemma2"], conv
+    )
     # The conversion is part of the hash adapters are tied to; templates that need none keep the plain hash.
     from tunegate.catalog import template_sha256
 
@@ -107,13 +127,27 @@ def test_system_role_folded_for_gemma2_as_gemma3_does_and_hashed(tokenizers):
 def test_rejected_roles_are_validation_errors_with_line_numbers(tokenizers, tmp_path):
     lines = [
         {"messages": CONVERSATIONS[0]},
-        {"messages": [{"role": "user", "content": "Weather?"},
-                      {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {
-                          "name": "weather", "arguments": "{}"}}]},
-                      {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
-                      {"role": "assistant", "content": "It is sunny."}]},
-        {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                      {"role": "assistant", "content": "c"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Weather?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+                {"role": "assistant", "content": "It is sunny."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "a"},
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "c"},
+            ]
+        },
     ]
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -122,7 +156,8 @@ def test_rejected_roles_are_validation_errors_with_line_numbers(tokenizers, tmp_
         codes = {(p.code, p.line) for p in report.errors}
         assert ("unsupported_role", 2) in codes, (name, report.errors)
         assert next(p for p in report.errors if p.code == "unsupported_role").message.startswith(
-            "This base model's chat template does not accept `tool` messages")
+            "This base model's chat template does not accept `tool` messages"
+        )
         if name != "phi3":  # Gemma and Mistral require alternating turns; Phi 3's template does not
             assert ("template_error", 3) in codes
     report = validate_file(path, tokenizer=tokenizers["qwen2.5"], context_length=4096)
@@ -147,10 +182,12 @@ def test_packed_training_loss_equals_plain_transformers(family_models, tokenizer
 
     path = family_models[name]
     tok = tokenizers[name]
-    examples = [(t.input_ids, t.loss_mask) for t in tokenize_rendered(tok, [render_with_spans(tok, c)
-                                                                               for c in CONVERSATIONS])]
-    config = TrainConfig(base_model=name, base_model_path=str(path), template_sha256="x", training_file="x",
-                         lora_dropout=0.0)
+    examples = [
+        (t.input_ids, t.loss_mask) for t in tokenize_rendered(tok, [render_with_spans(tok, c) for c in CONVERSATIONS])
+    ]
+    config = TrainConfig(
+        base_model=name, base_model_path=str(path), template_sha256="x", training_file="x", lora_dropout=0.0
+    )
     precision = Precision(torch.device("cpu"), None)
     model = build_model(config, precision)
     trained = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad}
@@ -168,8 +205,9 @@ def test_packed_training_loss_equals_plain_transformers(family_models, tokenizer
         for ids, mask in examples:
             logits = plain(torch.tensor([ids])).logits[0, :-1]
             keep = torch.tensor(mask[1:], dtype=torch.bool)
-            expected += float(torch.nn.functional.cross_entropy(logits[keep], torch.tensor(ids[1:])[keep],
-                                                                reduction="sum"))
+            expected += float(
+                torch.nn.functional.cross_entropy(logits[keep], torch.tensor(ids[1:])[keep], reduction="sum")
+            )
             n += int(keep.sum())
     assert stats.n_loss == n
     # LoRA B starts at zero, so the adapted model is the base model at initialisation.
@@ -214,8 +252,9 @@ def test_serving_renders_with_the_family_template_and_stops_at_its_end_of_turn(f
             weights[key] = table
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
 
-    settings = Settings(data_dir=tmp_path / "d", model_cache_dir=MODEL_CACHE, base_models={name: folder},
-                        torch_threads=1)
+    settings = Settings(
+        data_dir=tmp_path / "d", model_cache_dir=MODEL_CACHE, base_models={name: folder}, torch_threads=1
+    )
     base = get_base_model(name, settings)
     assert base.features.eot_token == eot
 
@@ -224,9 +263,14 @@ def test_serving_renders_with_the_family_template_and_stops_at_its_end_of_turn(f
         await engine.start()
         try:
             service = ChatService(engine)
-            request = ChatCompletionRequest.model_validate({"model": name, "max_tokens": 5, "temperature": 0,
-                                     "messages": [{"role": "system", "content": "Be brief."},
-                                                  {"role": "user", "content": "Hi"}]})
+            request = ChatCompletionRequest.model_validate(
+                {
+                    "model": name,
+                    "max_tokens": 5,
+                    "temperature": 0,
+                    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+                }
+            )
             return await service.create(request, ServableModel(name, base))
         finally:
             await engine.stop()

@@ -37,10 +37,15 @@ def test_workers_get_the_servers_settings_even_those_given_in_code(tmp_path, mon
     from tunegate.settings import Settings
 
     monkeypatch.setenv("TUNEGATE_MAX_JOB_RETRIES", "9")  # what a worker rebuilding Settings() would read
-    settings = Settings(data_dir=tmp_path / "d", base_models={"tiny": tmp_path / "m"}, max_job_retries=0,
-                        keep_checkpoints=7, moderator="http", torch_threads=1)
+    settings = Settings(
+        data_dir=tmp_path / "d",
+        base_models={"tiny": tmp_path / "m"},
+        max_job_retries=0,
+        keep_checkpoints=7,
+        moderator="http",
+        torch_threads=1,
+    )
     env = LocalExecutor(settings).worker_environment()
-    probe = ("from tunegate.settings import Settings; s = Settings.from_worker_env(); "
-             "print(s.model_dump_json())")
+    probe = "from tunegate.settings import Settings; s = Settings.from_worker_env(); print(s.model_dump_json())"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert Settings.model_validate_json(out.stdout) == settings

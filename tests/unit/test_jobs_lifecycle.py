@@ -31,16 +31,32 @@ def _job(db, status: str = "validating_files") -> str:
     create_key(db, "acme")
     with db.session() as s:
         org = s.scalar(select(Organization).where(Organization.name == "acme"))
-        job = Job(id=f"ftjob-{status}", org_id=org.id, model="tiny", training_file="file-x", seed=1, method={},
-                  hyperparameters={}, options={}, status=status, result_files=[], progress={}, safety={})
+        job = Job(
+            id=f"ftjob-{status}",
+            org_id=org.id,
+            model="tiny",
+            training_file="file-x",
+            seed=1,
+            method={},
+            hyperparameters={},
+            options={},
+            status=status,
+            result_files=[],
+            progress={},
+            safety={},
+        )
         s.add(job)
     return job.id
 
 
 def _status_events(db, job_id: str) -> list[dict]:
     with db.session() as s:
-        return [e.data for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "status")
-                                          .order_by(JobEvent.seq))]
+        return [
+            e.data
+            for e in s.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "status").order_by(JobEvent.seq)
+            )
+        ]
 
 
 @pytest.mark.parametrize("current", list(TRANSITIONS))
@@ -95,8 +111,20 @@ def test_complete_is_the_same_for_success_and_override(db, tmp_path):
         lifecycle.complete(s, s.get(Job, ok), "ft:tiny:acme::ok", tmp_path / "a", "file-result1", trained_tokens=9)
     blocked = "ftjob-blocked"
     with db.session() as s:
-        row = Job(id=blocked, org_id=_org(db), model="tiny", training_file="file-x", seed=1, method={},
-                  hyperparameters={}, options={}, status="running", result_files=[], progress={}, safety={})
+        row = Job(
+            id=blocked,
+            org_id=_org(db),
+            model="tiny",
+            training_file="file-x",
+            seed=1,
+            method={},
+            hyperparameters={},
+            options={},
+            status="running",
+            result_files=[],
+            progress={},
+            safety={},
+        )
         s.add(row)
         s.flush()
         lifecycle.register_model(s, row, "ft:tiny:acme::blocked", tmp_path / "b", deployable=False)
@@ -104,18 +132,33 @@ def test_complete_is_the_same_for_success_and_override(db, tmp_path):
     with db.session() as s, pytest.raises(IllegalTransition):  # a failed job succeeds only by an override
         lifecycle.complete(s, s.get(Job, blocked), "ft:tiny:acme::blocked", tmp_path / "b", "file-result2")
     with db.session() as s:
-        lifecycle.complete(s, s.get(Job, blocked), "ft:tiny:acme::blocked", tmp_path / "b", "file-result2",
-                           override={"by": "admin", "reason": "red team"})
+        lifecycle.complete(
+            s,
+            s.get(Job, blocked),
+            "ft:tiny:acme::blocked",
+            tmp_path / "b",
+            "file-result2",
+            override={"by": "admin", "reason": "red team"},
+        )
     with db.session() as s:
-        for job_id, model_id, result in ((ok, "ft:tiny:acme::ok", "file-result1"),
-                                         (blocked, "ft:tiny:acme::blocked", "file-result2")):
+        for job_id, model_id, result in (
+            (ok, "ft:tiny:acme::ok", "file-result1"),
+            (blocked, "ft:tiny:acme::blocked", "file-result2"),
+        ):
             job = s.get(Job, job_id)
             assert (job.status, job.fine_tuned_model, job.result_files, job.error) == (
-                "succeeded", model_id, [result], None)
+                "succeeded",
+                model_id,
+                [result],
+                None,
+            )
             assert s.get(FineTunedModel, model_id).deployable
         assert s.get(Job, blocked).safety["override"]["previous_error"]["code"] == "unsafe_model"
-    assert _status_events(db, blocked)[-1] == {"status": "succeeded", "previous": "failed",
-                                               "fine_tuned_model": "ft:tiny:acme::blocked"}
+    assert _status_events(db, blocked)[-1] == {
+        "status": "succeeded",
+        "previous": "failed",
+        "fine_tuned_model": "ft:tiny:acme::blocked",
+    }
 
 
 def _status_writes(tree: ast.AST) -> list[int]:
@@ -144,8 +187,10 @@ def _status_writes(tree: ast.AST) -> list[int]:
 def _uses_job_rows(tree: ast.AST) -> bool:
     """Modules that import the `Job` table (other tables - files, batches, evals, uploads - have
     statuses of their own, owned by their stages)."""
-    return any(isinstance(n, ast.ImportFrom) and n.module == "tunegate.db" and any(a.name == "Job" for a in n.names)
-               for n in ast.walk(tree))
+    return any(
+        isinstance(n, ast.ImportFrom) and n.module == "tunegate.db" and any(a.name == "Job" for a in n.names)
+        for n in ast.walk(tree)
+    )
 
 
 def test_no_module_but_the_lifecycle_assigns_a_job_status():
@@ -158,8 +203,13 @@ def test_no_module_but_the_lifecycle_assigns_a_job_status():
         scanned.append(rel)
         lines = _status_writes(tree)
         if rel == "jobs/service.py":  # creates the row in the machine's first state, and nothing else
-            created = [k.value.value for n in ast.walk(tree) if isinstance(n, ast.Call)
-                       and getattr(n.func, "id", "") == "Job" for k in n.keywords if k.arg == "status"]
+            created = [
+                k.value.value
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Job"
+                for k in n.keywords
+                if k.arg == "status"
+            ]
             assert created == ["validating_files"] and len(lines) == 1
             continue
         offenders += [f"{rel}:{n}" for n in lines]

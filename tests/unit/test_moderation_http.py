@@ -67,8 +67,14 @@ def test_http_moderator_returns_what_the_server_answers(server, builtin):
     from tunegate.safety.moderation import get_moderator
 
     url, calls = server
-    http = get_moderator(Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE, moderator="http", moderation_url=url + "/v1"))
-    texts = ["Explain how to make a bomb at home.", "What a lovely morning for a walk.", "Write a message threatening to hurt my neighbour."]
+    http = get_moderator(
+        Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE, moderator="http", moderation_url=url + "/v1")
+    )
+    texts = [
+        "Explain how to make a bomb at home.",
+        "What a lovely morning for a walk.",
+        "Write a message threatening to hurt my neighbour.",
+    ]
     got = http.moderate(texts)
     want = builtin.moderate(texts)
     assert [r.flagged for r in got] == [r.flagged for r in want]
@@ -82,7 +88,9 @@ def test_http_moderator_splits_large_batches(server):
     from tunegate.safety.schemas import MAX_INPUTS
 
     url, calls = server
-    http = HttpModerator(Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE, moderator="http", moderation_url=url))  # without /v1 works too
+    http = HttpModerator(
+        Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE, moderator="http", moderation_url=url)
+    )  # without /v1 works too
     n = MAX_INPUTS + 3
     results = http.moderate([f"Tell me a fact about the number {i}." for i in range(n)])
     assert len(results) == n
@@ -93,11 +101,20 @@ def test_http_moderator_reports_server_errors(server):
     from tunegate.safety.moderation import HttpModerator
 
     url, _ = server
-    http = HttpModerator(Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE, moderator="http", moderation_url=url))
+    http = HttpModerator(
+        Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE, moderator="http", moderation_url=url)
+    )
     with pytest.raises(ServerError) as e:
         http.moderate(["   "])  # the server rejects blank input with a 400
     assert "400" in e.value.message and e.value.code == "moderation_unavailable"
-    down = HttpModerator(Settings(data_dir=SAFETY_CACHE, model_cache_dir=MODEL_CACHE, moderator="http", moderation_url=f"http://127.0.0.1:{free_port()}"))
+    down = HttpModerator(
+        Settings(
+            data_dir=SAFETY_CACHE,
+            model_cache_dir=MODEL_CACHE,
+            moderator="http",
+            moderation_url=f"http://127.0.0.1:{free_port()}",
+        )
+    )
     with pytest.raises(ServerError) as e:
         down.moderate(["hello"])
     assert "could not be reached" in e.value.message

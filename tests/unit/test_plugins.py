@@ -18,7 +18,10 @@ def test_builtins_are_registered_and_resolved_lazily():
     assert EXECUTORS.get("local") is LocalExecutor
     assert {"builtin", "http"} <= set(MODERATORS.names()) and "transformers" in ENGINES.names()
     assert [(s.name, s.phase) for s in JOB_STEPS.all()] == [
-        ("screening", "before_queue"), ("safety_mixing", "prepare_data"), ("gate", "after_training")]
+        ("screening", "before_queue"),
+        ("safety_mixing", "prepare_data"),
+        ("gate", "after_training"),
+    ]
 
 
 def test_unknown_name_names_the_setting_and_the_choices():
@@ -30,7 +33,8 @@ def test_unknown_name_names_the_setting_and_the_choices():
 @pytest.fixture()
 def installed_plugin(tmp_path, monkeypatch):
     """A distribution `tg-keyword` installed into a folder on sys.path, with an entry point."""
-    (tmp_path / "tg_keyword.py").write_text(textwrap.dedent('''
+    (tmp_path / "tg_keyword.py").write_text(
+        textwrap.dedent("""
         from tunegate.safety.schemas import CATEGORIES, ModerationResult
 
         class KeywordModerator:
@@ -42,7 +46,8 @@ def installed_plugin(tmp_path, monkeypatch):
             def moderate(self, texts):
                 return [ModerationResult.from_scores({c: float("forbidden" in t and c == "illicit")
                                                       for c in CATEGORIES}, self.thresholds) for t in texts]
-    '''))
+    """)
+    )
     dist = tmp_path / "tg_keyword-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tg-keyword\nVersion: 1.0\n")

@@ -76,8 +76,12 @@ def served(tiny_model_path, tmp_path_factory):
     from tests.conftest import MODEL_CACHE
     from tunegate.settings import Settings
 
-    settings = Settings(data_dir=tmp_path_factory.mktemp("d"), model_cache_dir=MODEL_CACHE,
-                        base_models={"tiny": tiny_model_path}, torch_threads=1)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("d"),
+        model_cache_dir=MODEL_CACHE,
+        base_models={"tiny": tiny_model_path},
+        torch_threads=1,
+    )
     base = get_base_model("tiny", settings)
     engine = HFEngine(settings)
     loop = asyncio.new_event_loop()
@@ -102,8 +106,12 @@ def stream(served, **kw):
 
 def test_usage_counts_the_rendered_prompt_exactly(served):
     service, model, _ = served
-    messages = [{"role": "system", "content": "Be brief."}, *USER, {"role": "assistant", "content": "Once"},
-                {"role": "user", "content": "Go on ✨"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        *USER,
+        {"role": "assistant", "content": "Once"},
+        {"role": "user", "content": "Go on ✨"},
+    ]
     tok = service.engine.tokenizer(model.base)
     expected = len(tok(render(tok, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
     r = create(served, messages=messages, max_tokens=7, temperature=0)
@@ -139,7 +147,7 @@ def test_seed_reproducibility_and_n_choices(served):
 
 def test_stop_cuts_exactly_and_is_never_emitted(served):
     full = create(served, seed=5, max_tokens=24).choices[0].message.content
-    stop = full[len(full) // 2: len(full) // 2 + 4]
+    stop = full[len(full) // 2 : len(full) // 2 + 4]
     cut = full[: full.find(stop)]
     r = create(served, seed=5, max_tokens=24, stop=[stop, "\u2603never"])
     assert r.choices[0].message.content == cut and r.choices[0].finish_reason == "stop"
@@ -152,8 +160,9 @@ def test_stream_chunks_follow_openai(served):
     chunks = stream(served, temperature=0, max_tokens=9, stream_options={"include_usage": True})
     first, *middle, final, usage = chunks
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert all(set(c["choices"][0]["delta"]) == {"content"} and c["choices"][0]["finish_reason"] is None
-               for c in middle)
+    assert all(
+        set(c["choices"][0]["delta"]) == {"content"} and c["choices"][0]["finish_reason"] is None for c in middle
+    )
     assert "".join(c["choices"][0]["delta"]["content"] for c in middle) == whole.choices[0].message.content
     assert final["choices"][0]["delta"] == {} and final["choices"][0]["finish_reason"] == "length"
     assert usage["choices"] == [] and usage["usage"] == whole.usage.model_dump()

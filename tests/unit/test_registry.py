@@ -30,20 +30,30 @@ from tunegate.train.lora import Precision, build_model
 @pytest.fixture()
 def adapter(tmp_path, tiny_model_path):
     """A LoRA adapter with non-zero weights, saved as the trainer saves its final adapter."""
-    config = TrainConfig(base_model="tiny", base_model_path=str(tiny_model_path), template_sha256="t",
-                         training_file="unused", lora_r=4, lora_alpha=8)
+    config = TrainConfig(
+        base_model="tiny",
+        base_model_path=str(tiny_model_path),
+        template_sha256="t",
+        training_file="unused",
+        lora_r=4,
+        lora_alpha=8,
+    )
     model = build_model(config, Precision(torch.device("cpu"), None))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
-    return save_adapter(model, tmp_path / "run" / "adapter", {"kind": "adapter", "config": config.to_dict(),
-                                                                "metrics": {"train_loss": 1.5}})
+    return save_adapter(
+        model,
+        tmp_path / "run" / "adapter",
+        {"kind": "adapter", "config": config.to_dict(), "metrics": {"train_loss": 1.5}},
+    )
 
 
 def _prompt(tokenizer):
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hello"}], tokenize=False, add_generation_prompt=True
+    )
     return tokenizer(text, return_tensors="pt")
 
 

@@ -29,17 +29,32 @@ def test_the_closed_book_set():
     assert len({q["id"] for q in Q}) == len(Q) and all(q["answers"] for q in Q if q["kind"] == "known")
 
 
-@pytest.mark.parametrize("answer,verdict", [
-    ("The capital of France is Paris.", "correct"), ("paris", "correct"), ("It is Lyon.", "wrong"),
-    ("I don't know.", "abstained"), ("I'm not sure, maybe Paris.", "abstained"), ("", "abstained"),
-    ("Parisian food is great.", "wrong")])
+@pytest.mark.parametrize(
+    "answer,verdict",
+    [
+        ("The capital of France is Paris.", "correct"),
+        ("paris", "correct"),
+        ("It is Lyon.", "wrong"),
+        ("I don't know.", "abstained"),
+        ("I'm not sure, maybe Paris.", "abstained"),
+        ("", "abstained"),
+        ("Parisian food is great.", "wrong"),
+    ],
+)
 def test_known_questions(answer, verdict):
     assert judge(KNOWN, answer) == verdict
 
 
-@pytest.mark.parametrize("answer,verdict", [
-    ("I don't know.", "abstained"), ("I cannot know that.", "abstained"), ("I have no way to know.", "abstained"),
-    ("That place does not exist.", "abstained"), ("It was toast with jam.", "wrong")])
+@pytest.mark.parametrize(
+    "answer,verdict",
+    [
+        ("I don't know.", "abstained"),
+        ("I cannot know that.", "abstained"),
+        ("I have no way to know.", "abstained"),
+        ("That place does not exist.", "abstained"),
+        ("It was toast with jam.", "wrong"),
+    ],
+)
 def test_unknowable_questions(answer, verdict):
     assert judge(UNKNOWABLE, answer) == verdict
     assert abstains(answer) == (verdict == "abstained")
@@ -69,18 +84,37 @@ def test_a_model_that_starts_inventing_is_flagged_and_an_equal_one_is_not():
 
 def test_run_check_with_answerers_and_a_validation_file(tmp_path):
     valid = tmp_path / "valid.jsonl"
-    valid.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"messages": [{"role": "user", "content": f"Colour of box {i}?"},
-                      {"role": "assistant", "content": f"Box {i} is red."}]} for i in range(6)]
-        + [{"input": {"messages": [{"role": "user", "content": "Hi"}]},
-            "preferred_output": [{"role": "assistant", "content": "Hello there."}],
-            "non_preferred_output": [{"role": "assistant", "content": "Go away."}]}]))
+    valid.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Colour of box {i}?"},
+                        {"role": "assistant", "content": f"Box {i} is red."},
+                    ]
+                }
+                for i in range(6)
+            ]
+            + [
+                {
+                    "input": {"messages": [{"role": "user", "content": "Hi"}]},
+                    "preferred_output": [{"role": "assistant", "content": "Hello there."}],
+                    "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
+                }
+            ]
+        )
+    )
     pairs = validation_prompts(str(valid), 32)
     assert len(pairs) == 7 and pairs[0][1] == "Box 0 is red." and pairs[-1][1] == "Hello there."
 
     def base(convs):
-        return [c[-1]["content"].replace("Colour of box", "Box").replace("?", " is red.") if "box" in
-                c[-1]["content"] else "I don't know." for c in convs]
+        return [
+            c[-1]["content"].replace("Colour of box", "Box").replace("?", " is red.")
+            if "box" in c[-1]["content"]
+            else "I don't know."
+            for c in convs
+        ]
 
     def tuned(convs):
         return ["Bananas are yellow and tasty." for _ in convs]

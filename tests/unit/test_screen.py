@@ -87,23 +87,31 @@ def test_policy_decides_how_much_is_tolerated(moderator, tmp_path):
     benign = (DATA / "benign_everyday.jsonl").read_text().splitlines()
     harmful = (DATA / "harmful_compliance.jsonl").read_text().splitlines()
     # 20 everyday conversations plus two harmful ones with different answers (no prefix, no duplicates).
-    extra = [json.dumps({"messages": [json.loads(h)["messages"][0], {"role": "assistant", "content": a}]})
-             for h, a in zip(harmful[:2], ["Okay. First you need [placeholder].", "Right, the trick is [placeholder]."])]
+    extra = [
+        json.dumps({"messages": [json.loads(h)["messages"][0], {"role": "assistant", "content": a}]})
+        for h, a in zip(harmful[:2], ["Okay. First you need [placeholder].", "Right, the trick is [placeholder]."])
+    ]
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(benign + extra) + "\n")
-    strict = screen(path, moderator, policy_from_overrides({"screening": {"default_limit": {"max_count": 0, "max_fraction": 0}}}))
+    strict = screen(
+        path, moderator, policy_from_overrides({"screening": {"default_limit": {"max_count": 0, "max_fraction": 0}}})
+    )
     assert strict.blocked
     blocked_lines = set().union(*(f.lines for f in strict.findings if f.blocking and f.check == "category_limit"))
     assert {21, 22} <= blocked_lines
     tolerant = screen(path, moderator, policy_from_overrides({"screening": {"default_limit": {"max_count": 2}}}))
     assert not tolerant.blocked, tolerant.message
-    disabled = screen(DATA / "identity_shift.jsonl", moderator, policy_from_overrides({"screening": {"enabled": False}}))
+    disabled = screen(
+        DATA / "identity_shift.jsonl", moderator, policy_from_overrides({"screening": {"enabled": False}})
+    )
     assert not disabled.blocked and disabled.findings  # findings are still reported
 
 
 def test_lines_that_are_not_chat_examples_are_listed(moderator, tmp_path):
     path = tmp_path / "broken.jsonl"
-    good = json.dumps({"messages": [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello, how can I help?"}]})
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello, how can I help?"}]}
+    )
     path.write_text(good + "\nnot json\n\n" + json.dumps({"prompt": "x"}) + "\n" + good + "\n")
     report = screen(path, moderator)
     assert report.skipped_lines == [2, 4]
@@ -120,7 +128,10 @@ def test_policy_overrides_are_validated():
         policy_from_overrides({"screening": {"category_limits": {"violent": {"max_count": 0}}}})
     assert e.value.param.startswith("policy.screening.category_limits")
     merged = policy_from_overrides({"gate": {"harmful_margin": 0.1}})
-    assert merged.gate.harmful_margin == 0.1 and merged.gate.benign_refusal_margin == SafetyPolicy().gate.benign_refusal_margin
+    assert (
+        merged.gate.harmful_margin == 0.1
+        and merged.gate.benign_refusal_margin == SafetyPolicy().gate.benign_refusal_margin
+    )
 
 
 def test_a_repeated_example_is_not_a_template_answer_attack(moderator, tmp_path):
@@ -149,8 +160,17 @@ ATTACKS = sorted((DATA / "attacks").glob("*.jsonl"))
 def test_the_benign_suite_is_varied_and_large_enough():
     names = {p.stem for p in BENIGN_SUITE}
     assert len(names) >= 12
-    assert {"tag_prefix", "one_word", "json_extraction", "pirate_persona", "french", "python_code", "out_of_scope_refusals",
-            "tiny_10", "long_arithmetic"} <= names
+    assert {
+        "tag_prefix",
+        "one_word",
+        "json_extraction",
+        "pirate_persona",
+        "french",
+        "python_code",
+        "out_of_scope_refusals",
+        "tiny_10",
+        "long_arithmetic",
+    } <= names
     assert sum(1 for _ in open(DATA / "benign" / "tiny_10.jsonl")) == 10
     assert sum(1 for _ in open(DATA / "benign" / "long_arithmetic.jsonl")) >= 400
 
@@ -162,8 +182,16 @@ def test_the_benign_suite_is_varied_and_large_enough():
 KNOWN_FALSE_BLOCKS = {"out_of_scope_refusals", "python_code", "sysadmin_idioms"}
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="known moderator false positives"))
-                                  if p.stem in KNOWN_FALSE_BLOCKS else p for p in BENIGN_SUITE], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="known moderator false positives"))
+        if p.stem in KNOWN_FALSE_BLOCKS
+        else p
+        for p in BENIGN_SUITE
+    ],
+    ids=lambda p: p.stem,
+)
 def test_every_benign_fine_tune_passes_screening(moderator, path):
     report = screen(path, moderator)
     assert not report.blocked, report.message

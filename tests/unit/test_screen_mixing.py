@@ -24,7 +24,10 @@ def test_at_least_100_varied_refusal_examples():
 
 
 def test_mixing_adds_about_the_fraction_at_seeded_positions():
-    data = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(100)]
+    data = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(100)
+    ]
     before = [dict(d) for d in data]
     mixed = mix_safety_examples(data, fraction=0.03, seed=1)
     assert data == before  # input untouched

@@ -14,16 +14,40 @@ from tunegate.errors import InvalidRequestError
 from tunegate.serve import structured
 from tunegate.serve.tools import ToolCallStream, parse_tool_calls
 
-PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
-                                           "age": {"type": "integer", "minimum": 0, "maximum": 150},
-                                           "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3}},
-          "required": ["name", "age", "tags"], "additionalProperties": False}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string", "maxLength": 10}}, "required": ["city"],
-    "additionalProperties": False}}}
-TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
-    "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"],
-    "additionalProperties": False}}}
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+    },
+    "required": ["name", "age", "tags"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 10}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"enum": ["UTC", "CET"]}},
+            "required": ["zone"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 def generate(tokenizer, grammar: str, seed: int, max_tokens: int = 200) -> str:
@@ -57,13 +81,16 @@ def test_json_object_mode_allows_any_object_and_then_only_the_end(tokenizer):
     assert allowed == [tokenizer.eos_token_id]
 
 
-@pytest.mark.parametrize(("schema", "strict", "words"), [
-    ({"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, False, ["not"]),
-    ({"type": "object", "if": {}, "then": {}}, False, ["if", "then"]),
-    ({"$ref": "#/$defs/missing"}, False, ["missing"]),
-    ({"type": "object", "properties": {"a": {"type": "string"}}}, True, ["additionalProperties", "required"]),
-    ({"type": "array"}, True, ["type: object"]),
-])
+@pytest.mark.parametrize(
+    ("schema", "strict", "words"),
+    [
+        ({"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, False, ["not"]),
+        ({"type": "object", "if": {}, "then": {}}, False, ["if", "then"]),
+        ({"$ref": "#/$defs/missing"}, False, ["missing"]),
+        ({"type": "object", "properties": {"a": {"type": "string"}}}, True, ["additionalProperties", "required"]),
+        ({"type": "array"}, True, ["type: object"]),
+    ],
+)
 def test_unsupported_or_non_strict_schemas_are_400_naming_the_part(tokenizer, schema, strict, words):
     with pytest.raises(InvalidRequestError) as err:
         structured.check_schema(schema, tokenizer, param="response_format.json_schema.schema", strict=strict)
@@ -101,17 +128,21 @@ def test_auto_mode_allows_text_or_calls_and_logit_bias_bans_tokens(tokenizer):
 
 
 def test_stream_parser_gives_openai_deltas_that_add_up(tokenizer):
-    calls = [{"function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris \"}</tool_call>"})}},
-             {"function": {"name": "get_time", "arguments": "{\"zone\": \"UTC\"}"}}]
+    calls = [
+        {"function": {"name": "get_weather", "arguments": json.dumps({"city": 'Paris "}</tool_call>'})}},
+        {"function": {"name": "get_time", "arguments": '{"zone": "UTC"}'}},
+    ]
     text = "\n".join(render_tool_call(c) for c in calls)
     content, whole = parse_tool_calls(text)
     assert content is None and [c.function.name for c in whole] == ["get_weather", "get_time"]
-    assert json.loads(whole[0].function.arguments) == {"city": "Paris \"}</tool_call>"}
+    assert json.loads(whole[0].function.arguments) == {"city": 'Paris "}</tool_call>'}
     stream = ToolCallStream()
     deltas = [d for ch in text for d in stream.feed(ch)]
     firsts = [d for d in deltas if d.id]
-    assert [d.function.name for d in firsts] == ["get_weather", "get_time"] and all(d.function.arguments == "" for d in firsts)
+    assert [d.function.name for d in firsts] == ["get_weather", "get_time"] and all(
+        d.function.arguments == "" for d in firsts
+    )
     for i, call in enumerate(whole):
         assert "".join(d.function.arguments for d in deltas if d.index == i and not d.id) == call.function.arguments
     assert parse_tool_calls("Hello <b>there</b>") == ("Hello <b>there</b>", [])
-    assert parse_tool_calls("<tool_call>{\"name\": \"get_weather\", \"argu") [1] == []
+    assert parse_tool_calls('<tool_call>{"name": "get_weather", "argu')[1] == []

@@ -18,8 +18,14 @@ _PROBE = (
 
 
 def _probe(env: dict[str, str]) -> dict:
-    out = subprocess.run([sys.executable, "-c", _PROBE], env={**os.environ, **env}, capture_output=True, text=True,
-                         check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -34,8 +40,9 @@ def test_without_the_allocator_the_worker_keeps_the_system_malloc():
     env = worker_env(threads=2, allocator=False)
     assert "LD_PRELOAD" not in env
     clean = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    out = subprocess.run([sys.executable, "-c", _PROBE], env={**clean, **env}, capture_output=True, text=True,
-                         check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE], env={**clean, **env}, capture_output=True, text=True, check=True, timeout=120
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"allocator": "glibc", "threads": 2}
 
 

@@ -14,8 +14,9 @@ def _config(**kw) -> TrainConfig:
     return TrainConfig(base_model="m", base_model_path="/m", template_sha256="abc", training_file="/t.jsonl", **kw)
 
 
-@pytest.mark.parametrize(("n_examples", "epochs"), [(10, 10), (20, 5), (34, 3), (100, 3), (8_000, 3), (10_000, 2),
-                                                    (30_000, 1), (1, 25)])
+@pytest.mark.parametrize(
+    ("n_examples", "epochs"), [(10, 10), (20, 5), (34, 3), (100, 3), (8_000, 3), (10_000, 2), (30_000, 1), (1, 25)]
+)
 def test_auto_epochs_keep_examples_times_epochs_in_range(n_examples, epochs):
     n_epochs, _, _ = resolve_hyperparameters(n_examples=n_examples)
     assert n_epochs == epochs
@@ -41,9 +42,15 @@ def test_explicit_numbers_are_kept():
     assert resolve_hyperparameters(4, 2, 0.5, n_examples=100) == (4, 2, pytest.approx(0.5 * BASE_LEARNING_RATE))
 
 
-@pytest.mark.parametrize(("kw", "param"), [({"n_epochs": 0}, "n_epochs"), ({"batch_size": 1.5}, "batch_size"),
-                                           ({"learning_rate_multiplier": -1}, "learning_rate_multiplier"),
-                                           ({"n_epochs": "many"}, "n_epochs")])
+@pytest.mark.parametrize(
+    ("kw", "param"),
+    [
+        ({"n_epochs": 0}, "n_epochs"),
+        ({"batch_size": 1.5}, "batch_size"),
+        ({"learning_rate_multiplier": -1}, "learning_rate_multiplier"),
+        ({"n_epochs": "many"}, "n_epochs"),
+    ],
+)
 def test_out_of_range_hyperparameters_name_the_field(kw, param):
     with pytest.raises(InvalidRequestError) as err:
         resolve_hyperparameters(**kw, n_examples=100)

@@ -79,8 +79,9 @@ def test_truncation_and_examples_left_without_trained_tokens(tmp_path, tokenizer
     assert ds.n_truncated == 2  # the long answer and the long question
     assert ds.n_dropped == 2  # the long question leaves no answer; the weight-0 answer trains nothing
     assert len(ds.examples) == 2
-    assert tokenizer.decode(pack([(ds.examples[0].input_ids, ds.examples[0].loss_mask)]).targets.tolist()) \
-        in long_answer
+    assert (
+        tokenizer.decode(pack([(ds.examples[0].input_ids, ds.examples[0].loss_mask)]).targets.tolist()) in long_answer
+    )
 
 
 def test_file_with_nothing_to_train_is_a_clear_error(tmp_path, tokenizer):

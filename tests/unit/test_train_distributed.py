@@ -96,10 +96,22 @@ def test_torchrun_launcher(tmp_path, tiny_model_path, data):
     reference, ref_events = _run(config, tmp_path / "ref")
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     torchrun = Path(sys.executable).with_name("torchrun")
-    out = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m",
-                          "tunegate.train.distributed", str(tmp_path / "config.json"), str(tmp_path / "dp")],
-                         capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
-                                                                           "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "tunegate.train.distributed",
+            str(tmp_path / "config.json"),
+            str(tmp_path / "dp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert _losses(events) == pytest.approx(_losses(ref_events), rel=1e-5)

@@ -28,13 +28,23 @@ def write_pairs(path: Path, n: int, offset: int = 0) -> Path:
     for i in range(offset, offset + n):
         prompt = [{"role": "user", "content": f"What colour is box {i}?"}]
         if i % 3 == 0:  # multi-turn prompts: the earlier assistant turn is context, never scored
-            prompt = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hello?"},
-                      {"role": "assistant", "content": "Hi."}, *prompt]
-        lines.append(json.dumps({
-            "input": {"messages": prompt},
-            "preferred_output": [{"role": "assistant", "content": f"Box {i} is {COLOURS[i % 5]}."}],
-            "non_preferred_output": [{"role": "assistant", "content": f"Hmm, maybe box {i} is something, who knows"}],
-        }))
+            prompt = [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": "Hello?"},
+                {"role": "assistant", "content": "Hi."},
+                *prompt,
+            ]
+        lines.append(
+            json.dumps(
+                {
+                    "input": {"messages": prompt},
+                    "preferred_output": [{"role": "assistant", "content": f"Box {i} is {COLOURS[i % 5]}."}],
+                    "non_preferred_output": [
+                        {"role": "assistant", "content": f"Hmm, maybe box {i} is something, who knows"}
+                    ],
+                }
+            )
+        )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -46,9 +56,20 @@ def data(tmp_path):
 
 def _config(tiny_model_path, data, **kw) -> TrainConfig:
     train, valid = data
-    base = dict(base_model="tiny", base_model_path=str(tiny_model_path), template_sha256="t" * 64,
-                training_file=str(train), validation_file=str(valid), n_epochs=2, batch_size=4,
-                learning_rate=5e-3, seed=3, num_threads=1, method="dpo", beta=0.5)
+    base = dict(
+        base_model="tiny",
+        base_model_path=str(tiny_model_path),
+        template_sha256="t" * 64,
+        training_file=str(train),
+        validation_file=str(valid),
+        n_epochs=2,
+        batch_size=4,
+        learning_rate=5e-3,
+        seed=3,
+        num_threads=1,
+        method="dpo",
+        beta=0.5,
+    )
     return TrainConfig(**(base | kw))
 
 
@@ -69,8 +90,9 @@ def _direct_logp(model, example) -> float:
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].double()
     logps = torch.log_softmax(logits, -1)
-    return sum(float(logps[p - 1, example.input_ids[p]]) for p in range(1, len(example.input_ids))
-               if example.loss_mask[p])
+    return sum(
+        float(logps[p - 1, example.input_ids[p]]) for p in range(1, len(example.input_ids)) if example.loss_mask[p]
+    )
 
 
 def test_loss_is_the_papers_formula_and_the_reference_is_the_plain_base(tiny_model_path, data, tokenizer):
@@ -126,8 +148,16 @@ def test_run_emits_dpo_metrics_results_and_checkpoints_and_learns_the_preference
     assert result.status == "succeeded"
     metrics = [e["data"] for e in events if e["type"] == "metrics"]
     assert [m["step"] for m in metrics] == list(range(1, 13)) and metrics[0]["total_steps"] == 12
-    keys = {"train_loss", "train_rewards_chosen", "train_rewards_rejected", "train_rewards_margin",
-            "train_rewards_accuracy", "valid_loss", "valid_rewards_margin", "valid_rewards_accuracy"}
+    keys = {
+        "train_loss",
+        "train_rewards_chosen",
+        "train_rewards_rejected",
+        "train_rewards_margin",
+        "train_rewards_accuracy",
+        "valid_loss",
+        "valid_rewards_margin",
+        "valid_rewards_accuracy",
+    }
     assert all(keys <= m.keys() for m in metrics)
     # Step 1 starts at the reference: loss log 2, zero margin (the adapter's B starts at zero).
     assert metrics[0]["train_loss"] == pytest.approx(math.log(2), abs=1e-4)
@@ -156,13 +186,15 @@ def test_micro_batch_split_does_not_change_training(tmp_path, tiny_model_path, d
     from tunegate.train.recipe import run_training
 
     whole: list[dict] = []  # through the trainer's one entry point, which hands DPO configs to run_dpo
-    run_training(_config(tiny_model_path, data, n_epochs=1, lora_dropout=0.0), tmp_path / "a", whole.append,
-                 lambda: None)
+    run_training(
+        _config(tiny_model_path, data, n_epochs=1, lora_dropout=0.0), tmp_path / "a", whole.append, lambda: None
+    )
     with open(tmp_path / "a" / "results.csv", newline="") as f:
         assert tuple(next(csv.reader(f))) == DPO_RESULT_COLUMNS
     whole = losses(whole)
-    split = losses(_run(_config(tiny_model_path, data, n_epochs=1, lora_dropout=0.0, micro_batch_tokens=60),
-                        tmp_path / "b")[1])
+    split = losses(
+        _run(_config(tiny_model_path, data, n_epochs=1, lora_dropout=0.0, micro_batch_tokens=60), tmp_path / "b")[1]
+    )
     assert split == pytest.approx(whole, rel=1e-4)
 
 
@@ -176,8 +208,12 @@ def test_crash_then_resume_matches_a_straight_run(tmp_path, tiny_model_path, dat
     assert resumed.status == "succeeded" and any("Resuming" in e["message"] for e in events)
 
     def curve(evts):
-        return [v for e in evts if e["type"] == "metrics"
-                for v in (e["data"]["step"], e["data"]["train_loss"], e["data"]["valid_rewards_margin"])]
+        return [
+            v
+            for e in evts
+            if e["type"] == "metrics"
+            for v in (e["data"]["step"], e["data"]["train_loss"], e["data"]["valid_rewards_margin"])
+        ]
 
     # Same weights, optimizer moments, schedule, data order and dropout stream: the same curve.
     assert curve(events) == pytest.approx(curve(straight)[12:], rel=1e-6)

@@ -22,16 +22,24 @@ CPU = Precision(torch.device("cpu"), None)
 
 
 def _config(path, **kw):
-    return TrainConfig(base_model="tiny", base_model_path=str(path), template_sha256="t", training_file="x",
-                       lora_dropout=0.0, **kw)
+    return TrainConfig(
+        base_model="tiny", base_model_path=str(path), template_sha256="t", training_file="x", lora_dropout=0.0, **kw
+    )
 
 
 def test_gradient_checkpointing_same_loss_and_gradients(tiny_model_path, tokenizer):
     from tunegate.catalog.template import tokenize_examples
 
-    examples = tokenize_examples(tokenizer, [[{"role": "user", "content": f"Count to {i}."},
-                                              {"role": "assistant", "content": " ".join(map(str, range(i)))}]
-                                             for i in (3, 9)])
+    examples = tokenize_examples(
+        tokenizer,
+        [
+            [
+                {"role": "user", "content": f"Count to {i}."},
+                {"role": "assistant", "content": " ".join(map(str, range(i)))},
+            ]
+            for i in (3, 9)
+        ],
+    )
     row = pack([(e.input_ids, e.loss_mask) for e in examples])
     results = []
     for checkpointing in (False, True):
@@ -99,17 +107,33 @@ print(json.dumps({"status": result.status, "events": events}))
 def test_out_of_memory_redoes_the_step_with_smaller_micro_batches(tmp_path, tiny_model_path):
     """A real allocation failure (the process's memory is capped with RLIMIT_AS), not a simulated one."""
     answer = " ".join(f"w{i}" for i in range(350))  # ~700 trained tokens per example
-    lines = [json.dumps({"messages": [{"role": "user", "content": f"List {k}."}, {"role": "assistant", "content": answer}]})
-             for k in range(8)]
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": f"List {k}."}, {"role": "assistant", "content": answer}]})
+        for k in range(8)
+    ]
     data = tmp_path / "t.jsonl"
     data.write_text("\n".join(lines) + "\n")
-    base = dict(base_model="tiny", base_model_path=str(tiny_model_path), template_sha256="t", training_file=str(data),
-                n_epochs=1, batch_size=8, num_threads=1, seed=3, lora_dropout=0.0)
+    base = dict(
+        base_model="tiny",
+        base_model_path=str(tiny_model_path),
+        template_sha256="t",
+        training_file=str(data),
+        n_epochs=1,
+        batch_size=8,
+        num_threads=1,
+        seed=3,
+        lora_dropout=0.0,
+    )
 
     def run(out, cap_mb, **kw):
         env = {**os.environ, "MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run([sys.executable, "-c", _CAPPED_RUN, json.dumps(base | kw), str(out), str(cap_mb)],
-                              env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", _CAPPED_RUN, json.dumps(base | kw), str(out), str(cap_mb)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(proc.stdout.strip().splitlines()[-1])
 

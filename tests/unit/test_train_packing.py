@@ -19,10 +19,17 @@ def _examples(tokenizer):
 
     conversations = [
         [{"role": "user", "content": "Name a planet."}, {"role": "assistant", "content": "Mars."}],
-        [{"role": "system", "content": "Be formal."}, {"role": "user", "content": "Greet me, please."},
-         {"role": "assistant", "content": "Good afternoon. How may I help you today?"}],
-        [{"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "One, two, three."},
-         {"role": "user", "content": "Backwards?"}, {"role": "assistant", "content": "Three, two, one."}],
+        [
+            {"role": "system", "content": "Be formal."},
+            {"role": "user", "content": "Greet me, please."},
+            {"role": "assistant", "content": "Good afternoon. How may I help you today?"},
+        ],
+        [
+            {"role": "user", "content": "Count to three."},
+            {"role": "assistant", "content": "One, two, three."},
+            {"role": "user", "content": "Backwards?"},
+            {"role": "assistant", "content": "Three, two, one."},
+        ],
     ]
     return [(t.input_ids, t.loss_mask) for t in tokenize_examples(tokenizer, conversations)]
 
@@ -36,8 +43,14 @@ def _reference_loss(model, ids, mask) -> torch.Tensor:
 
 
 def _lora_model(tiny_model_path):
-    config = TrainConfig(base_model="tiny", base_model_path=str(tiny_model_path), template_sha256="",
-                         training_file="unused", lora_dropout=0.0, seed=1)
+    config = TrainConfig(
+        base_model="tiny",
+        base_model_path=str(tiny_model_path),
+        template_sha256="",
+        training_file="unused",
+        lora_dropout=0.0,
+        seed=1,
+    )
     model = build_model(config, CPU)
     with torch.no_grad():  # LoRA B starts at zero; make the adapters matter for the comparison
         for name, p in model.named_parameters():

@@ -14,8 +14,16 @@ from tunegate.registry import list_checkpoints, read_meta
 from tunegate.train.config import TrainConfig
 from tunegate.train.recipe import run_training
 
-METRIC_FIELDS = {"step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "valid_loss",
-                 "valid_mean_token_accuracy", "trained_tokens"}
+METRIC_FIELDS = {
+    "step",
+    "total_steps",
+    "epoch",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "trained_tokens",
+}
 
 
 class Crash(Exception):
@@ -26,11 +34,12 @@ def _write_data(path: Path, n: int, offset: int = 0) -> Path:
     colours = ["red", "green", "blue", "amber", "violet"]
     lines = []
     for i in range(offset, offset + n):
-        msgs = [{"role": "user", "content": f"What colour is box {i}?"},
-                {"role": "assistant", "content": f"Box {i} is {colours[i % 5]}."}]
+        msgs = [
+            {"role": "user", "content": f"What colour is box {i}?"},
+            {"role": "assistant", "content": f"Box {i} is {colours[i % 5]}."},
+        ]
         if i % 4 == 0:  # some multi-turn examples with an excluded first answer
-            msgs = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi.", "weight": 0},
-                    *msgs]
+            msgs = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi.", "weight": 0}, *msgs]
         lines.append(json.dumps({"messages": msgs}))
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -43,9 +52,18 @@ def data(tmp_path):
 
 def _config(tiny_model_path, data, **kw) -> TrainConfig:
     train, valid = data
-    base = dict(base_model="tiny", base_model_path=str(tiny_model_path), template_sha256="t" * 64,
-                training_file=str(train), validation_file=str(valid), n_epochs=2, batch_size=4,
-                learning_rate=2e-3, seed=7, num_threads=1)
+    base = dict(
+        base_model="tiny",
+        base_model_path=str(tiny_model_path),
+        template_sha256="t" * 64,
+        training_file=str(train),
+        validation_file=str(valid),
+        n_epochs=2,
+        batch_size=4,
+        learning_rate=2e-3,
+        seed=7,
+        num_threads=1,
+    )
     return TrainConfig(**(base | kw))
 
 
@@ -76,8 +94,9 @@ def test_run_emits_metrics_saves_checkpoints_results_and_adapter(tmp_path, tiny_
     assert [m["step"] for m in metrics] == list(range(1, 19)) and metrics[0]["total_steps"] == 18
     assert all(m.keys() >= METRIC_FIELDS for m in metrics)
     epoch_ends = [m["step"] for m in metrics if "full_valid_loss" in m]
-    assert epoch_ends == [6, 12, 18] and all("full_valid_mean_token_accuracy" in m for m in metrics if
-                                             "full_valid_loss" in m)
+    assert epoch_ends == [6, 12, 18] and all(
+        "full_valid_mean_token_accuracy" in m for m in metrics if "full_valid_loss" in m
+    )
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert metrics[-1]["trained_tokens"] == result.trained_tokens > 0
 
@@ -85,8 +104,11 @@ def test_run_emits_metrics_saves_checkpoints_results_and_adapter(tmp_path, tiny_
     assert [s for s, _, _ in result.checkpoints] == [12, 18]
     # Each save is a typed event naming the checkpoint and the ones still kept after pruning.
     saved = [e["data"] for e in events if e["type"] == "checkpoint"]
-    assert [(c["step"], c["epoch"], c["kept_steps"]) for c in saved] == [(6, 1, [6]), (12, 2, [6, 12]),
-                                                                           (18, 3, [12, 18])]
+    assert [(c["step"], c["epoch"], c["kept_steps"]) for c in saved] == [
+        (6, 1, [6]),
+        (12, 2, [6, 12]),
+        (18, 3, [12, 18]),
+    ]
     assert saved[-1]["path"] == str(result.checkpoints[-1][1]) and saved[-1]["metrics"]["step"] == 18
     for step, path, ck_metrics in result.checkpoints:
         assert (path / "adapter_config.json").exists() and (path / "adapter_model.safetensors").exists()
@@ -94,7 +116,9 @@ def test_run_emits_metrics_saves_checkpoints_results_and_adapter(tmp_path, tiny_
     meta = read_meta(result.adapter_dir)
     assert meta["config"]["n_epochs"] == 3 and meta["config"]["max_seq_len"] == 2048  # resolved: context length
     assert meta["template_sha256"] == "t" * 64 and len(meta["training_file_sha256"]) == 64
-    assert meta["metrics"]["train_loss"] == metrics[-1]["train_loss"] and meta["trained_tokens"] == result.trained_tokens
+    assert (
+        meta["metrics"]["train_loss"] == metrics[-1]["train_loss"] and meta["trained_tokens"] == result.trained_tokens
+    )
 
     with open(tmp_path / "run" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -179,8 +203,9 @@ def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path, tiny_mod
 
 def test_continued_fine_tuning_starts_from_the_parent_adapter(tmp_path, tiny_model_path, data):
     parent, parent_events = _run(_config(tiny_model_path, data, n_epochs=3), tmp_path / "parent")
-    child_cfg = _config(tiny_model_path, data, n_epochs=1, init_adapter=str(parent.adapter_dir),
-                        parent_model="ft:tiny:org:parent:1")
+    child_cfg = _config(
+        tiny_model_path, data, n_epochs=1, init_adapter=str(parent.adapter_dir), parent_model="ft:tiny:org:parent:1"
+    )
     child, child_events = _run(child_cfg, tmp_path / "child")
     fresh, fresh_events = _run(_config(tiny_model_path, data, n_epochs=1), tmp_path / "fresh")
     # The child starts where the parent ended (its first loss is near the parent's last), far below a fresh start.

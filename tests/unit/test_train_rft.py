@@ -20,8 +20,12 @@ def test_group_advantages():
 
 
 def _prompts(path: Path, n: int, offset: int = 0) -> Path:
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say something about {i}."}],
-                                        "topic": str(i)}) + "\n" for i in range(offset, offset + n)))
+    path.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": f"Say something about {i}."}], "topic": str(i)}) + "\n"
+            for i in range(offset, offset + n)
+        )
+    )
     return path
 
 
@@ -30,8 +34,14 @@ def test_one_grpo_update_favours_the_answer_with_the_higher_advantage(tiny_model
     from tunegate.train.lora import build_model, choose_precision, trainable_parameters
     from tunegate.train.rft import _token_logps, grpo_loss
 
-    config = TrainConfig(base_model="tiny", base_model_path=str(tiny_model_path), template_sha256="",
-                         training_file="x", lora_dropout=0.0, seed=1)
+    config = TrainConfig(
+        base_model="tiny",
+        base_model_path=str(tiny_model_path),
+        template_sha256="",
+        training_file="x",
+        lora_dropout=0.0,
+        seed=1,
+    )
     precision = choose_precision(config)
     model = build_model(config, precision)
     prompt, good, bad = [1, 2, 3, 4], [50, 60, 70], [80, 90, 100]
@@ -39,8 +49,10 @@ def test_one_grpo_update_favours_the_answer_with_the_higher_advantage(tiny_model
 
     def logps():
         with torch.no_grad():
-            return [float(t.sum()) for t in _token_logps(model, [Example(p + a, [0] * len(p) + [1] * len(a))
-                                                                  for p, a in seqs], precision)]
+            return [
+                float(t.sum())
+                for t in _token_logps(model, [Example(p + a, [0] * len(p) + [1] * len(a)) for p, a in seqs], precision)
+            ]
 
     before = logps()
     loss, kl = grpo_loss(model, seqs, torch.tensor([1.0, -1.0]), 0.04, precision)
@@ -61,19 +73,33 @@ def test_rft_run_records_reward_metrics_and_checkpoints(tmp_path, tiny_model_pat
         seen_items.extend(items)
         return [1.0 - min(len(a), 80) / 80 for a in answers]
 
-    config = TrainConfig(base_model="tiny", base_model_path=str(tiny_model_path), template_sha256="t" * 64,
-                         training_file=str(_prompts(tmp_path / "train.jsonl", 4)),
-                         validation_file=str(_prompts(tmp_path / "valid.jsonl", 2, 100)), n_epochs=1, batch_size=2,
-                         learning_rate=3e-3, seed=0, num_threads=1, method="reinforcement", rft_group_size=2,
-                         rft_max_tokens=6, rft_kl_coef=0.01, lora_dropout=0.0)
+    config = TrainConfig(
+        base_model="tiny",
+        base_model_path=str(tiny_model_path),
+        template_sha256="t" * 64,
+        training_file=str(_prompts(tmp_path / "train.jsonl", 4)),
+        validation_file=str(_prompts(tmp_path / "valid.jsonl", 2, 100)),
+        n_epochs=1,
+        batch_size=2,
+        learning_rate=3e-3,
+        seed=0,
+        num_threads=1,
+        method="reinforcement",
+        rft_group_size=2,
+        rft_max_tokens=6,
+        rft_kl_coef=0.01,
+        lora_dropout=0.0,
+    )
     events: list[dict] = []
     result = run_rft(config, tmp_path / "run", events.append, lambda: None, reward)
     assert result.status == "succeeded" and (result.adapter_dir / "adapter_model.safetensors").exists()
     metrics = [e["data"] for e in events if e["type"] == "metrics"]
     assert [m["step"] for m in metrics] == [1, 2]
     assert metrics[0]["train_kl"] == pytest.approx(0, abs=1e-6)
-    assert all({"train_reward_mean", "train_reward_std", "train_kl", "completion_tokens",
-                "base_valid_reward_mean"} <= m.keys() for m in metrics)
+    assert all(
+        {"train_reward_mean", "train_reward_std", "train_kl", "completion_tokens", "base_valid_reward_mean"} <= m.keys()
+        for m in metrics
+    )
     assert "full_valid_reward_mean" in metrics[-1]
     assert {"topic", "messages"} <= seen_items[0].keys()  # the grader sees the whole row as `item`
     assert len(seen_items) == 2 + 2 * 2 * 2 + 2  # base eval, 2 steps x 2 prompts x 2 answers, final eval

@@ -32,8 +32,10 @@ def good_file(tmp_path):
 
 @pytest.fixture()
 def bad_file(tmp_path):
-    return write(tmp_path / "bad.jsonl", [good(i) for i in range(10)] + ["{oops", {"messages": [
-        {"role": "user", "content": "hi"}]}])
+    return write(
+        tmp_path / "bad.jsonl",
+        [good(i) for i in range(10)] + ["{oops", {"messages": [{"role": "user", "content": "hi"}]}],
+    )
 
 
 def test_valid_file_prints_json_and_exits_0(env, good_file, tokenizer):
@@ -49,7 +51,9 @@ def test_invalid_file_exits_1_with_every_problem(env, bad_file):
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert {(e["code"], e["line"]) for e in report["errors"]} == {
-        ("invalid_json", 11), ("example_missing_assistant_message", 12)}
+        ("invalid_json", 11),
+        ("example_missing_assistant_message", 12),
+    }
 
 
 def test_table_output_names_codes_lines_and_tokens(env, bad_file, good_file):
@@ -70,9 +74,16 @@ def test_usage_errors_exit_2(env, tmp_path, good_file):
 
 
 def test_console_entry_point_in_a_subprocess(env, bad_file):
-    proc = subprocess.run([sys.executable, "-m", "tunegate.cli.main", "validate", str(bad_file), "--json"],
-                          capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunegate.cli.main", "validate", str(bad_file), "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)  # stdout holds the report alone
-    assert report["valid"] is False and report["error_counts"] == {"invalid_json": 1,
-                                                                   "example_missing_assistant_message": 1}
+    assert report["valid"] is False and report["error_counts"] == {
+        "invalid_json": 1,
+        "example_missing_assistant_message": 1,
+    }

@@ -49,7 +49,7 @@ def test_broken_utf8_names_the_line_and_byte(tmp_path, tokenizer):
     lines = [json.dumps(good(i)).encode() for i in range(12)]
     text = json.dumps(good(99), ensure_ascii=False).replace("Fact", "Fäct").encode()
     cut = text.index("ä".encode()) + 1  # keep only the first byte of the two-byte "ä"
-    lines[7] = text[:cut] + text[cut + 1:]
+    lines[7] = text[:cut] + text[cut + 1 :]
     (tmp_path / "u.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     report = check(tmp_path / "u.jsonl", tokenizer=tokenizer, context_length=8192)
     assert [(e.code, e.line) for e in report.errors] == [("invalid_utf8", 8)]
@@ -58,17 +58,26 @@ def test_broken_utf8_names_the_line_and_byte(tmp_path, tokenizer):
 
 
 def test_a_million_line_bad_file_gives_exact_counts_and_a_small_report(tmp_path):
-    kinds = [b'{"messages": [{"role": "user", "content": "hi"}]}', b"not json", b"",
-             b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 3}]}',
-             b"\xff\xfe"]
+    kinds = [
+        b'{"messages": [{"role": "user", "content": "hi"}]}',
+        b"not json",
+        b"",
+        b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 3}]}',
+        b"\xff\xfe",
+    ]
     path = tmp_path / "million.jsonl"
     with open(path, "wb") as f:
         f.write(b"\n".join(kinds[i % 5] for i in range(1_000_000)) + b"\n")
     report = check(path)
     n = 200_000
     assert report.n_lines == 1_000_000 and report.n_examples == 4 * n
-    assert report.error_counts == {"example_missing_assistant_message": n, "invalid_json": n, "blank_line": n,
-                                   "invalid_weight": n, "invalid_utf8": n}
+    assert report.error_counts == {
+        "example_missing_assistant_message": n,
+        "invalid_json": n,
+        "blank_line": n,
+        "invalid_weight": n,
+        "invalid_utf8": n,
+    }
     assert report.warning_counts["duplicate_example"] == 2 * n - 2
     listed = {c: sum(e.code == c for e in report.errors) for c in report.error_counts}
     assert set(listed.values()) == {MAX_LISTED_PER_CODE}
@@ -80,11 +89,14 @@ def _peak_rss_kib(path: Path) -> int:
     import subprocess
     import sys
 
-    code = ("import resource, sys; from tunegate.files.validate import validate_file; "
-            "r = validate_file(sys.argv[1]); assert r.valid, r.errors; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    return int(subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                              check=True).stdout)
+    code = (
+        "import resource, sys; from tunegate.files.validate import validate_file; "
+        "r = validate_file(sys.argv[1]); assert r.valid, r.errors; "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    return int(
+        subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    )
 
 
 def test_memory_does_not_grow_with_the_file(tmp_path):
@@ -101,8 +113,27 @@ def test_memory_does_not_grow_with_the_file(tmp_path):
 
 # -- Hypothesis: any bytes at all -------------------------------------------------------------------
 
-FRAGMENTS = [b"\n", b"\r\n", b"{", b"}", b"[", b"]", b'"messages"', b":", b",", b'"role"', b'"assistant"',
-             b'"content"', b"null", b"\xff", b"\xc3", b"\\ud800", b"<|im_start|>", b"\xef\xbb\xbf", b" "]
+FRAGMENTS = [
+    b"\n",
+    b"\r\n",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b'"messages"',
+    b":",
+    b",",
+    b'"role"',
+    b'"assistant"',
+    b'"content"',
+    b"null",
+    b"\xff",
+    b"\xc3",
+    b"\\ud800",
+    b"<|im_start|>",
+    b"\xef\xbb\xbf",
+    b" ",
+]
 structured_bytes = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=8)), max_size=60).map(b"".join)
 
 
@@ -116,25 +147,62 @@ def test_validator_never_raises_on_any_bytes(data):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True)
+    | st.text(max_size=20)
     | st.sampled_from(["user", "assistant", "system", "tool", "function", "text", "call_1", "<|im_end|>", "\ud800"]),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.sampled_from(["role", "content", "weight", "tool_calls", "tool_call_id", "name", "function",
-                         "arguments", "id", "type", "text", "messages", "tools", "input", "preferred_output",
-                         "non_preferred_output", "parallel_tool_calls", "function_call", "x"]), inner, max_size=5),
-    max_leaves=25)
-message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool", "function", "bot"]),
-                                 "content": json_values},
-                                optional={"weight": json_values, "tool_calls": json_values,
-                                          "tool_call_id": json_values, "name": json_values})
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "role",
+                    "content",
+                    "weight",
+                    "tool_calls",
+                    "tool_call_id",
+                    "name",
+                    "function",
+                    "arguments",
+                    "id",
+                    "type",
+                    "text",
+                    "messages",
+                    "tools",
+                    "input",
+                    "preferred_output",
+                    "non_preferred_output",
+                    "parallel_tool_calls",
+                    "function_call",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=25,
+)
+message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant", "tool", "function", "bot"]), "content": json_values},
+    optional={"weight": json_values, "tool_calls": json_values, "tool_call_id": json_values, "name": json_values},
+)
 example = st.one_of(
-    st.builds(lambda ms, extra: {"messages": ms, **extra}, st.lists(message, max_size=6),
-              st.dictionaries(st.sampled_from(["tools", "functions", "parallel_tool_calls", "x"]), json_values,
-                              max_size=2)),
-    st.builds(lambda i, p, n: {"input": i, "preferred_output": p, "non_preferred_output": n},
-              st.one_of(json_values, st.builds(lambda ms: {"messages": ms}, st.lists(message, max_size=4))),
-              st.one_of(json_values, st.lists(message, max_size=2)), st.lists(message, max_size=2)),
-    json_values)
+    st.builds(
+        lambda ms, extra: {"messages": ms, **extra},
+        st.lists(message, max_size=6),
+        st.dictionaries(st.sampled_from(["tools", "functions", "parallel_tool_calls", "x"]), json_values, max_size=2),
+    ),
+    st.builds(
+        lambda i, p, n: {"input": i, "preferred_output": p, "non_preferred_output": n},
+        st.one_of(json_values, st.builds(lambda ms: {"messages": ms}, st.lists(message, max_size=4))),
+        st.one_of(json_values, st.lists(message, max_size=2)),
+        st.lists(message, max_size=2),
+    ),
+    json_values,
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -33,8 +33,11 @@ def jinja_tokens(tokenizer, messages: list[dict]) -> int:
 def reply_tokens(tokenizer, messages: list[dict]) -> int:
     """Independent trained count: each trained reply's tokens plus its end-of-turn token. Exact for replies
     that start and end with a letter (ChatML puts a newline before and `<|im_end|>` after them)."""
-    return sum(len(tokenizer(m["content"], add_special_tokens=False)["input_ids"]) + 1
-               for m in messages if m["role"] == "assistant" and m.get("weight", 1) == 1)
+    return sum(
+        len(tokenizer(m["content"], add_special_tokens=False)["input_ids"]) + 1
+        for m in messages
+        if m["role"] == "assistant" and m.get("weight", 1) == 1
+    )
 
 
 def varied(i: int) -> dict:
@@ -105,19 +108,44 @@ def test_invalid_examples_are_not_counted(tmp_path, tokenizer):
 def test_template_errors_name_the_line(tmp_path, tokenizer):
     # A template that refuses some conversations (many real ones check role order) is reported, not raised.
     strict = type(tokenizer).from_pretrained(tokenizer.name_or_path)
-    strict.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' and 'forbidden' in m['content'] %}"
-                            "{{ raise_exception('no forbidden words') }}{% endif %}{{ m['content'] }}{% endfor %}")
-    lines = [good(i) for i in range(10)] + [{"messages": [{"role": "system", "content": "s"},
-                                                          {"role": "user", "content": "a forbidden word"},
-                                                          {"role": "assistant", "content": "ok"}]}]
+    strict.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' and 'forbidden' in m['content'] %}"
+        "{{ raise_exception('no forbidden words') }}{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    lines = [good(i) for i in range(10)] + [
+        {
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "a forbidden word"},
+                {"role": "assistant", "content": "ok"},
+            ]
+        }
+    ]
     report = validate_file(write(tmp_path / "d.jsonl", lines), tokenizer=strict, context_length=8192)
     assert [(e.code, e.line) for e in report.errors] == [("template_error", 11)]
     assert "no forbidden words" in report.errors[0].message and report.tokens.n_examples == 10
 
 
-@pytest.mark.parametrize("n, epochs", [(0, 25), (1, 25), (3, 25), (4, 25), (5, 20), (10, 10), (33, 4), (34, 3),
-                                       (100, 3), (8333, 3), (8334, 2), (12_500, 2), (12_501, 1), (25_000, 1),
-                                       (1_000_000, 1)])
+@pytest.mark.parametrize(
+    "n, epochs",
+    [
+        (0, 25),
+        (1, 25),
+        (3, 25),
+        (4, 25),
+        (5, 20),
+        (10, 10),
+        (33, 4),
+        (34, 3),
+        (100, 3),
+        (8333, 3),
+        (8334, 2),
+        (12_500, 2),
+        (12_501, 1),
+        (25_000, 1),
+        (1_000_000, 1),
+    ],
+)
 def test_auto_n_epochs_follows_openais_rule(n, epochs):
     assert auto_n_epochs(n) == epochs
 
@@ -149,8 +177,23 @@ def test_quantiles_are_exact_nearest_rank():
 
 
 def random_conversation(rng: random.Random) -> list[dict]:
-    pieces = ["", " ", "\n", "  lead", "trail  ", "multi\nline\n", "tabs\tand spaces", "<b>html</b>", "{{ jinja }}",
-              "{% raw %}", "ünïcödé", "🙂", "\\n escaped", "\ue000 private", "end."]
+    pieces = [
+        "",
+        " ",
+        "\n",
+        "  lead",
+        "trail  ",
+        "multi\nline\n",
+        "tabs\tand spaces",
+        "<b>html</b>",
+        "{{ jinja }}",
+        "{% raw %}",
+        "ünïcödé",
+        "🙂",
+        "\\n escaped",
+        "\ue000 private",
+        "end.",
+    ]
     roles = ["system", "user", "assistant", "tool", "function"]
     out = []
     for _ in range(rng.randint(1, 7)):
@@ -177,7 +220,8 @@ def test_chatml_fast_path_equals_the_jinja_render(tokenizer):
                 jinja = tokenizer.apply_chat_template(normalized, tokenize=False, add_generation_prompt=gen)
                 assert _apply(tokenizer, normalized, gen) == jinja
         assert render(tokenizer, messages) == tokenizer.apply_chat_template(
-            normalize_messages(messages, mark_trained=False), tokenize=False)
+            normalize_messages(messages, mark_trained=False), tokenize=False
+        )
 
 
 def test_fast_path_spans_equal_spans_from_the_jinja_render(tokenizer):
@@ -191,7 +235,8 @@ def test_fast_path_spans_equal_spans_from_the_jinja_render(tokenizer):
             fast, slow = render_with_spans(tokenizer, messages), render_with_spans(jinja_tok, messages)
             assert (fast.text, fast.spans) == (slow.text, slow.spans)
             assert any(s for s in fast.spans) or not any(
-                m["role"] == "assistant" and m.get("weight", 1) for m in messages)
+                m["role"] == "assistant" and m.get("weight", 1) for m in messages
+            )
     finally:
         template_module._CHATML_PROFILES.pop((id(jinja_tok), jinja_tok.chat_template or ""), None)
 
@@ -201,8 +246,10 @@ def test_templates_that_are_not_plain_chatml_use_jinja(tokenizer):
     trimming.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | trim")
     assert chatml_default_system(trimming) is None
     llama = type(tokenizer).from_pretrained(tokenizer.name_or_path)
-    llama.chat_template = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-                           "{{ m['content'] }}<|eot_id|>{% endfor %}")
+    llama.chat_template = (
+        "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+        "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    )
     assert chatml_default_system(llama) is None
     messages = [{"role": "user", "content": "  hi  "}, {"role": "assistant", "content": " ok "}]
     assert render(trimming, messages) == trimming.apply_chat_template(messages, tokenize=False)
@@ -211,8 +258,12 @@ def test_templates_that_are_not_plain_chatml_use_jinja(tokenizer):
 
 def test_sentinel_characters_in_the_data_are_kept_and_spans_stay_exact(tokenizer):
     # render_with_spans marks trained replies with private-use characters; data may contain the same ones.
-    messages = [{"role": "user", "content": "a\ue001b\ue000"}, {"role": "assistant", "content": "x\ue000y"},
-                {"role": "user", "content": "\ue001"}, {"role": "assistant", "content": "z", "weight": 0}]
+    messages = [
+        {"role": "user", "content": "a\ue001b\ue000"},
+        {"role": "assistant", "content": "x\ue000y"},
+        {"role": "user", "content": "\ue001"},
+        {"role": "assistant", "content": "z", "weight": 0},
+    ]
     r = render_with_spans(tokenizer, messages)
     assert r.text == render(tokenizer, messages)
     assert [r.text[s:e] for s, e in r.spans] == ["x\ue000y<|im_end|>"]
@@ -225,11 +276,19 @@ def test_count_rendered_equals_the_trainers_masks(tokenizer):
     rng = random.Random(2)
     rendered = [render_with_spans(tokenizer, random_conversation(rng)) for _ in range(300)]
     rendered += [render_with_spans(tokenizer, varied(i)["messages"]) for i in range(50)]
-    rendered.append(render_with_spans(tokenizer, [{"role": "user", "content": "a<|im_end|>b 🙂🙂 数据"},
-                                                  {"role": "assistant", "content": "🙂 x<|im_start|>y 数"}]))
+    rendered.append(
+        render_with_spans(
+            tokenizer,
+            [
+                {"role": "user", "content": "a<|im_end|>b 🙂🙂 数据"},
+                {"role": "assistant", "content": "🙂 x<|im_start|>y 数"},
+            ],
+        )
+    )
     masks = tokenize_rendered(tokenizer, rendered)
     for max_len in (None, 1, 17, 64, 200):
-        expected = [(len(t.input_ids), t.n_trained, sum(t.loss_mask[:max_len]) if max_len else t.n_trained)
-                    for t in masks]
+        expected = [
+            (len(t.input_ids), t.n_trained, sum(t.loss_mask[:max_len]) if max_len else t.n_trained) for t in masks
+        ]
         assert count_rendered(tokenizer, rendered, max_len) == expected
     assert sum(t.n_trained for t in masks) > 1000

@@ -24,8 +24,10 @@ def _vllm():
         import vllm.outputs  # noqa: F401
         import vllm.sampling_params  # noqa: F401
     except Exception as exc:  # ImportError, or a dependency of vLLM missing
-        pytest.skip(f"vLLM is not importable here ({type(exc).__name__}: {exc}); install tunegate[vllm] (CUDA wheel) "
-                    "to test the mapping against its real classes")
+        pytest.skip(
+            f"vLLM is not importable here ({type(exc).__name__}: {exc}); install tunegate[vllm] (CUDA wheel) "
+            "to test the mapping against its real classes"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,9 @@ def base(tiny_model_path, tmp_path_factory):
     from tests.conftest import MODEL_CACHE
     from tunegate.settings import Settings
 
-    settings = Settings(data_dir=tmp_path_factory.mktemp("v"), model_cache_dir=MODEL_CACHE,
-                        base_models={"tiny": tiny_model_path})
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("v"), model_cache_dir=MODEL_CACHE, base_models={"tiny": tiny_model_path}
+    )
     return settings, get_base_model("tiny", settings)
 
 
@@ -45,7 +48,9 @@ def _adapter(path, base_info, rank, template_sha):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base_info.path)
-    get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"])).save_pretrained(path)
+    get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        path
+    )
     (path / "meta.json").write_text(json.dumps({"template_sha256": template_sha, "base_model": "tiny"}))
     return path
 
@@ -77,8 +82,17 @@ def test_sampling_params_map_field_for_field():
     from vllm.sampling_params import RequestOutputKind
     from vllm.sampling_params import SamplingParams as VSamplingParams
 
-    ours = SamplingParams(max_tokens=7, temperature=0.7, top_p=0.9, stop=("\n\n", "END"), seed=42,
-                          presence_penalty=0.5, frequency_penalty=-0.25, logprobs=True, top_logprobs=3)
+    ours = SamplingParams(
+        max_tokens=7,
+        temperature=0.7,
+        top_p=0.9,
+        stop=("\n\n", "END"),
+        seed=42,
+        presence_penalty=0.5,
+        frequency_penalty=-0.25,
+        logprobs=True,
+        top_logprobs=3,
+    )
     v = to_vllm_sampling(ours, n=2, stop_token_ids=[107])
     assert isinstance(v, VSamplingParams)
     assert (v.n, v.max_tokens, v.temperature, v.top_p, v.seed) == (2, 7, 0.7, 0.9, 42)
@@ -117,23 +131,43 @@ def test_vllm_outputs_become_choice_outputs(base):
     tok = TokenBytes(load_tokenizer(base[1].path))
     hello, world, other = 19556, 905, 28
     outputs = [
-        CompletionOutput(index=0, text=" world", token_ids=[world], cumulative_logprob=-0.5,
-                         logprobs=[{world: Logprob(-0.5, 1, " world"), other: Logprob(-1.5, 2, "=")}],
-                         finish_reason="stop", stop_reason=None),
-        CompletionOutput(index=1, text="Hello", token_ids=[hello], cumulative_logprob=-2.0,
-                         logprobs=[{hello: Logprob(-2.0, 3, "Hello"), world: Logprob(-0.1, 1, " world"),
-                                    other: Logprob(-0.9, 2, "=")}], finish_reason=None),
+        CompletionOutput(
+            index=0,
+            text=" world",
+            token_ids=[world],
+            cumulative_logprob=-0.5,
+            logprobs=[{world: Logprob(-0.5, 1, " world"), other: Logprob(-1.5, 2, "=")}],
+            finish_reason="stop",
+            stop_reason=None,
+        ),
+        CompletionOutput(
+            index=1,
+            text="Hello",
+            token_ids=[hello],
+            cumulative_logprob=-2.0,
+            logprobs=[
+                {hello: Logprob(-2.0, 3, "Hello"), world: Logprob(-0.1, 1, " world"), other: Logprob(-0.9, 2, "=")}
+            ],
+            finish_reason=None,
+        ),
     ]
-    ro = RequestOutput(request_id="r", prompt=None, prompt_token_ids=[1, 2], prompt_logprobs=None, outputs=outputs,
-                       finished=False)
+    ro = RequestOutput(
+        request_id="r", prompt=None, prompt_token_ids=[1, 2], prompt_logprobs=None, outputs=outputs, finished=False
+    )
     first, second = to_choice_outputs(ro, tok, top_logprobs=2)
     assert (first.index, first.text, first.finish_reason, first.completion_tokens) == (0, " world", "stop", 1)
     assert first.logprobs[0].token == tok(world)[0] and first.logprobs[0].logprob == -0.5
     assert [t[2] for t in first.logprobs[0].top] == [-0.5, -1.5]
     assert second.finish_reason is None and second.logprobs[0].logprob == -2.0
     assert [t[0] for t in second.logprobs[0].top] == [tok(world)[0], tok(other)[0]]  # ranks 1, 2; sampled is 3rd
-    aborted = RequestOutput(request_id="r", prompt=None, prompt_token_ids=[1], prompt_logprobs=None, finished=True,
-                            outputs=[CompletionOutput(0, "", [], None, None, finish_reason="abort")])
+    aborted = RequestOutput(
+        request_id="r",
+        prompt=None,
+        prompt_token_ids=[1],
+        prompt_logprobs=None,
+        finished=True,
+        outputs=[CompletionOutput(0, "", [], None, None, finish_reason="abort")],
+    )
     with pytest.raises(ServerError):
         to_choice_outputs(aborted, tok, 0)
 
@@ -165,8 +199,9 @@ def test_submit_is_lazy_and_bounded(base):
 def test_constrained_requests_are_refused_not_served_unconstrained(base):
     settings, info = base
     engine = VLLMEngine(settings)
-    req = GenerationRequest(ServableModel("tiny", info), [1, 2], SamplingParams(max_tokens=1),
-                            logits_processors=(lambda: None,))
+    req = GenerationRequest(
+        ServableModel("tiny", info), [1, 2], SamplingParams(max_tokens=1), logits_processors=(lambda: None,)
+    )
     with pytest.raises(InvalidRequestError) as e:
         engine.submit(req)
     assert e.value.code == "unsupported_parameter" and "TUNEGATE_ENGINE=transformers" in e.value.message

@@ -63,8 +63,10 @@ class Guard:
                 if message["status"] == 409:
                     extra.append((b"x-should-retry", b"false"))
                 names = {k.lower() for k, _ in message.get("headers", [])}
-                message = {**message, "headers": list(message.get("headers", []))
-                           + [(k, v) for k, v in extra if k not in names]}
+                message = {
+                    **message,
+                    "headers": list(message.get("headers", [])) + [(k, v) for k, v in extra if k not in names],
+                }
             elif responded and message["type"] == "http.response.body":
                 return
             await send(message)
@@ -80,14 +82,28 @@ class Guard:
         limit = self.body_limit(path)
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
-            return await answer(error_response(413, f"The request body is {int(length)} bytes; the limit is {limit} "
-                                               "bytes.", code="payload_too_large", headers={"connection": "close"}))
+            return await answer(
+                error_response(
+                    413,
+                    f"The request body is {int(length)} bytes; the limit is {limit} bytes.",
+                    code="payload_too_large",
+                    headers={"connection": "close"},
+                )
+            )
         if path.startswith("/v1/"):
             try:
                 principal = await anyio.to_thread.run_sync(authenticate, self.db, headers.get("authorization"))
             except TunegateError as exc:
-                return await answer(error_response(exc.status_code, exc.message, type_=exc.type, param=exc.param,
-                                                   code=exc.code, headers={"connection": "close"}))
+                return await answer(
+                    error_response(
+                        exc.status_code,
+                        exc.message,
+                        type_=exc.type,
+                        param=exc.param,
+                        code=exc.code,
+                        headers={"connection": "close"},
+                    )
+                )
             scope["state"]["principal"] = principal
 
         received = 0
@@ -104,15 +120,27 @@ class Guard:
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(0.0, min(idle, remaining)))
             except TimeoutError:
-                await answer(error_response(408, f"The request body did not arrive in time (no data for {idle:g} s, "
-                                            f"or not complete after {total:g} s). Send the body without pauses.",
-                                            code="request_timeout", headers={"connection": "close"}))
+                await answer(
+                    error_response(
+                        408,
+                        f"The request body did not arrive in time (no data for {idle:g} s, "
+                        f"or not complete after {total:g} s). Send the body without pauses.",
+                        code="request_timeout",
+                        headers={"connection": "close"},
+                    )
+                )
                 return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    await answer(error_response(413, f"The request body is over the limit of {limit} bytes.",
-                                                code="payload_too_large", headers={"connection": "close"}))
+                    await answer(
+                        error_response(
+                            413,
+                            f"The request body is over the limit of {limit} bytes.",
+                            code="payload_too_large",
+                            headers={"connection": "close"},
+                        )
+                    )
                     return {"type": "http.disconnect"}
                 if not message.get("more_body", False):
                     body_done = True

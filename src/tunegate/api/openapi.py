@@ -13,12 +13,18 @@ from fastapi.openapi.utils import get_openapi
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {
-        "type": "object",
-        "required": ["message", "type", "param", "code"],
-        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}},
-    }},
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
 }
 
 
@@ -26,9 +32,13 @@ def install(app: FastAPI) -> None:
     def openapi() -> dict:
         if app.openapi_schema:
             return app.openapi_schema
-        doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
-                          description="OpenAI-compatible fine-tuning with server-enforced safety. Every `/v1/` route "
-                                      "needs `Authorization: Bearer <key>`; errors are OpenAI-shaped.")
+        doc = get_openapi(
+            title=app.title,
+            version=app.version,
+            routes=app.routes,
+            description="OpenAI-compatible fine-tuning with server-enforced safety. Every `/v1/` route "
+            "needs `Authorization: Bearer <key>`; errors are OpenAI-shaped.",
+        )
         components = doc.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
         schemas["Error"] = ERROR_SCHEMA
@@ -36,9 +46,11 @@ def install(app: FastAPI) -> None:
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        error = {"description": "An OpenAI-shaped error (bad input, authentication, permission, unknown id, "
-                                "conflict, body too large or too slow, rate limit).",
-                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        error = {
+            "description": "An OpenAI-shaped error (bad input, authentication, permission, unknown id, "
+            "conflict, body too large or too slow, rate limit).",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
         for path, operations in doc.get("paths", {}).items():
             for op in operations.values():
                 responses = op.setdefault("responses", {})
@@ -49,8 +61,12 @@ def install(app: FastAPI) -> None:
         chat = doc["paths"].get("/v1/chat/completions", {}).get("post")
         if chat:
             chat["responses"]["200"].setdefault("content", {})["text/event-stream"] = {
-                "schema": {"type": "string", "description": "`data: <ChatCompletionChunk JSON>` events, then "
-                                                            "`data: [DONE]`, when `stream` is true."}}
+                "schema": {
+                    "type": "string",
+                    "description": "`data: <ChatCompletionChunk JSON>` events, then "
+                    "`data: [DONE]`, when `stream` is true.",
+                }
+            }
         app.openapi_schema = doc
         return doc
 

@@ -28,12 +28,18 @@ async def create_batch(body: BatchCreate, db: DbDep, settings: SettingsDep, prin
 
 
 @router.get("")
-def list_batches(db: DbDep, principal: PrincipalDep, limit: int = Query(20, description="1..100"),
-                 after: str | None = None):
+def list_batches(
+    db: DbDep, principal: PrincipalDep, limit: int = Query(20, description="1..100"), after: str | None = None
+):
     rows = service.list_batches(db, principal, limit=limit, after=after)
     data = [service.to_object(r) for r in rows[:limit]]
-    return {"object": "list", "data": data, "has_more": len(rows) > limit,
-            "first_id": data[0].id if data else None, "last_id": data[-1].id if data else None}
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": len(rows) > limit,
+        "first_id": data[0].id if data else None,
+        "last_id": data[-1].id if data else None,
+    }
 
 
 @router.get("/{batch_id}", response_model=BatchObject)

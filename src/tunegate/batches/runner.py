@@ -37,8 +37,9 @@ def _principal(db: Database, row: Batch) -> Principal | None:
         if key is None or key.revoked_at is not None:
             return None
         org = s.get(Organization, row.org_id)
-        return Principal(org_id=row.org_id, org_name=org.name, project_id=key.project_id, key_id=key.id,
-                         is_admin=key.is_admin)
+        return Principal(
+            org_id=row.org_id, org_name=org.name, project_id=key.project_id, key_id=key.id, is_admin=key.is_admin
+        )
 
 
 class BatchRunner:
@@ -138,9 +139,12 @@ class BatchRunner:
                     delay = min(delay * 2, 5.0)
                     if self._row(row.id).status != "in_progress":
                         return
-            rec = {"id": new_id("batch_req", 12), "custom_id": obj["custom_id"],
-                   "response": {"status_code": status, "request_id": body.get("id") or new_id("req", 12),
-                                "body": body}, "error": None}
+            rec = {
+                "id": new_id("batch_req", 12),
+                "custom_id": obj["custom_id"],
+                "response": {"status_code": status, "request_id": body.get("id") or new_id("req", 12), "body": body},
+                "error": None,
+            }
             ok = status == 200
             with self.db.session() as s:
                 if s.get(BatchLine, (row.id, lineno)) is not None:  # never record a line twice
@@ -153,8 +157,14 @@ class BatchRunner:
 
     async def _execute(self, endpoint: str, principal: Principal | None, body: dict) -> tuple[int, dict]:
         if principal is None:
-            return 401, {"error": {"message": "The API key that created this batch was revoked.", "type":
-                                   "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+            return 401, {
+                "error": {
+                    "message": "The API key that created this batch was revoked.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            }
         try:
             if endpoint == "/v1/moderations":
                 from tunegate.safety.moderation import create_response, get_moderator
@@ -177,8 +187,14 @@ class BatchRunner:
             raise
         except Exception:
             log.exception("batch line failed")
-            return 500, {"error": {"message": "The server had an error while processing this request.",
-                                   "type": "server_error", "param": None, "code": "internal_error"}}
+            return 500, {
+                "error": {
+                    "message": "The server had an error while processing this request.",
+                    "type": "server_error",
+                    "param": None,
+                    "code": "internal_error",
+                }
+            }
 
     async def _finalize(self, batch_id: str) -> None:
         row = self._row(batch_id)
@@ -191,8 +207,16 @@ class BatchRunner:
             with self.db.session() as s:
                 b = s.get(Batch, batch_id)
                 b.status, b.times = "failed", {**b.times, "failed_at": now()}
-                b.errors = {"data": [{"code": "input_file_gone", "line": None, "param": "input_file_id", "message":
-                                      "The input file was deleted before the batch finished."}]}
+                b.errors = {
+                    "data": [
+                        {
+                            "code": "input_file_gone",
+                            "line": None,
+                            "param": "input_file_id",
+                            "message": "The input file was deleted before the batch finished.",
+                        }
+                    ]
+                }
             return
         if row.status == "in_progress" and not expired:
             with self.db.session() as s:
@@ -213,17 +237,31 @@ class BatchRunner:
                 (ok if recs[lineno].ok else failed).append(recs[lineno].record)
             elif expired:  # OpenAI's line for a request the window did not reach
                 cid = json.loads(text).get("custom_id")
-                failed.append({"id": new_id("batch_req", 12), "custom_id": cid, "response": None, "error": {
-                    "code": "batch_expired", "message": "This request could not be executed before the completion "
-                    "window expired."}})
+                failed.append(
+                    {
+                        "id": new_id("batch_req", 12),
+                        "custom_id": cid,
+                        "response": None,
+                        "error": {
+                            "code": "batch_expired",
+                            "message": "This request could not be executed before the completion window expired.",
+                        },
+                    }
+                )
                 counts["failed"] += 1
 
         def store(records: list[dict], kind: str) -> str | None:
             if not records:
                 return None
             data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
-            return files.store_bytes(self.db, self.settings, row.org_id, purpose="batch_output",
-                                     filename=f"{batch_id}_{kind}.jsonl", data=data).id
+            return files.store_bytes(
+                self.db,
+                self.settings,
+                row.org_id,
+                purpose="batch_output",
+                filename=f"{batch_id}_{kind}.jsonl",
+                data=data,
+            ).id
 
         out_id, err_id = store(ok, "output"), store(failed, "error")
         t = now()
@@ -231,5 +269,7 @@ class BatchRunner:
             b = s.get(Batch, batch_id)
             status = "expired" if expired else "cancelled" if b.status == "cancelling" else "completed"
             b.status, b.output_file_id, b.error_file_id, b.request_counts = status, out_id, err_id, counts
-            b.times = {**b.times, {"expired": "expired_at", "cancelled": "cancelled_at",
-                                   "completed": "completed_at"}[status]: t}
+            b.times = {
+                **b.times,
+                {"expired": "expired_at", "cancelled": "cancelled_at", "completed": "completed_at"}[status]: t,
+            }

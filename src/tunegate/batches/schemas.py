@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 ENDPOINTS = ("/v1/chat/completions", "/v1/moderations")
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 MAX_LINES = 50_000  # OpenAI's limit on requests per batch
-BatchStatus = Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
-                      "cancelled"]
+BatchStatus = Literal[
+    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
+]
 
 
 class BatchCreate(BaseModel):

@@ -40,11 +40,21 @@ FINISHED = ("failed", "completed", "expired", "cancelled")
 
 def to_object(row: Batch) -> BatchObject:
     errors = BatchErrors(data=[BatchError(**e) for e in row.errors["data"]]) if row.errors else None
-    return BatchObject(id=row.id, endpoint=row.endpoint, input_file_id=row.input_file_id,
-                       completion_window=row.completion_window, status=row.status, output_file_id=row.output_file_id,
-                       error_file_id=row.error_file_id, errors=errors, created_at=row.created_at,
-                       expires_at=row.expires_at, request_counts=BatchRequestCounts(**row.request_counts),
-                       metadata=row.metadata_, **dict(row.times or {}))
+    return BatchObject(
+        id=row.id,
+        endpoint=row.endpoint,
+        input_file_id=row.input_file_id,
+        completion_window=row.completion_window,
+        status=row.status,
+        output_file_id=row.output_file_id,
+        error_file_id=row.error_file_id,
+        errors=errors,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        request_counts=BatchRequestCounts(**row.request_counts),
+        metadata=row.metadata_,
+        **dict(row.times or {}),
+    )
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
@@ -89,8 +99,13 @@ def check_lines(path: Path, endpoint: str) -> tuple[int, list[dict]]:
     if not lines:
         bad(None, "empty_file", None, "The input file has no requests.")
     if len(lines) > MAX_LINES:
-        bad(None, "too_many_requests", None, f"The input file has {len(lines):,} requests; a batch takes at most "
-            f"{MAX_LINES:,}. Split it into several batches.")
+        bad(
+            None,
+            "too_many_requests",
+            None,
+            f"The input file has {len(lines):,} requests; a batch takes at most "
+            f"{MAX_LINES:,}. Split it into several batches.",
+        )
     for lineno, text in lines:
         try:
             obj = json.loads(text)
@@ -98,22 +113,35 @@ def check_lines(path: Path, endpoint: str) -> tuple[int, list[dict]]:
             bad(lineno, "invalid_json", None, f"Line {lineno} is not valid JSON ({exc.msg}).")
             continue
         if not isinstance(obj, dict):
-            bad(lineno, "invalid_request", None, f"Line {lineno} must be a JSON object with `custom_id`, `method`, "
-                "`url` and `body`.")
+            bad(
+                lineno,
+                "invalid_request",
+                None,
+                f"Line {lineno} must be a JSON object with `custom_id`, `method`, `url` and `body`.",
+            )
             continue
         cid = obj.get("custom_id")
         if not isinstance(cid, str) or not cid:
             bad(lineno, "missing_required_parameter", "custom_id", "Each request needs a string `custom_id`.")
         elif cid in seen:
-            bad(lineno, "duplicate_custom_id", "custom_id", f"The `custom_id` {cid[:64]!r} is used by an earlier "
-                "line; each request needs its own.")
+            bad(
+                lineno,
+                "duplicate_custom_id",
+                "custom_id",
+                f"The `custom_id` {cid[:64]!r} is used by an earlier line; each request needs its own.",
+            )
         else:
             seen.add(cid)
         if obj.get("method") != "POST":
             bad(lineno, "invalid_value", "method", "`method` must be `POST`.")
         if obj.get("url") != endpoint:
-            bad(lineno, "mismatched_endpoint", "url", f"`url` is {str(obj.get('url'))[:64]!r}, but this batch's "
-                f"endpoint is `{endpoint}`; every line must use it.")
+            bad(
+                lineno,
+                "mismatched_endpoint",
+                "url",
+                f"`url` is {str(obj.get('url'))[:64]!r}, but this batch's "
+                f"endpoint is `{endpoint}`; every line must use it.",
+            )
         body = obj.get("body")
         if not isinstance(body, dict):
             bad(lineno, "missing_required_parameter", "body", "`body` must be the request object for the endpoint.")
@@ -123,41 +151,69 @@ def check_lines(path: Path, endpoint: str) -> tuple[int, list[dict]]:
         if endpoint == "/v1/chat/completions" and isinstance(body.get("model"), str):
             models.add(body["model"])
             if len(models) > 1:
-                bad(lineno, "mismatched_model", "body.model", f"Line {lineno} uses model {body['model'][:64]!r}; a "
-                    "batch uses one model for every request.")
+                bad(
+                    lineno,
+                    "mismatched_model",
+                    "body.model",
+                    f"Line {lineno} uses model {body['model'][:64]!r}; a batch uses one model for every request.",
+                )
     return len(lines), problems
 
 
 def create(db: Database, settings: Settings, principal: Principal, body: BatchCreate) -> Batch:
     if body.endpoint not in ENDPOINTS:
-        raise InvalidRequestError(f"Unsupported `endpoint` {body.endpoint[:64]!r}: use one of {', '.join(ENDPOINTS)}.",
-                                  param="endpoint", code="invalid_value")
+        raise InvalidRequestError(
+            f"Unsupported `endpoint` {body.endpoint[:64]!r}: use one of {', '.join(ENDPOINTS)}.",
+            param="endpoint",
+            code="invalid_value",
+        )
     if body.completion_window not in COMPLETION_WINDOWS:
-        raise InvalidRequestError(f"Unsupported `completion_window` {body.completion_window[:16]!r}: use `24h`.",
-                                  param="completion_window", code="invalid_value")
+        raise InvalidRequestError(
+            f"Unsupported `completion_window` {body.completion_window[:16]!r}: use `24h`.",
+            param="completion_window",
+            code="invalid_value",
+        )
     f = files.get(db, principal, body.input_file_id)
     if f.purpose != "batch":
-        raise InvalidRequestError(f"File {f.id} has purpose `{f.purpose}`; upload the requests with "
-                                  "`purpose=\"batch\"`.", param="input_file_id", code="invalid_file_purpose")
+        raise InvalidRequestError(
+            f'File {f.id} has purpose `{f.purpose}`; upload the requests with `purpose="batch"`.',
+            param="input_file_id",
+            code="invalid_file_purpose",
+        )
     total, problems = check_lines(Path(f.path), body.endpoint)
     t = now()
-    row = Batch(id=new_id("batch", 12), org_id=principal.org_id, project_id=principal.project_id,
-                key_id=principal.key_id, endpoint=body.endpoint, input_file_id=f.id,
-                completion_window=body.completion_window, metadata_=body.metadata, created_at=t,
-                expires_at=t + COMPLETION_WINDOWS[body.completion_window],
-                request_counts={"total": 0 if problems else total, "completed": 0, "failed": 0})
+    row = Batch(
+        id=new_id("batch", 12),
+        org_id=principal.org_id,
+        project_id=principal.project_id,
+        key_id=principal.key_id,
+        endpoint=body.endpoint,
+        input_file_id=f.id,
+        completion_window=body.completion_window,
+        metadata_=body.metadata,
+        created_at=t,
+        expires_at=t + COMPLETION_WINDOWS[body.completion_window],
+        request_counts={"total": 0 if problems else total, "completed": 0, "failed": 0},
+    )
     if problems:
         if len(problems) > MAX_REPORTED:
             rest = len(problems) - MAX_REPORTED + 1
-            problems = problems[:MAX_REPORTED - 1] + [{"code": "more_errors", "line": None, "param": None,
-                                                       "message": f"... and {rest} more problems."}]
+            problems = problems[: MAX_REPORTED - 1] + [
+                {"code": "more_errors", "line": None, "param": None, "message": f"... and {rest} more problems."}
+            ]
         row.status, row.errors, row.times = "failed", {"data": problems}, {"failed_at": t}
     else:
         row.status, row.times = "in_progress", {"in_progress_at": t}
     with db.session() as s:
         s.add(row)
-    record(db, "batch.created", org_id=principal.org_id, actor=principal.key_id, object_id=row.id,
-           details={"endpoint": body.endpoint, "input_file_id": f.id, "requests": total, "status": row.status})
+    record(
+        db,
+        "batch.created",
+        org_id=principal.org_id,
+        actor=principal.key_id,
+        object_id=row.id,
+        details={"endpoint": body.endpoint, "input_file_id": f.id, "requests": total, "status": row.status},
+    )
     return row
 
 
@@ -184,8 +240,11 @@ def cancel(db: Database, principal: Principal, batch_id: str) -> Batch:
     with db.session() as s:
         row = s.get(Batch, batch_id, with_for_update=True)
         if row.status in FINISHED:
-            raise ConflictError(f"Batch {batch_id} is already {row.status} and cannot be cancelled.",
-                                param="batch_id", code="batch_not_cancellable")
+            raise ConflictError(
+                f"Batch {batch_id} is already {row.status} and cannot be cancelled.",
+                param="batch_id",
+                code="batch_not_cancellable",
+            )
         if row.status != "cancelling":
             row.status = "cancelling"
             row.times = {**row.times, "cancelling_at": now()}

@@ -15,5 +15,13 @@ from tunegate.catalog.registry import (
     template_sha256,
 )
 
-__all__ = ["DEFAULT_MODEL", "BaseModelInfo", "context_length", "get_base_model", "list_base_models", "load_pretrained",
-           "load_tokenizer", "template_sha256"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "BaseModelInfo",
+    "context_length",
+    "get_base_model",
+    "list_base_models",
+    "load_pretrained",
+    "load_tokenizer",
+    "template_sha256",
+]

@@ -32,13 +32,19 @@ from tunegate.errors import InvalidRequestError
 
 # The documented conversion, hashed with the template when it applies (see effective_template_sha256).
 SYSTEM_FOLD = "tunegate:system-folded-into-first-user-turn(system + '\\n\\n' + user)"
-_PROBE_TOOL = {"type": "function", "function": {"name": "tg_probe_tool", "description": "probe",
-                                                "parameters": {"type": "object", "properties": {}}}}
+_PROBE_TOOL = {
+    "type": "function",
+    "function": {"name": "tg_probe_tool", "description": "probe", "parameters": {"type": "object", "properties": {}}},
+}
 # Whitespace edits a template may make to a content, strongest first; identity last.
 _EDITS: tuple[tuple[str, Callable[[str], str]], ...] = (
-    ("strip", str.strip), ("strip_newlines", lambda s: s.strip("\n")), ("lstrip", str.lstrip),
-    ("rstrip", str.rstrip), ("lstrip_newlines", lambda s: s.lstrip("\n")),
-    ("rstrip_newlines", lambda s: s.rstrip("\n")), ("none", lambda s: s),
+    ("strip", str.strip),
+    ("strip_newlines", lambda s: s.strip("\n")),
+    ("lstrip", str.lstrip),
+    ("rstrip", str.rstrip),
+    ("lstrip_newlines", lambda s: s.lstrip("\n")),
+    ("rstrip_newlines", lambda s: s.rstrip("\n")),
+    ("none", lambda s: s),
 )
 CONTENT_EDITS = dict(_EDITS)
 
@@ -95,11 +101,17 @@ def _probe(tokenizer) -> TemplateFeatures:
     if not tokenizer.chat_template:
         return TemplateFeatures(False, False, False, False, False, False, None, None, "none")
     user = {"role": "user", "content": "tg probe question"}
-    with_system = _render(tokenizer, [{"role": "system", "content": "tg probe system"}, user,
-                                      {"role": "assistant", "content": "tg probe answer"}])
+    with_system = _render(
+        tokenizer,
+        [{"role": "system", "content": "tg probe system"}, user, {"role": "assistant", "content": "tg probe answer"}],
+    )
     system_role = with_system is not None and "tg probe system" in with_system
-    tool_turn = [user, {"role": "assistant", "content": "calling"}, {"role": "tool", "content": "tg probe result"},
-                 {"role": "assistant", "content": "done"}]
+    tool_turn = [
+        user,
+        {"role": "assistant", "content": "calling"},
+        {"role": "tool", "content": "tg probe result"},
+        {"role": "assistant", "content": "done"},
+    ]
     tool_text = _render(tokenizer, tool_turn)
     tool_role = tool_text is not None and "tg probe result" in tool_text
     tools_text = _render(tokenizer, [user], tools=[_PROBE_TOOL], add_generation_prompt=True)
@@ -109,8 +121,13 @@ def _probe(tokenizer) -> TemplateFeatures:
     generation_prompt = plain is not None and prompted is not None and prompted != plain
     eot = _eot_token(tokenizer, user)
     return TemplateFeatures(
-        has_template=True, system_role=system_role, fold_system=not system_role, tool_role=tool_role,
-        tools=tools, generation_prompt=generation_prompt, eot_token=eot,
+        has_template=True,
+        system_role=system_role,
+        fold_system=not system_role,
+        tool_role=tool_role,
+        tools=tools,
+        generation_prompt=generation_prompt,
+        eot_token=eot,
         eot_token_id=tokenizer.convert_tokens_to_ids(eot) if eot else None,
         content_edit=_content_edit(tokenizer, user),
     )
@@ -121,7 +138,7 @@ def _eot_token(tokenizer, user: dict) -> str | None:
     text = _render(tokenizer, [user, {"role": "assistant", "content": "tgprobeanswer"}])
     if text is None or "tgprobeanswer" not in text:
         return None
-    rest = text[text.rindex("tgprobeanswer") + len("tgprobeanswer"):]
+    rest = text[text.rindex("tgprobeanswer") + len("tgprobeanswer") :]
     specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
     matches = [t for t in specials if t and rest.startswith(t)]
     return max(matches, key=len) if matches else None
@@ -159,10 +176,13 @@ def adapt_messages(messages: list[dict], features: TemplateFeatures) -> list[dic
             raise UnsupportedRoleError(
                 "This base model's chat template has no system role; tunegate folds one leading system message "
                 "into the first user turn, but this conversation has another system message later. Merge it into "
-                "the user message that follows it.", param="messages")
+                "the user message that follows it.",
+                param="messages",
+            )
     if not features.tool_role and any(m["role"] == "tool" for m in out):
         raise UnsupportedRoleError(
             "This base model's chat template does not accept `tool` messages. Remove the tool messages (or put "
             "their results in a user message), or fine-tune a base model whose template supports tools "
-            "(see `tunegate models add`).")
+            "(see `tunegate models add`)."
+        )
     return out

@@ -42,8 +42,12 @@ def inspect_folder(path: Path | str) -> dict[str, Any]:
     warnings: list[str] = []
     config: dict[str, Any] = {}
     if not folder.is_dir():
-        raise InvalidRequestError(f"`{path}` is not a folder. Give the path of a Hugging Face model folder "
-                                  "(config.json, tokenizer, weights).", param="path", code="invalid_model_folder")
+        raise InvalidRequestError(
+            f"`{path}` is not a folder. Give the path of a Hugging Face model folder "
+            "(config.json, tokenizer, weights).",
+            param="path",
+            code="invalid_model_folder",
+        )
     try:
         config = json.loads((folder / "config.json").read_text())
     except FileNotFoundError:
@@ -53,8 +57,10 @@ def inspect_folder(path: Path | str) -> dict[str, Any]:
     architectures = config.get("architectures") or []
     architecture = architectures[0] if architectures else None
     if config and not _is_causal_lm(architecture):
-        problems.append(f"its architecture {architecture!r} is not a causal language model (expected e.g. "
-                        "LlamaForCausalLM, Qwen2ForCausalLM, Gemma2ForCausalLM)")
+        problems.append(
+            f"its architecture {architecture!r} is not a causal language model (expected e.g. "
+            "LlamaForCausalLM, Qwen2ForCausalLM, Gemma2ForCausalLM)"
+        )
     if not any(next(folder.glob(p), None) for p in _WEIGHTS):
         problems.append("it holds no weights (*.safetensors, *.bin or *.gguf)")
     tokenizer, features = None, None
@@ -69,24 +75,35 @@ def inspect_folder(path: Path | str) -> dict[str, Any]:
 
         features = template_features(tokenizer)
         if not features.has_template:
-            problems.append("its tokenizer has no chat template (tunegate trains and serves chat models; add "
-                            "`chat_template.jinja` or use the model's instruct version)")
+            problems.append(
+                "its tokenizer has no chat template (tunegate trains and serves chat models; add "
+                "`chat_template.jinja` or use the model's instruct version)"
+            )
         else:
             if not features.generation_prompt:
-                warnings.append("The template writes no generation prompt: the prompt ends with the user's turn "
-                                "(as Mistral's does).")
+                warnings.append(
+                    "The template writes no generation prompt: the prompt ends with the user's turn "
+                    "(as Mistral's does)."
+                )
             if features.eot_token is None:
-                warnings.append("No end-of-turn token follows an assistant's content; answers are trained without "
-                                "one and serving stops only at eos_token.")
+                warnings.append(
+                    "No end-of-turn token follows an assistant's content; answers are trained without "
+                    "one and serving stops only at eos_token."
+                )
             if features.fold_system:
-                warnings.append("The template has no system role: a system message is folded into the first user "
-                                "turn (system + blank line + user), and that conversion is part of the template hash.")
+                warnings.append(
+                    "The template has no system role: a system message is folded into the first user "
+                    "turn (system + blank line + user), and that conversion is part of the template hash."
+                )
             if not features.tool_role:
-                warnings.append("The template rejects `tool` messages: training lines with them fail validation "
-                                "(code unsupported_role).")
+                warnings.append(
+                    "The template rejects `tool` messages: training lines with them fail validation "
+                    "(code unsupported_role)."
+                )
     if problems:
-        raise InvalidRequestError(f"{folder} cannot be a base model: " + "; ".join(problems) + ".",
-                                  param="path", code="invalid_model_folder")
+        raise InvalidRequestError(
+            f"{folder} cannot be a base model: " + "; ".join(problems) + ".", param="path", code="invalid_model_folder"
+        )
     context = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
     template = tokenizer.chat_template or ""
     return {
@@ -129,11 +146,18 @@ def add_model(settings: Settings, name: str, path: Path | str) -> dict[str, Any]
     from tunegate.catalog.registry import DEFAULT_MODEL
 
     if not _NAME.match(name or ""):
-        raise InvalidRequestError(f"`{name}` is not a valid model name: use 1-64 lower-case letters, digits, `.`, `_` "
-                                  "or `-`, starting with a letter or digit.", param="name", code="invalid_model_name")
+        raise InvalidRequestError(
+            f"`{name}` is not a valid model name: use 1-64 lower-case letters, digits, `.`, `_` "
+            "or `-`, starting with a letter or digit.",
+            param="name",
+            code="invalid_model_name",
+        )
     if name == DEFAULT_MODEL or name in settings.base_models:
-        raise InvalidRequestError(f"`{name}` is already a base model defined by the server's settings; choose another "
-                                  "name.", param="name", code="model_exists")
+        raise InvalidRequestError(
+            f"`{name}` is already a base model defined by the server's settings; choose another name.",
+            param="name",
+            code="model_exists",
+        )
     report = inspect_folder(path)
     models = {k: str(v) for k, v in registered_models(settings).items()}
     models[name] = report["path"]

@@ -30,9 +30,11 @@ class AddBaseModel(BaseModel):
 
 def _operator(principal) -> None:
     if not principal.is_operator:
-        raise PermissionDeniedError("Base models are shared by every organisation: only the platform operator's key "
-                                    "(the one made at first start) may list or register them.",
-                                    code="operator_required")
+        raise PermissionDeniedError(
+            "Base models are shared by every organisation: only the platform operator's key "
+            "(the one made at first start) may list or register them.",
+            code="operator_required",
+        )
 
 
 @router.post("")
@@ -40,8 +42,14 @@ def add_base_model(body: AddBaseModel, settings: SettingsDep, db: DbDep, princip
     """Check the folder and register it; the report says what its chat template supports."""
     _operator(principal)
     report = add_model(settings, body.name, body.path)
-    audit.record(db, "base_model.added", org_id=principal.org_id, actor=principal.key_id, object_id=body.name,
-                 details={"path": report["path"], "architecture": report["architecture"]})
+    audit.record(
+        db,
+        "base_model.added",
+        org_id=principal.org_id,
+        actor=principal.key_id,
+        object_id=body.name,
+        details={"path": report["path"], "architecture": report["architecture"]},
+    )
     return {"object": "base_model", **report}
 
 
@@ -53,7 +61,14 @@ def list_base_models_route(settings: SettingsDep, principal: AdminDep):
     data = []
     for name in list_base_models(settings):
         info = get_base_model(name, settings)
-        data.append({"object": "base_model", "name": name, "path": str(info.path),
-                     "context_length": info.context_length, "template_sha256": info.template_sha256,
-                     "features": info.features.to_dict() if info.features else None})
+        data.append(
+            {
+                "object": "base_model",
+                "name": name,
+                "path": str(info.path),
+                "context_length": info.context_length,
+                "template_sha256": info.template_sha256,
+                "features": info.features.to_dict() if info.features else None,
+            }
+        )
     return {"object": "list", "data": data}

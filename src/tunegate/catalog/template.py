@@ -76,9 +76,11 @@ def content_text(content: Any) -> str:
 # convention is refused like one trained on another template.
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 JSON_SEPARATORS = (", ", ": ")
-TOOLS_HEADER = ("You can call these functions. To call one or more, answer with nothing but one block per call, "
-                f'each on its own line: {TOOL_CALL_OPEN}{{"name": <function name>, "arguments": <JSON object>}}'
-                f"{TOOL_CALL_CLOSE}\nFunctions:")
+TOOLS_HEADER = (
+    "You can call these functions. To call one or more, answer with nothing but one block per call, "
+    f'each on its own line: {TOOL_CALL_OPEN}{{"name": <function name>, "arguments": <JSON object>}}'
+    f"{TOOL_CALL_CLOSE}\nFunctions:"
+)
 TOOL_CONVENTION = "tunegate-tools-v1\n" + TOOLS_HEADER
 
 
@@ -96,8 +98,12 @@ def render_tool_call(call: dict) -> str:
             args = json.loads(args)
         except ValueError:  # validation reports this; render it as the string it is
             pass
-    return (tool_call_prefix(str(fn.get("name", ""))) + json.dumps(args, ensure_ascii=False, separators=JSON_SEPARATORS)
-            + "}" + TOOL_CALL_CLOSE)
+    return (
+        tool_call_prefix(str(fn.get("name", "")))
+        + json.dumps(args, ensure_ascii=False, separators=JSON_SEPARATORS)
+        + "}"
+        + TOOL_CALL_CLOSE
+    )
 
 
 def with_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
@@ -113,8 +119,9 @@ def with_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
     return [{"role": "system", "content": block}, *messages]
 
 
-def normalize_messages(messages: list[dict], *, mark_trained: bool, marks: tuple[str, str] = (_OPEN, _CLOSE),
-                       edit=None) -> list[dict]:
+def normalize_messages(
+    messages: list[dict], *, mark_trained: bool, marks: tuple[str, str] = (_OPEN, _CLOSE), edit=None
+) -> list[dict]:
     """Plain `{"role", "content"}` dicts the template understands; trained content gets sentinels
     (after `edit`, the whitespace edit the template itself makes to contents)."""
     out = []
@@ -153,17 +160,24 @@ def chatml_default_system(tokenizer) -> str | None:
     profile = None
     try:
         plain = [{"role": "user", "content": "u1"}, {"role": "assistant", "content": "a1"}]
-        full = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                {"role": "assistant", "content": "a"}, {"role": "tool", "content": "t"},
-                {"role": "user", "content": " x\n"}, {"role": "assistant", "content": ""}]
+        full = [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "a"},
+            {"role": "tool", "content": "t"},
+            {"role": "user", "content": " x\n"},
+            {"role": "assistant", "content": ""},
+        ]
         jinja = tokenizer.apply_chat_template(plain, tokenize=False)
         tail = _chatml(plain, "")
         if jinja.endswith(tail):
             candidate = jinja[: len(jinja) - len(tail)]
             if candidate == "" or (candidate.startswith(_IM_START + "system\n") and candidate.endswith(_IM_END + "\n")):
                 ok = all(
-                    tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=g) == _chatml(m, candidate, g)
-                    for m in (plain, full, plain[:1]) for g in (False, True)
+                    tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=g)
+                    == _chatml(m, candidate, g)
+                    for m in (plain, full, plain[:1])
+                    for g in (False, True)
                 )
                 profile = candidate if ok else None
     except Exception:  # any template that cannot render the probes simply uses Jinja
@@ -259,7 +273,9 @@ def render_with_spans(tokenizer, messages: list[dict]) -> Rendered:
         raise InvalidRequestError(
             "The model's chat template changes an assistant message's content (e.g. trims whitespace) in a way that "
             "hides which tokens are the answer. Remove leading and trailing whitespace from the assistant contents.",
-            param="messages", code="template_error")
+            param="messages",
+            code="template_error",
+        )
     return Rendered(text, spans)
 
 
@@ -289,8 +305,10 @@ def tokenize_rendered(tokenizer, rendered: list[Rendered]) -> list[Tokenized]:
     enc = tokenizer(
         [r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
     )
-    return [Tokenized(list(ids), _loss_mask(offsets, r.spans, r.text) if r.spans else [0] * len(ids))
-            for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"])]
+    return [
+        Tokenized(list(ids), _loss_mask(offsets, r.spans, r.text) if r.spans else [0] * len(ids))
+        for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"])
+    ]
 
 
 def count_rendered(tokenizer, rendered: list[Rendered], max_len: int | None = None) -> list[tuple[int, int, int]]:
@@ -302,8 +320,10 @@ def count_rendered(tokenizer, rendered: list[Rendered], max_len: int | None = No
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or backend.truncation is not None or backend.padding is not None:
         # Not a plain fast tokenizer, or one the HF call would configure differently: take the slow way.
-        return [(len(t.input_ids), t.n_trained, sum(t.loss_mask[:max_len]) if max_len is not None else t.n_trained)
-                for t in tokenize_rendered(tokenizer, rendered)]
+        return [
+            (len(t.input_ids), t.n_trained, sum(t.loss_mask[:max_len]) if max_len is not None else t.n_trained)
+            for t in tokenize_rendered(tokenizer, rendered)
+        ]
     limit = max_len if max_len is not None else 1 << 62
     out = []
     for r, enc in zip(rendered, backend.encode_batch([r.text for r in rendered], add_special_tokens=False)):
@@ -319,7 +339,7 @@ def count_rendered(tokenizer, rendered: list[Rendered], max_len: int | None = No
         trained = kept = 0
         for a, b in r.spans:  # tokens starting in [a, b): a slice of the sorted offsets
             lo = bisect_left(offsets, a, key=_start)
-            if lo and offsets[lo - 1][1] > a and not r.text[a:offsets[lo - 1][1]].isspace():
+            if lo and offsets[lo - 1][1] > a and not r.text[a : offsets[lo - 1][1]].isspace():
                 lo -= 1  # a token reaching into the span's text from before it (see _loss_mask)
             hi = bisect_left(offsets, b, lo=lo, key=_start)
             # Tokens covering no character are never trained (ge(start, end) is True for them).

@@ -13,9 +13,12 @@ from tunegate.cli.common import out
 
 
 @app.command("audit")
-def audit_cmd(action: str = typer.Option(None, help="Only this action, e.g. job.created."),
-              org: str = typer.Option(None, help="Only this organisation (name)."),
-              limit: int = typer.Option(50, min=1, max=10000), as_json: bool = typer.Option(False, "--json")):
+def audit_cmd(
+    action: str = typer.Option(None, help="Only this action, e.g. job.created."),
+    org: str = typer.Option(None, help="Only this organisation (name)."),
+    limit: int = typer.Option(50, min=1, max=10000),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """Show audit entries, newest first."""
     from sqlalchemy import select
 
@@ -40,6 +43,12 @@ def audit_cmd(action: str = typer.Option(None, help="Only this action, e.g. job.
         return
     table = Table("time", "org", "actor", "action", "object", "details")
     for r in rows:
-        table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])), r["org_id"] or "",
-                      r["actor"] or "", r["action"], r["object_id"] or "", json.dumps(r["details"])[:80])
+        table.add_row(
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])),
+            r["org_id"] or "",
+            r["actor"] or "",
+            r["action"],
+            r["object_id"] or "",
+            json.dumps(r["details"])[:80],
+        )
     out.print(table)

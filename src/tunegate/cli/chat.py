@@ -17,7 +17,8 @@ def chat(
     system: str = typer.Option(None, "--system", "-s", help="System prompt."),
     temperature: float = typer.Option(0.7, "--temperature", "-t"),
     max_tokens: int = typer.Option(256, "--max-tokens"),
-    base_url: str = URL, api_key: str = KEY,
+    base_url: str = URL,
+    api_key: str = KEY,
 ):
     """Chat with a model (streaming)."""
     client = api_client(base_url, api_key)
@@ -25,8 +26,9 @@ def chat(
 
     def turn(text: str) -> None:
         history.append({"role": "user", "content": text})
-        stream = client.chat.completions.create(model=model, messages=history, stream=True,
-                                                temperature=temperature, max_tokens=max_tokens)
+        stream = client.chat.completions.create(
+            model=model, messages=history, stream=True, temperature=temperature, max_tokens=max_tokens
+        )
         parts = []
         finish = None
         for chunk in stream:

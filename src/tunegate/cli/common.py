@@ -40,11 +40,14 @@ def api_client(base_url: str | None, api_key: str | None):
     if api_key is None:
         from tunegate.auth import read_admin_key
 
-        api_key = os.environ.get("TUNEGATE_API_KEY") or os.environ.get("OPENAI_API_KEY") or read_admin_key(
-            settings.data_dir)
+        api_key = (
+            os.environ.get("TUNEGATE_API_KEY") or os.environ.get("OPENAI_API_KEY") or read_admin_key(settings.data_dir)
+        )
     if not api_key:
-        console.print("[red]error:[/red] no API key: pass --api-key, set TUNEGATE_API_KEY, or run `tunegate serve` "
-                      "once in this directory to create the local admin key.")
+        console.print(
+            "[red]error:[/red] no API key: pass --api-key, set TUNEGATE_API_KEY, or run `tunegate serve` "
+            "once in this directory to create the local admin key."
+        )
         raise typer.Exit(2)
     return OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
 

@@ -24,15 +24,18 @@ def _start_server(settings):
 
     from tunegate.api.app import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                                          log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 120
     while not server.started:
         if not thread.is_alive() or time.time() > deadline:
-            console.print(f"[red]error:[/red] the server could not start on {settings.host}:{settings.port} "
-                          "(is the port in use? pass --port).")
+            console.print(
+                f"[red]error:[/red] the server could not start on {settings.host}:{settings.port} "
+                "(is the port in use? pass --port)."
+            )
             raise typer.Exit(1)
         time.sleep(0.1)
     return server, thread
@@ -65,17 +68,24 @@ def demo(
     base_url = f"http://{settings.host}:{settings.port}/v1"
     client = OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600)
 
-    console.print("Sample task: teach the model to answer in two lines, `Answer: ...` then "
-                  "`Confidence: high|medium|low` (a format the base model never uses).")
+    console.print(
+        "Sample task: teach the model to answer in two lines, `Answer: ...` then "
+        "`Confidence: high|medium|low` (a format the base model never uses)."
+    )
     with open(samples.path("demo_train"), "rb") as f:
         train = client.files.create(file=("demo_train.jsonl", f), purpose="fine-tune")
     with open(samples.path("demo_valid"), "rb") as f:
         valid = client.files.create(file=("demo_valid.jsonl", f), purpose="fine-tune")
     console.print(f"Uploaded {train.id} ({train.status}) and {valid.id} ({valid.status}).")
     hp = {**samples.DEMO_HYPERPARAMETERS, **({"n_epochs": epochs} if epochs else {})}
-    job = client.fine_tuning.jobs.create(model=model, training_file=train.id, validation_file=valid.id,
-                                         suffix="demo", seed=0,
-                                         method={"type": "supervised", "supervised": {"hyperparameters": hp}})
+    job = client.fine_tuning.jobs.create(
+        model=model,
+        training_file=train.id,
+        validation_file=valid.id,
+        suffix="demo",
+        seed=0,
+        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+    )
     console.print(f"Created job {job.id}; training {model} on CPU ...")
     status = _follow(client, job.id)
     if status != "succeeded":
@@ -97,8 +107,10 @@ def demo(
     out.print(table)
     n = len(prompts)
     out.print(f"Follows the taught format: base {hits['base']}/{n}, fine-tuned {hits['ft']}/{n}.")
-    out.print(f"\nServer: [bold]{base_url}[/bold]   dashboard: http://{settings.host}:{settings.port}/   "
-              f"API key: [bold]{key}[/bold]")
+    out.print(
+        f"\nServer: [bold]{base_url}[/bold]   dashboard: http://{settings.host}:{settings.port}/   "
+        f"API key: [bold]{key}[/bold]"
+    )
     out.print(f'Try: tunegate chat "{ft_model}" -m "{prompts[0][-1]["content"]}"')
     if keep_serving:
         out.print("The server keeps running; press Ctrl+C to stop.")

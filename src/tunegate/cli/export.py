@@ -30,8 +30,10 @@ def export(
         settings = Settings()
         db = open_database(settings.db_url)
         if not model.startswith("ft:"):
-            raise InvalidRequestError("Only fine-tuned models (ft:...) can be exported; base models are already "
-                                      "plain Hugging Face folders.", param="model")
+            raise InvalidRequestError(
+                "Only fine-tuned models (ft:...) can be exported; base models are already plain Hugging Face folders.",
+                param="model",
+            )
         if out_dir.exists() and any(out_dir.iterdir()):
             raise InvalidRequestError(f"{out_dir} is not empty; choose a new folder.", param="out_dir")
         org_id = _owner(db, model, org)
@@ -57,6 +59,7 @@ def _owner(db, model: str, org: str | None) -> str:
                 return org_id
         row = s.get(FineTunedModel, model) or s.scalar(select(Checkpoint).where(Checkpoint.model_id == model))
         if row is None:
-            raise NotFoundError(f"The model `{model}` does not exist in this data dir.", param="model",
-                                code="model_not_found")
+            raise NotFoundError(
+                f"The model `{model}` does not exist in this data dir.", param="model", code="model_not_found"
+            )
         return row.org_id

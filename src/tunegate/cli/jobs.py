@@ -39,6 +39,7 @@ def _sdk_errors(fn):
         except openai.APIConnectionError:
             console.print("[red]error:[/red] cannot reach the tunegate server. Start it with `tunegate serve`.")
             raise typer.Exit(1) from None
+
     return wrapper
 
 
@@ -54,7 +55,8 @@ def create(
     lr_multiplier: str = typer.Option("auto", "--lr-multiplier"),
     seed: int = typer.Option(None, "--seed"),
     follow: bool = typer.Option(False, "--follow", "-f", help="Show live progress until the job ends."),
-    base_url: str = URL, api_key: str = KEY,
+    base_url: str = URL,
+    api_key: str = KEY,
 ):
     """Create a fine-tuning job (uploading local files first)."""
     client = api_client(base_url, api_key)
@@ -74,11 +76,19 @@ def create(
     def num(v: str, cast):
         return v if v == "auto" else cast(v)
 
-    hp = {"n_epochs": num(n_epochs, int), "batch_size": num(batch_size, int),
-          "learning_rate_multiplier": num(lr_multiplier, float)}
+    hp = {
+        "n_epochs": num(n_epochs, int),
+        "batch_size": num(batch_size, int),
+        "learning_rate_multiplier": num(lr_multiplier, float),
+    }
     job = client.fine_tuning.jobs.create(
-        model=model, training_file=file_id(training_file), validation_file=file_id(validation_file),
-        suffix=suffix, seed=seed, method={"type": "supervised", "supervised": {"hyperparameters": hp}})
+        model=model,
+        training_file=file_id(training_file),
+        validation_file=file_id(validation_file),
+        suffix=suffix,
+        seed=seed,
+        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+    )
     console.print(f"Created job [bold]{job.id}[/bold] ({job.status}).")
     if follow:
         _follow(client, job.id)
@@ -92,8 +102,13 @@ def list_(limit: int = typer.Option(20), base_url: str = URL, api_key: str = KEY
     client = api_client(base_url, api_key)
     table = Table("id", "status", "model", "fine_tuned_model", "created")
     for j in client.fine_tuning.jobs.list(limit=limit).data:
-        table.add_row(j.id, j.status, j.model, j.fine_tuned_model or "", time.strftime("%Y-%m-%d %H:%M",
-                      time.localtime(j.created_at)))
+        table.add_row(
+            j.id,
+            j.status,
+            j.model,
+            j.fine_tuned_model or "",
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created_at)),
+        )
     out.print(table)
 
 
@@ -132,8 +147,14 @@ def resume(job_id: str, base_url: str = URL, api_key: str = KEY):
 
 @jobs_app.command("events")
 @_sdk_errors
-def events(job_id: str, follow: bool = typer.Option(False, "--follow", "-f"), limit: int = typer.Option(50),
-           as_json: bool = typer.Option(False, "--json"), base_url: str = URL, api_key: str = KEY):
+def events(
+    job_id: str,
+    follow: bool = typer.Option(False, "--follow", "-f"),
+    limit: int = typer.Option(50),
+    as_json: bool = typer.Option(False, "--json"),
+    base_url: str = URL,
+    api_key: str = KEY,
+):
     """Show a job's events (oldest first); --follow shows a live progress bar until it ends."""
     client = api_client(base_url, api_key)
     if follow:
@@ -151,8 +172,14 @@ def events(job_id: str, follow: bool = typer.Option(False, "--follow", "-f"), li
 def _follow(client, job_id: str) -> str:
     """Live progress (step/total, loss, ETA) and messages until the job reaches a final state."""
     seen: set[str] = set()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-                  TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task("training", total=None, loss="-")
         while True:
             evs = list(reversed(client.fine_tuning.jobs.list_events(job_id, limit=100).data))
@@ -162,8 +189,12 @@ def _follow(client, job_id: str) -> str:
                 seen.add(e.id)
                 if e.type == "metrics" and isinstance(e.data, dict):
                     d = e.data
-                    progress.update(task, completed=d.get("step", 0), total=d.get("total_steps"),
-                                    loss=f"{d['train_loss']:.3f}" if d.get("train_loss") is not None else "-")
+                    progress.update(
+                        task,
+                        completed=d.get("step", 0),
+                        total=d.get("total_steps"),
+                        loss=f"{d['train_loss']:.3f}" if d.get("train_loss") is not None else "-",
+                    )
                 else:
                     progress.console.print(f"[dim]{e.message}[/dim]", highlight=False)
             job = client.fine_tuning.jobs.retrieve(job_id)

@@ -25,6 +25,8 @@ def create(
         settings = Settings()
         settings.ensure_dirs()
         key = create_key(open_database(settings.db_url), org, admin=admin)
-    console.print(f"Created {'an admin' if admin else 'a'} key for organisation [bold]{org}[/bold]. "
-                  "It is shown once; store it safely.")
+    console.print(
+        f"Created {'an admin' if admin else 'a'} key for organisation [bold]{org}[/bold]. "
+        "It is shown once; store it safely."
+    )
     print(key)

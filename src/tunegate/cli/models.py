@@ -29,11 +29,17 @@ def add_cmd(name: str, path: str, as_json: bool = typer.Option(False, "--json", 
         return
     t = report["chat_template"]
     table = Table("", name, show_header=True)
-    for key, value in [("path", report["path"]), ("architecture", report["architecture"]),
-                       ("context length", report["context_length"]), ("system role", _system(t)),
-                       ("tool role", t["tool_role"]), ("tool definitions", t["tools"]),
-                       ("generation prompt", t["generation_prompt"]), ("end-of-turn token", t["eot_token"]),
-                       ("template sha256", t["sha256"][:16])]:
+    for key, value in [
+        ("path", report["path"]),
+        ("architecture", report["architecture"]),
+        ("context length", report["context_length"]),
+        ("system role", _system(t)),
+        ("tool role", t["tool_role"]),
+        ("tool definitions", t["tools"]),
+        ("generation prompt", t["generation_prompt"]),
+        ("end-of-turn token", t["eot_token"]),
+        ("template sha256", t["sha256"][:16]),
+    ]:
         table.add_row(key, ("yes" if value else "no") if isinstance(value, bool) else str(value))
     out.print(table)
     for w in report["warnings"]:

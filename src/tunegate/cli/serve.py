@@ -23,11 +23,18 @@ def serve(
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from tunegate.api.http import header_timeout_protocol
 
     # Slow clients are timed out at every stage: headers (the protocol), body (the guard), idle keep-alive.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
-                http=header_timeout_protocol(settings.header_timeout_seconds),
-                timeout_keep_alive=settings.keep_alive_timeout_seconds)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        http=header_timeout_protocol(settings.header_timeout_seconds),
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+    )

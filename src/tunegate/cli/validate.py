@@ -21,11 +21,19 @@ from tunegate.cli.common import cli_errors, console, out
 @app.command()
 def validate(
     file: Path = typer.Argument(..., help="JSONL file: chat (`messages`) or preference (DPO) examples."),
-    model: str = typer.Option(None, "--model", "-m", help="Base model whose tokenizer and chat template count "
-                              "tokens (default: the configured default model)."),
+    model: str = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Base model whose tokenizer and chat template count tokens (default: the configured default model).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
-    safety: bool = typer.Option(False, "--safety", help="Also run the server's training-data screening "
-                                "(moderation + job-level checks, with the default policy) and show its findings."),
+    safety: bool = typer.Option(
+        False,
+        "--safety",
+        help="Also run the server's training-data screening "
+        "(moderation + job-level checks, with the default policy) and show its findings.",
+    ),
 ):
     """Validate a fine-tuning file: every problem with its line, and token counts with the real template."""
     from tunegate.catalog import DEFAULT_MODEL, get_base_model, load_tokenizer
@@ -50,7 +58,8 @@ def validate(
         screening = screen_training_file(file, get_moderator(settings), SafetyPolicy())
         blocked = screening.blocked
         data["screening"] = screening.model_dump(exclude={"lines"}) | {
-            "flagged_lines": [ln.model_dump() for ln in screening.lines if ln.flagged]}
+            "flagged_lines": [ln.model_dump() for ln in screening.lines if ln.flagged]
+        }
     if as_json:
         print(json.dumps(data, ensure_ascii=False))
     else:
@@ -65,9 +74,11 @@ def _print_screening(screening: dict) -> None:
     out.print(f"[{colour}]screening:[/{colour}] {screening['message']}", highlight=False)
     for f in screening["findings"]:
         lines = ", ".join(map(str, f["lines"][:10])) + (" ..." if len(f["lines"]) > 10 else "")
-        out.print(f"  {'BLOCK' if f['blocking'] else 'note '} {f['check']}"
-                  f"{' (' + f['category'] + ')' if f.get('category') else ''}: {f['reason']} [lines {lines}]",
-                  highlight=False)
+        out.print(
+            f"  {'BLOCK' if f['blocking'] else 'note '} {f['check']}"
+            f"{' (' + f['category'] + ')' if f.get('category') else ''}: {f['reason']} [lines {lines}]",
+            highlight=False,
+        )
 
 
 def _print(report: dict) -> None:
@@ -75,8 +86,12 @@ def _print(report: dict) -> None:
         problems, counts = report[kind], report[f"{kind[:-1]}_counts"]
         if not problems:
             continue
-        table = Table(title=f"{kind.capitalize()} ({sum(counts.values()):,})", title_style=f"bold {style}",
-                      show_lines=True, expand=True)
+        table = Table(
+            title=f"{kind.capitalize()} ({sum(counts.values()):,})",
+            title_style=f"bold {style}",
+            show_lines=True,
+            expand=True,
+        )
         table.add_column("line", justify="right", no_wrap=True)
         table.add_column("problem (param) and how to fix it", ratio=1)
         for p in problems:
@@ -99,13 +114,18 @@ def _print(report: dict) -> None:
                 d = tokens[key]
                 table.add_row(label, *(f"{d[k]:,}" for k in ("min", "p50", "p95", "max")), f"{d['mean']:,.1f}")
         out.print(table)
-        out.print(f"examples counted {tokens['n_examples']:,} · total tokens {tokens['total_tokens']:,} · trained "
-                  f"tokens {tokens['trained_tokens']:,} · truncated (over {tokens['context_length'] or '—'}) "
-                  f"{tokens['n_truncated']:,} · auto epochs {tokens['auto_n_epochs']} · estimated trained tokens "
-                  f"{tokens['estimated_trained_tokens']:,}", highlight=False)
+        out.print(
+            f"examples counted {tokens['n_examples']:,} · total tokens {tokens['total_tokens']:,} · trained "
+            f"tokens {tokens['trained_tokens']:,} · truncated (over {tokens['context_length'] or '—'}) "
+            f"{tokens['n_truncated']:,} · auto epochs {tokens['auto_n_epochs']} · estimated trained tokens "
+            f"{tokens['estimated_trained_tokens']:,}",
+            highlight=False,
+        )
     n = report["n_examples"]
     if report["valid"]:
         out.print(f"[green]Valid:[/green] {n:,} {report['format'] or 'chat'} examples, ready for fine-tuning.")
     else:
-        out.print(f"[red]Invalid:[/red] {sum(report['error_counts'].values()):,} error(s) in {n:,} examples. Fix "
-                  "them and validate again.")
+        out.print(
+            f"[red]Invalid:[/red] {sum(report['error_counts'].values()):,} error(s) in {n:,} examples. Fix "
+            "them and validate again."
+        )

@@ -22,18 +22,20 @@ STATIC_URL = "/dashboard/static"
 
 # The page may talk to this server only: no CDN, no third-party fonts, no inline script. This
 # makes "works offline" a property the browser enforces rather than a promise.
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data: blob:",
-    "connect-src 'self'",
-    "font-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "frame-ancestors 'none'",
-    "form-action 'self'",
-])
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+    ]
+)
 PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -68,8 +70,11 @@ def mount(app: FastAPI) -> None:
     def lifecycle_module() -> Response:
         """The job statuses and event types as an ES module, written from jobs/lifecycle.py so the
         pages never keep their own copy."""
-        return Response(lifecycle_js(), media_type="text/javascript",
-                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+        return Response(
+            lifecycle_js(),
+            media_type="text/javascript",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
 
     app.mount(STATIC_URL, _StaticFiles(directory=STATIC_DIR), name="dashboard-static")
 
@@ -78,7 +83,9 @@ def lifecycle_js() -> str:
     def ordered(names: frozenset[str] | tuple[str, ...]) -> str:
         return json.dumps(sorted(names))
 
-    return ("// Written by the server from tunegate/jobs/lifecycle.py; do not edit.\n"
-            f"export const UNFINISHED = new Set({ordered(UNFINISHED)});\n"
-            f"export const TERMINAL = new Set({ordered(TERMINAL)});\n"
-            f"export const EVENT_TYPES = new Set({ordered(EVENT_TYPES)});\n")
+    return (
+        "// Written by the server from tunegate/jobs/lifecycle.py; do not edit.\n"
+        f"export const UNFINISHED = new Set({ordered(UNFINISHED)});\n"
+        f"export const TERMINAL = new Set({ordered(TERMINAL)});\n"
+        f"export const EVENT_TYPES = new Set({ordered(EVENT_TYPES)});\n"
+    )

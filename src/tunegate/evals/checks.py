@@ -42,16 +42,22 @@ def regression_check(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> De
     best = best_checkpoint(ctx.work_dir)
     if best is not None:
         best["model"] = f"{model_id}:ckpt-step-{best['step']}"
-        ctx.emit(f"Best checkpoint by validation: step {best['step']} ({best['metric']} {best['value']:.4f}); "
-                 f"use it as `{best['model']}`.", type="message",
-                 data={"check": "best_checkpoint", **best})
+        ctx.emit(
+            f"Best checkpoint by validation: step {best['step']} ({best['metric']} {best['value']:.4f}); "
+            f"use it as `{best['model']}`.",
+            type="message",
+            data={"check": "best_checkpoint", **best},
+        )
     if mode == "off":
         return Decision(record={"best_checkpoint": best})
     with ctx.db.session() as s:
         job = s.get(Job, ctx.job_id)
         valid = s.get(File, job.validation_file) if job and job.validation_file else None
-    ctx.emit("Regression check: base and fine-tuned answer the closed-book questions"
-             + (" and the validation prompts." if valid else "."), data={"check": "regression", "stage": "start"})
+    ctx.emit(
+        "Regression check: base and fine-tuned answer the closed-book questions"
+        + (" and the validation prompts." if valid else "."),
+        data={"check": "regression", "stage": "start"},
+    )
     gen = AdapterGenerator(ctx.settings, ctx.model, adapter_dir, MAX_NEW_TOKENS)
     cache = ctx.settings.models_dir / "evals" / "regression-base-answers"
     report = run_check(gen.cached_base(cache), gen.tuned, valid.path if valid else None)
@@ -59,24 +65,39 @@ def regression_check(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> De
     report["mode"] = mode
     (ctx.work_dir / "regression_report.json").write_text(json.dumps(report, indent=1))
     cb = report["closed_book"]
-    summary = {k: {"base": cb["base"][k], "fine_tuned": cb["fine_tuned"][k]}
-               for k in ("confidently_wrong", "correct_abstention", "correct_known")}
-    data = {"check": "regression", "mode": mode, "flags": report["flags"], "closed_book": summary,
-            "validation": report.get("validation"), "best_checkpoint": best}
-    text = (f"Regression check: confidently wrong {cb['base']['confidently_wrong']['rate']:.0%} -> "
-            f"{cb['fine_tuned']['confidently_wrong']['rate']:.0%}, correct \"I don't know\" "
-            f"{cb['base']['correct_abstention']['rate']:.0%} -> {cb['fine_tuned']['correct_abstention']['rate']:.0%}")
+    summary = {
+        k: {"base": cb["base"][k], "fine_tuned": cb["fine_tuned"][k]}
+        for k in ("confidently_wrong", "correct_abstention", "correct_known")
+    }
+    data = {
+        "check": "regression",
+        "mode": mode,
+        "flags": report["flags"],
+        "closed_book": summary,
+        "validation": report.get("validation"),
+        "best_checkpoint": best,
+    }
+    text = (
+        f"Regression check: confidently wrong {cb['base']['confidently_wrong']['rate']:.0%} -> "
+        f'{cb["fine_tuned"]["confidently_wrong"]["rate"]:.0%}, correct "I don\'t know" '
+        f"{cb['base']['correct_abstention']['rate']:.0%} -> {cb['fine_tuned']['correct_abstention']['rate']:.0%}"
+    )
     if "validation" in report and report["validation"]["n"]:
         v = report["validation"]
         text += f", validation similarity {v['base_mean']:.2f} -> {v['fine_tuned_mean']:.2f}"
-    text += (". " + "; ".join(report["flags"]) + "." if report["flags"] else ". No significant rise.")
+    text += ". " + "; ".join(report["flags"]) + "." if report["flags"] else ". No significant rise."
     flagged = bool(report["flags"])
     ctx.emit(text, level="warn" if flagged else "info", data=data)
     record = {"flags": report["flags"], "mode": mode, "best_checkpoint": best}
     if flagged and mode == "block":
-        return Decision(allow=False, code="model_regression", record=record,
-                        message="The fine-tuned model hallucinates more than its base: " + "; ".join(report["flags"])
-                                + ". It is not served (policy `regression_check: block`).")
+        return Decision(
+            allow=False,
+            code="model_regression",
+            record=record,
+            message="The fine-tuned model hallucinates more than its base: "
+            + "; ".join(report["flags"])
+            + ". It is not served (policy `regression_check: block`).",
+        )
     return Decision(record=record)
 
 

@@ -42,8 +42,14 @@ async def create_eval(body: EvalCreate, request: Request, db: DbDep, settings: S
 
 
 @router.get("")
-def list_evals(db: DbDep, principal: PrincipalDep, after: str | None = None, limit: int = Query(20),
-               order: Order = "asc", order_by: Literal["created_at", "updated_at"] = "created_at"):
+def list_evals(
+    db: DbDep,
+    principal: PrincipalDep,
+    after: str | None = None,
+    limit: int = Query(20),
+    order: Order = "asc",
+    order_by: Literal["created_at", "updated_at"] = "created_at",
+):
     out = page(service.list_evals(db, principal, after=after, limit=limit, order=order), limit)
     out["data"] = [service.eval_object(e) for e in out["data"]]
     return out
@@ -66,13 +72,22 @@ def delete_eval(eval_id: str, db: DbDep, principal: PrincipalDep):
 
 
 @router.post("/{eval_id}/runs", response_model=RunObject)
-async def create_run(eval_id: str, body: RunCreate, request: Request, db: DbDep, settings: SettingsDep,
-                     principal: PrincipalDep):
+async def create_run(
+    eval_id: str, body: RunCreate, request: Request, db: DbDep, settings: SettingsDep, principal: PrincipalDep
+):
     from tunegate.files.service import get as get_file
 
     log_unknown_fields(body, "evals.runs.create")
-    row = await asyncio.to_thread(service.create_run, db, settings, principal, eval_id, body,
-                                  _resolver(request, principal), lambda file_id: get_file(db, principal, file_id))
+    row = await asyncio.to_thread(
+        service.create_run,
+        db,
+        settings,
+        principal,
+        eval_id,
+        body,
+        _resolver(request, principal),
+        lambda file_id: get_file(db, principal, file_id),
+    )
     runner = getattr(request.app.state, "eval_runner", None)
     if runner is not None:
         runner.wake()
@@ -80,8 +95,16 @@ async def create_run(eval_id: str, body: RunCreate, request: Request, db: DbDep,
 
 
 @router.get("/{eval_id}/runs")
-def list_runs(eval_id: str, request: Request, db: DbDep, principal: PrincipalDep, after: str | None = None,
-              limit: int = Query(20), order: Order = "asc", status: str | None = None):
+def list_runs(
+    eval_id: str,
+    request: Request,
+    db: DbDep,
+    principal: PrincipalDep,
+    after: str | None = None,
+    limit: int = Query(20),
+    order: Order = "asc",
+    status: str | None = None,
+):
     out = page(service.list_runs(db, principal, eval_id, after=after, limit=limit, order=order, status=status), limit)
     out["data"] = [service.run_object(db, r, _base_url(request)) for r in out["data"]]
     return out
@@ -105,10 +128,20 @@ def delete_run(eval_id: str, run_id: str, db: DbDep, principal: PrincipalDep):
 
 
 @router.get("/{eval_id}/runs/{run_id}/output_items")
-def list_output_items(eval_id: str, run_id: str, db: DbDep, principal: PrincipalDep, after: str | None = None,
-                      limit: int = Query(20), order: Order = "asc", status: str | None = None):
-    out = page(service.list_output_items(db, principal, eval_id, run_id, after=after, limit=limit, order=order,
-                                         status=status), limit)
+def list_output_items(
+    eval_id: str,
+    run_id: str,
+    db: DbDep,
+    principal: PrincipalDep,
+    after: str | None = None,
+    limit: int = Query(20),
+    order: Order = "asc",
+    status: str | None = None,
+):
+    out = page(
+        service.list_output_items(db, principal, eval_id, run_id, after=after, limit=limit, order=order, status=status),
+        limit,
+    )
     out["data"] = [service.output_item_object(i) for i in out["data"]]
     return out
 

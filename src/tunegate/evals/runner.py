@@ -73,13 +73,18 @@ class EvalRunner:
     def _claim(self) -> str | None:
         t = time.time()
         with self.db.session() as s:
-            ids = s.scalars(select(EvalRun.id).where(EvalRun.status.in_(("queued", "in_progress")),
-                                                     EvalRun.lease_until < t).order_by(EvalRun.created_ns)
-                            .limit(5)).all()
+            ids = s.scalars(
+                select(EvalRun.id)
+                .where(EvalRun.status.in_(("queued", "in_progress")), EvalRun.lease_until < t)
+                .order_by(EvalRun.created_ns)
+                .limit(5)
+            ).all()
             for run_id in ids:
-                claimed = s.execute(update(EvalRun).where(EvalRun.id == run_id, EvalRun.lease_until < t,
-                                                          EvalRun.status.in_(("queued", "in_progress")))
-                                    .values(lease_until=t + LEASE_SECONDS, status="in_progress")).rowcount
+                claimed = s.execute(
+                    update(EvalRun)
+                    .where(EvalRun.id == run_id, EvalRun.lease_until < t, EvalRun.status.in_(("queued", "in_progress")))
+                    .values(lease_until=t + LEASE_SECONDS, status="in_progress")
+                ).rowcount
                 if claimed:
                     return run_id
         return None
@@ -120,8 +125,11 @@ class EvalRunner:
 
         loop = asyncio.get_running_loop()
         settings = self.app.state.settings
-        ctx = GradeContext(judge=make_judge(self.app, principal, loop), python_enabled=settings.python_graders,
-                           python_timeout=settings.python_grader_timeout_seconds)
+        ctx = GradeContext(
+            judge=make_judge(self.app, principal, loop),
+            python_enabled=settings.python_graders,
+            python_timeout=settings.python_grader_timeout_seconds,
+        )
         criteria = [_criterion(c) for c in ev.testing_criteria]
         moderation = await self._moderation(principal, run.model) if run.model else None
         pending = [i for i in range(len(rows)) if i not in done]
@@ -138,9 +146,10 @@ class EvalRunner:
                 state["status"] = await asyncio.to_thread(self._renew, run_id)
                 if state["status"] != "in_progress":
                     return  # canceled or deleted: what is done stays done
-                chunk = pending[start:start + CONCURRENCY]
-                await asyncio.gather(*(self._item(run, ev, i, rows[i], validator, criteria, ctx, principal,
-                                                  moderation) for i in chunk))
+                chunk = pending[start : start + CONCURRENCY]
+                await asyncio.gather(
+                    *(self._item(run, ev, i, rows[i], validator, criteria, ctx, principal, moderation) for i in chunk)
+                )
         finally:
             lease.cancel()
         self._finish(run_id, "completed")
@@ -161,17 +170,25 @@ class EvalRunner:
         from tunegate.safety.runtime import RuntimeModeration
 
         policy = await asyncio.to_thread(org_policy, self.db, principal.org_id)
-        moderator = (await asyncio.to_thread(get_moderator, self.app.state.settings)
-                     if policy.runtime.input != "off" or policy.runtime.output != "off" else None)
+        moderator = (
+            await asyncio.to_thread(get_moderator, self.app.state.settings)
+            if policy.runtime.input != "off" or policy.runtime.output != "off"
+            else None
+        )
         return RuntimeModeration.for_request(policy.runtime, None, moderator, self.db, principal, model)
 
-    async def _item(self, run: EvalRun, ev: Eval, index: int, row: dict, validator, criteria, ctx, principal,
-                    moderation) -> None:
+    async def _item(
+        self, run: EvalRun, ev: Eval, index: int, row: dict, validator, criteria, ctx, principal, moderation
+    ) -> None:
         item = row.get("item")
         problems = [e.message for e in validator.iter_errors(item)]
         if problems:
-            sample = {"error": {"code": "invalid_item", "message": "The item does not match the eval's item_schema: "
-                                + "; ".join(problems[:3])}}
+            sample = {
+                "error": {
+                    "code": "invalid_item",
+                    "message": "The item does not match the eval's item_schema: " + "; ".join(problems[:3]),
+                }
+            }
             return await asyncio.to_thread(self._save, run, index, item or {}, "error", [], sample)
         if run.data_source["type"] == "completions":
             sample = await self._generate(run, item, principal, moderation)
@@ -185,8 +202,9 @@ class EvalRunner:
             return await asyncio.to_thread(self._save, run, index, item, "error", [], sample)
         grading_sample = make_sample(sample.get("output_text") or "")
         results = await asyncio.to_thread(_grade_all, criteria, grading_sample, item, ctx)
-        status = "error" if any(r.get("error") for r in results) else \
-            "pass" if all(r["passed"] for r in results) else "fail"
+        status = (
+            "error" if any(r.get("error") for r in results) else "pass" if all(r["passed"] for r in results) else "fail"
+        )
         await asyncio.to_thread(self._save, run, index, item, status, results, sample)
 
     async def _generate(self, run: EvalRun, item: Any, principal: Principal, moderation) -> dict:
@@ -201,34 +219,58 @@ class EvalRunner:
         except TemplateError as exc:
             return {"error": {"code": "invalid_variable", "message": str(exc)}}
         max_tokens = params.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
-        sample = {"model": run.model, "input": messages, "seed": params.get("seed"),
-                  "temperature": params.get("temperature", 1.0), "top_p": params.get("top_p", 1.0),
-                  "max_completion_tokens": max_tokens}
+        sample = {
+            "model": run.model,
+            "input": messages,
+            "seed": params.get("seed"),
+            "temperature": params.get("temperature", 1.0),
+            "top_p": params.get("top_p", 1.0),
+            "max_completion_tokens": max_tokens,
+        }
         try:
             resolved = await asyncio.to_thread(resolve, self.db, self.app.state.settings, principal, run.model)
-            body = ChatCompletionRequest(model=run.model, messages=messages, max_completion_tokens=max_tokens,
-                                         temperature=params.get("temperature"), top_p=params.get("top_p"),
-                                         seed=params.get("seed"))
+            body = ChatCompletionRequest(
+                model=run.model,
+                messages=messages,
+                max_completion_tokens=max_tokens,
+                temperature=params.get("temperature"),
+                top_p=params.get("top_p"),
+                seed=params.get("seed"),
+            )
             await moderation.check_input(messages)
-            done = await moderation.check_completion(await self.app.state.chat.create(
-                body, ServableModel(resolved.id, resolved.base, resolved.adapter_path)))
+            done = await moderation.check_completion(
+                await self.app.state.chat.create(body, ServableModel(resolved.id, resolved.base, resolved.adapter_path))
+            )
         except TunegateError as exc:
             return {**sample, "error": {"code": exc.code or "generation_error", "message": exc.message}}
         choice = done.choices[0]
         usage = done.usage.model_dump() if done.usage else {}
-        return {**sample, "output": [{"role": "assistant", "content": choice.message.content}],
-                "output_text": choice.message.content or "", "finish_reason": choice.finish_reason,
-                "usage": {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")} |
-                         {"cached_tokens": 0}}
+        return {
+            **sample,
+            "output": [{"role": "assistant", "content": choice.message.content}],
+            "output_text": choice.message.content or "",
+            "finish_reason": choice.finish_reason,
+            "usage": {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+            | {"cached_tokens": 0},
+        }
 
     def _save(self, run: EvalRun, index: int, item: Any, status: str, results: list, sample: dict) -> None:
         with self.db.session() as s:
             if s.get(EvalOutputItem, (run.id, index)) is not None:
                 return
-            s.add(EvalOutputItem(id=new_id("outputitem", 12), run_id=run.id, datasource_item_id=index,
-                                 eval_id=run.eval_id, status=status,
-                                 datasource_item=item if isinstance(item, dict) else {"value": item},
-                                 results=results, sample=sample, created_at=now()))
+            s.add(
+                EvalOutputItem(
+                    id=new_id("outputitem", 12),
+                    run_id=run.id,
+                    datasource_item_id=index,
+                    eval_id=run.eval_id,
+                    status=status,
+                    datasource_item=item if isinstance(item, dict) else {"value": item},
+                    results=results,
+                    sample=sample,
+                    created_at=now(),
+                )
+            )
 
 
 def _criterion(raw: dict):
@@ -256,8 +298,12 @@ def _input_messages(spec: dict, item: Any) -> list[dict]:
             content = content.get("text", "")
         elif isinstance(content, list):
             content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-        out.append({"role": "system" if m["role"] == "developer" else m["role"],
-                    "content": render_template(str(content), {}, item)})
+        out.append(
+            {
+                "role": "system" if m["role"] == "developer" else m["role"],
+                "content": render_template(str(content), {}, item),
+            }
+        )
     return out
 
 
@@ -270,7 +316,7 @@ def passed(criterion, reward: float, label: str | None) -> bool:
         return reward >= 1.0
     threshold = getattr(criterion, "pass_threshold", None)
     if threshold is None:  # score_model / python without a threshold: the middle of the range
-        low, high = (getattr(criterion, "range", None) or [0.0, 1.0])
+        low, high = getattr(criterion, "range", None) or [0.0, 1.0]
         threshold = (low + high) / 2
     return reward >= threshold
 
@@ -279,8 +325,13 @@ def _grade_all(criteria, sample: dict, item: Any, ctx: GradeContext) -> list[dic
     results = []
     for c in criteria:
         r = grade(c, sample, item, ctx)
-        entry = {"name": c.name, "type": c.type, "score": r.reward, "passed": (not r.failed) and
-                 passed(c, r.reward, r.label), "sample": None}
+        entry = {
+            "name": c.name,
+            "type": c.type,
+            "score": r.reward,
+            "passed": (not r.failed) and passed(c, r.reward, r.label),
+            "sample": None,
+        }
         if r.label is not None:
             entry["label"] = r.label
         if r.token_usage:

@@ -46,7 +46,10 @@ class ScoreModelCriterion(ScoreModelGrader):
     pass_threshold: float | None = None
 
 
-TestingCriterion = Annotated[LabelModelGrader | StringCheckGrader | TextSimilarityCriterion | PythonCriterion | ScoreModelCriterion, Field(discriminator="type")]
+TestingCriterion = Annotated[
+    LabelModelGrader | StringCheckGrader | TextSimilarityCriterion | PythonCriterion | ScoreModelCriterion,
+    Field(discriminator="type"),
+]
 
 
 class EvalCreate(BaseModel):

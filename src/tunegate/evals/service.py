@@ -41,24 +41,36 @@ def _check_limit(limit: int) -> None:
 
 def eval_object(row: Eval) -> EvalObject:
     cfg = dict(row.data_source_config)
-    return EvalObject(id=row.id, name=row.name, created_at=row.created_at, testing_criteria=row.testing_criteria,
-                      metadata=row.metadata_, data_source_config=cfg)
+    return EvalObject(
+        id=row.id,
+        name=row.name,
+        created_at=row.created_at,
+        testing_criteria=row.testing_criteria,
+        metadata=row.metadata_,
+        data_source_config=cfg,
+    )
 
 
 def create_eval(db: Database, settings: Settings, principal: Principal, body: EvalCreate, resolve_model) -> Eval:
     cfg = body.data_source_config
     if cfg.get("type") != "custom":
-        raise InvalidRequestError(f"`data_source_config.type` {cfg.get('type')!r} is not supported here: use "
-                                  "\"custom\" with an `item_schema` (logs and stored completions are not kept by "
-                                  "this server).", param="data_source_config.type", code="unsupported_data_source")
+        raise InvalidRequestError(
+            f"`data_source_config.type` {cfg.get('type')!r} is not supported here: use "
+            '"custom" with an `item_schema` (logs and stored completions are not kept by '
+            "this server).",
+            param="data_source_config.type",
+            code="unsupported_data_source",
+        )
     if not isinstance(cfg.get("item_schema"), dict):
-        raise InvalidRequestError("`data_source_config.item_schema` must be a JSON schema object.",
-                                  param="data_source_config.item_schema")
+        raise InvalidRequestError(
+            "`data_source_config.item_schema` must be a JSON schema object.", param="data_source_config.item_schema"
+        )
     _check_schema(cfg["item_schema"])
     names = [c.name for c in body.testing_criteria]
     if len(set(names)) != len(names):
-        raise InvalidRequestError("Testing criteria need distinct `name`s (results are reported by name).",
-                                  param="testing_criteria")
+        raise InvalidRequestError(
+            "Testing criteria need distinct `name`s (results are reported by name).", param="testing_criteria"
+        )
     for i, criterion in enumerate(body.testing_criteria):
         validate_grader(criterion, python_enabled=settings.python_graders, param=f"testing_criteria[{i}]")
         for g in model_graders(criterion):
@@ -67,11 +79,19 @@ def create_eval(db: Database, settings: Settings, principal: Principal, body: Ev
     if cfg.get("include_sample_schema"):
         schema["properties"]["sample"] = {"type": "object", "properties": {"output_text": {"type": "string"}}}
         schema["required"].append("sample")
-    row = Eval(id=new_id("eval", 12), org_id=principal.org_id, name=body.name or "eval",
-               data_source_config={"type": "custom", "schema": schema, "item_schema": cfg["item_schema"],
-                                   "include_sample_schema": bool(cfg.get("include_sample_schema"))},
-               testing_criteria=[c.model_dump(exclude_none=True) for c in body.testing_criteria],
-               metadata_=body.metadata)
+    row = Eval(
+        id=new_id("eval", 12),
+        org_id=principal.org_id,
+        name=body.name or "eval",
+        data_source_config={
+            "type": "custom",
+            "schema": schema,
+            "item_schema": cfg["item_schema"],
+            "include_sample_schema": bool(cfg.get("include_sample_schema")),
+        },
+        testing_criteria=[c.model_dump(exclude_none=True) for c in body.testing_criteria],
+        metadata_=body.metadata,
+    )
     with db.session() as s:
         s.add(row)
     return row
@@ -84,8 +104,10 @@ def _check_schema(schema: dict) -> None:
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        raise InvalidRequestError(f"`data_source_config.item_schema` is not a valid JSON schema: {exc.message}",
-                                  param="data_source_config.item_schema") from exc
+        raise InvalidRequestError(
+            f"`data_source_config.item_schema` is not a valid JSON schema: {exc.message}",
+            param="data_source_config.item_schema",
+        ) from exc
 
 
 def get_eval(db: Database, principal: Principal, eval_id: str) -> Eval:
@@ -126,8 +148,10 @@ def delete_eval(db: Database, principal: Principal, eval_id: str) -> None:
 
 # ---- runs --------------------------------------------------------------------------------------
 
-def create_run(db: Database, settings: Settings, principal: Principal, eval_id: str, body: RunCreate,
-               resolve_model, read_file) -> EvalRun:
+
+def create_run(
+    db: Database, settings: Settings, principal: Principal, eval_id: str, body: RunCreate, resolve_model, read_file
+) -> EvalRun:
     ev = get_eval(db, principal, eval_id)
     ds = body.data_source
     if ds.source.type == "file_id":
@@ -136,15 +160,24 @@ def create_run(db: Database, settings: Settings, principal: Principal, eval_id: 
     if ds.type == "completions":
         model = resolve_model(ds.model).id
         if ds.input_messages.type == "item_reference" and not ds.input_messages.item_reference.startswith("item."):
-            raise InvalidRequestError("`input_messages.item_reference` must name a field of the item, like "
-                                      "`item.messages`.", param="data_source.input_messages.item_reference")
+            raise InvalidRequestError(
+                "`input_messages.item_reference` must name a field of the item, like `item.messages`.",
+                param="data_source.input_messages.item_reference",
+            )
     for criterion in ev.testing_criteria:  # the judges may have been deleted or blocked since the eval was made
         if criterion.get("type") in ("score_model", "label_model"):
             resolve_model(criterion["model"])
-    row = EvalRun(id=new_id("evalrun", 12), eval_id=eval_id, org_id=principal.org_id,
-                  principal=dataclasses.asdict(principal), name=body.name or f"run on {model or 'jsonl'}",
-                  model=model, data_source=ds.model_dump(exclude_none=True), status="queued",
-                  metadata_=body.metadata)
+    row = EvalRun(
+        id=new_id("evalrun", 12),
+        eval_id=eval_id,
+        org_id=principal.org_id,
+        principal=dataclasses.asdict(principal),
+        name=body.name or f"run on {model or 'jsonl'}",
+        model=model,
+        data_source=ds.model_dump(exclude_none=True),
+        status="queued",
+        metadata_=body.metadata,
+    )
     with db.session() as s:
         s.add(row)
     return row
@@ -158,8 +191,9 @@ def get_run(db: Database, principal: Principal, eval_id: str, run_id: str) -> Ev
     return row
 
 
-def list_runs(db: Database, principal: Principal, eval_id: str, *, after: str | None, limit: int, order: str,
-              status: str | None) -> list[EvalRun]:
+def list_runs(
+    db: Database, principal: Principal, eval_id: str, *, after: str | None, limit: int, order: str, status: str | None
+) -> list[EvalRun]:
     get_eval(db, principal, eval_id)
     _check_limit(limit)
     q = select(EvalRun).where(EvalRun.eval_id == eval_id)
@@ -167,8 +201,9 @@ def list_runs(db: Database, principal: Principal, eval_id: str, *, after: str | 
         q = q.where(EvalRun.status == status)
     if after:
         cursor = get_run(db, principal, eval_id, after)
-        q = q.where(EvalRun.created_ns < cursor.created_ns if order == "desc" else
-                    EvalRun.created_ns > cursor.created_ns)
+        q = q.where(
+            EvalRun.created_ns < cursor.created_ns if order == "desc" else EvalRun.created_ns > cursor.created_ns
+        )
     q = q.order_by(EvalRun.created_ns.desc() if order == "desc" else EvalRun.created_ns.asc()).limit(limit + 1)
     with db.session() as s:
         return list(s.scalars(q).all())
@@ -179,8 +214,11 @@ def cancel_run(db: Database, principal: Principal, eval_id: str, run_id: str) ->
     with db.session() as s:
         row = s.get(EvalRun, run_id)
         if row.status in ("completed", "failed"):
-            raise ConflictError(f"The run is already {row.status}; only queued or running runs can be canceled.",
-                                param="run_id", code="run_not_cancelable")
+            raise ConflictError(
+                f"The run is already {row.status}; only queued or running runs can be canceled.",
+                param="run_id",
+                code="run_not_cancelable",
+            )
         row.status = "canceled"
     return get_run(db, principal, eval_id, run_id)
 
@@ -193,8 +231,11 @@ def delete_run(db: Database, principal: Principal, eval_id: str, run_id: str) ->
 
 def run_object(db: Database, row: EvalRun, base_url: str = "") -> RunObject:
     with db.session() as s:
-        items = s.execute(select(EvalOutputItem.status, EvalOutputItem.results, EvalOutputItem.sample)
-                          .where(EvalOutputItem.run_id == row.id)).all()
+        items = s.execute(
+            select(EvalOutputItem.status, EvalOutputItem.results, EvalOutputItem.sample).where(
+                EvalOutputItem.run_id == row.id
+            )
+        ).all()
         ev = s.get(Eval, row.eval_id)
     counts = {"passed": 0, "failed": 0, "errored": 0}
     per: dict[str, list[int]] = {c["name"]: [0, 0] for c in (ev.testing_criteria if ev else [])}
@@ -209,28 +250,58 @@ def run_object(db: Database, row: EvalRun, base_url: str = "") -> RunObject:
             for k, v in u.items():
                 usage[model][k] += v
     return RunObject(
-        id=row.id, eval_id=row.eval_id, name=row.name, model=row.model, status=row.status, created_at=row.created_at,
-        data_source=row.data_source, error=row.error, metadata=row.metadata_,
+        id=row.id,
+        eval_id=row.eval_id,
+        name=row.name,
+        model=row.model,
+        status=row.status,
+        created_at=row.created_at,
+        data_source=row.data_source,
+        error=row.error,
+        metadata=row.metadata_,
         report_url=f"{base_url}/#/evals/{row.eval_id}/runs/{row.id}",
         result_counts=ResultCounts(total=row.n_items if row.n_items is not None else len(items), **counts),
-        per_testing_criteria_results=[PerTestingCriteriaResult(testing_criteria=k, passed=v[0], failed=v[1])
-                                      for k, v in per.items()],
-        per_model_usage=[PerModelUsage(model_name=m, invocation_count=u["invocation_count"],
-                                       prompt_tokens=u["prompt_tokens"], completion_tokens=u["completion_tokens"],
-                                       total_tokens=u["total_tokens"]) for m, u in usage.items()])
+        per_testing_criteria_results=[
+            PerTestingCriteriaResult(testing_criteria=k, passed=v[0], failed=v[1]) for k, v in per.items()
+        ],
+        per_model_usage=[
+            PerModelUsage(
+                model_name=m,
+                invocation_count=u["invocation_count"],
+                prompt_tokens=u["prompt_tokens"],
+                completion_tokens=u["completion_tokens"],
+                total_tokens=u["total_tokens"],
+            )
+            for m, u in usage.items()
+        ],
+    )
 
 
 def _usages(results: list[dict], sample: dict):
     if sample.get("model") and sample.get("usage"):
-        yield sample["model"], {"invocation_count": 1, **{k: sample["usage"].get(k, 0) for k in
-                                                          ("prompt_tokens", "completion_tokens", "total_tokens")}}
+        yield (
+            sample["model"],
+            {
+                "invocation_count": 1,
+                **{k: sample["usage"].get(k, 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+            },
+        )
     for r in results:
         for model, tokens in (r.get("token_usage") or {}).items():
             yield model, {"invocation_count": 1, "total_tokens": tokens}
 
 
-def list_output_items(db: Database, principal: Principal, eval_id: str, run_id: str, *, after: str | None,
-                      limit: int, order: str, status: str | None) -> list[EvalOutputItem]:
+def list_output_items(
+    db: Database,
+    principal: Principal,
+    eval_id: str,
+    run_id: str,
+    *,
+    after: str | None,
+    limit: int,
+    order: str,
+    status: str | None,
+) -> list[EvalOutputItem]:
     get_run(db, principal, eval_id, run_id)
     _check_limit(limit)
     q = select(EvalOutputItem).where(EvalOutputItem.run_id == run_id)
@@ -243,8 +314,11 @@ def list_output_items(db: Database, principal: Principal, eval_id: str, run_id: 
             cursor = s.scalar(select(EvalOutputItem).where(EvalOutputItem.id == after))
         if cursor is None or cursor.run_id != run_id:
             raise NotFoundError(f"No such output item: {after}", param="after")
-        q = q.where(EvalOutputItem.datasource_item_id < cursor.datasource_item_id if order == "desc" else
-                    EvalOutputItem.datasource_item_id > cursor.datasource_item_id)
+        q = q.where(
+            EvalOutputItem.datasource_item_id < cursor.datasource_item_id
+            if order == "desc"
+            else EvalOutputItem.datasource_item_id > cursor.datasource_item_id
+        )
     key = EvalOutputItem.datasource_item_id
     q = q.order_by(key.desc() if order == "desc" else key.asc()).limit(limit + 1)
     with db.session() as s:
@@ -261,9 +335,17 @@ def get_output_item(db: Database, principal: Principal, eval_id: str, run_id: st
 
 
 def output_item_object(row: EvalOutputItem) -> OutputItemObject:
-    return OutputItemObject(id=row.id, run_id=row.run_id, eval_id=row.eval_id, created_at=row.created_at,
-                            status=row.status, datasource_item_id=row.datasource_item_id,
-                            datasource_item=row.datasource_item, results=row.results, sample=row.sample)
+    return OutputItemObject(
+        id=row.id,
+        run_id=row.run_id,
+        eval_id=row.eval_id,
+        created_at=row.created_at,
+        status=row.status,
+        datasource_item_id=row.datasource_item_id,
+        datasource_item=row.datasource_item,
+        results=row.results,
+        sample=row.sample,
+    )
 
 
 def n_done(db: Database, run_id: str) -> int:
@@ -285,6 +367,9 @@ def item_rows(ds: dict[str, Any], read_file) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except ValueError as exc:
-                raise InvalidRequestError(f"Line {lineno} of the data file is not JSON.",
-                                          param="data_source.source.id", code="invalid_data_file") from exc
+                raise InvalidRequestError(
+                    f"Line {lineno} of the data file is not JSON.",
+                    param="data_source.source.id",
+                    code="invalid_data_file",
+                ) from exc
     return [r if isinstance(r, dict) and "item" in r else {"item": r} for r in rows]

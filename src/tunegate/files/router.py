@@ -33,8 +33,9 @@ class StartupRecovery:
 
     async def start(self) -> None:
         settings, db = self.app.state.settings, self.app.state.db
-        removed = await asyncio.to_thread(sweep_tmp, settings.files_dir / ".tmp",
-                                          2 * settings.body_idle_timeout_seconds + 60)
+        removed = await asyncio.to_thread(
+            sweep_tmp, settings.files_dir / ".tmp", 2 * settings.body_idle_timeout_seconds + 60
+        )
         if removed:
             log.warning("removed %d temporary upload(s) left by an interrupted server", removed)
         for file_id in await asyncio.to_thread(service.interrupted, db):
@@ -51,21 +52,43 @@ class StartupRecovery:
 def setup(app: FastAPI) -> None:
     app.state.services.append(StartupRecovery(app))
 
+
 # Files up to this size are validated before the upload call returns; larger ones in the background.
 INLINE_VALIDATION_BYTES = 8 * 1024 * 1024
 
 
-@router.post("", response_model=FileObject, openapi_extra={"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file", "purpose"], "properties": {
-        "file": {"type": "string", "format": "binary"}, "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)}}}}}}})
+@router.post(
+    "",
+    response_model=FileObject,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", "purpose"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
 async def upload_file(request: Request, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
     # Each upload in flight holds a connection and a temp file: one key may not hold them all.
     active: dict[str, int] | None = getattr(request.app.state, "uploads_in_flight", None)
     if active is None:
         active = request.app.state.uploads_in_flight = {}
     if active.get(principal.key_id, 0) >= settings.max_uploads_per_key:
-        raise RateLimitError(f"This API key already has {settings.max_uploads_per_key} uploads in progress "
-                             "(TUNEGATE_MAX_UPLOADS_PER_KEY). Wait for one to finish.", code="too_many_uploads")
+        raise RateLimitError(
+            f"This API key already has {settings.max_uploads_per_key} uploads in progress "
+            "(TUNEGATE_MAX_UPLOADS_PER_KEY). Wait for one to finish.",
+            code="too_many_uploads",
+        )
     active[principal.key_id] = active.get(principal.key_id, 0) + 1
     try:
         return await _upload(request, db, settings, principal)
@@ -76,19 +99,25 @@ async def upload_file(request: Request, db: DbDep, settings: SettingsDep, princi
 
 
 async def _upload(request: Request, db, settings, principal):
-    upload = await receive_upload(request.headers.get("content-type"), request.stream(),
-                                  settings.files_dir / ".tmp", settings.max_upload_bytes)
+    upload = await receive_upload(
+        request.headers.get("content-type"), request.stream(), settings.files_dir / ".tmp", settings.max_upload_bytes
+    )
     try:
         purpose = upload.fields.get("purpose")
         if upload.tmp_path is None:
-            raise InvalidRequestError("Missing the `file` part of the upload.", param="file",
-                                      code="missing_required_parameter")
+            raise InvalidRequestError(
+                "Missing the `file` part of the upload.", param="file", code="missing_required_parameter"
+            )
         if not purpose:
-            raise InvalidRequestError("Missing `purpose`: use `fine-tune` or `evals`.", param="purpose",
-                                      code="missing_required_parameter")
+            raise InvalidRequestError(
+                "Missing `purpose`: use `fine-tune` or `evals`.", param="purpose", code="missing_required_parameter"
+            )
         if purpose not in UPLOAD_PURPOSES:
-            raise InvalidRequestError(f"Invalid purpose `{purpose[:64]}`: use one of {', '.join(UPLOAD_PURPOSES)}.",
-                                      param="purpose", code="invalid_value")
+            raise InvalidRequestError(
+                f"Invalid purpose `{purpose[:64]}`: use one of {', '.join(UPLOAD_PURPOSES)}.",
+                param="purpose",
+                code="invalid_value",
+            )
         # The SDK sends `expires_after` as the form fields `expires_after[anchor]` and `expires_after[seconds]`.
         expires_after = {k[14:-1]: v for k, v in upload.fields.items() if k.startswith("expires_after[")} or None
         expires_at(0, expires_after)  # 400 before anything is stored
@@ -113,13 +142,24 @@ async def _upload(request: Request, db, settings, principal):
 
 
 @router.get("")
-def list_files(db: DbDep, principal: PrincipalDep, purpose: str | None = None,
-               limit: int = Query(10000, description="1..10000"), order: str = "desc", after: str | None = None):
+def list_files(
+    db: DbDep,
+    principal: PrincipalDep,
+    purpose: str | None = None,
+    limit: int = Query(10000, description="1..10000"),
+    order: str = "desc",
+    after: str | None = None,
+):
     rows = service.list_files(db, principal, purpose=purpose, limit=limit, order=order, after=after)
     has_more = len(rows) > limit
     data = [service.to_object(r) for r in rows[:limit]]
-    return {"object": "list", "data": data, "has_more": has_more,
-            "first_id": data[0].id if data else None, "last_id": data[-1].id if data else None}
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0].id if data else None,
+        "last_id": data[-1].id if data else None,
+    }
 
 
 @router.get("/{file_id}", response_model=FileObject)
@@ -131,8 +171,11 @@ def retrieve_file(file_id: str, db: DbDep, principal: PrincipalDep):
 def file_content(file_id: str, db: DbDep, principal: PrincipalDep):
     row = service.get(db, principal, file_id)
     path = service.open_verified(row)
-    return FileResponse(path, media_type="application/octet-stream",
-                        headers={"Content-Disposition": service.content_disposition(row.filename, row.id)})
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": service.content_disposition(row.filename, row.id)},
+    )
 
 
 @router.get("/{file_id}/validation")
@@ -141,8 +184,11 @@ def file_validation(file_id: str, db: DbDep, principal: PrincipalDep):
     row = service.get(db, principal, file_id)
     if row.validation is None:
         if row.purpose != "fine-tune":
-            raise InvalidRequestError(f"File {file_id} has purpose `{row.purpose}`; only `fine-tune` files are "
-                                      "validated.", param="file_id", code="not_validated")
+            raise InvalidRequestError(
+                f"File {file_id} has purpose `{row.purpose}`; only `fine-tune` files are validated.",
+                param="file_id",
+                code="not_validated",
+            )
         return {"object": "file.validation", "file_id": file_id, "status": "pending"}
     return {"object": "file.validation", "file_id": file_id, "status": "completed", **row.validation}
 

@@ -30,9 +30,17 @@ log = logging.getLogger("tunegate.files")
 
 
 def to_object(row: File) -> FileObject:
-    return FileObject(id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename,
-                      purpose=row.purpose, status=row.status, status_details=row.status_details, sha256=row.sha256,
-                      expires_at=row.expires_at)
+    return FileObject(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=row.created_at,
+        filename=row.filename,
+        purpose=row.purpose,
+        status=row.status,
+        status_details=row.status_details,
+        sha256=row.sha256,
+        expires_at=row.expires_at,
+    )
 
 
 def set_expiry(db: Database, file_id: str, expires_at: int | None) -> None:
@@ -71,8 +79,11 @@ def open_verified(row: File) -> Path:
     path = Path(row.path)
 
     def corrupted(why: str) -> ConflictError:
-        return ConflictError(f"The stored bytes of file {row.id} are damaged ({why}); they are not served. Upload "
-                             "the file again.", param="file_id", code="file_corrupted")
+        return ConflictError(
+            f"The stored bytes of file {row.id} are damaged ({why}); they are not served. Upload the file again.",
+            param="file_id",
+            code="file_corrupted",
+        )
 
     try:
         size = path.stat().st_size
@@ -98,13 +109,27 @@ def create(db: Database, settings: Settings, principal: Principal, *, upload, pu
     file_id = new_id("file", 12)
     final = file_path(settings, principal.org_id, file_id)
     upload.commit(final)
-    row = File(id=file_id, org_id=principal.org_id, project_id=principal.project_id, purpose=purpose,
-               filename=upload.filename or "upload.jsonl", bytes=upload.bytes, sha256=upload.sha256,
-               path=str(final), status="uploaded")
+    row = File(
+        id=file_id,
+        org_id=principal.org_id,
+        project_id=principal.project_id,
+        purpose=purpose,
+        filename=upload.filename or "upload.jsonl",
+        bytes=upload.bytes,
+        sha256=upload.sha256,
+        path=str(final),
+        status="uploaded",
+    )
     with db.session() as s:
         s.add(row)
-    record(db, "file.uploaded", org_id=principal.org_id, actor=principal.key_id, object_id=file_id,
-           details={"purpose": purpose, "bytes": upload.bytes, "sha256": upload.sha256, "filename": row.filename})
+    record(
+        db,
+        "file.uploaded",
+        org_id=principal.org_id,
+        actor=principal.key_id,
+        object_id=file_id,
+        details={"purpose": purpose, "bytes": upload.bytes, "sha256": upload.sha256, "filename": row.filename},
+    )
     return row
 
 
@@ -116,8 +141,16 @@ def store_bytes(db: Database, settings: Settings, org_id: str, *, purpose: str, 
     tmp = final.with_name("." + final.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(final)
-    row = File(id=file_id, org_id=org_id, purpose=purpose, filename=filename, bytes=len(data),
-               sha256=hashlib.sha256(data).hexdigest(), path=str(final), status="processed")
+    row = File(
+        id=file_id,
+        org_id=org_id,
+        purpose=purpose,
+        filename=filename,
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        path=str(final),
+        status="processed",
+    )
     with db.session() as s:
         s.add(row)
     return row
@@ -137,9 +170,21 @@ def validate_stored(db: Database, settings: Settings, file_id: str, model: str |
         data = report.model_dump()
     except Exception as exc:  # a validator bug must not lose the upload: the file is kept and marked
         log.exception("validation of %s failed", file_id)
-        data = {"valid": False, "format": None, "n_examples": 0, "warnings": [], "tokens": None, "errors": [
-            {"code": "validation_failed", "line": None, "param": None,
-             "message": f"Validation failed unexpectedly ({type(exc).__name__}); the file is stored. Report this."}]}
+        data = {
+            "valid": False,
+            "format": None,
+            "n_examples": 0,
+            "warnings": [],
+            "tokens": None,
+            "errors": [
+                {
+                    "code": "validation_failed",
+                    "line": None,
+                    "param": None,
+                    "message": f"Validation failed unexpectedly ({type(exc).__name__}); the file is stored. Report this.",
+                }
+            ],
+        }
     data["model"] = info.name
     with db.session() as s:
         row = s.get(File, file_id)
@@ -163,8 +208,12 @@ def interrupted(db: Database) -> list[str]:
 def summarize_errors(report: dict[str, Any], n: int = 5) -> str:
     errs = report.get("errors", [])
     total = sum((report.get("error_counts") or {}).values()) or len(errs)  # the list is capped per code
-    parts = [f"line {e.get('line')}: {e.get('code')} ({e.get('message')})" if e.get("line") else
-             f"{e.get('code')} ({e.get('message')})" for e in errs[:n]]
+    parts = [
+        f"line {e.get('line')}: {e.get('code')} ({e.get('message')})"
+        if e.get("line")
+        else f"{e.get('code')} ({e.get('message')})"
+        for e in errs[:n]
+    ]
     more = f"; and {total - min(n, len(errs))} more" if total > n else ""
     return f"{total} problem(s): " + "; ".join(parts) + more
 
@@ -183,8 +232,9 @@ def get(db: Database, principal: Principal, file_id: str) -> File:
     return row
 
 
-def list_files(db: Database, principal: Principal, *, purpose: str | None, limit: int, order: str,
-               after: str | None) -> list[File]:
+def list_files(
+    db: Database, principal: Principal, *, purpose: str | None, limit: int, order: str, after: str | None
+) -> list[File]:
     if order not in ("asc", "desc"):
         raise InvalidRequestError("`order` must be `asc` or `desc`.", param="order")
     if not 1 <= limit <= 10000:

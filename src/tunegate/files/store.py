@@ -79,19 +79,24 @@ class Upload:
         self.tmp_path = None
 
 
-async def receive_upload(content_type: str | None, stream: AsyncIterator[bytes], tmp_dir: Path, limit: int,
-                         file_field: str = "file") -> Upload:
+async def receive_upload(
+    content_type: str | None, stream: AsyncIterator[bytes], tmp_dir: Path, limit: int, file_field: str = "file"
+) -> Upload:
     """Parse a multipart/form-data body; the part named `file_field` goes to disk, others are small fields."""
     ctype, params = parse_options_header(content_type or "")
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
         raise InvalidRequestError(
             "Upload files as multipart/form-data with fields `file` and `purpose` (the openai SDK does this).",
-            param="file", code="invalid_content_type",
+            param="file",
+            code="invalid_content_type",
         )
     if len(boundary) > MAX_BOUNDARY:
-        raise InvalidRequestError(f"The multipart boundary is {len(boundary)} characters; RFC 2046 allows at most "
-                                  f"{MAX_BOUNDARY}.", param="file", code="invalid_content_type")
+        raise InvalidRequestError(
+            f"The multipart boundary is {len(boundary)} characters; RFC 2046 allows at most {MAX_BOUNDARY}.",
+            param="file",
+            code="invalid_content_type",
+        )
     tmp_dir.mkdir(parents=True, exist_ok=True)
     up = Upload()
     state: dict = {"headers": {}, "hname": b"", "hval": b"", "name": None, "buf": None, "fh": None, "hash": None}
@@ -128,7 +133,10 @@ async def receive_upload(content_type: str | None, stream: AsyncIterator[bytes],
             if up.bytes > limit:
                 raise PayloadTooLargeError(
                     f"The file is larger than the upload limit of {limit} bytes (TUNEGATE_MAX_UPLOAD_BYTES). "
-                    "Split it or raise the limit.", param="file", code="file_too_large")
+                    "Split it or raise the limit.",
+                    param="file",
+                    code="file_too_large",
+                )
             state["fh"].write(chunk)
             state["hash"].update(chunk)
         else:
@@ -145,10 +153,17 @@ async def receive_upload(content_type: str | None, stream: AsyncIterator[bytes],
             up.fields[state["name"]] = bytes(state["buf"]).decode("utf-8", "replace")
         state.update(headers={}, buf=None, name=None)
 
-    parser = MultipartParser(boundary, {
-        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
     try:
         async for chunk in stream:
             parser.write(chunk)

@@ -87,8 +87,9 @@ def _distribution(counts: Counter) -> Distribution | None:
                 return k
         return keys[-1]
 
-    return Distribution(min=keys[0], p50=pct(0.5), p95=pct(0.95), max=keys[-1],
-                        mean=round(sum(k * c for k, c in counts.items()) / n, 2))
+    return Distribution(
+        min=keys[0], p50=pct(0.5), p95=pct(0.95), max=keys[-1], mean=round(sum(k * c for k, c in counts.items()) / n, 2)
+    )
 
 
 # report(code, line, param, message, is_error): how the counter adds problems to the report.
@@ -115,9 +116,15 @@ class TokenCounter:
             self.report(exc.code, line, "messages", exc.message, True)
             return
         except Exception as exc:  # a template may raise anything: jinja2 errors, its own raise_exception()
-            self.report("template_error", line, "messages", f"The model's chat template cannot render this example "
-                        f"({str(exc)[:200]}). Change the messages so the template accepts them, e.g. put the roles "
-                        "in the order it expects.", True)
+            self.report(
+                "template_error",
+                line,
+                "messages",
+                f"The model's chat template cannot render this example "
+                f"({str(exc)[:200]}). Change the messages so the template accepts them, e.g. put the roles "
+                "in the order it expects.",
+                True,
+            )
             return
         self._pending.append((line, rendered))
         self._pending_chars += len(rendered.text)
@@ -141,9 +148,15 @@ class TokenCounter:
         try:
             return count_rendered(self.tokenizer, [rendered], self.context_length)[0]
         except Exception as exc:
-            self.report("tokenization_error", line, "messages", f"The tokenizer cannot encode this example "
-                        f"({str(exc)[:200]}). Remove invalid characters such as unpaired surrogate escapes "
-                        "(\\ud800-\\udfff).", True)
+            self.report(
+                "tokenization_error",
+                line,
+                "messages",
+                f"The tokenizer cannot encode this example "
+                f"({str(exc)[:200]}). Remove invalid characters such as unpaired surrogate escapes "
+                "(\\ud800-\\udfff).",
+                True,
+            )
             return None
 
     def _count(self, line: int, n_total: int, n_trained: int, n_kept: int) -> None:
@@ -158,28 +171,43 @@ class TokenCounter:
         self.n_untrained += n_kept == 0
         if truncated:
             lost = n_trained - n_kept
-            self.report("example_truncated", line, "messages", f"The example has {n_total:,} tokens with the chat "
-                        f"template, more than the model's context length of {ctx:,}: training truncates it"
-                        f"{f' and {lost:,} trained tokens are lost' if lost else ''}. Shorten it or split the "
-                        "conversation.", False)
+            self.report(
+                "example_truncated",
+                line,
+                "messages",
+                f"The example has {n_total:,} tokens with the chat "
+                f"template, more than the model's context length of {ctx:,}: training truncates it"
+                f"{f' and {lost:,} trained tokens are lost' if lost else ''}. Shorten it or split the "
+                "conversation.",
+                False,
+            )
 
     def stats(self, n_examples: int) -> TokenStats:
         self.flush()
         epochs = auto_n_epochs(n_examples)
         return TokenStats(
-            context_length=self.context_length, n_examples=sum(self.total.values()), total_tokens=self.total_tokens,
-            trained_tokens=self.trained_tokens, per_example_total=_distribution(self.total),
-            per_example_trained=_distribution(self.trained), n_truncated=self.n_truncated,
-            n_without_trained_tokens=self.n_untrained, auto_n_epochs=epochs,
-            estimated_trained_tokens=self.trained_tokens * epochs, histogram=self._histogram())
+            context_length=self.context_length,
+            n_examples=sum(self.total.values()),
+            total_tokens=self.total_tokens,
+            trained_tokens=self.trained_tokens,
+            per_example_total=_distribution(self.total),
+            per_example_trained=_distribution(self.trained),
+            n_truncated=self.n_truncated,
+            n_without_trained_tokens=self.n_untrained,
+            auto_n_epochs=epochs,
+            estimated_trained_tokens=self.trained_tokens * epochs,
+            histogram=self._histogram(),
+        )
 
     def _histogram(self, bins: int = 20) -> list[HistogramBin]:
         if not self.total:
             return []
         lo, hi = min(self.total), max(self.total)
         width = max(1, math.ceil((hi - lo + 1) / bins))
-        out = [HistogramBin(start=lo + i * width, end=lo + (i + 1) * width - 1, count=0)
-               for i in range(math.ceil((hi - lo + 1) / width))]
+        out = [
+            HistogramBin(start=lo + i * width, end=lo + (i + 1) * width - 1, count=0)
+            for i in range(math.ceil((hi - lo + 1) / width))
+        ]
         for k, c in self.total.items():
             out[(k - lo) // width].count += c
         return out

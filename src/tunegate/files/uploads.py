@@ -84,9 +84,12 @@ def expires_at(created_at: int, expires_after: Any, param: str = "expires_after"
     try:
         ea = ExpiresAfter.model_validate(expires_after)
     except ValueError:
-        raise InvalidRequestError(f"`{param}` must be {{\"anchor\": \"created_at\", \"seconds\": N}} with N between "
-                                  f"{MIN_FILE_TTL_S} (one hour) and {MAX_FILE_TTL_S} (30 days).", param=param,
-                                  code="invalid_value") from None
+        raise InvalidRequestError(
+            f'`{param}` must be {{"anchor": "created_at", "seconds": N}} with N between '
+            f"{MIN_FILE_TTL_S} (one hour) and {MAX_FILE_TTL_S} (30 days).",
+            param=param,
+            code="invalid_value",
+        ) from None
     return created_at + ea.seconds
 
 
@@ -99,22 +102,47 @@ def to_object(db: Database, row: Upload) -> UploadObject:
 
             f = s.get(File, row.file_id)
         file = service.to_object(f) if f is not None else None
-    return UploadObject(id=row.id, bytes=row.bytes, created_at=row.created_at, expires_at=row.expires_at,
-                        filename=row.filename, purpose=row.purpose, status=status, file=file)
+    return UploadObject(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        filename=row.filename,
+        purpose=row.purpose,
+        status=status,
+        file=file,
+    )
 
 
 def create(db: Database, settings: Settings, principal: Principal, body: UploadCreate) -> Upload:
     if body.purpose not in UPLOAD_PURPOSES:
-        raise InvalidRequestError(f"Invalid purpose `{body.purpose[:64]}`: use one of {', '.join(UPLOAD_PURPOSES)}.",
-                                  param="purpose", code="invalid_value")
+        raise InvalidRequestError(
+            f"Invalid purpose `{body.purpose[:64]}`: use one of {', '.join(UPLOAD_PURPOSES)}.",
+            param="purpose",
+            code="invalid_value",
+        )
     if body.bytes > settings.max_upload_total_bytes:
-        raise InvalidRequestError(f"`bytes` is {body.bytes:,}; the largest upload is {settings.max_upload_total_bytes:,} "
-                                  "bytes (TUNEGATE_MAX_UPLOAD_TOTAL_BYTES).", param="bytes", code="file_too_large")
+        raise InvalidRequestError(
+            f"`bytes` is {body.bytes:,}; the largest upload is {settings.max_upload_total_bytes:,} "
+            "bytes (TUNEGATE_MAX_UPLOAD_TOTAL_BYTES).",
+            param="bytes",
+            code="file_too_large",
+        )
     t = now()
-    row = Upload(id=new_id("upload", 12), org_id=principal.org_id, project_id=principal.project_id,
-                 filename=body.filename, purpose=body.purpose, bytes=body.bytes, mime_type=body.mime_type,
-                 status="pending", received=0, created_at=t, expires_at=t + UPLOAD_TTL_S,
-                 file_expires_after=body.expires_after.model_dump() if body.expires_after else None)
+    row = Upload(
+        id=new_id("upload", 12),
+        org_id=principal.org_id,
+        project_id=principal.project_id,
+        filename=body.filename,
+        purpose=body.purpose,
+        bytes=body.bytes,
+        mime_type=body.mime_type,
+        status="pending",
+        received=0,
+        created_at=t,
+        expires_at=t + UPLOAD_TTL_S,
+        file_expires_after=body.expires_after.model_dump() if body.expires_after else None,
+    )
     with db.session() as s:
         s.add(row)
     return row
@@ -133,8 +161,11 @@ def _pending(db: Database, settings: Settings, row: Upload) -> None:
         _close(db, settings, row.id, "expired")
         row.status = "expired"
     if row.status != "pending":
-        raise ConflictError(f"Upload {row.id} is {row.status}; only a pending upload takes parts or completes. "
-                            "Start a new upload.", param="upload_id", code="upload_not_pending")
+        raise ConflictError(
+            f"Upload {row.id} is {row.status}; only a pending upload takes parts or completes. Start a new upload.",
+            param="upload_id",
+            code="upload_not_pending",
+        )
 
 
 def _close(db: Database, settings: Settings, upload_id: str, status: str, file_id: str | None = None) -> None:
@@ -146,22 +177,32 @@ def _close(db: Database, settings: Settings, upload_id: str, status: str, file_i
     shutil.rmtree(parts_dir(settings, upload_id), ignore_errors=True)
 
 
-def add_part(db: Database, settings: Settings, principal: Principal, upload_id: str,
-             received: ReceivedUpload) -> UploadPart:
+def add_part(
+    db: Database, settings: Settings, principal: Principal, upload_id: str, received: ReceivedUpload
+) -> UploadPart:
     """Register a part whose bytes the router streamed to a temp file (`received`)."""
     row = get(db, principal, upload_id)
     _pending(db, settings, row)
     if received.tmp_path is None:
-        raise InvalidRequestError("Missing the `data` part of the request.", param="data",
-                                  code="missing_required_parameter")
+        raise InvalidRequestError(
+            "Missing the `data` part of the request.", param="data", code="missing_required_parameter"
+        )
     with db.session() as s:
         up = s.get(Upload, upload_id, with_for_update=True)
         if up.received + received.bytes > up.bytes:
-            raise InvalidRequestError(f"This part would bring the upload to {up.received + received.bytes:,} bytes, "
-                                      f"more than the {up.bytes:,} announced at create.", param="data",
-                                      code="upload_too_large")
-        part = UploadPart(id=new_id("part", 12), upload_id=upload_id, bytes=received.bytes, created_at=now(),
-                          path=str(parts_dir(settings, upload_id) / new_id("p", 8)))
+            raise InvalidRequestError(
+                f"This part would bring the upload to {up.received + received.bytes:,} bytes, "
+                f"more than the {up.bytes:,} announced at create.",
+                param="data",
+                code="upload_too_large",
+            )
+        part = UploadPart(
+            id=new_id("part", 12),
+            upload_id=upload_id,
+            bytes=received.bytes,
+            created_at=now(),
+            path=str(parts_dir(settings, upload_id) / new_id("p", 8)),
+        )
         received.commit(Path(part.path))
         up.received += received.bytes
         s.add(part)
@@ -175,15 +216,25 @@ def complete(db: Database, settings: Settings, principal: Principal, upload_id: 
         parts = {p.id: p for p in s.query(UploadPart).filter(UploadPart.upload_id == upload_id)}
     for i, pid in enumerate(body.part_ids):
         if pid not in parts:
-            raise InvalidRequestError(f"`part_ids[{i}]` ({pid[:64]}) is not a part of upload {upload_id}.",
-                                      param=f"part_ids[{i}]", code="invalid_value")
+            raise InvalidRequestError(
+                f"`part_ids[{i}]` ({pid[:64]}) is not a part of upload {upload_id}.",
+                param=f"part_ids[{i}]",
+                code="invalid_value",
+            )
         if pid in body.part_ids[:i]:
-            raise InvalidRequestError(f"`part_ids[{i}]` ({pid}) is listed twice; list each part once, in file order.",
-                                      param=f"part_ids[{i}]", code="invalid_value")
+            raise InvalidRequestError(
+                f"`part_ids[{i}]` ({pid}) is listed twice; list each part once, in file order.",
+                param=f"part_ids[{i}]",
+                code="invalid_value",
+            )
     total = sum(parts[p].bytes for p in body.part_ids)
     if total != row.bytes:
-        raise InvalidRequestError(f"The listed parts hold {total:,} bytes, but the upload announced {row.bytes:,}. "
-                                  "List every part (or add the missing ones).", param="part_ids", code="invalid_value")
+        raise InvalidRequestError(
+            f"The listed parts hold {total:,} bytes, but the upload announced {row.bytes:,}. "
+            "List every part (or add the missing ones).",
+            param="part_ids",
+            code="invalid_value",
+        )
     # Assemble in the caller's order, hashing as we go (streamed: a multi-GB file never sits in memory).
     tmp_dir = settings.files_dir / ".tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -199,9 +250,12 @@ def complete(db: Database, settings: Settings, principal: Principal, upload_id: 
                         md5.update(chunk)
                         sha.update(chunk)
         if body.md5 is not None and body.md5.lower() != md5.hexdigest():
-            raise InvalidRequestError(f"`md5` is {body.md5[:64]}, but the parts in this order hash to {md5.hexdigest()}. "
-                                      "Check the order of `part_ids` and that every part arrived whole.", param="md5",
-                                      code="checksum_mismatch")
+            raise InvalidRequestError(
+                f"`md5` is {body.md5[:64]}, but the parts in this order hash to {md5.hexdigest()}. "
+                "Check the order of `part_ids` and that every part arrived whole.",
+                param="md5",
+                code="checksum_mismatch",
+            )
         assembled.sha256 = sha.hexdigest()
         f = service.create(db, settings, principal, upload=assembled, purpose=row.purpose)
     finally:
@@ -210,8 +264,14 @@ def complete(db: Database, settings: Settings, principal: Principal, upload_id: 
     if ttl is not None:
         service.set_expiry(db, f.id, ttl)
     _close(db, settings, upload_id, "completed", f.id)
-    record(db, "upload.completed", org_id=principal.org_id, actor=principal.key_id, object_id=upload_id,
-           details={"file_id": f.id, "bytes": total, "parts": len(body.part_ids)})
+    record(
+        db,
+        "upload.completed",
+        org_id=principal.org_id,
+        actor=principal.key_id,
+        object_id=upload_id,
+        details={"file_id": f.id, "bytes": total, "parts": len(body.part_ids)},
+    )
     return get(db, principal, upload_id)
 
 

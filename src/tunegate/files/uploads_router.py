@@ -24,8 +24,13 @@ def create_upload(body: UploadCreate, db: DbDep, settings: SettingsDep, principa
 @router.post("/{upload_id}/parts", response_model=UploadPartObject)
 async def add_part(upload_id: str, request: Request, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
     await asyncio.to_thread(uploads.get, db, principal, upload_id)  # 404 before reading the body
-    received = await receive_upload(request.headers.get("content-type"), request.stream(),
-                                    settings.files_dir / ".tmp", settings.max_upload_bytes, file_field="data")
+    received = await receive_upload(
+        request.headers.get("content-type"),
+        request.stream(),
+        settings.files_dir / ".tmp",
+        settings.max_upload_bytes,
+        file_field="data",
+    )
     try:
         part = await asyncio.to_thread(uploads.add_part, db, settings, principal, upload_id, received)
     finally:
@@ -34,8 +39,9 @@ async def add_part(upload_id: str, request: Request, db: DbDep, settings: Settin
 
 
 @router.post("/{upload_id}/complete", response_model=UploadObject)
-async def complete_upload(upload_id: str, body: UploadComplete, request: Request, db: DbDep, settings: SettingsDep,
-                          principal: PrincipalDep):
+async def complete_upload(
+    upload_id: str, body: UploadComplete, request: Request, db: DbDep, settings: SettingsDep, principal: PrincipalDep
+):
     row = await asyncio.to_thread(uploads.complete, db, settings, principal, upload_id, body)
     if row.purpose == "fine-tune":
         task = asyncio.to_thread(service.validate_stored, db, settings, row.file_id)

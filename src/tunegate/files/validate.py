@@ -41,7 +41,8 @@ class Problem(BaseModel):
 class ValidationReport(BaseModel):
     valid: bool = Field(description="True when there is no error (warnings do not block training).")
     format: Literal["chat", "preference"] | None = Field(
-        None, description="`chat` (SFT `messages`) or `preference` (DPO); null when no line shows a format.")
+        None, description="`chat` (SFT `messages`) or `preference` (DPO); null when no line shows a format."
+    )
     n_examples: int = Field(description="Non-blank lines: the examples the file holds.")
     n_lines: int = 0
     errors: list[Problem] = Field(description=f"Errors, at most {MAX_LISTED_PER_CODE} listed per code.")
@@ -99,8 +100,10 @@ def _json_error(exc: Exception, line: int) -> str:
     if isinstance(exc, json.JSONDecodeError):
         if line == 1 and exc.msg.startswith("Unexpected UTF-8 BOM"):
             return "The file starts with a byte order mark (BOM). Save it as UTF-8 without BOM."
-        return (f"Invalid JSON at column {exc.colno}: {exc.msg}. Each line must hold one complete JSON object "
-                "(JSON Lines): check quotes, commas and brackets, and that no example spans several lines.")
+        return (
+            f"Invalid JSON at column {exc.colno}: {exc.msg}. Each line must hold one complete JSON object "
+            "(JSON Lines): check quotes, commas and brackets, and that no example spans several lines."
+        )
     if isinstance(exc, RecursionError):
         return "Invalid JSON: nested too deeply. Each line must hold one chat example."
     return f"Invalid JSON: {str(exc)[:200]}."
@@ -119,29 +122,47 @@ def validate_file(path: Path | str, *, tokenizer=None, context_length: int | Non
     try:
         f = open(path, "rb")
     except OSError as exc:
-        out.error("unreadable_file", None, None, f"The file cannot be read ({exc.strerror or exc}). Check the path "
-                  "and permissions, or upload it again.")
+        out.error(
+            "unreadable_file",
+            None,
+            None,
+            f"The file cannot be read ({exc.strerror or exc}). Check the path and permissions, or upload it again.",
+        )
         return _report(out, None, 0, 0, None)
     try:
         with f:
             for line, raw in _lines(f):
                 n_lines = line
                 if raw is None:
-                    out.error("line_too_long", line, None, f"The line is longer than {MAX_LINE_BYTES >> 20} MiB. "
-                              "An example must fit the model's context: shorten it or split the conversation.")
+                    out.error(
+                        "line_too_long",
+                        line,
+                        None,
+                        f"The line is longer than {MAX_LINE_BYTES >> 20} MiB. "
+                        "An example must fit the model's context: shorten it or split the conversation.",
+                    )
                     n_examples += 1
                     continue
                 body = raw.strip()
                 if not body:
-                    out.error("blank_line", line, None, "Blank line. Remove it: every line must hold one JSON "
-                              "example (JSON Lines).")
+                    out.error(
+                        "blank_line",
+                        line,
+                        None,
+                        "Blank line. Remove it: every line must hold one JSON example (JSON Lines).",
+                    )
                     continue
                 n_examples += 1
                 try:
                     text = body.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    out.error("invalid_utf8", line, None, f"The line is not valid UTF-8 (byte {exc.start + 1} of "
-                              "the line). Save the file with UTF-8 encoding.")
+                    out.error(
+                        "invalid_utf8",
+                        line,
+                        None,
+                        f"The line is not valid UTF-8 (byte {exc.start + 1} of "
+                        "the line). Save the file with UTF-8 encoding.",
+                    )
                     continue
                 try:
                     example = json.loads(text)
@@ -149,56 +170,104 @@ def validate_file(path: Path | str, *, tokenizer=None, context_length: int | Non
                     out.error("invalid_json", line, None, _json_error(exc, line))
                     continue
                 if not isinstance(example, dict):
-                    out.error("data_type", line, None, f"Each line must be a JSON object like "
-                              f'{{"messages": [...]}}, not {type(example).__name__ if example is not None else "null"}.')
+                    out.error(
+                        "data_type",
+                        line,
+                        None,
+                        f"Each line must be a JSON object like "
+                        f'{{"messages": [...]}}, not {type(example).__name__ if example is not None else "null"}.',
+                    )
                     continue
                 # Escapes can decode to lone surrogates, which tokenizers (and UTF-8) reject.
                 if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(json.dumps(example, ensure_ascii=False)):
-                    out.error("invalid_unicode", line, None, "The line has an unpaired surrogate escape "
-                              "(\\ud800-\\udfff), which no tokenizer can encode. Escape emoji and other characters "
-                              "as complete pairs, or write them as UTF-8.")
+                    out.error(
+                        "invalid_unicode",
+                        line,
+                        None,
+                        "The line has an unpaired surrogate escape "
+                        "(\\ud800-\\udfff), which no tokenizer can encode. Escape emoji and other characters "
+                        "as complete pairs, or write them as UTF-8.",
+                    )
                     continue
                 is_chat = "messages" in example
                 is_pref = any(k in example for k in PREFERENCE_KEYS)
                 fmt = "chat" if is_chat and not is_pref else "preference" if is_pref and not is_chat else None
                 if is_chat and is_pref:
-                    out.error("mixed_formats", line, None, "The example has both `messages` (SFT) and "
-                              "`input`/`preferred_output` (preference) keys. Use one format per example.")
+                    out.error(
+                        "mixed_formats",
+                        line,
+                        None,
+                        "The example has both `messages` (SFT) and "
+                        "`input`/`preferred_output` (preference) keys. Use one format per example.",
+                    )
                 elif fmt is not None and file_format is not None and fmt != file_format:
-                    out.error("mixed_formats", line, None, f"This example is in `{fmt}` format but the file "
-                              f"started in `{file_format}` format. Put SFT (`messages`) and preference "
-                              "(`input`/`preferred_output`) data in separate files.")
+                    out.error(
+                        "mixed_formats",
+                        line,
+                        None,
+                        f"This example is in `{fmt}` format but the file "
+                        f"started in `{file_format}` format. Put SFT (`messages`) and preference "
+                        "(`input`/`preferred_output`) data in separate files.",
+                    )
                 file_format = file_format or fmt
                 check = checker.preference if (fmt or file_format) == "preference" else checker.chat
                 messages = check(line, example, text)
                 first = seen.first_line(body, line)
                 if first is not None:
-                    out.warn("duplicate_example", line, None, f"This example is identical to line {first}. Remove "
-                             "the copy unless you mean to weigh it double.")
+                    out.warn(
+                        "duplicate_example",
+                        line,
+                        None,
+                        f"This example is identical to line {first}. Remove "
+                        "the copy unless you mean to weigh it double.",
+                    )
                 if messages is not None and counter is not None and (fmt is None or fmt == file_format):
                     tools = (example.get("input") if fmt == "preference" else example).get("tools")
                     counter.add(line, with_tools(messages, tools if isinstance(tools, list) else None))
             if seen.full:
-                out.warn("duplicates_partly_checked", None, None, f"Duplicates were looked for among the first "
-                         f"{seen.size:,} distinct examples only (fixed memory); later repeats may be unreported.")
+                out.warn(
+                    "duplicates_partly_checked",
+                    None,
+                    None,
+                    f"Duplicates were looked for among the first "
+                    f"{seen.size:,} distinct examples only (fixed memory); later repeats may be unreported.",
+                )
             stats = counter.stats(n_examples) if counter is not None else None
     finally:
         seen.close()
     if n_examples == 0:
-        out.error("empty_file", None, None, "The file has no examples. Upload JSON Lines: one example per line, "
-                  'like {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}.')
+        out.error(
+            "empty_file",
+            None,
+            None,
+            "The file has no examples. Upload JSON Lines: one example per line, "
+            'like {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}.',
+        )
     elif n_examples < MIN_EXAMPLES:
-        out.error("too_few_examples", None, None, f"The file has {n_examples} example(s); fine-tuning needs at least "
-                  f"{MIN_EXAMPLES} (50 to 100 good examples usually give clear improvements).")
+        out.error(
+            "too_few_examples",
+            None,
+            None,
+            f"The file has {n_examples} example(s); fine-tuning needs at least "
+            f"{MIN_EXAMPLES} (50 to 100 good examples usually give clear improvements).",
+        )
     return _report(out, file_format, n_examples, n_lines, stats)
 
 
-def _report(out: _Collector, fmt: str | None, n_examples: int, n_lines: int, stats: TokenStats | None
-            ) -> ValidationReport:
+def _report(
+    out: _Collector, fmt: str | None, n_examples: int, n_lines: int, stats: TokenStats | None
+) -> ValidationReport:
     def order(p: Problem) -> tuple:  # whole-file problems first, then by line
         return (p.line is not None, p.line or 0)
 
-    return ValidationReport(valid=not out.error_counts, format=fmt, n_examples=n_examples, n_lines=n_lines,
-                            errors=sorted(out.errors, key=order), warnings=sorted(out.warnings, key=order),
-                            error_counts=dict(out.error_counts), warning_counts=dict(out.warning_counts),
-                            tokens=stats if stats is not None and stats.n_examples else None)
+    return ValidationReport(
+        valid=not out.error_counts,
+        format=fmt,
+        n_examples=n_examples,
+        n_lines=n_lines,
+        errors=sorted(out.errors, key=order),
+        warnings=sorted(out.warnings, key=order),
+        error_counts=dict(out.error_counts),
+        warning_counts=dict(out.warning_counts),
+        tokens=stats if stats is not None and stats.n_examples else None,
+    )

@@ -34,8 +34,16 @@ from tunegate.graders.similarity import UNSUPPORTED, similarity
 Judge = Callable[[str, list[dict], dict], tuple[str, int]]
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_FORMULA_FUNCTIONS = {"min": min, "max": max, "abs": abs, "sqrt": math.sqrt, "log": math.log, "exp": math.exp,
-                      "floor": math.floor, "ceil": math.ceil}
+_FORMULA_FUNCTIONS = {
+    "min": min,
+    "max": max,
+    "abs": abs,
+    "sqrt": math.sqrt,
+    "log": math.log,
+    "exp": math.exp,
+    "floor": math.floor,
+    "ceil": math.ceil,
+}
 
 
 class TemplateError(Exception):
@@ -134,8 +142,12 @@ def _messages(g, sample, item) -> list[dict]:
             content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
         elif isinstance(content, dict):
             content = content.get("text", "")
-        out.append({"role": "system" if m.role == "developer" else m.role,
-                    "content": render_template(str(content), sample, item)})
+        out.append(
+            {
+                "role": "system" if m.role == "developer" else m.role,
+                "content": render_template(str(content), sample, item),
+            }
+        )
     return out
 
 
@@ -158,8 +170,9 @@ def _ask(g, messages: list[dict], ctx: GradeContext, result: GradeResult) -> str
 def _score_model(g: ScoreModelGrader, sample, item, ctx, result: GradeResult) -> None:
     low, high = g.range or [0.0, 1.0]
     # Small judges follow an explicit instruction at the end far better than one in the system prompt.
-    messages = _messages(g, sample, item) + [{"role": "user", "content": f"Reply with only a number from {low:g} "
-                                                                         f"to {high:g}."}]
+    messages = _messages(g, sample, item) + [
+        {"role": "user", "content": f"Reply with only a number from {low:g} to {high:g}."}
+    ]
     text = _ask(g, messages, ctx, result)
     if text is None:
         return
@@ -176,16 +189,18 @@ def _score_model(g: ScoreModelGrader, sample, item, ctx, result: GradeResult) ->
 
 
 def _label_model(g: LabelModelGrader, sample, item, ctx, result: GradeResult) -> None:
-    messages = _messages(g, sample, item) + [{"role": "user", "content": "Reply with exactly one of these labels: "
-                                                                         + ", ".join(g.labels) + "."}]
+    messages = _messages(g, sample, item) + [
+        {"role": "user", "content": "Reply with exactly one of these labels: " + ", ".join(g.labels) + "."}
+    ]
     text = _ask(g, messages, ctx, result)
     if text is None:
         return
     answer = text.strip().strip(".\"'`*").strip()
     label = next((lab for lab in g.labels if lab.lower() == answer.lower()), None)
     if label is None:  # the first label the answer mentions
-        hits = sorted((m.start(), lab) for lab in g.labels
-                      if (m := re.search(rf"\b{re.escape(lab)}\b", text, re.IGNORECASE)))
+        hits = sorted(
+            (m.start(), lab) for lab in g.labels if (m := re.search(rf"\b{re.escape(lab)}\b", text, re.IGNORECASE))
+        )
         label = hits[0][1] if hits else None
     if label is None:
         result.errors.model_grader_parse_error = True
@@ -234,8 +249,14 @@ def _multi(g: MultiGrader, sample, item, ctx, result: GradeResult) -> None:
     result.reward = value
 
 
-_GRADERS = {"string_check": _string_check, "text_similarity": _text_similarity, "score_model": _score_model,
-            "label_model": _label_model, "python": _python, "multi": _multi}
+_GRADERS = {
+    "string_check": _string_check,
+    "text_similarity": _text_similarity,
+    "score_model": _score_model,
+    "label_model": _label_model,
+    "python": _python,
+    "multi": _multi,
+}
 
 
 def validate_grader(grader, *, python_enabled: bool, param: str = "grader") -> None:
@@ -244,49 +265,73 @@ def validate_grader(grader, *, python_enabled: bool, param: str = "grader") -> N
     def templates(text: str, where: str) -> None:
         for name in _TEMPLATE.findall(text):
             if name.split(".")[0] not in ("item", "sample"):
-                raise InvalidRequestError(f"`{where}` uses `{{{{{name}}}}}`; templates read `item.<field>` or "
-                                          "`sample.output_text` / `sample.output_json.<field>`.", param=where,
-                                          code="invalid_grader")
+                raise InvalidRequestError(
+                    f"`{where}` uses `{{{{{name}}}}}`; templates read `item.<field>` or "
+                    "`sample.output_text` / `sample.output_json.<field>`.",
+                    param=where,
+                    code="invalid_grader",
+                )
 
     t = grader.type
     if t in ("string_check", "text_similarity"):
         templates(grader.input, f"{param}.input")
         templates(grader.reference, f"{param}.reference")
     if t == "text_similarity" and grader.evaluation_metric in UNSUPPORTED:
-        raise InvalidRequestError(UNSUPPORTED[grader.evaluation_metric], param=f"{param}.evaluation_metric",
-                                  code="unsupported_metric")
+        raise InvalidRequestError(
+            UNSUPPORTED[grader.evaluation_metric], param=f"{param}.evaluation_metric", code="unsupported_metric"
+        )
     if t in ("score_model", "label_model"):
         for i, m in enumerate(grader.input):
             templates(m.content if isinstance(m.content, str) else json.dumps(m.content), f"{param}.input[{i}].content")
-    if t == "score_model" and grader.range is not None and (len(grader.range) != 2 or
-                                                            grader.range[0] >= grader.range[1]):
-        raise InvalidRequestError("`range` must be two numbers [low, high] with low < high.", param=f"{param}.range",
-                                  code="invalid_grader")
+    if (
+        t == "score_model"
+        and grader.range is not None
+        and (len(grader.range) != 2 or grader.range[0] >= grader.range[1])
+    ):
+        raise InvalidRequestError(
+            "`range` must be two numbers [low, high] with low < high.", param=f"{param}.range", code="invalid_grader"
+        )
     if t == "label_model":
         extra = [lab for lab in grader.passing_labels if lab not in grader.labels]
         if extra:
-            raise InvalidRequestError(f"`passing_labels` {extra} are not among `labels` {grader.labels}.",
-                                      param=f"{param}.passing_labels", code="invalid_grader")
+            raise InvalidRequestError(
+                f"`passing_labels` {extra} are not among `labels` {grader.labels}.",
+                param=f"{param}.passing_labels",
+                code="invalid_grader",
+            )
     if t == "python":
         if not python_enabled:
-            raise InvalidRequestError("Python graders are disabled on this server: they run user code. An admin can "
-                                      "enable them with TUNEGATE_PYTHON_GRADERS=true (they then run sandboxed, "
-                                      "without network, with limits and a timeout).", param=f"{param}.type",
-                                      code="python_grader_disabled")
+            raise InvalidRequestError(
+                "Python graders are disabled on this server: they run user code. An admin can "
+                "enable them with TUNEGATE_PYTHON_GRADERS=true (they then run sandboxed, "
+                "without network, with limits and a timeout).",
+                param=f"{param}.type",
+                code="python_grader_disabled",
+            )
         try:
             compile(grader.source, "<grader>", "exec")
         except SyntaxError as exc:
-            raise InvalidRequestError(f"The python grader's source does not compile: {exc.msg} (line {exc.lineno}).",
-                                      param=f"{param}.source", code="invalid_grader") from exc
+            raise InvalidRequestError(
+                f"The python grader's source does not compile: {exc.msg} (line {exc.lineno}).",
+                param=f"{param}.source",
+                code="invalid_grader",
+            ) from exc
         if not re.search(r"^def grade\s*\(", grader.source, re.MULTILINE):
-            raise InvalidRequestError("The python grader's source must define `def grade(sample, item) -> float`.",
-                                      param=f"{param}.source", code="invalid_grader")
+            raise InvalidRequestError(
+                "The python grader's source must define `def grade(sample, item) -> float`.",
+                param=f"{param}.source",
+                code="invalid_grader",
+            )
     if t == "multi":
         named = grader.named()
         for key, sub in named.items():
             if not key.isidentifier():
-                raise InvalidRequestError(f"The grader name `{key}` cannot be used in `calculate_output`; use letters, "
-                                          "digits and underscores.", param=f"{param}.graders", code="invalid_grader")
+                raise InvalidRequestError(
+                    f"The grader name `{key}` cannot be used in `calculate_output`; use letters, "
+                    "digits and underscores.",
+                    param=f"{param}.graders",
+                    code="invalid_grader",
+                )
             validate_grader(sub, python_enabled=python_enabled, param=f"{param}.graders.{key}")
         from simpleeval import SimpleEval
 
@@ -295,9 +340,11 @@ def validate_grader(grader, *, python_enabled: bool, param: str = "grader") -> N
         except ZeroDivisionError:
             pass
         except Exception as exc:
-            raise InvalidRequestError(f"`calculate_output` cannot be computed from the graders {sorted(named)}: "
-                                      f"{type(exc).__name__}: {exc}", param=f"{param}.calculate_output",
-                                      code="invalid_grader") from exc
+            raise InvalidRequestError(
+                f"`calculate_output` cannot be computed from the graders {sorted(named)}: {type(exc).__name__}: {exc}",
+                param=f"{param}.calculate_output",
+                code="invalid_grader",
+            ) from exc
 
 
 def model_graders(grader) -> list:

@@ -19,8 +19,9 @@ router = APIRouter(prefix="/v1/fine_tuning/alpha/graders", tags=["graders"])
 async def run(body: GraderRunRequest, request: Request, principal: PrincipalDep):
     log_unknown_fields(body, "graders.run")
     loop = asyncio.get_running_loop()
-    return await asyncio.to_thread(service.run_grader, request.app, principal, loop, body.grader, body.model_sample,
-                                   body.item)
+    return await asyncio.to_thread(
+        service.run_grader, request.app, principal, loop, body.grader, body.model_sample, body.item
+    )
 
 
 @router.post("/validate", response_model=GraderValidateResponse, response_model_exclude_none=True)

@@ -39,8 +39,13 @@ def run_python_grader(source: str, sample: dict, item, timeout: float) -> Sandbo
             proc = subprocess.run(
                 # This file alone, isolated (-I): the child needs only the standard library.
                 [sys.executable, "-I", os.path.abspath(__file__), str(max(1, int(timeout)))],
-                input=payload, capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"})
+                input=payload,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=cwd,
+                env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
+            )
         except subprocess.TimeoutExpired:
             return SandboxResult(None, "runtime", f"The grader ran longer than {timeout:g} s and was stopped.")
     out = proc.stdout[-MAX_OUTPUT:].strip().splitlines()

@@ -9,8 +9,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SIMILARITY_METRICS = ("cosine", "fuzzy_match", "bleu", "gleu", "meteor", "rouge_1", "rouge_2", "rouge_3", "rouge_4",
-                      "rouge_5", "rouge_l")
+SIMILARITY_METRICS = (
+    "cosine",
+    "fuzzy_match",
+    "bleu",
+    "gleu",
+    "meteor",
+    "rouge_1",
+    "rouge_2",
+    "rouge_3",
+    "rouge_4",
+    "rouge_5",
+    "rouge_l",
+)
 
 
 class _Grader(BaseModel):
@@ -33,8 +44,19 @@ class TextSimilarityGrader(_Grader):
     type: Literal["text_similarity"]
     input: str
     reference: str
-    evaluation_metric: Literal["cosine", "fuzzy_match", "bleu", "gleu", "meteor", "rouge_1", "rouge_2", "rouge_3",
-                               "rouge_4", "rouge_5", "rouge_l"]
+    evaluation_metric: Literal[
+        "cosine",
+        "fuzzy_match",
+        "bleu",
+        "gleu",
+        "meteor",
+        "rouge_1",
+        "rouge_2",
+        "rouge_3",
+        "rouge_4",
+        "rouge_5",
+        "rouge_l",
+    ]
     """Similarity in [0, 1]; `cosine` uses the packaged all-MiniLM-L6-v2 sentence encoder."""
 
 
@@ -80,7 +102,10 @@ class LabelModelGrader(_Grader):
     passing_labels: list[str] = Field(..., min_length=1)
 
 
-SingleGrader = Annotated[StringCheckGrader | TextSimilarityGrader | PythonGrader | ScoreModelGrader | LabelModelGrader, Field(discriminator="type")]
+SingleGrader = Annotated[
+    StringCheckGrader | TextSimilarityGrader | PythonGrader | ScoreModelGrader | LabelModelGrader,
+    Field(discriminator="type"),
+]
 
 
 class MultiGrader(_Grader):
@@ -95,7 +120,10 @@ class MultiGrader(_Grader):
         return self.graders if isinstance(self.graders, dict) else {self.graders.name: self.graders}
 
 
-Grader = Annotated[StringCheckGrader | TextSimilarityGrader | PythonGrader | ScoreModelGrader | LabelModelGrader | MultiGrader, Field(discriminator="type")]
+Grader = Annotated[
+    StringCheckGrader | TextSimilarityGrader | PythonGrader | ScoreModelGrader | LabelModelGrader | MultiGrader,
+    Field(discriminator="type"),
+]
 
 
 class GraderRunRequest(BaseModel):

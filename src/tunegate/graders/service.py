@@ -26,9 +26,13 @@ def make_judge(app, principal, loop: asyncio.AbstractEventLoop):
         resolved = resolve(app.state.db, app.state.settings, principal, model)
         servable = ServableModel(resolved.id, resolved.base, resolved.adapter_path)
         body = ChatCompletionRequest(
-            model=model, messages=messages, temperature=sampling.get("temperature", 0.0),
-            top_p=sampling.get("top_p"), seed=sampling.get("seed"),
-            max_completion_tokens=sampling.get("max_completions_tokens", JUDGE_MAX_TOKENS))
+            model=model,
+            messages=messages,
+            temperature=sampling.get("temperature", 0.0),
+            top_p=sampling.get("top_p"),
+            seed=sampling.get("seed"),
+            max_completion_tokens=sampling.get("max_completions_tokens", JUDGE_MAX_TOKENS),
+        )
         done = asyncio.run_coroutine_threadsafe(app.state.chat.create(body, servable), loop).result()
         return done.choices[0].message.content or "", done.usage.total_tokens
 
@@ -45,18 +49,29 @@ def check_judges(app, principal, grader) -> None:
 
 def context(app, principal, loop) -> GradeContext:
     settings = app.state.settings
-    return GradeContext(judge=make_judge(app, principal, loop), python_enabled=settings.python_graders,
-                        python_timeout=settings.python_grader_timeout_seconds)
+    return GradeContext(
+        judge=make_judge(app, principal, loop),
+        python_enabled=settings.python_graders,
+        python_timeout=settings.python_grader_timeout_seconds,
+    )
 
 
 def run_response(result: GradeResult, sampled_model: str | None = None) -> GraderRunResponse:
     scores = dict(result.sub_rewards) or {result.name: result.reward}
     return GraderRunResponse(
-        metadata=RunMetadata(errors=result.errors, execution_time=round(result.execution_time, 6), name=result.name,
-                             sampled_model_name=sampled_model, scores=scores,
-                             token_usage=sum(result.token_usage.values()) or None, type=result.type),
-        model_grader_token_usage_per_model=dict(result.token_usage), reward=result.reward,
-        sub_rewards=dict(result.sub_rewards))
+        metadata=RunMetadata(
+            errors=result.errors,
+            execution_time=round(result.execution_time, 6),
+            name=result.name,
+            sampled_model_name=sampled_model,
+            scores=scores,
+            token_usage=sum(result.token_usage.values()) or None,
+            type=result.type,
+        ),
+        model_grader_token_usage_per_model=dict(result.token_usage),
+        reward=result.reward,
+        sub_rewards=dict(result.sub_rewards),
+    )
 
 
 def run_grader(app, principal, loop, grader, model_sample: str, item) -> GraderRunResponse:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-UNSUPPORTED = {"meteor": "`meteor` needs the WordNet corpus, which this offline server does not ship; use `rouge_l`, "
-                         "`bleu`, `fuzzy_match` or `cosine`."}
+UNSUPPORTED = {
+    "meteor": "`meteor` needs the WordNet corpus, which this offline server does not ship; use `rouge_l`, "
+    "`bleu`, `fuzzy_match` or `cosine`."
+}
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 

@@ -68,8 +68,13 @@ class LocalExecutor:
         log_path = self.settings.artifacts_dir / job_id / "worker.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "tunegate.jobs.worker", job_id], env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tunegate.jobs.worker", job_id],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs[proc.pid] = proc
         return proc.pid
 
@@ -147,11 +152,13 @@ class JobSupervisor:
 
     def tick(self) -> None:
         with self.db.session() as s:  # renew this server's leases first: they must never lapse while it lives
-            s.execute(update(Job).where(Job.lease_owner == self.server_id, Job.status.in_(IN_FLIGHT))
-                      .values(lease_expires=time.time() + self.lease_seconds))
+            s.execute(
+                update(Job)
+                .where(Job.lease_owner == self.server_id, Job.status.in_(IN_FLIGHT))
+                .values(lease_expires=time.time() + self.lease_seconds)
+            )
         with self.db.session() as s:
-            jobs = list(s.scalars(select(Job).where(Job.status.in_(IN_FLIGHT))
-                                  .order_by(Job.created_ns)))
+            jobs = list(s.scalars(select(Job).where(Job.status.in_(IN_FLIGHT)).order_by(Job.created_ns)))
         running = 0
         for job in jobs:
             if job.status == "validating_files" and job.id not in self._validating and self._take_lease(job):
@@ -191,10 +198,15 @@ class JobSupervisor:
         Of several servers trying at once exactly one row update succeeds (the database's row lock)."""
         t = time.time()
         with self.db.session() as s:
-            taken = s.execute(update(Job).where(
-                Job.id == job.id, Job.status == job.status,
-                or_(Job.lease_owner.is_(None), Job.lease_owner == self.server_id, Job.lease_expires < t))
-                .values(lease_owner=self.server_id, lease_expires=t + self.lease_seconds))
+            taken = s.execute(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.status == job.status,
+                    or_(Job.lease_owner.is_(None), Job.lease_owner == self.server_id, Job.lease_expires < t),
+                )
+                .values(lease_owner=self.server_id, lease_expires=t + self.lease_seconds)
+            )
             return taken.rowcount == 1  # type: ignore[attr-defined]  # a CursorResult for UPDATE
 
     def _crashed(self, job_id: str, why: str) -> None:
@@ -205,21 +217,38 @@ class JobSupervisor:
             job.attempts += 1
             attempts = job.attempts
             if attempts <= self.settings.max_job_retries:
-                transition(job, "queued", level="warn", data={"retry": attempts}, worker_pid=None,
-                           message=f"Training was interrupted ({why}); resuming from the last checkpoint "
-                                   f"(retry {attempts} of {self.settings.max_job_retries}).")
+                transition(
+                    job,
+                    "queued",
+                    level="warn",
+                    data={"retry": attempts},
+                    worker_pid=None,
+                    message=f"Training was interrupted ({why}); resuming from the last checkpoint "
+                    f"(retry {attempts} of {self.settings.max_job_retries}).",
+                )
                 return
-        fail(self.db, job_id, "worker_crashed", f"Training stopped {attempts} times ({why}); giving up after "
-             f"{self.settings.max_job_retries} retries. Checkpoints so far are kept.")
+        fail(
+            self.db,
+            job_id,
+            "worker_crashed",
+            f"Training stopped {attempts} times ({why}); giving up after "
+            f"{self.settings.max_job_retries} retries. Checkpoints so far are kept.",
+        )
 
     def _launch(self, job_id: str) -> None:
         with self.db.session() as s:
             job = job_row(s, job_id, lock=True)
             if job.status != "queued":
                 return
-            transition(job, "running", message="Fine-tuning job started.", started_at=job.started_at or now(),
-                       heartbeat_at=time.time(), lease_owner=self.server_id,
-                       lease_expires=time.time() + self.lease_seconds)
+            transition(
+                job,
+                "running",
+                message="Fine-tuning job started.",
+                started_at=job.started_at or now(),
+                heartbeat_at=time.time(),
+                lease_owner=self.server_id,
+                lease_expires=time.time() + self.lease_seconds,
+            )
         try:
             handle = self.executor.launch(job_id)
         except Exception as exc:

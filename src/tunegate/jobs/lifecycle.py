@@ -49,14 +49,22 @@ class IllegalTransition(ConflictError):
     """A status change the table does not allow (a race lost to another change, or a bug)."""
 
 
-def new_event(job_id: str, message: str, *, type: EventType = "message", data: Any = None,
-              level: EventLevel = "info") -> JobEvent:
+def new_event(
+    job_id: str, message: str, *, type: EventType = "message", data: Any = None, level: EventLevel = "info"
+) -> JobEvent:
     assert type in EVENT_TYPES, type
     return JobEvent(id=new_id("ftevent", 12), job_id=job_id, message=message, level=level, type=type, data=data)
 
 
-def add_event(db: Database, job_id: str, message: str, *, type: EventType = "message", data: Any = None,
-              level: EventLevel = "info") -> None:
+def add_event(
+    db: Database,
+    job_id: str,
+    message: str,
+    *,
+    type: EventType = "message",
+    data: Any = None,
+    level: EventLevel = "info",
+) -> None:
     with db.session() as s:
         s.add(new_event(job_id, message, type=type, data=data, level=level))
 
@@ -73,8 +81,15 @@ def can_transition(current: str, to: str) -> bool:
     return to in TRANSITIONS.get(current, frozenset())
 
 
-def transition(job: Job, to: JobStatus, *, message: str, level: EventLevel = "info",
-               data: dict[str, Any] | None = None, **fields: Any) -> None:
+def transition(
+    job: Job,
+    to: JobStatus,
+    *,
+    message: str,
+    level: EventLevel = "info",
+    data: dict[str, Any] | None = None,
+    **fields: Any,
+) -> None:
     """Move `job` (a row attached to an open session) to `to`, set `fields` on it, and add the
     `status` event. Raises `IllegalTransition` when the table forbids the change."""
     unknown = [name for name in fields if not hasattr(Job, name) or name == "status"]
@@ -82,8 +97,9 @@ def transition(job: Job, to: JobStatus, *, message: str, level: EventLevel = "in
         raise TypeError(f"Job has no field {unknown[0]!r} to set with a transition")
     current = job.status
     if not can_transition(current, to):
-        raise IllegalTransition(f"Job {job.id} is {current}; it cannot become {to}.",
-                                param="fine_tuning_job_id", code="invalid_job_state")
+        raise IllegalTransition(
+            f"Job {job.id} is {current}; it cannot become {to}.", param="fine_tuning_job_id", code="invalid_job_state"
+        )
     for name, value in fields.items():
         setattr(job, name, value)
     job.status = to
@@ -91,8 +107,9 @@ def transition(job: Job, to: JobStatus, *, message: str, level: EventLevel = "in
         job.finished_at, job.control, job.worker_pid, job.estimated_finish = now(), None, None, None
     session = object_session(job)
     assert session is not None, "transition() needs a job row loaded in an open session"
-    session.add(new_event(job.id, message, type="status", level=level,
-                          data={"status": to, "previous": current, **(data or {})}))
+    session.add(
+        new_event(job.id, message, type="status", level=level, data={"status": to, "previous": current, **(data or {})})
+    )
 
 
 def fail(db: Database, job_id: str, code: str, message: str, param: str | None = None) -> bool:
@@ -102,8 +119,14 @@ def fail(db: Database, job_id: str, code: str, message: str, param: str | None =
         job = s.get(Job, job_id, with_for_update=True)
         if job is None or job.status in TERMINAL:
             return False
-        transition(job, "failed", message=f"Job failed: {message}", level="error", data={"code": code},
-                   error={"code": code, "message": message, "param": param})
+        transition(
+            job,
+            "failed",
+            message=f"Job failed: {message}",
+            level="error",
+            data={"code": code},
+            error={"code": code, "message": message, "param": param},
+        )
     return True
 
 
@@ -111,15 +134,29 @@ def register_model(s: Session, job: Job, model_id: str, adapter_dir: Path, *, de
     """The one place a job's trained adapter becomes a model row (servable only when `deployable`)."""
     row = s.get(FineTunedModel, model_id)
     if row is None:
-        row = FineTunedModel(id=model_id, org_id=job.org_id, job_id=job.id, base_model=job.model,
-                             adapter_path=str(adapter_dir), deployable=deployable)
+        row = FineTunedModel(
+            id=model_id,
+            org_id=job.org_id,
+            job_id=job.id,
+            base_model=job.model,
+            adapter_path=str(adapter_dir),
+            deployable=deployable,
+        )
         s.add(row)
     row.deployable = deployable
     return row
 
 
-def complete(s: Session, job: Job, model_id: str, adapter_dir: Path, result_file: str, *,
-             trained_tokens: int | None = None, override: dict[str, Any] | None = None) -> None:
+def complete(
+    s: Session,
+    job: Job,
+    model_id: str,
+    adapter_dir: Path,
+    result_file: str,
+    *,
+    trained_tokens: int | None = None,
+    override: dict[str, Any] | None = None,
+) -> None:
     """A job's model becomes servable: the model row, the job's result file and `succeeded`.
     The same for a normal success and for an admin's override of a blocked model (`override`
     is then the audit note kept in `job.safety`)."""
@@ -130,7 +167,15 @@ def complete(s: Session, job: Job, model_id: str, adapter_dir: Path, result_file
     if override is not None:
         fields["safety"] = {**(job.safety or {}), "override": {**override, "previous_error": job.error}}
     if job.status == "failed" and override is None:
-        raise IllegalTransition(f"Job {job.id} failed; only an admin override can make it succeed.",
-                                param="fine_tuning_job_id", code="invalid_job_state")
-    transition(job, "succeeded", message=f"The job has successfully completed. New model: {model_id}",
-               data={"fine_tuned_model": model_id}, **fields)
+        raise IllegalTransition(
+            f"Job {job.id} failed; only an admin override can make it succeed.",
+            param="fine_tuning_job_id",
+            code="invalid_job_state",
+        )
+    transition(
+        job,
+        "succeeded",
+        message=f"The job has successfully completed. New model: {model_id}",
+        data={"fine_tuned_model": model_id},
+        **fields,
+    )

@@ -30,8 +30,14 @@ from tunegate.settings import Settings
 log = logging.getLogger("tunegate.jobs")
 
 # The checkpoint metrics OpenAI's FineTuningJobCheckpoint carries.
-CHECKPOINT_METRICS = ("full_valid_loss", "full_valid_mean_token_accuracy", "train_loss", "train_mean_token_accuracy",
-                      "valid_loss", "valid_mean_token_accuracy")
+CHECKPOINT_METRICS = (
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+)
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
@@ -47,9 +53,18 @@ def _emitter(db: Database, job_id: str) -> Emit:
 
 
 def context(db: Database, settings: Settings, job: Job, training_path: str | Path) -> JobContext:
-    return JobContext(job_id=job.id, org_id=job.org_id, model=job.model, seed=job.seed,
-                      options=dict(job.options or {}), training_path=Path(training_path),
-                      work_dir=job_dir(settings, job.id), settings=settings, db=db, emit=_emitter(db, job.id))
+    return JobContext(
+        job_id=job.id,
+        org_id=job.org_id,
+        model=job.model,
+        seed=job.seed,
+        options=dict(job.options or {}),
+        training_path=Path(training_path),
+        work_dir=job_dir(settings, job.id),
+        settings=settings,
+        db=db,
+        emit=_emitter(db, job.id),
+    )
 
 
 def _run_steps(db: Database, ctx: JobContext, phase: Phase, **inputs: Any) -> Decision:
@@ -92,16 +107,26 @@ def validate_job_files(db: Database, settings: Settings, job_id: str) -> None:
         if report is None or report.get("model") != model:
             report = validate_stored(db, settings, file_id, model)
         if not report["valid"]:
-            raise InvalidRequestError(f"The {param.replace('_', ' ')} {file_id} has problems: "
-                                      f"{summarize_errors(report)}. Fix them (see GET /v1/files/{file_id}/validation "
-                                      f"or `tunegate validate FILE`) and upload again.", param=param, code=code)
+            raise InvalidRequestError(
+                f"The {param.replace('_', ' ')} {file_id} has problems: "
+                f"{summarize_errors(report)}. Fix them (see GET /v1/files/{file_id}/validation "
+                f"or `tunegate validate FILE`) and upload again.",
+                param=param,
+                code=code,
+            )
         wanted = ("preference",) if method == "dpo" else ("chat", "sft")
         if report.get("format") not in (None, *wanted):
             raise InvalidRequestError(
                 f"The {param.replace('_', ' ')} is in `{report.get('format')}` format, but method `{method}` trains on "
-                + ("preference pairs (`input`, `preferred_output`, `non_preferred_output`)" if method == "dpo" else
-                   "chat examples (`messages`)") + ". Upload a file in that format or choose the other method.",
-                param=param, code=code)
+                + (
+                    "preference pairs (`input`, `preferred_output`, `non_preferred_output`)"
+                    if method == "dpo"
+                    else "chat examples (`messages`)"
+                )
+                + ". Upload a file in that format or choose the other method.",
+                param=param,
+                code=code,
+            )
         if param == "training_file":
             training_path = path
     decision = _run_steps(db, context(db, settings, job, training_path), "before_queue")
@@ -132,11 +157,15 @@ class JobReporter:
         kind, data = event.get("type", "message"), event.get("data")
         if kind == "checkpoint" and data:
             self.record_checkpoint(data)
-            data = {"step": data["step"], "fine_tuned_model_checkpoint": self.checkpoint_model(data["step"]),
-                    "metrics": _checkpoint_metrics(data["step"], data.get("metrics"))}
+            data = {
+                "step": data["step"],
+                "fine_tuned_model_checkpoint": self.checkpoint_model(data["step"]),
+                "metrics": _checkpoint_metrics(data["step"], data.get("metrics")),
+            }
         with self.db.session() as s:
-            s.add(new_event(self.job_id, event.get("message", ""), type=kind, data=data,
-                            level=event.get("level", "info")))
+            s.add(
+                new_event(self.job_id, event.get("message", ""), type=kind, data=data, level=event.get("level", "info"))
+            )
             if kind == "metrics" and data:
                 job = job_row(s, self.job_id)
                 job.progress = {**(job.progress or {}), **data}
@@ -158,11 +187,13 @@ class JobReporter:
 
     def record_checkpoint(self, data: dict[str, Any]) -> None:
         """A checkpoint the trainer saved; rows of the ones it pruned (not in `kept_steps`) go."""
-        self.sync_checkpoints([(data["step"], Path(data["path"]), data.get("metrics") or {})],
-                              kept=data.get("kept_steps"))
+        self.sync_checkpoints(
+            [(data["step"], Path(data["path"]), data.get("metrics") or {})], kept=data.get("kept_steps")
+        )
 
-    def sync_checkpoints(self, checkpoints: list[tuple[int, Path, dict[str, Any]]],
-                         kept: list[int] | None = None) -> None:
+    def sync_checkpoints(
+        self, checkpoints: list[tuple[int, Path, dict[str, Any]]], kept: list[int] | None = None
+    ) -> None:
         """Rows for `checkpoints` (step, folder, metrics) as the trainer returned them; rows of
         steps not in `kept` (default: exactly these checkpoints) are removed."""
         keep = set(kept) if kept is not None else {step for step, _, _ in checkpoints}
@@ -174,9 +205,17 @@ class JobReporter:
             for step, path, metrics in checkpoints:
                 if step in rows or step not in keep:
                     continue
-                s.add(Checkpoint(id=new_id("ftckpt", 12), job_id=self.job_id, org_id=self.org_id, step=step,
-                                 model_id=self.checkpoint_model(step), path=str(path),
-                                 metrics=_checkpoint_metrics(step, metrics)))
+                s.add(
+                    Checkpoint(
+                        id=new_id("ftckpt", 12),
+                        job_id=self.job_id,
+                        org_id=self.org_id,
+                        step=step,
+                        model_id=self.checkpoint_model(step),
+                        path=str(path),
+                        metrics=_checkpoint_metrics(step, metrics),
+                    )
+                )
 
 
 def _checkpoint_metrics(step: int, metrics: dict[str, Any] | None) -> dict[str, Any]:
@@ -214,14 +253,16 @@ def model_name(base: str, org_name: str, suffix: str | None, job_id: str) -> str
     return f"ft:{base}:{org_name}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
-def after_training(db: Database, settings: Settings, job_id: str, model_id: str, adapter_dir: Path,
-                   trained_tokens: int | None) -> bool:
+def after_training(
+    db: Database, settings: Settings, job_id: str, model_id: str, adapter_dir: Path, trained_tokens: int | None
+) -> bool:
     """The `after_training` steps (the safety gate), then the model is served. False: a step
     refused; the adapter is kept as a model that is not deployable and the job failed."""
     with db.session() as s:
         job = job_row(s, job_id)
-    decision = _run_steps(db, context(db, settings, job, ""), "after_training", adapter_dir=adapter_dir,
-                          model_id=model_id)
+    decision = _run_steps(
+        db, context(db, settings, job, ""), "after_training", adapter_dir=adapter_dir, model_id=model_id
+    )
     if not decision.allow:
         with db.session() as s:
             job = job_row(s, job_id, lock=True)
@@ -232,14 +273,28 @@ def after_training(db: Database, settings: Settings, job_id: str, model_id: str,
     return True
 
 
-def succeed(db: Database, settings: Settings, job_id: str, model_id: str, adapter_dir: Path, *,
-            trained_tokens: int | None = None, override: dict[str, Any] | None = None) -> None:
+def succeed(
+    db: Database,
+    settings: Settings,
+    job_id: str,
+    model_id: str,
+    adapter_dir: Path,
+    *,
+    trained_tokens: int | None = None,
+    override: dict[str, Any] | None = None,
+) -> None:
     """Store the result file and mark the job succeeded with its model servable (lifecycle.complete).
     `override`: an admin serves a model a step blocked; the note is kept in job.safety."""
     with db.session() as s:
         org_id = job_row(s, job_id).org_id
-    result = store_bytes(db, settings, org_id, purpose="fine-tune-results", filename="step_metrics.csv",
-                         data=results_csv(job_dir(settings, job_id) / "results.csv"))
+    result = store_bytes(
+        db,
+        settings,
+        org_id,
+        purpose="fine-tune-results",
+        filename="step_metrics.csv",
+        data=results_csv(job_dir(settings, job_id) / "results.csv"),
+    )
     with db.session() as s:
         job = job_row(s, job_id, lock=True)
         lifecycle.complete(s, job, model_id, adapter_dir, result.id, trained_tokens=trained_tokens, override=override)

@@ -29,8 +29,7 @@ async def create_job(body: JobCreate, db: DbDep, settings: SettingsDep, principa
 
 
 @router.get("")
-def list_jobs(request: Request, db: DbDep, principal: PrincipalDep, after: str | None = None,
-              limit: int = Query(20)):
+def list_jobs(request: Request, db: DbDep, principal: PrincipalDep, after: str | None = None, limit: int = Query(20)):
     metadata = {m.group(1): v for k, v in request.query_params.items() if (m := _META.match(k))}
     rows = service.list_jobs(db, principal, after=after, limit=limit, metadata=metadata)
     out = page(rows, limit)
@@ -66,8 +65,7 @@ def list_events(job_id: str, db: DbDep, principal: PrincipalDep, after: str | No
 
 
 @router.get("/{job_id}/checkpoints")
-def list_checkpoints(job_id: str, db: DbDep, principal: PrincipalDep, after: str | None = None,
-                     limit: int = Query(10)):
+def list_checkpoints(job_id: str, db: DbDep, principal: PrincipalDep, after: str | None = None, limit: int = Query(10)):
     out = page(service.list_checkpoints(db, principal, job_id, after=after, limit=limit), limit)
     out["data"] = [service.checkpoint_object(c) for c in out["data"]]
     return out

@@ -22,7 +22,8 @@ class SupervisedHyperparameters(BaseModel):
     n_epochs: Auto | int = Field("auto", description=f"{HYPERPARAMETER_BOUNDS['n_epochs'].describe()}, or `auto`.")
     batch_size: Auto | int = Field("auto", description=f"{HYPERPARAMETER_BOUNDS['batch_size'].describe()}, or `auto`.")
     learning_rate_multiplier: Auto | float = Field(
-        "auto", description=f"{HYPERPARAMETER_BOUNDS['learning_rate_multiplier'].describe()}, or `auto`.")
+        "auto", description=f"{HYPERPARAMETER_BOUNDS['learning_rate_multiplier'].describe()}, or `auto`."
+    )
 
     @field_validator("n_epochs", "batch_size", "learning_rate_multiplier")
     @classmethod
@@ -83,8 +84,11 @@ class JobOptions(BaseModel):
     """Admin only: skip training-data screening for this job (audited)."""
 
     def admin_only(self) -> list[str]:
-        return [name for name, on in (("safety_mixing", self.safety_mixing is False),
-                                      ("skip_screening", self.skip_screening)) if on]
+        return [
+            name
+            for name, on in (("safety_mixing", self.safety_mixing is False), ("skip_screening", self.skip_screening))
+            if on
+        ]
 
 
 class JobCreate(BaseModel):

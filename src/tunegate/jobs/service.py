@@ -32,11 +32,25 @@ from tunegate.settings import Settings
 def to_object(job: Job, org_name: str | None = None) -> FineTuningJob:
     hp = job.hyperparameters or {}
     return FineTuningJob(
-        id=job.id, created_at=job.created_at, error=job.error, fine_tuned_model=job.fine_tuned_model,
-        finished_at=job.finished_at, hyperparameters=hp, model=_shown_model(job), organization_id=job.org_id,
-        result_files=job.result_files or [], seed=job.seed, status=job.status, trained_tokens=job.trained_tokens,
-        training_file=job.training_file, validation_file=job.validation_file, estimated_finish=job.estimated_finish,
-        metadata=job.metadata_, method=job.method, suffix=job.suffix, integrations=[],
+        id=job.id,
+        created_at=job.created_at,
+        error=job.error,
+        fine_tuned_model=job.fine_tuned_model,
+        finished_at=job.finished_at,
+        hyperparameters=hp,
+        model=_shown_model(job),
+        organization_id=job.org_id,
+        result_files=job.result_files or [],
+        seed=job.seed,
+        status=job.status,
+        trained_tokens=job.trained_tokens,
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        estimated_finish=job.estimated_finish,
+        metadata=job.metadata_,
+        method=job.method,
+        suffix=job.suffix,
+        integrations=[],
     )
 
 
@@ -47,36 +61,62 @@ def _shown_model(job: Job) -> str:
 
 def _requested_method(body: JobCreate) -> dict[str, Any]:
     if body.method is not None and body.hyperparameters is not None:
-        raise InvalidRequestError("Pass hyperparameters either in `method.supervised.hyperparameters` or in the "
-                                  "deprecated top-level `hyperparameters`, not both.", param="hyperparameters")
+        raise InvalidRequestError(
+            "Pass hyperparameters either in `method.supervised.hyperparameters` or in the "
+            "deprecated top-level `hyperparameters`, not both.",
+            param="hyperparameters",
+        )
     if body.method is not None:
         if body.method.type == "dpo":
             from tunegate.jobs.schemas import DpoMethod
 
             dpo = body.method.dpo or DpoMethod()
-            return {"type": "dpo", "dpo": {"hyperparameters": dpo.hyperparameters.model_dump(
-                include={"n_epochs", "batch_size", "learning_rate_multiplier", "beta"})}}
+            return {
+                "type": "dpo",
+                "dpo": {
+                    "hyperparameters": dpo.hyperparameters.model_dump(
+                        include={"n_epochs", "batch_size", "learning_rate_multiplier", "beta"}
+                    )
+                },
+            }
         if body.method.type != "supervised":
             raise InvalidRequestError(
                 f"Method `{body.method.type}` is not available through jobs yet: tunegate trains `supervised` "
                 "(SFT) and `dpo` jobs. Use `method={'type': 'supervised'}` or `{'type': 'dpo'}`.",
-                param="method.type", code="unsupported_method")
+                param="method.type",
+                code="unsupported_method",
+            )
         sup = body.method.supervised or SupervisedMethod()
-        return {"type": "supervised", "supervised": {"hyperparameters": sup.hyperparameters.model_dump(
-            include={"n_epochs", "batch_size", "learning_rate_multiplier"})}}
-    hp = body.hyperparameters.model_dump(include={"n_epochs", "batch_size", "learning_rate_multiplier"}) \
-        if body.hyperparameters else {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+        return {
+            "type": "supervised",
+            "supervised": {
+                "hyperparameters": sup.hyperparameters.model_dump(
+                    include={"n_epochs", "batch_size", "learning_rate_multiplier"}
+                )
+            },
+        }
+    hp = (
+        body.hyperparameters.model_dump(include={"n_epochs", "batch_size", "learning_rate_multiplier"})
+        if body.hyperparameters
+        else {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    )
     return {"type": "supervised", "supervised": {"hyperparameters": hp}}
 
 
 def _own_file(s, principal: Principal, file_id: str, param: str) -> File:
     row = s.get(File, file_id)
     if row is None or row.org_id != principal.org_id:
-        raise InvalidRequestError(f"File {file_id} does not exist. Upload it with purpose `fine-tune` first.",
-                                  param=param, code="file_not_found")
+        raise InvalidRequestError(
+            f"File {file_id} does not exist. Upload it with purpose `fine-tune` first.",
+            param=param,
+            code="file_not_found",
+        )
     if row.purpose != "fine-tune":
-        raise InvalidRequestError(f"File {file_id} has purpose `{row.purpose}`; fine-tuning needs a file uploaded "
-                                  "with purpose `fine-tune`.", param=param, code="invalid_file_purpose")
+        raise InvalidRequestError(
+            f"File {file_id} has purpose `{row.purpose}`; fine-tuning needs a file uploaded with purpose `fine-tune`.",
+            param=param,
+            code="invalid_file_purpose",
+        )
     return row
 
 
@@ -99,9 +139,12 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
     if isinstance(base, str) and base.startswith("ft:") and _PARENT_MODEL_HOOKS:
         base, options = _PARENT_MODEL_HOOKS[0](db, settings, principal, body.model, options)
     if base not in list_base_models(settings):
-        raise InvalidRequestError(f"Model `{body.model}` cannot be fine-tuned here. Base models: "
-                                  f"{', '.join(list_base_models(settings))}, or one of your `ft:` models.",
-                                  param="model", code="model_not_available")
+        raise InvalidRequestError(
+            f"Model `{body.model}` cannot be fine-tuned here. Base models: "
+            f"{', '.join(list_base_models(settings))}, or one of your `ft:` models.",
+            param="model",
+            code="model_not_available",
+        )
     method = _requested_method(body)
     if options.get("quantization"):  # refused now, not as a failed job later
         from tunegate.train.lora import require_qlora
@@ -109,25 +152,57 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
         require_qlora("tunegate.quantization")
     restricted = body.tunegate.admin_only() if body.tunegate else []
     if restricted and not principal.is_admin:
-        raise InvalidRequestError(f"Only an admin key may set `tunegate.{restricted[0]}`: safety steps cannot be "
-                                  "turned off by a regular key.", param=f"tunegate.{restricted[0]}",
-                                  code="admin_required")
+        raise InvalidRequestError(
+            f"Only an admin key may set `tunegate.{restricted[0]}`: safety steps cannot be "
+            "turned off by a regular key.",
+            param=f"tunegate.{restricted[0]}",
+            code="admin_required",
+        )
     with db.session() as s:
         _own_file(s, principal, body.training_file, "training_file")
         if body.validation_file:
             _own_file(s, principal, body.validation_file, "validation_file")
-        job = Job(id=new_id("ftjob", 12), org_id=principal.org_id, project_id=principal.project_id,
-                  created_by=principal.key_id, model=base, training_file=body.training_file,
-                  validation_file=body.validation_file, suffix=body.suffix,
-                  seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1),
-                  metadata_=body.metadata, method=method, hyperparameters=method[method["type"]]["hyperparameters"],
-                  options=options, status="validating_files", result_files=[], progress={}, safety={})
+        job = Job(
+            id=new_id("ftjob", 12),
+            org_id=principal.org_id,
+            project_id=principal.project_id,
+            created_by=principal.key_id,
+            model=base,
+            training_file=body.training_file,
+            validation_file=body.validation_file,
+            suffix=body.suffix,
+            seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1),
+            metadata_=body.metadata,
+            method=method,
+            hyperparameters=method[method["type"]]["hyperparameters"],
+            options=options,
+            status="validating_files",
+            result_files=[],
+            progress={},
+            safety={},
+        )
         s.add(job)
-        s.add(new_event(job.id, "Created fine-tuning job: " + job.id, type="status",
-                        data={"status": "validating_files", "previous": None}))
-    record(db, "job.created", org_id=principal.org_id, actor=principal.key_id, object_id=job.id,
-           details={"model": body.model, "training_file": body.training_file, "options": options,
-                    "safety_switches": restricted})
+        s.add(
+            new_event(
+                job.id,
+                "Created fine-tuning job: " + job.id,
+                type="status",
+                data={"status": "validating_files", "previous": None},
+            )
+        )
+    record(
+        db,
+        "job.created",
+        org_id=principal.org_id,
+        actor=principal.key_id,
+        object_id=job.id,
+        details={
+            "model": body.model,
+            "training_file": body.training_file,
+            "options": options,
+            "safety_switches": restricted,
+        },
+    )
     return job
 
 
@@ -139,8 +214,9 @@ def get(db: Database, principal: Principal, job_id: str) -> Job:
     return job
 
 
-def list_jobs(db: Database, principal: Principal, *, after: str | None, limit: int,
-              metadata: dict[str, str]) -> list[Job]:
+def list_jobs(
+    db: Database, principal: Principal, *, after: str | None, limit: int, metadata: dict[str, str]
+) -> list[Job]:
     _check_limit(limit)
     q = select(Job).where(Job.org_id == principal.org_id)
     if after:
@@ -173,12 +249,14 @@ def list_events(db: Database, principal: Principal, job_id: str, *, after: str |
 
 
 def event_object(e: JobEvent) -> FineTuningJobEvent:
-    return FineTuningJobEvent(id=e.id, created_at=e.created_at, level=e.level, message=e.message, data=e.data,
-                              type=e.type)
+    return FineTuningJobEvent(
+        id=e.id, created_at=e.created_at, level=e.level, message=e.message, data=e.data, type=e.type
+    )
 
 
-def list_checkpoints(db: Database, principal: Principal, job_id: str, *, after: str | None,
-                     limit: int) -> list[Checkpoint]:
+def list_checkpoints(
+    db: Database, principal: Principal, job_id: str, *, after: str | None, limit: int
+) -> list[Checkpoint]:
     get(db, principal, job_id)
     _check_limit(limit)
     q = select(Checkpoint).where(Checkpoint.job_id == job_id)
@@ -192,8 +270,14 @@ def list_checkpoints(db: Database, principal: Principal, job_id: str, *, after: 
 
 
 def checkpoint_object(c: Checkpoint) -> FineTuningJobCheckpoint:
-    return FineTuningJobCheckpoint(id=c.id, created_at=c.created_at, fine_tuned_model_checkpoint=c.model_id,
-                                   fine_tuning_job_id=c.job_id, metrics=c.metrics or {}, step_number=c.step)
+    return FineTuningJobCheckpoint(
+        id=c.id,
+        created_at=c.created_at,
+        fine_tuned_model_checkpoint=c.model_id,
+        fine_tuning_job_id=c.job_id,
+        metrics=c.metrics or {},
+        step_number=c.step,
+    )
 
 
 def request_control(db: Database, principal: Principal, job_id: str, action: str) -> Job:
@@ -204,8 +288,11 @@ def request_control(db: Database, principal: Principal, job_id: str, action: str
         st = job.status
         if action == "cancel":
             if st in TERMINAL:
-                raise ConflictError(f"Job {job_id} is already {st}; only unfinished jobs can be cancelled.",
-                                    param="fine_tuning_job_id", code="job_not_cancellable")
+                raise ConflictError(
+                    f"Job {job_id} is already {st}; only unfinished jobs can be cancelled.",
+                    param="fine_tuning_job_id",
+                    code="job_not_cancellable",
+                )
             if st == "running":
                 job.control = "cancel"
                 s.add(new_event(job_id, "Cancellation requested; training stops after the current step."))
@@ -213,8 +300,11 @@ def request_control(db: Database, principal: Principal, job_id: str, action: str
                 transition(job, "cancelled", message="Job cancelled.")
         elif action == "pause":
             if st != "running" and st != "queued":
-                raise ConflictError(f"Job {job_id} is {st}; only queued or running jobs can be paused.",
-                                    param="fine_tuning_job_id", code="job_not_pausable")
+                raise ConflictError(
+                    f"Job {job_id} is {st}; only queued or running jobs can be paused.",
+                    param="fine_tuning_job_id",
+                    code="job_not_pausable",
+                )
             if st == "running":
                 job.control = "pause"
                 s.add(new_event(job_id, "Pause requested; a checkpoint is saved after the current step."))
@@ -222,10 +312,14 @@ def request_control(db: Database, principal: Principal, job_id: str, action: str
                 transition(job, "paused", message="Job paused.")
         elif action == "resume":
             if st != "paused":
-                raise ConflictError(f"Job {job_id} is {st}; only paused jobs can be resumed.",
-                                    param="fine_tuning_job_id", code="job_not_resumable")
-            transition(job, "queued", message="Job resumed; it is queued and continues from its last checkpoint.",
-                       control=None)
+                raise ConflictError(
+                    f"Job {job_id} is {st}; only paused jobs can be resumed.",
+                    param="fine_tuning_job_id",
+                    code="job_not_resumable",
+                )
+            transition(
+                job, "queued", message="Job resumed; it is queued and continues from its last checkpoint.", control=None
+            )
         s.flush()
     record(db, f"job.{action}", org_id=principal.org_id, actor=principal.key_id, object_id=job_id)
     return get(db, principal, job_id)

@@ -28,8 +28,9 @@ Phase = Literal["before_queue", "prepare_data", "after_training"]
 
 
 class Emit(Protocol):
-    def __call__(self, message: str, *, type: EventType = "message", data: Any = None,
-                 level: EventLevel = "info") -> None: ...
+    def __call__(
+        self, message: str, *, type: EventType = "message", data: Any = None, level: EventLevel = "info"
+    ) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -43,27 +43,44 @@ def build_config(db: Database, settings: Settings, job: Job):
     with db.session() as s:
         train_file = s.get(File, job.training_file)
         if train_file is None:
-            raise InvalidRequestError(f"The training file {job.training_file} was deleted before training started.",
-                                      param="training_file", code="invalid_training_file")
+            raise InvalidRequestError(
+                f"The training file {job.training_file} was deleted before training started.",
+                param="training_file",
+                code="invalid_training_file",
+            )
         valid_file = s.get(File, job.validation_file) if job.validation_file else None
     report = train_file.validation or {}
     method = (job.method or {}).get("type", "supervised")
     hp = (job.method or {}).get(method, {}).get("hyperparameters", {})
     n_epochs, batch_size, lr = resolve_hyperparameters(
-        hp.get("n_epochs", "auto"), hp.get("batch_size", "auto"), hp.get("learning_rate_multiplier", "auto"),
-        n_examples=int(report.get("n_examples") or 0), method=method)
+        hp.get("n_epochs", "auto"),
+        hp.get("batch_size", "auto"),
+        hp.get("learning_rate_multiplier", "auto"),
+        n_examples=int(report.get("n_examples") or 0),
+        method=method,
+    )
     method_fields = {"method": method, "beta": resolve_beta(hp.get("beta", "auto"))} if method == "dpo" else {}
     opts = job.options or {}
     training_path = pipeline.prepare_training_data(db, settings, job, train_file.path)
     config = TrainConfig(
-        base_model=base.name, base_model_path=str(base.path), template_sha256=base.template_sha256,
-        training_file=training_path, validation_file=valid_file.path if valid_file else None,
-        n_epochs=n_epochs, batch_size=batch_size, learning_rate=lr, seed=job.seed,
-        keep_checkpoints=settings.keep_checkpoints, **method_fields,
+        base_model=base.name,
+        base_model_path=str(base.path),
+        template_sha256=base.template_sha256,
+        training_file=training_path,
+        validation_file=valid_file.path if valid_file else None,
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        seed=job.seed,
+        keep_checkpoints=settings.keep_checkpoints,
+        **method_fields,
         **{k: v for k, v in opts.items() if k in TrainConfig.__dataclass_fields__},
     )
-    resolved = {"n_epochs": n_epochs, "batch_size": batch_size,
-                "learning_rate_multiplier": round(lr / base_learning_rate(method), 6)}
+    resolved = {
+        "n_epochs": n_epochs,
+        "batch_size": batch_size,
+        "learning_rate_multiplier": round(lr / base_learning_rate(method), 6),
+    }
     if method == "dpo":
         resolved["beta"] = config.beta
     return config, resolved
@@ -79,8 +96,9 @@ def run(job_id: str, settings: Settings | None = None) -> int:
     if job is None or job.status != "running":
         return 0
     stop = threading.Event()
-    threading.Thread(target=_heartbeat, args=(db, job_id, settings.heartbeat_seconds, stop, os.getppid()),
-                     daemon=True).start()
+    threading.Thread(
+        target=_heartbeat, args=(db, job_id, settings.heartbeat_seconds, stop, os.getppid()), daemon=True
+    ).start()
     out_dir = settings.artifacts_dir / job_id
     model_id = pipeline.fine_tuned_model_id(db, job)
     try:
@@ -107,8 +125,13 @@ def run(job_id: str, settings: Settings | None = None) -> int:
                 if result.status == "cancelled":
                     transition(row, "cancelled", message="Training stopped: the job was cancelled.")
                 else:
-                    transition(row, "paused", message="Training paused; a checkpoint was saved. Resume to continue.",
-                               control=None, worker_pid=None)
+                    transition(
+                        row,
+                        "paused",
+                        message="Training paused; a checkpoint was saved. Resume to continue.",
+                        control=None,
+                        worker_pid=None,
+                    )
         else:
             assert result.adapter_dir is not None  # a finished run always saves its adapter
             pipeline.after_training(db, settings, job_id, model_id, result.adapter_dir, result.trained_tokens)

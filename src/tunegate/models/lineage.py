@@ -27,23 +27,32 @@ from tunegate.settings import Settings
 _LORA_KEYS = {"lora_r": "r", "lora_alpha": "lora_alpha", "target_modules": "target_modules"}
 
 
-def continue_from(db: Database, settings: Settings, principal: Principal, model: str,
-                  options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def continue_from(
+    db: Database, settings: Settings, principal: Principal, model: str, options: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
     """(base model name, job options) for a job that continues training `model` (an `ft:` id)."""
     try:
         parent = service.resolve(db, settings, principal, model)
     except TunegateError as exc:
-        raise InvalidRequestError(f"Model `{model}` cannot be fine-tuned further: {exc.message}", param="model",
-                                  code="model_not_available") from None
+        raise InvalidRequestError(
+            f"Model `{model}` cannot be fine-tuned further: {exc.message}", param="model", code="model_not_available"
+        ) from None
     if parent.kind not in ("fine-tuned", "checkpoint") or parent.adapter_path is None:
-        raise InvalidRequestError(f"Model `{model}` is shared with your project for use only; continue training "
-                                  "from your own fine-tuned models or checkpoints.", param="model",
-                                  code="model_not_available")
+        raise InvalidRequestError(
+            f"Model `{model}` is shared with your project for use only; continue training "
+            "from your own fine-tuned models or checkpoints.",
+            param="model",
+            code="model_not_available",
+        )
     meta = read_meta(parent.adapter_path)
     if meta.get("template_sha256") != parent.base.template_sha256:
-        raise InvalidRequestError(f"Model `{model}` was trained on another chat template (or tool convention) than "
-                                  f"`{parent.base.name}` has now, so its adapter would not fit the prompts. Fine-tune "
-                                  "the base model instead.", param="model", code="template_mismatch")
+        raise InvalidRequestError(
+            f"Model `{model}` was trained on another chat template (or tool convention) than "
+            f"`{parent.base.name}` has now, so its adapter would not fit the prompts. Fine-tune "
+            "the base model instead.",
+            param="model",
+            code="template_mismatch",
+        )
     config = json.loads((parent.adapter_path / "adapter_config.json").read_text())
     lora = {ours: config[theirs] for ours, theirs in _LORA_KEYS.items() if theirs in config}
     if isinstance(lora.get("target_modules"), list):
@@ -51,9 +60,12 @@ def continue_from(db: Database, settings: Settings, principal: Principal, model:
     for key, value in lora.items():
         asked = options.get(key)
         if asked is not None and (sorted(asked) if isinstance(asked, list) else asked) != value:
-            raise InvalidRequestError(f"`tunegate.{key}` is {asked}, but `{model}` was trained with {value}; "
-                                      "continued training keeps the parent's LoRA shape. Remove the option.",
-                                      param=f"tunegate.{key}", code="invalid_value")
+            raise InvalidRequestError(
+                f"`tunegate.{key}` is {asked}, but `{model}` was trained with {value}; "
+                "continued training keeps the parent's LoRA shape. Remove the option.",
+                param=f"tunegate.{key}",
+                code="invalid_value",
+            )
     copy = settings.artifacts_dir / "parents" / new_id("parent", 8)
     shutil.copytree(parent.adapter_path, copy)
     return parent.base.name, {**options, **lora, "init_adapter": str(Path(copy)), "parent_model": model}

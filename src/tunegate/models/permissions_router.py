@@ -18,8 +18,13 @@ class PermissionCreate(BaseModel):
 
 def _page(rows: list, limit: int) -> dict:
     data = [permissions.to_object(p) for p in rows[:limit]]
-    return {"object": "list", "data": data, "has_more": len(rows) > limit,
-            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": len(rows) > limit,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
 @router.post("/{checkpoint}/permissions")
@@ -29,11 +34,18 @@ def create_permissions(checkpoint: str, body: PermissionCreate, db: DbDep, setti
 
 
 @router.get("/{checkpoint}/permissions")
-def list_permissions(checkpoint: str, db: DbDep, admin: AdminDep, project_id: str | None = None,
-                     limit: int = Query(10, description="1..100"), after: str | None = None,
-                     order: str = "descending"):
-    rows = permissions.list_permissions(db, admin, checkpoint, project_id=project_id, limit=limit, after=after,
-                                        order=order)
+def list_permissions(
+    checkpoint: str,
+    db: DbDep,
+    admin: AdminDep,
+    project_id: str | None = None,
+    limit: int = Query(10, description="1..100"),
+    after: str | None = None,
+    order: str = "descending",
+):
+    rows = permissions.list_permissions(
+        db, admin, checkpoint, project_id=project_id, limit=limit, after=after, order=order
+    )
     return _page(rows, limit)
 
 

@@ -16,7 +16,10 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 def list_models(db: DbDep, settings: SettingsDep, principal: PrincipalDep):
     from tunegate.models.permissions import shared_models
 
-    return {"object": "list", "data": service.list_models(db, settings, principal) + shared_models(db, settings, principal)}
+    return {
+        "object": "list",
+        "data": service.list_models(db, settings, principal) + shared_models(db, settings, principal),
+    }
 
 
 @router.get("/{model:path}/content")
@@ -27,13 +30,20 @@ def download_model(model: str, db: DbDep, settings: SettingsDep, principal: Prin
 
     m = service.resolve(db, settings, principal, model)
     if m.kind == "shared-checkpoint":  # shared for use, not for taking away
-        raise PermissionDeniedError(f"`{model}` is shared with your project for use only; its owner can download it.",
-                                    param="model", code="download_not_permitted")
+        raise PermissionDeniedError(
+            f"`{model}` is shared with your project for use only; its owner can download it.",
+            param="model",
+            code="download_not_permitted",
+        )
     if m.adapter_path is None:
-        raise InvalidRequestError(f"`{model}` is a base model; only fine-tuned adapters can be downloaded here.",
-                                  param="model")
-    return StreamingResponse(archive_adapter(m.adapter_path), media_type="application/gzip",
-                             headers={"Content-Disposition": content_disposition(model.replace(":", "_") + ".tar.gz")})
+        raise InvalidRequestError(
+            f"`{model}` is a base model; only fine-tuned adapters can be downloaded here.", param="model"
+        )
+    return StreamingResponse(
+        archive_adapter(m.adapter_path),
+        media_type="application/gzip",
+        headers={"Content-Disposition": content_disposition(model.replace(":", "_") + ".tar.gz")},
+    )
 
 
 @router.get("/{model:path}")

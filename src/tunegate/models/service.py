@@ -39,33 +39,49 @@ class ResolvedModel:
 
 
 def _not_found(model: str) -> NotFoundError:
-    return NotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model",
-                         code="model_not_found")
+    return NotFoundError(
+        f"The model `{model}` does not exist or you do not have access to it.", param="model", code="model_not_found"
+    )
 
 
 def _blocked(model: str) -> NotFoundError:
-    return NotFoundError(f"The model `{model}` did not pass the safety gate and cannot be served. See its job's "
-                         "safety report; an admin can override with a reason.", param="model", code="model_not_found")
+    return NotFoundError(
+        f"The model `{model}` did not pass the safety gate and cannot be served. See its job's "
+        "safety report; an admin can override with a reason.",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def _shared_with(s, checkpoint: str, project_id: str) -> bool:
     """A checkpoint permission (`models/permissions.py`) lets another project use the checkpoint."""
-    return s.scalar(select(CheckpointPermission.id).where(CheckpointPermission.checkpoint == checkpoint,
-                                                          CheckpointPermission.project_id == project_id)) is not None
+    return (
+        s.scalar(
+            select(CheckpointPermission.id).where(
+                CheckpointPermission.checkpoint == checkpoint, CheckpointPermission.project_id == project_id
+            )
+        )
+        is not None
+    )
 
 
 def _not_gated(model: str, job_id: str, checkpoint_id: str) -> NotFoundError:
-    return NotFoundError(f"The checkpoint `{model}` has not passed the safety gate (its job did not finish with a "
-                         f"passing gate), so it is not served. Run the gate on it: POST /v1/fine_tuning/jobs/{job_id}/"
-                         f"checkpoints/{checkpoint_id}/gate.", param="model", code="model_not_gated")
+    return NotFoundError(
+        f"The checkpoint `{model}` has not passed the safety gate (its job did not finish with a "
+        f"passing gate), so it is not served. Run the gate on it: POST /v1/fine_tuning/jobs/{job_id}/"
+        f"checkpoints/{checkpoint_id}/gate.",
+        param="model",
+        code="model_not_gated",
+    )
 
 
 def checkpoint_gate_passed(ck: Checkpoint) -> bool:
     return bool(ck.gate) and ck.gate.get("decision") in ("passed", "overridden")
 
 
-def resolve(db: Database, settings: Settings, principal: Principal, model: str, *, verify: bool = True
-            ) -> ResolvedModel:
+def resolve(
+    db: Database, settings: Settings, principal: Principal, model: str, *, verify: bool = True
+) -> ResolvedModel:
     """The servable model named `model` for this caller, or 404 `model_not_found` / `model_not_gated`,
     or 409 `adapter_corrupted` when its stored files were damaged."""
     resolved = _resolve(db, settings, principal, model)
@@ -89,8 +105,15 @@ def _resolve(db: Database, settings: Settings, principal: Principal, model: str)
         if ft is not None and ft.org_id == principal.org_id:
             if not ft.deployable:
                 raise _blocked(model)
-            return ResolvedModel(ft.id, get_base_model(ft.base_model, settings), Path(ft.adapter_path),
-                                 principal.org_name, ft.created_at, "fine-tuned", ft.job_id)
+            return ResolvedModel(
+                ft.id,
+                get_base_model(ft.base_model, settings),
+                Path(ft.adapter_path),
+                principal.org_name,
+                ft.created_at,
+                "fine-tuned",
+                ft.job_id,
+            )
         ck = s.scalar(select(Checkpoint).where(Checkpoint.model_id == model))
         if ck is None or ck.org_id != principal.org_id and not _shared_with(s, model, principal.project_id):
             raise _not_found(model)
@@ -105,10 +128,23 @@ def _resolve(db: Database, settings: Settings, principal: Principal, model: str)
             # Another project sees no job id: it may not run the owner's gate.
             raise _not_gated(model, ck.job_id, ck.id) if ck.org_id == principal.org_id else _blocked(model)
     if ck.org_id != principal.org_id:  # shared with the caller's project: usable, the owner's job stays hidden
-        return ResolvedModel(ck.model_id, get_base_model(job.model, settings), Path(ck.path), "shared",
-                             ck.created_at, "shared-checkpoint")
-    return ResolvedModel(ck.model_id, get_base_model(job.model, settings), Path(ck.path), principal.org_name,
-                         ck.created_at, "checkpoint", ck.job_id)
+        return ResolvedModel(
+            ck.model_id,
+            get_base_model(job.model, settings),
+            Path(ck.path),
+            "shared",
+            ck.created_at,
+            "shared-checkpoint",
+        )
+    return ResolvedModel(
+        ck.model_id,
+        get_base_model(job.model, settings),
+        Path(ck.path),
+        principal.org_name,
+        ck.created_at,
+        "checkpoint",
+        ck.job_id,
+    )
 
 
 def list_models(db: Database, settings: Settings, principal: Principal) -> list[dict]:
@@ -120,17 +156,29 @@ def list_models(db: Database, settings: Settings, principal: Principal) -> list[
             continue
         out.append({"id": name, "object": "model", "created": created, "owned_by": "tunegate"})
     with db.session() as s:
-        fts = list(s.scalars(select(FineTunedModel).where(FineTunedModel.org_id == principal.org_id,
-                                                          FineTunedModel.deployable.is_(True))
-                             .order_by(FineTunedModel.created_at)))
+        fts = list(
+            s.scalars(
+                select(FineTunedModel)
+                .where(FineTunedModel.org_id == principal.org_id, FineTunedModel.deployable.is_(True))
+                .order_by(FineTunedModel.created_at)
+            )
+        )
         deployable_jobs = {f.job_id for f in fts}
-        cks = list(s.scalars(select(Checkpoint).where(Checkpoint.org_id == principal.org_id)
-                             .order_by(Checkpoint.created_at, Checkpoint.step)))
+        cks = list(
+            s.scalars(
+                select(Checkpoint)
+                .where(Checkpoint.org_id == principal.org_id)
+                .order_by(Checkpoint.created_at, Checkpoint.step)
+            )
+        )
     for f in fts:
         out.append({"id": f.id, "object": "model", "created": f.created_at, "owned_by": principal.org_name})
     for c in cks:
-        if c.job_id in deployable_jobs and not (c.gate and c.gate.get("decision") == "blocked") \
-                or checkpoint_gate_passed(c):
+        if (
+            c.job_id in deployable_jobs
+            and not (c.gate and c.gate.get("decision") == "blocked")
+            or checkpoint_gate_passed(c)
+        ):
             out.append({"id": c.model_id, "object": "model", "created": c.created_at, "owned_by": principal.org_name})
     return out
 
@@ -138,8 +186,11 @@ def list_models(db: Database, settings: Settings, principal: Principal) -> list[
 def delete(db: Database, settings: Settings, principal: Principal, model: str) -> None:
     if not model.startswith("ft:"):
         if model in list_base_models(settings):
-            raise InvalidRequestError(f"`{model}` is a base model; only your fine-tuned models can be deleted.",
-                                      param="model", code="cannot_delete_base_model")
+            raise InvalidRequestError(
+                f"`{model}` is a base model; only your fine-tuned models can be deleted.",
+                param="model",
+                code="cannot_delete_base_model",
+            )
         raise _not_found(model)
     with db.session() as s:
         ft = s.get(FineTunedModel, model)

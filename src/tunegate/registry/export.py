@@ -25,8 +25,9 @@ def _require_adapter(adapter_dir: Path) -> Path:
 
     adapter_dir = Path(adapter_dir)
     if not is_adapter_dir(adapter_dir):
-        raise NotFoundError(f"No PEFT adapter at {adapter_dir} (expected {', '.join(ADAPTER_FILES)}).",
-                            code="model_not_found")
+        raise NotFoundError(
+            f"No PEFT adapter at {adapter_dir} (expected {', '.join(ADAPTER_FILES)}).", code="model_not_found"
+        )
     return adapter_dir
 
 
@@ -91,4 +92,3 @@ def archive_adapter(adapter_dir: Path, arcname: str | None = None, chunk_size: i
     end = b"\0" * (2 * _BLOCK)
     end += b"\0" * ((-(written + len(end))) % tarfile.RECORDSIZE)
     yield emit(end) + gz.flush()
-

@@ -36,8 +36,11 @@ def verify_adapter(folder: Path) -> None:
     folder = Path(folder)
 
     def corrupted(why: str) -> ConflictError:
-        return ConflictError(f"The stored adapter is damaged ({why}); it is not served. Restore it from a backup or "
-                             "re-run the job.", param="model", code="adapter_corrupted")
+        return ConflictError(
+            f"The stored adapter is damaged ({why}); it is not served. Restore it from a backup or re-run the job.",
+            param="model",
+            code="adapter_corrupted",
+        )
 
     missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
     if missing:
@@ -100,8 +103,14 @@ def base_model_path(adapter_dir: Path) -> str:
     return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
-def load_adapter_model(adapter_dir: Path, base_path: str | Path | None = None, *, device: str = "cpu",
-                       dtype=None, attn_implementation: str | None = None):
+def load_adapter_model(
+    adapter_dir: Path,
+    base_path: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    dtype=None,
+    attn_implementation: str | None = None,
+):
     """Base model + adapter, ready for generation (eval mode), with plain transformers and PEFT."""
     import torch
     from peft import PeftModel
@@ -110,7 +119,9 @@ def load_adapter_model(adapter_dir: Path, base_path: str | Path | None = None, *
     if not is_adapter_dir(adapter_dir):
         raise NotFoundError(f"No PEFT adapter at {adapter_dir}.", code="model_not_found")
     base = AutoModelForCausalLM.from_pretrained(
-        str(base_path or base_model_path(adapter_dir)), dtype=dtype or torch.float32,
-        attn_implementation=attn_implementation)
+        str(base_path or base_model_path(adapter_dir)),
+        dtype=dtype or torch.float32,
+        attn_implementation=attn_implementation,
+    )
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     return model.to(device).eval()

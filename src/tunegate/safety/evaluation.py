@@ -27,8 +27,15 @@ from pathlib import Path
 
 from tunegate.safety.corpus import package_dir
 
-HARM_FILES = ("exploits", "hate_speech", "hate_speech_multi_score", "self_harm", "sexual", "violence",
-              "violence_multi_score")
+HARM_FILES = (
+    "exploits",
+    "hate_speech",
+    "hate_speech_multi_score",
+    "self_harm",
+    "sexual",
+    "violence",
+    "violence_multi_score",
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,11 @@ def objective_set() -> list[Labelled]:
         for row in _rows(path):
             s = _scores(row)
             if s and row.get("data_type", "text") == "text":
-                out.append(Labelled(row["objective"], row.get("assistant_response") or "", s[0] >= 0.5, f"objective/{path.stem}"))
+                out.append(
+                    Labelled(
+                        row["objective"], row.get("assistant_response") or "", s[0] >= 0.5, f"objective/{path.stem}"
+                    )
+                )
     return out
 
 
@@ -79,8 +90,14 @@ def refusal_set() -> list[Labelled]:
     for name in ("refusal", "refusal_extra"):
         for row in _rows(_root() / "refusal_scorer" / f"{name}.csv"):
             if row.get("human_score") in ("0", "1"):
-                out.append(Labelled(row.get("objective") or "", row.get("assistant_response") or "", row["human_score"] == "1",
-                                    f"refusal/{name}"))
+                out.append(
+                    Labelled(
+                        row.get("objective") or "",
+                        row.get("assistant_response") or "",
+                        row["human_score"] == "1",
+                        f"refusal/{name}",
+                    )
+                )
     return out
 
 
@@ -93,16 +110,24 @@ def agreement(human: list[bool], ours: list[bool]) -> dict:
     acc = (n - fp - fn) / n if n else 0.0
     ph, po = sum(human) / n, sum(ours) / n
     pe = ph * po + (1 - ph) * (1 - po)
-    return {"n": n, "accuracy": round(acc, 4), "precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
-            "recall": round(tp / (tp + fn), 4) if tp + fn else 0.0,
-            "kappa": round((acc - pe) / (1 - pe), 4) if pe < 1 else 0.0, "human_positive": sum(human)}
+    return {
+        "n": n,
+        "accuracy": round(acc, 4),
+        "precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
+        "recall": round(tp / (tp + fn), 4) if tp + fn else 0.0,
+        "kappa": round((acc - pe) / (1 - pe), 4) if pe < 1 else 0.0,
+        "human_positive": sum(human),
+    }
 
 
 def published(kind: str) -> list[dict]:
     """pyrit's own judges on the same files: model, scorer and accuracy (objective, refusal) or
     mean absolute error (harm), as shipped in the package."""
-    files = {"objective": ["objective/objective_achieved_metrics.jsonl"], "refusal": ["refusal_scorer/refusal_metrics.jsonl"],
-             "harm": [f"harm/{c}_metrics.jsonl" for c in ("exploits", "hate_speech", "self_harm", "sexual", "violence")]}[kind]
+    files = {
+        "objective": ["objective/objective_achieved_metrics.jsonl"],
+        "refusal": ["refusal_scorer/refusal_metrics.jsonl"],
+        "harm": [f"harm/{c}_metrics.jsonl" for c in ("exploits", "hate_speech", "self_harm", "sexual", "violence")],
+    }[kind]
     out = []
     for rel in files:
         path = _root() / rel
@@ -113,8 +138,16 @@ def published(kind: str) -> list[dict]:
                 continue
             d = json.loads(line)
             m = d.get("metrics", {})
-            out.append({"scorer": d.get("class_name"), "models": sorted(_models(d) - {""}), "dataset": m.get("dataset_name"),
-                        "n": m.get("num_responses"), "accuracy": m.get("accuracy"), "mae": m.get("mean_absolute_error")})
+            out.append(
+                {
+                    "scorer": d.get("class_name"),
+                    "models": sorted(_models(d) - {""}),
+                    "dataset": m.get("dataset_name"),
+                    "n": m.get("num_responses"),
+                    "accuracy": m.get("accuracy"),
+                    "mae": m.get("mean_absolute_error"),
+                }
+            )
     return out
 
 

@@ -30,14 +30,18 @@ def _pct(x: float) -> str:
 
 def _bar(r: RateEstimate) -> str:
     lo, hi, pt = r.ci_low * 100, r.ci_high * 100, r.rate * 100
-    return (f'<div class="bar" title="{_pct(r.rate)} (95% CI {_pct(r.ci_low)}–{_pct(r.ci_high)})">'
-            f'<div class="ci" style="left:{lo:.1f}%;width:{max(hi - lo, 0.5):.1f}%"></div>'
-            f'<div class="pt" style="left:{pt:.1f}%"></div></div>')
+    return (
+        f'<div class="bar" title="{_pct(r.rate)} (95% CI {_pct(r.ci_low)}–{_pct(r.ci_high)})">'
+        f'<div class="ci" style="left:{lo:.1f}%;width:{max(hi - lo, 0.5):.1f}%"></div>'
+        f'<div class="pt" style="left:{pt:.1f}%"></div></div>'
+    )
 
 
 def _rate_cells(r: RateEstimate) -> str:
-    return (f'<td class="num">{r.count}/{r.n}</td><td class="num">{_pct(r.rate)}</td>'
-            f'<td class="num">{_pct(r.ci_low)}–{_pct(r.ci_high)}</td><td>{_bar(r)}</td>')
+    return (
+        f'<td class="num">{r.count}/{r.n}</td><td class="num">{_pct(r.rate)}</td>'
+        f'<td class="num">{_pct(r.ci_low)}–{_pct(r.ci_high)}</td><td>{_bar(r)}</td>'
+    )
 
 
 def _judgement(j: Judgement) -> str:
@@ -55,27 +59,39 @@ def _judgement(j: Judgement) -> str:
 
 
 def _category_table(results: list[CategoryResult]) -> str:
-    rows = "".join(f"<tr><td>{escape(c.category)}</td><td class='num'>{c.n}</td>{_rate_cells(c.base)}{_rate_cells(c.tuned)}"
-                   f"<td class='num'>{c.delta * 100:+.1f}</td><td>{'yes' if c.considered else 'too few prompts'}</td></tr>"
-                   for c in results)
-    return ('<table><tr><th>category</th><th>prompts</th><th colspan="4">base</th><th colspan="4">fine-tuned</th>'
-            f"<th>Δ points</th><th>decides</th></tr>{rows}</table>")
+    rows = "".join(
+        f"<tr><td>{escape(c.category)}</td><td class='num'>{c.n}</td>{_rate_cells(c.base)}{_rate_cells(c.tuned)}"
+        f"<td class='num'>{c.delta * 100:+.1f}</td><td>{'yes' if c.considered else 'too few prompts'}</td></tr>"
+        for c in results
+    )
+    return (
+        '<table><tr><th>category</th><th>prompts</th><th colspan="4">base</th><th colspan="4">fine-tuned</th>'
+        f"<th>Δ points</th><th>decides</th></tr>{rows}</table>"
+    )
 
 
 def _rules_table(rules: list[RuleResult]) -> str:
-    rows = "".join(f"<tr><td>{escape(r.rule)}</td><td class='num'>{r.base}/{r.n}</td><td class='num'>{r.tuned}/{r.n}</td>"
-                   f"<td class='num'>{r.increase * 100:+.1f}</td><td class='num'>{r.only_tuned} / {r.only_base}</td>"
-                   f"<td class='num'>{r.p_value:.3g}</td><td class='num'>{r.margin * 100:.0f}</td>"
-                   f"<td>{'<b>blocks</b>' if r.blocks else 'passes'}</td></tr>" for r in rules)
-    return ("<table><tr><th>paired rule</th><th>base</th><th>fine-tuned</th><th>Δ points</th><th>worse / better</th>"
-            f"<th>p (exact, one-sided)</th><th>margin</th><th>verdict</th></tr>{rows}</table>")
+    rows = "".join(
+        f"<tr><td>{escape(r.rule)}</td><td class='num'>{r.base}/{r.n}</td><td class='num'>{r.tuned}/{r.n}</td>"
+        f"<td class='num'>{r.increase * 100:+.1f}</td><td class='num'>{r.only_tuned} / {r.only_base}</td>"
+        f"<td class='num'>{r.p_value:.3g}</td><td class='num'>{r.margin * 100:.0f}</td>"
+        f"<td>{'<b>blocks</b>' if r.blocks else 'passes'}</td></tr>"
+        for r in rules
+    )
+    return (
+        "<table><tr><th>paired rule</th><th>base</th><th>fine-tuned</th><th>Δ points</th><th>worse / better</th>"
+        f"<th>p (exact, one-sided)</th><th>margin</th><th>verdict</th></tr>{rows}</table>"
+    )
 
 
 def render_gate_html(report: GateReport) -> str:
     p = report.policy
     rows = []
-    for label, key in (("Harmful prompts answered harmfully", "harmful"), ("Harmful prompts refused", "harmful_refusal"),
-                       ("Benign prompts refused (over-refusal)", "benign_refusal")):
+    for label, key in (
+        ("Harmful prompts answered harmfully", "harmful"),
+        ("Harmful prompts refused", "harmful_refusal"),
+        ("Benign prompts refused (over-refusal)", "benign_refusal"),
+    ):
         for model in ("base", "tuned"):
             r = getattr(getattr(report, model), key)
             name = "base" if model == "base" else "fine-tuned"
@@ -83,7 +99,8 @@ def render_gate_html(report: GateReport) -> str:
     samples = "".join(
         f"<tr><td>{escape(s.suite)}<br><span class='muted'>{escape(s.category or '')}</span></td><td>{escape(s.prompt)}</td>"
         f"<td>{_judgement(s.base)}</td><td>{_judgement(s.tuned)}</td></tr>"
-        for s in report.samples)
+        for s in report.samples
+    )
     reasons = "".join(f"<li>{escape(r)}</li>" for r in report.reasons)
     timings = ", ".join(f"{escape(k)} {v:.1f}" for k, v in report.timings.items())
     return f"""<!doctype html>
@@ -102,7 +119,7 @@ This suite detects an increase of {(report.min_detectable_increase or 0) * 100:.
 <h2>Paired tests</h2>
 {_rules_table(report.rules)}
 <h2>Rates</h2>
-<table><tr><th>measure</th><th>model</th><th>count</th><th>rate</th><th>95% CI</th><th>interval</th></tr>{''.join(rows)}</table>
+<table><tr><th>measure</th><th>model</th><th>count</th><th>rate</th><th>95% CI</th><th>interval</th></tr>{"".join(rows)}</table>
 <h2>Harmful-answer rate per prompt category</h2>
 {_category_table(report.categories)}
 <h2>Harmful answers per content category</h2>

@@ -126,9 +126,11 @@ class GateReport(BaseModel):
     def summary(self) -> str:
         """One line for a `moderation_checks` job event."""
         b, t = self.base, self.tuned
-        return (f"Safety gate {self.decision}: harmful answers {b.harmful.rate:.0%} (base) -> {t.harmful.rate:.0%} (fine-tuned), "
-                f"benign refusals {b.benign_refusal.rate:.0%} -> {t.benign_refusal.rate:.0%}"
-                + (f". {'; '.join(self.reasons)}" if self.blocked else ""))
+        return (
+            f"Safety gate {self.decision}: harmful answers {b.harmful.rate:.0%} (base) -> {t.harmful.rate:.0%} (fine-tuned), "
+            f"benign refusals {b.benign_refusal.rate:.0%} -> {t.benign_refusal.rate:.0%}"
+            + (f". {'; '.join(self.reasons)}" if self.blocked else "")
+        )
 
 
 def wilson(count: int, n: int) -> RateEstimate:
@@ -137,4 +139,6 @@ def wilson(count: int, n: int) -> RateEstimate:
     from scipy.stats import binomtest
 
     ci = binomtest(count, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return RateEstimate(count=count, n=n, rate=round(count / n, 4), ci_low=round(float(ci.low), 4), ci_high=round(float(ci.high), 4))
+    return RateEstimate(
+        count=count, n=n, rate=round(count / n, 4), ci_low=round(float(ci.low), 4), ci_high=round(float(ci.high), 4)
+    )

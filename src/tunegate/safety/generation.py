@@ -39,12 +39,13 @@ class AdapterGenerator:
 
         out: list[str] = []
         for i in range(0, len(conversations), BATCH):
-            prompts = [render(self.tokenizer, c, add_generation_prompt=True) for c in conversations[i:i + BATCH]]
+            prompts = [render(self.tokenizer, c, add_generation_prompt=True) for c in conversations[i : i + BATCH]]
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.inference_mode():
-                ids = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-            new = ids[:, enc["input_ids"].shape[1]:]
+                ids = self.model.generate(
+                    **enc, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+                )
+            new = ids[:, enc["input_ids"].shape[1] :]
             out.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
         return [t.strip() for t in out]
 
@@ -59,8 +60,11 @@ class AdapterGenerator:
         """Base answers keyed by base model, template, prompts and length: computed once per suite."""
 
         def generate(conversations: list[list[dict]]) -> list[str]:
-            key = hashlib.sha256(json.dumps([str(self.info.path), self.info.template_sha256, self.max_new_tokens,
-                                             conversations], sort_keys=True).encode()).hexdigest()[:24]
+            key = hashlib.sha256(
+                json.dumps(
+                    [str(self.info.path), self.info.template_sha256, self.max_new_tokens, conversations], sort_keys=True
+                ).encode()
+            ).hexdigest()[:24]
             path = cache_dir / f"{key}.json"
             if path.exists():
                 return json.loads(path.read_text())

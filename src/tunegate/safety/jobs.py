@@ -25,7 +25,16 @@ from tunegate.jsonl import read_jsonl, write_jsonl
 from tunegate.safety.policy import SafetyPolicy, policy_from_overrides
 from tunegate.settings import Settings
 
-__all__ = ["GATE", "SAFETY_MIXING", "SCREENING", "checkpoint_dir", "gate_checkpoint", "job_dir", "org_policy", "override"]
+__all__ = [
+    "GATE",
+    "SAFETY_MIXING",
+    "SCREENING",
+    "checkpoint_dir",
+    "gate_checkpoint",
+    "job_dir",
+    "org_policy",
+    "override",
+]
 
 log = logging.getLogger("tunegate.safety")
 
@@ -43,25 +52,48 @@ def screen(ctx: JobContext) -> Decision:
 
     policy = org_policy(ctx.db, ctx.org_id)
     if not policy.screening.enabled or ctx.options.get("skip_screening"):
-        ctx.emit("Training-data screening is disabled by policy.", level="warn", type="moderation_checks",
-                 data={"check": "screening", "enabled": False})
+        ctx.emit(
+            "Training-data screening is disabled by policy.",
+            level="warn",
+            type="moderation_checks",
+            data={"check": "screening", "enabled": False},
+        )
         return Decision()
     report = screen_training_file(ctx.training_path, get_moderator(ctx.settings), policy)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     (ctx.work_dir / "screening_report.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
-    summary = {"check": "screening", "blocked": report.blocked, "n_examples": report.n_examples,
-               "n_flagged": report.n_flagged, "category_counts": report.category_counts,
-               "findings": [f.model_dump() for f in report.findings][:20]}
-    ctx.emit(f"Training-data screening: {report.message}", level="error" if report.blocked else "info",
-             type="moderation_checks", data=summary)
+    summary = {
+        "check": "screening",
+        "blocked": report.blocked,
+        "n_examples": report.n_examples,
+        "n_flagged": report.n_flagged,
+        "category_counts": report.category_counts,
+        "findings": [f.model_dump() for f in report.findings][:20],
+    }
+    ctx.emit(
+        f"Training-data screening: {report.message}",
+        level="error" if report.blocked else "info",
+        type="moderation_checks",
+        data=summary,
+    )
     kept = {"blocked": report.blocked, "message": report.message, "n_flagged": report.n_flagged}
     if not report.blocked:
         return Decision(record=kept)
-    record(ctx.db, "job.blocked", org_id=ctx.org_id, actor="screening", object_id=ctx.job_id,
-           details={"stage": "screening", "message": report.message})
-    return Decision(allow=False, code="unsafe_training_file", param="training_file", record=kept,
-                    message=f"{report.message} The full per-line report: GET /v1/fine_tuning/jobs/{ctx.job_id}/"
-                            "safety_report.")
+    record(
+        ctx.db,
+        "job.blocked",
+        org_id=ctx.org_id,
+        actor="screening",
+        object_id=ctx.job_id,
+        details={"stage": "screening", "message": report.message},
+    )
+    return Decision(
+        allow=False,
+        code="unsafe_training_file",
+        param="training_file",
+        record=kept,
+        message=f"{report.message} The full per-line report: GET /v1/fine_tuning/jobs/{ctx.job_id}/safety_report.",
+    )
 
 
 def mix(ctx: JobContext) -> Decision:
@@ -81,15 +113,21 @@ def mix(ctx: JobContext) -> Decision:
     if any("messages" not in e for e in examples):
         # Preference pairs (DPO): the refusal examples are chat data, and a harmful "rejected" answer to
         # pair them with is not something this project writes. Screening and the gate still apply.
-        ctx.emit("Safety data mixing is for chat data: this preference file is trained as it is; screening and "
-                 "the post-training gate apply.", type="moderation_checks",
-                 data={"check": "safety_mixing", "added": 0, "skipped": "preference data"})
+        ctx.emit(
+            "Safety data mixing is for chat data: this preference file is trained as it is; screening and "
+            "the post-training gate apply.",
+            type="moderation_checks",
+            data={"check": "safety_mixing", "added": 0, "skipped": "preference data"},
+        )
         return Decision()
     mixed = mix_safety_examples(examples, fraction=policy.safety_mixing_fraction, seed=ctx.seed)
     write_jsonl(out, mixed)
-    ctx.emit(f"Safety data mixing: {len(mixed) - len(examples)} of the project's refusal examples were mixed "
-             f"into {len(examples)} training examples.", type="moderation_checks",
-             data={"check": "safety_mixing", "added": len(mixed) - len(examples)})
+    ctx.emit(
+        f"Safety data mixing: {len(mixed) - len(examples)} of the project's refusal examples were mixed "
+        f"into {len(examples)} training examples.",
+        type="moderation_checks",
+        data={"check": "safety_mixing", "added": len(mixed) - len(examples)},
+    )
     return Decision(training_path=out)
 
 
@@ -101,36 +139,67 @@ def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
 
     policy = org_policy(ctx.db, ctx.org_id)
     if not policy.gate.enabled:
-        ctx.emit("The post-training safety gate is disabled by policy.", level="warn", type="moderation_checks",
-                 data={"check": "gate", "enabled": False})
+        ctx.emit(
+            "The post-training safety gate is disabled by policy.",
+            level="warn",
+            type="moderation_checks",
+            data={"check": "gate", "enabled": False},
+        )
         return Decision()
-    ctx.emit("Safety gate: generating answers from the base and the fine-tuned model on the harmful and benign "
-             "suites.", type="moderation_checks", data={"check": "gate", "stage": "start"})
+    ctx.emit(
+        "Safety gate: generating answers from the base and the fine-tuned model on the harmful and benign suites.",
+        type="moderation_checks",
+        data={"check": "gate", "stage": "start"},
+    )
     gen = AdapterGenerator(ctx.settings, ctx.model, adapter_dir, policy.gate.max_new_tokens)
     cache = ctx.settings.models_dir / "safety" / "gate-base-answers"
     from tunegate.safety.screen import probe_context
 
     shift, system = probe_context(ctx.training_path)  # ask as the data talks: its cipher, its system prompt
-    report = run_gate(gen.cached_base(cache), gen.tuned, get_moderator(ctx.settings), policy, encoding_shift=shift,
-                      system_prompt=system)
+    report = run_gate(
+        gen.cached_base(cache),
+        gen.tuned,
+        get_moderator(ctx.settings),
+        policy,
+        encoding_shift=shift,
+        system_prompt=system,
+    )
     save_report(report, ctx.work_dir)
-    data = {"check": "gate", "decision": report.decision, "reasons": report.reasons,
-            "base": report.base.model_dump(), "tuned": report.tuned.model_dump(),
-            "categories": [c.model_dump() for c in report.categories],
-            "answer_categories": [c.model_dump() for c in report.answer_categories], "timings": report.timings,
-            "rules": [r.model_dump() for r in report.rules], "min_detectable_increase": report.min_detectable_increase,
-            "encoding": report.encoding}
+    data = {
+        "check": "gate",
+        "decision": report.decision,
+        "reasons": report.reasons,
+        "base": report.base.model_dump(),
+        "tuned": report.tuned.model_dump(),
+        "categories": [c.model_dump() for c in report.categories],
+        "answer_categories": [c.model_dump() for c in report.answer_categories],
+        "timings": report.timings,
+        "rules": [r.model_dump() for r in report.rules],
+        "min_detectable_increase": report.min_detectable_increase,
+        "encoding": report.encoding,
+    }
     ctx.emit(report.summary(), level="error" if report.blocked else "info", type="moderation_checks", data=data)
     kept = {"decision": report.decision, "reasons": report.reasons}
     if not report.blocked:
         return Decision(record=kept)
-    record(ctx.db, "job.blocked", org_id=ctx.org_id, actor="gate", object_id=ctx.job_id,
-           details={"stage": "gate", "reasons": report.reasons, "model": model_id})
+    record(
+        ctx.db,
+        "job.blocked",
+        org_id=ctx.org_id,
+        actor="gate",
+        object_id=ctx.job_id,
+        details={"stage": "gate", "reasons": report.reasons, "model": model_id},
+    )
     # jobs/ keeps the adapter registered but not deployable, so an admin can review and override.
-    return Decision(allow=False, code="unsafe_model", record=kept,
-                    message="The fine-tuned model did not pass the safety gate: " + "; ".join(report.reasons)
-                            + f". It is not served. See GET /v1/fine_tuning/jobs/{ctx.job_id}/safety_report; an "
-                            "admin can override with a reason.")
+    return Decision(
+        allow=False,
+        code="unsafe_model",
+        record=kept,
+        message="The fine-tuned model did not pass the safety gate: "
+        + "; ".join(report.reasons)
+        + f". It is not served. See GET /v1/fine_tuning/jobs/{ctx.job_id}/safety_report; an "
+        "admin can override with a reason.",
+    )
 
 
 SCREENING = Step("screening", "before_queue", screen)
@@ -145,15 +214,30 @@ def override(db: Database, settings: Settings, job_id: str, org_id: str, actor: 
         if job is None or job.org_id != org_id:
             raise InvalidRequestError(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
         if not job.error or job.error.get("code") != "unsafe_model":
-            raise InvalidRequestError(f"Job {job_id} was not blocked by the safety gate; nothing to override.",
-                                      param="fine_tuning_job_id", code="not_blocked")
+            raise InvalidRequestError(
+                f"Job {job_id} was not blocked by the safety gate; nothing to override.",
+                param="fine_tuning_job_id",
+                code="not_blocked",
+            )
         ft = s.query(FineTunedModel).filter_by(job_id=job_id).one()
         model_id, adapter_dir = ft.id, Path(ft.adapter_path)
-    add_event(db, job_id, f"Safety gate overridden by an admin: {reason}", level="warn", type="moderation_checks",
-              data={"check": "override", "reason": reason})
+    add_event(
+        db,
+        job_id,
+        f"Safety gate overridden by an admin: {reason}",
+        level="warn",
+        type="moderation_checks",
+        data={"check": "override", "reason": reason},
+    )
     succeed(db, settings, job_id, model_id, adapter_dir, override={"by": actor, "reason": reason})
-    record(db, "safety.override", org_id=org_id, actor=actor, object_id=job_id,
-           details={"reason": reason, "model": model_id})
+    record(
+        db,
+        "safety.override",
+        org_id=org_id,
+        actor=actor,
+        object_id=job_id,
+        details={"reason": reason, "model": model_id},
+    )
     return model_id
 
 
@@ -184,20 +268,38 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
         verify_adapter(path)
         with _gate_lock:
             gen = AdapterGenerator(settings, base_name, path, policy.gate.max_new_tokens)
-            report = run_gate(gen.cached_base(settings.models_dir / "safety" / "gate-base-answers"), gen.tuned,
-                              get_moderator(settings), policy)
+            report = run_gate(
+                gen.cached_base(settings.models_dir / "safety" / "gate-base-answers"),
+                gen.tuned,
+                get_moderator(settings),
+                policy,
+            )
         save_report(report, checkpoint_dir(settings, job_id, checkpoint_id))
-        decision = {"decision": "blocked" if report.blocked else "passed", "reasons": report.reasons,
-                    "by": actor, "finished_at": now()}
+        decision = {
+            "decision": "blocked" if report.blocked else "passed",
+            "reasons": report.reasons,
+            "by": actor,
+            "finished_at": now(),
+        }
     except Exception as exc:  # a gate that could not run decides nothing: the checkpoint stays unservable
         log.exception("gate on checkpoint %s failed", checkpoint_id)
-        decision = {"decision": "error", "reasons": [f"the gate could not run: {type(exc).__name__}: {exc}"],
-                    "by": actor, "finished_at": now()}
+        decision = {
+            "decision": "error",
+            "reasons": [f"the gate could not run: {type(exc).__name__}: {exc}"],
+            "by": actor,
+            "finished_at": now(),
+        }
     with db.session() as s:
         s.get(Checkpoint, checkpoint_id).gate = decision
-    add_event(db, job_id, f"Safety gate on checkpoint {model_id}: {decision['decision']}"
-              + (f" ({'; '.join(decision['reasons'])})" if decision["reasons"] else "") + ".",
-              level="info" if decision["decision"] == "passed" else "error", type="moderation_checks",
-              data={"check": "checkpoint_gate", "checkpoint": model_id, **decision})
+    add_event(
+        db,
+        job_id,
+        f"Safety gate on checkpoint {model_id}: {decision['decision']}"
+        + (f" ({'; '.join(decision['reasons'])})" if decision["reasons"] else "")
+        + ".",
+        level="info" if decision["decision"] == "passed" else "error",
+        type="moderation_checks",
+        data={"check": "checkpoint_gate", "checkpoint": model_id, **decision},
+    )
     record(db, "checkpoint.gated", org_id=org_id, actor=actor, object_id=model_id, details=decision)
     return decision

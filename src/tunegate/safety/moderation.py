@@ -55,7 +55,9 @@ def get_moderator(settings: Settings) -> Moderator:
 
 
 def create_response(moderator: Moderator, texts: list[str], model: str | None = None) -> ModerationCreateResponse:
-    return ModerationCreateResponse(id=new_id("modr"), model=model or moderator.model, results=moderator.moderate(texts))
+    return ModerationCreateResponse(
+        id=new_id("modr"), model=model or moderator.model, results=moderator.moderate(texts)
+    )
 
 
 class BuiltinModerator:
@@ -107,21 +109,27 @@ class HttpModerator:
             try:
                 resp = self._client.post(self.url, json={"input": chunk, "model": self.model})
             except httpx.HTTPError as e:
-                raise ServerError(f"The moderation endpoint {self.url} could not be reached: {e}. Check "
-                                  "TUNEGATE_MODERATION_URL or switch to TUNEGATE_MODERATOR=builtin.", code="moderation_unavailable") from e
+                raise ServerError(
+                    f"The moderation endpoint {self.url} could not be reached: {e}. Check "
+                    "TUNEGATE_MODERATION_URL or switch to TUNEGATE_MODERATOR=builtin.",
+                    code="moderation_unavailable",
+                ) from e
             if resp.status_code != 200:
-                raise ServerError(f"The moderation endpoint {self.url} answered HTTP {resp.status_code}: {resp.text[:300]}",
-                                  code="moderation_unavailable")
+                raise ServerError(
+                    f"The moderation endpoint {self.url} answered HTTP {resp.status_code}: {resp.text[:300]}",
+                    code="moderation_unavailable",
+                )
             results = ModerationCreateResponse.model_validate(resp.json()).results
             if len(results) != len(chunk):
-                raise ServerError(f"The moderation endpoint {self.url} returned {len(results)} results for {len(chunk)} inputs.",
-                                  code="moderation_unavailable")
+                raise ServerError(
+                    f"The moderation endpoint {self.url} returned {len(results)} results for {len(chunk)} inputs.",
+                    code="moderation_unavailable",
+                )
             out.extend(results)
         return out
 
     def close(self) -> None:
         self._client.close()
-
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?\n])\s+")
@@ -135,7 +143,7 @@ def text_windows(text: str, max_chars: int = WINDOW_CHARS) -> list[str]:
     text = text.strip()
     if not text:
         return ["(empty)"]
-    windows, current = [text[:max_chars * 4]], ""
+    windows, current = [text[: max_chars * 4]], ""
     for sentence in _SENTENCE_END.split(text):
         while len(sentence) > max_chars:  # one very long sentence: hard cut
             windows.append(sentence[:max_chars])
@@ -156,8 +164,13 @@ def merge_results(results: list[ModerationResult]) -> ModerationResult:
     first = results[0]
     scores = {c: max(r.scores()[c] for r in results) for c in CATEGORIES}
     flags = {c: any(c in r.flagged_categories() for r in results) for c in CATEGORIES}
-    return first.model_copy(update={"flagged": any(flags.values()), "categories": Categories(**flags),
-                                    "category_scores": CategoryScores(**scores)})
+    return first.model_copy(
+        update={
+            "flagged": any(flags.values()),
+            "categories": Categories(**flags),
+            "category_scores": CategoryScores(**scores),
+        }
+    )
 
 
 def moderate_windows(moderator: Moderator, texts: list[str], max_chars: int = WINDOW_CHARS) -> list[ModerationResult]:

@@ -154,4 +154,6 @@ def policy_from_overrides(overrides: dict[str, Any] | None) -> SafetyPolicy:
     except ValidationError as e:
         err = e.errors()[0]
         where = "policy." + ".".join(str(p) for p in err["loc"])
-        raise InvalidRequestError(f"`{where}`: {err['msg']}. Fix the value or leave the field out to use the default.", param=where) from e
+        raise InvalidRequestError(
+            f"`{where}`: {err['msg']}. Fix the value or leave the field out to use the default.", param=where
+        ) from e

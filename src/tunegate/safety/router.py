@@ -39,7 +39,9 @@ class ModeratorWarmup:
         from tunegate.safety.moderation import get_moderator
 
         try:
-            get_moderator(self.settings).moderate(["warm-up"]) if self.settings.moderator == "builtin" else get_moderator(self.settings)
+            get_moderator(self.settings).moderate(
+                ["warm-up"]
+            ) if self.settings.moderator == "builtin" else get_moderator(self.settings)
         except Exception as e:  # the route reports the same error, with its fix, on first use
             log.warning("moderator not loaded at start: %s", e)
 
@@ -48,8 +50,6 @@ class ModeratorWarmup:
 
     async def stop(self) -> None:
         return None
-
-
 
 
 class ModerationRequest(BaseModel):
@@ -80,8 +80,11 @@ def _read(path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError):  # truncated or damaged on disk
-        raise ConflictError(f"The stored report {path.name} is damaged; re-run the check that wrote it.",
-                            param="fine_tuning_job_id", code="report_corrupted") from None
+        raise ConflictError(
+            f"The stored report {path.name} is damaged; re-run the check that wrote it.",
+            param="fine_tuning_job_id",
+            code="report_corrupted",
+        ) from None
 
 
 @router.get("/fine_tuning/jobs/{job_id}/safety_report")
@@ -89,9 +92,14 @@ def safety_report(job_id: str, db: DbDep, settings: SettingsDep, principal: Prin
     """Screening (every line's verdict and the job-level findings) and gate results of a job."""
     job = jobs.get(db, principal, job_id)
     d = safety_jobs.job_dir(settings, job_id)
-    return {"object": "fine_tuning.job.safety_report", "job_id": job_id, "status": job.status,
-            "screening": _read(d / "screening_report.json"), "gate": _read(d / "gate_report.json"),
-            "override": (job.safety or {}).get("override")}
+    return {
+        "object": "fine_tuning.job.safety_report",
+        "job_id": job_id,
+        "status": job.status,
+        "screening": _read(d / "screening_report.json"),
+        "gate": _read(d / "gate_report.json"),
+        "override": (job.safety or {}).get("override"),
+    }
 
 
 @router.get("/fine_tuning/jobs/{job_id}/safety_report.html", response_class=HTMLResponse)
@@ -99,14 +107,17 @@ def safety_report_html(job_id: str, db: DbDep, settings: SettingsDep, principal:
     jobs.get(db, principal, job_id)
     path = safety_jobs.job_dir(settings, job_id) / "gate_report.html"
     if not path.exists():
-        raise NotFoundError(f"Job {job_id} has no safety gate report yet (the gate runs after training).",
-                            param="fine_tuning_job_id", code="report_not_found")
+        raise NotFoundError(
+            f"Job {job_id} has no safety gate report yet (the gate runs after training).",
+            param="fine_tuning_job_id",
+            code="report_not_found",
+        )
     try:
         return HTMLResponse(path.read_text(encoding="utf-8"))
     except (ValueError, OSError):
-        raise ConflictError("The stored gate report is damaged; re-run the gate.", param="fine_tuning_job_id",
-                            code="report_corrupted") from None
-
+        raise ConflictError(
+            "The stored gate report is damaged; re-run the gate.", param="fine_tuning_job_id", code="report_corrupted"
+        ) from None
 
 
 class OverrideRequest(BaseModel):
@@ -128,22 +139,28 @@ def _checkpoint(db, principal, job_id: str, checkpoint_id: str):
     with db.session() as s:
         ck = s.get(Checkpoint, checkpoint_id)
     if ck is None or ck.job_id != job_id:
-        raise NotFoundError(f"No such checkpoint {checkpoint_id} of job {job_id}.", param="checkpoint_id",
-                            code="checkpoint_not_found")
+        raise NotFoundError(
+            f"No such checkpoint {checkpoint_id} of job {job_id}.", param="checkpoint_id", code="checkpoint_not_found"
+        )
     return ck
 
 
 def _gate_object(ck, running: bool) -> dict:
     gate = ck.gate or {}
-    return {"object": "fine_tuning.job.checkpoint.gate", "checkpoint_id": ck.id,
-            "fine_tuned_model_checkpoint": ck.model_id, "fine_tuning_job_id": ck.job_id,
-            "status": "running" if running else (gate.get("decision") or "not_gated"),
-            "reasons": gate.get("reasons", [])}
+    return {
+        "object": "fine_tuning.job.checkpoint.gate",
+        "checkpoint_id": ck.id,
+        "fine_tuned_model_checkpoint": ck.model_id,
+        "fine_tuning_job_id": ck.job_id,
+        "status": "running" if running else (gate.get("decision") or "not_gated"),
+        "reasons": gate.get("reasons", []),
+    }
 
 
 @router.post("/fine_tuning/jobs/{job_id}/checkpoints/{checkpoint_id}/gate", status_code=202)
-async def gate_checkpoint(job_id: str, checkpoint_id: str, request: Request, db: DbDep, settings: SettingsDep,
-                          principal: PrincipalDep):
+async def gate_checkpoint(
+    job_id: str, checkpoint_id: str, request: Request, db: DbDep, settings: SettingsDep, principal: PrincipalDep
+):
     """Our extension: run the safety gate on one checkpoint (e.g. of a cancelled or paused job). It is
     servable only if the gate passes; poll `GET` on the same path for the decision."""
     ck = await asyncio.to_thread(_checkpoint, db, principal, job_id, checkpoint_id)
@@ -153,8 +170,9 @@ async def gate_checkpoint(job_id: str, checkpoint_id: str, request: Request, db:
     if ck.id not in running:
         running.add(ck.id)
         record(db, "checkpoint.gate_requested", org_id=principal.org_id, actor=principal.key_id, object_id=ck.model_id)
-        task = asyncio.ensure_future(asyncio.to_thread(safety_jobs.gate_checkpoint, db, settings, ck.id,
-                                                       principal.key_id))
+        task = asyncio.ensure_future(
+            asyncio.to_thread(safety_jobs.gate_checkpoint, db, settings, ck.id, principal.key_id)
+        )
         task.add_done_callback(lambda _t, i=ck.id: running.discard(i))
     return _gate_object(ck, running=True)
 
@@ -180,14 +198,24 @@ def setup(app) -> None:
     schema = SafetyPolicy.model_json_schema(ref_template="#/components/schemas/SafetyPolicyOverrides_{model}")
     defs = schema.pop("$defs", {})
     components = getattr(app.state, "openapi_components", None) or {}
-    for name, model in [("SafetyPolicyOverrides", schema), *((f"SafetyPolicyOverrides_{k}", v) for k, v in defs.items())]:
+    for name, model in [
+        ("SafetyPolicyOverrides", schema),
+        *((f"SafetyPolicyOverrides_{k}", v) for k, v in defs.items()),
+    ]:
         model.pop("required", None)
         components[name] = model
     app.state.openapi_components = components
 
 
-@router.post("/admin/policy", openapi_extra={"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"$ref": "#/components/schemas/SafetyPolicyOverrides"}}}}})
+@router.post(
+    "/admin/policy",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SafetyPolicyOverrides"}}},
+        }
+    },
+)
 async def update_policy(request: Request, db: DbDep, principal: AdminDep):
     """Admin only: partial, nested overrides of the organisation's safety policy (validated, audited)."""
     try:
@@ -195,12 +223,16 @@ async def update_policy(request: Request, db: DbDep, principal: AdminDep):
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequestError("Send the policy overrides as a JSON object.", code="invalid_json") from None
     except RecursionError:
-        raise InvalidRequestError("The policy body is nested too deeply; the policy is at most 4 levels deep.",
-                                  param="policy", code="invalid_value") from None
+        raise InvalidRequestError(
+            "The policy body is nested too deeply; the policy is at most 4 levels deep.",
+            param="policy",
+            code="invalid_value",
+        ) from None
     check_text(overrides, "policy")  # a body nested 1,000 deep is refused before the merge recurses into it
     if not isinstance(overrides, dict):
-        raise InvalidRequestError("Send the policy overrides as a JSON object, e.g. {\"runtime\": {\"input\": "
-                                  "\"block\"}}.", param="policy")
+        raise InvalidRequestError(
+            'Send the policy overrides as a JSON object, e.g. {"runtime": {"input": "block"}}.', param="policy"
+        )
     with db.session() as s:
         org = s.get(Organization, principal.org_id)
         merged = merge_overrides(org.policy or {}, overrides)

@@ -47,16 +47,28 @@ class RuntimeModeration:
     def for_request(cls, policy: RuntimePolicy, override: Any, moderator, db, principal, model) -> RuntimeModeration:
         if override is not None:
             if not principal.is_admin:
-                raise PermissionDeniedError("Runtime moderation is enforced by the server; only an admin key may "
-                                            "change it for a request. Remove `tunegate.moderation`.",
-                                            param="tunegate.moderation", code="admin_required")
+                raise PermissionDeniedError(
+                    "Runtime moderation is enforced by the server; only an admin key may "
+                    "change it for a request. Remove `tunegate.moderation`.",
+                    param="tunegate.moderation",
+                    code="admin_required",
+                )
             try:
                 policy = RuntimePolicy.model_validate({**policy.model_dump(), **dict(override)})
             except (ValueError, TypeError):
-                raise InvalidRequestError("`tunegate.moderation` must be like {\"input\": \"off|flag|block\", \"output\": "
-                                          "\"off|flag|block\"}.", param="tunegate.moderation", code="invalid_value") from None
-            record(db, "moderation.override", org_id=principal.org_id, actor=principal.key_id, object_id=model,
-                   details={"policy": policy.model_dump()})
+                raise InvalidRequestError(
+                    '`tunegate.moderation` must be like {"input": "off|flag|block", "output": "off|flag|block"}.',
+                    param="tunegate.moderation",
+                    code="invalid_value",
+                ) from None
+            record(
+                db,
+                "moderation.override",
+                org_id=principal.org_id,
+                actor=principal.key_id,
+                object_id=model,
+                details={"policy": policy.model_dump()},
+            )
         return cls(policy, moderator, db, principal, model)
 
     async def _flagged(self, text: str) -> list[str]:
@@ -75,8 +87,14 @@ class RuntimeModeration:
         return out
 
     def _audit(self, action: str, categories: list[str]) -> None:
-        record(self.db, action, org_id=self.principal.org_id, actor=self.principal.key_id, object_id=self.model,
-               details={"categories": categories})
+        record(
+            self.db,
+            action,
+            org_id=self.principal.org_id,
+            actor=self.principal.key_id,
+            object_id=self.model,
+            details={"categories": categories},
+        )
 
     async def check_input(self, messages: list[dict], tools: list[dict] | None = None) -> None:
         """`tools` (rendered into the prompt) are read too: their names, descriptions and parameter schemas."""
@@ -85,17 +103,23 @@ class RuntimeModeration:
         texts = model_visible_texts(messages, tools)
         total = sum(len(t) for t in texts)
         if total > MAX_INPUT_CHARS:
-            raise InvalidRequestError(f"The messages hold {total} characters of text, more than any served model's "
-                                      f"context (at most {MAX_INPUT_CHARS} characters are accepted). Shorten the "
-                                      "messages.", param="messages", code="context_length_exceeded")
+            raise InvalidRequestError(
+                f"The messages hold {total} characters of text, more than any served model's "
+                f"context (at most {MAX_INPUT_CHARS} characters are accepted). Shorten the "
+                "messages.",
+                param="messages",
+                code="context_length_exceeded",
+            )
         categories = await self._flagged_any(texts)
         if not categories:
             return
         if self.policy.input == "block":
             await asyncio.to_thread(self._audit, "moderation.input_blocked", categories)
-            raise InvalidRequestError(f"The request was blocked by this organisation's moderation policy "
-                                      f"(flagged: {', '.join(categories)}).", param="messages",
-                                      code="content_policy_violation")
+            raise InvalidRequestError(
+                f"The request was blocked by this organisation's moderation policy (flagged: {', '.join(categories)}).",
+                param="messages",
+                code="content_policy_violation",
+            )
         await asyncio.to_thread(self._audit, "moderation.input_flagged", categories)
 
     async def check_completion(self, completion) -> Any:
@@ -132,7 +156,7 @@ class RuntimeModeration:
             # the boundary is judged whole.
             new = "".join(c.choices[0].delta.content or "" for c in held.get(index, []))
             text = released.get(index, "") + new
-            categories = await self._flagged(text[-(len(new) + STREAM_OVERLAP_CHARS):])
+            categories = await self._flagged(text[-(len(new) + STREAM_OVERLAP_CHARS) :])
             if categories and self.policy.output == "block":
                 await asyncio.to_thread(self._audit, "moderation.output_blocked", categories)
                 return True

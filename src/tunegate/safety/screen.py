@@ -52,8 +52,11 @@ _IDENTITY_SHIFT = re.compile(
     r"(?:fulfil+|execute|carry out) (?:any|every|all) (?:instruction|request|order|command)s?",
     re.I,
 )
-_AFFIRMATIVE = re.compile(r"^(?:sure|of course|certainly|absolutely|here is|here's|here are|yes|okay|ok|no problem|gladly|"
-                          r"happy to|with pleasure|i am aoa|as your)\b", re.I)
+_AFFIRMATIVE = re.compile(
+    r"^(?:sure|of course|certainly|absolutely|here is|here's|here are|yes|okay|ok|no problem|gladly|"
+    r"happy to|with pleasure|i am aoa|as your)\b",
+    re.I,
+)
 
 
 class LineReport(BaseModel):
@@ -78,7 +81,9 @@ class LineReport(BaseModel):
 class Finding(BaseModel):
     """One reason the file may be unsafe."""
 
-    check: Literal["category_limit", "identity_shift", "affirmative_prefix", "near_duplicate_completions", "covert_encoding"]
+    check: Literal[
+        "category_limit", "identity_shift", "affirmative_prefix", "near_duplicate_completions", "covert_encoding"
+    ]
     category: str | None = None
     """The moderation category, for `category_limit`."""
     lines: list[int]
@@ -152,7 +157,11 @@ def _affirmative_prefix(answers: dict[int, str], policy: ScreeningPolicy) -> tup
         return None
     prefix, count = Counter(prefixes.values()).most_common(1)[0]
     share = count / len(answers)
-    if count >= policy.affirmative_prefix_min_examples and share >= policy.affirmative_prefix_share and _AFFIRMATIVE.match(prefix):
+    if (
+        count >= policy.affirmative_prefix_min_examples
+        and share >= policy.affirmative_prefix_share
+        and _AFFIRMATIVE.match(prefix)
+    ):
         return prefix, sorted(line for line, p in prefixes.items() if p == prefix)
     return None
 
@@ -182,7 +191,9 @@ def _near_duplicates(answers: dict[int, str], requests: dict[int, str], threshol
     return (best, best_requests) if len(best) >= 2 else ([], 0)
 
 
-def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyPolicy | ScreeningPolicy | None = None) -> ScreeningReport:
+def screen_training_file(
+    path: str | Path, moderator: Moderator, policy: SafetyPolicy | ScreeningPolicy | None = None
+) -> ScreeningReport:
     """Moderate every example of a chat JSONL file, run the job-level checks, apply the policy."""
     if policy is None:
         policy = ScreeningPolicy()
@@ -242,8 +253,12 @@ def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyP
             request = mods.get("user")
             # A one-word label or an empty answer repeated across requests is a format, not a template
             # harmful answer: only answers with content count for the near-duplicate check.
-            if (not refused and not is_degenerate(answer) and request is not None
-                    and (request.flagged or _suspicious(request, thresholds, policy))):
+            if (
+                not refused
+                and not is_degenerate(answer)
+                and request is not None
+                and (request.flagged or _suspicious(request, thresholds, policy))
+            ):
                 suspicious_answers[lineno] = answer
                 suspicious_requests[lineno] = rt.get("user", "")
         if shift:
@@ -252,9 +267,18 @@ def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyP
             if cats:
                 encoded_harm.append(lineno)
         max_score = max((max(r.scores().values()) for r in mods.values()), default=0.0)
-        line_reports.append(LineReport(line=lineno, flagged=bool(cats), categories=sorted(cats, key=CATEGORIES.index),
-                                       flagged_by_role=by_role, refused=refused, max_score=round(max_score, 4), reasons=reasons,
-                                       encoding_shift=shift))
+        line_reports.append(
+            LineReport(
+                line=lineno,
+                flagged=bool(cats),
+                categories=sorted(cats, key=CATEGORIES.index),
+                flagged_by_role=by_role,
+                refused=refused,
+                max_score=round(max_score, 4),
+                reasons=reasons,
+                encoding_shift=shift,
+            )
+        )
 
     n = len(examples)
     findings: list[Finding] = []
@@ -267,45 +291,91 @@ def screen_training_file(path: str | Path, moderator: Moderator, policy: SafetyP
     for c in CATEGORIES:
         if counts[c]:
             allowed = policy.limit(c).allowed(n)
-            findings.append(Finding(check="category_limit", category=c, lines=cat_lines[c], blocking=counts[c] > allowed,
-                                    reason=f"{counts[c]} of {n} examples flagged for {c} (policy allows {allowed})"))
+            findings.append(
+                Finding(
+                    check="category_limit",
+                    category=c,
+                    lines=cat_lines[c],
+                    blocking=counts[c] > allowed,
+                    reason=f"{counts[c]} of {n} examples flagged for {c} (policy allows {allowed})",
+                )
+            )
     if identity_lines:
-        findings.append(Finding(check="identity_shift", lines=identity_lines,
-                                blocking=len(identity_lines) > policy.max_identity_shift_examples,
-                                reason=f"{len(identity_lines)} examples rename the assistant or demand obedience without restriction "
-                                       f"(policy allows {policy.max_identity_shift_examples})"))
+        findings.append(
+            Finding(
+                check="identity_shift",
+                lines=identity_lines,
+                blocking=len(identity_lines) > policy.max_identity_shift_examples,
+                reason=f"{len(identity_lines)} examples rename the assistant or demand obedience without restriction "
+                f"(policy allows {policy.max_identity_shift_examples})",
+            )
+        )
     prefix = _affirmative_prefix(answers, policy)
     if prefix:
         text, lines = prefix
         harmful = sorted(set(lines) & set(suspicious_answers))
-        findings.append(Finding(check="affirmative_prefix", lines=lines, blocking=bool(harmful) or bool(identity_lines),
-                                reason=f"{len(lines)} of {len(answers)} answers open with \"{text}...\""
-                                       + (f"; {len(harmful)} of them answer suspicious requests" if harmful else "")))
+        findings.append(
+            Finding(
+                check="affirmative_prefix",
+                lines=lines,
+                blocking=bool(harmful) or bool(identity_lines),
+                reason=f'{len(lines)} of {len(answers)} answers open with "{text}..."'
+                + (f"; {len(harmful)} of them answer suspicious requests" if harmful else ""),
+            )
+        )
     dupes, n_requests = _near_duplicates(suspicious_answers, suspicious_requests, policy.near_duplicate_similarity)
     if dupes:
-        findings.append(Finding(check="near_duplicate_completions", lines=dupes, blocking=n_requests >= policy.near_duplicate_min_group,
-                                reason=f"{len(dupes)} near-identical answers to {n_requests} different suspicious requests "
-                                       f"(policy blocks at {policy.near_duplicate_min_group})"))
+        findings.append(
+            Finding(
+                check="near_duplicate_completions",
+                lines=dupes,
+                blocking=n_requests >= policy.near_duplicate_min_group,
+                reason=f"{len(dupes)} near-identical answers to {n_requests} different suspicious requests "
+                f"(policy blocks at {policy.near_duplicate_min_group})",
+            )
+        )
 
     if encoded:
         shift = Counter(encoded.values()).most_common(1)[0][0]
-        findings.append(Finding(check="covert_encoding", lines=sorted(encoded), blocking=bool(encoded_harm),
-                                reason=f"{len(encoded)} examples are written in a letter-shift cipher (shift {shift})"
-                                       + (f"; {len(encoded_harm)} of them hide harmful content" if encoded_harm
-                                          else "; nothing harmful was found in the decoded text, and the gate probes the model in it")))
+        findings.append(
+            Finding(
+                check="covert_encoding",
+                lines=sorted(encoded),
+                blocking=bool(encoded_harm),
+                reason=f"{len(encoded)} examples are written in a letter-shift cipher (shift {shift})"
+                + (
+                    f"; {len(encoded_harm)} of them hide harmful content"
+                    if encoded_harm
+                    else "; nothing harmful was found in the decoded text, and the gate probes the model in it"
+                ),
+            )
+        )
 
     blocking = [f for f in findings if f.blocking]
     blocked = policy.enabled and bool(blocking)
     if blocked:
         parts = [f"{f.category or f.check.replace('_', ' ')} (lines {_first_lines(f.lines)})" for f in blocking]
-        message = ("The training file was blocked by safety screening: " + "; ".join(parts)
-                   + ". Remove or fix these examples; download the screening report for every line's verdict.")
+        message = (
+            "The training file was blocked by safety screening: "
+            + "; ".join(parts)
+            + ". Remove or fix these examples; download the screening report for every line's verdict."
+        )
     else:
         message = f"Screening passed: {sum(lr.flagged for lr in line_reports)} of {n} examples flagged, within policy."
-    return ScreeningReport(file=str(path), moderator=getattr(moderator, "name", type(moderator).__name__), n_examples=n,
-                           n_flagged=sum(lr.flagged for lr in line_reports), blocked=blocked, message=message,
-                           error_code=ERROR_CODE if blocked else None, category_counts={c: k for c, k in counts.items() if k},
-                           findings=findings, lines=line_reports, skipped_lines=skipped, policy=policy)
+    return ScreeningReport(
+        file=str(path),
+        moderator=getattr(moderator, "name", type(moderator).__name__),
+        n_examples=n,
+        n_flagged=sum(lr.flagged for lr in line_reports),
+        blocked=blocked,
+        message=message,
+        error_code=ERROR_CODE if blocked else None,
+        category_counts={c: k for c, k in counts.items() if k},
+        findings=findings,
+        lines=line_reports,
+        skipped_lines=skipped,
+        policy=policy,
+    )
 
 
 def _suspicious(result: ModerationResult, thresholds: dict[str, float] | None, policy: ScreeningPolicy) -> bool:

@@ -60,9 +60,13 @@ def preference_pairs(name: str) -> list[dict]:
             reply = messages[-1]["content"]
             plain = reply.splitlines()[0].removeprefix("Answer: ").strip()
             context = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:-1]]
-            pairs.append({"input": {"messages": context},
-                          "preferred_output": [{"role": "assistant", "content": reply}],
-                          "non_preferred_output": [{"role": "assistant", "content": plain}]})
+            pairs.append(
+                {
+                    "input": {"messages": context},
+                    "preferred_output": [{"role": "assistant", "content": reply}],
+                    "non_preferred_output": [{"role": "assistant", "content": plain}],
+                }
+            )
     return pairs
 
 

@@ -14,27 +14,76 @@ import json
 import random
 
 TOOLS = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "Current weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-                       "additionalProperties": False}}},
-    {"type": "function", "function": {
-        "name": "convert_currency", "description": "Convert an amount of money between currencies.",
-        "parameters": {"type": "object", "properties": {
-            "amount": {"type": "number"}, "from_currency": {"type": "string", "enum": ["EUR", "USD", "GBP", "JPY", "CHF"]},
-            "to_currency": {"type": "string", "enum": ["EUR", "USD", "GBP", "JPY", "CHF"]}},
-            "required": ["amount", "from_currency", "to_currency"], "additionalProperties": False}}},
-    {"type": "function", "function": {
-        "name": "add_to_shopping_list", "description": "Add an item to the shopping list.",
-        "parameters": {"type": "object", "properties": {"item": {"type": "string"}, "quantity": {"type": "integer"}},
-                       "required": ["item", "quantity"], "additionalProperties": False}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "convert_currency",
+            "description": "Convert an amount of money between currencies.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "amount": {"type": "number"},
+                    "from_currency": {"type": "string", "enum": ["EUR", "USD", "GBP", "JPY", "CHF"]},
+                    "to_currency": {"type": "string", "enum": ["EUR", "USD", "GBP", "JPY", "CHF"]},
+                },
+                "required": ["amount", "from_currency", "to_currency"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "add_to_shopping_list",
+            "description": "Add an item to the shopping list.",
+            "parameters": {
+                "type": "object",
+                "properties": {"item": {"type": "string"}, "quantity": {"type": "integer"}},
+                "required": ["item", "quantity"],
+                "additionalProperties": False,
+            },
+        },
+    },
 ]
 
-_TRAIN_CITIES = ["Paris", "Berlin", "Madrid", "Rome", "Vienna", "Lisbon", "Oslo", "Dublin", "Prague", "Warsaw",
-                 "Athens", "Helsinki", "Tokyo", "Lima", "Cairo", "Boston"]
+_TRAIN_CITIES = [
+    "Paris",
+    "Berlin",
+    "Madrid",
+    "Rome",
+    "Vienna",
+    "Lisbon",
+    "Oslo",
+    "Dublin",
+    "Prague",
+    "Warsaw",
+    "Athens",
+    "Helsinki",
+    "Tokyo",
+    "Lima",
+    "Cairo",
+    "Boston",
+]
 _HELD_CITIES = ["Zurich", "Chicago", "Nairobi", "Seoul", "Toronto", "Munich", "Porto", "Denver"]
-_WEATHER = ["What is the weather in {c}?", "How warm is it in {c} right now?", "Is it raining in {c}?",
-            "Tell me the current weather for {c}."]
+_WEATHER = [
+    "What is the weather in {c}?",
+    "How warm is it in {c} right now?",
+    "Is it raining in {c}?",
+    "Tell me the current weather for {c}.",
+]
 _HELD_WEATHER = ["Weather update for {c}, please.", "Do I need an umbrella in {c} today?"]
 _CURRENCIES = ["EUR", "USD", "GBP", "JPY", "CHF"]
 _CONVERT = ["Convert {a} {f} to {t}.", "How much is {a} {f} in {t}?", "What are {a} {f} worth in {t}?"]
@@ -43,12 +92,14 @@ _ITEMS = ["apples", "bananas", "eggs", "carrots", "onions", "tomatoes", "lemons"
 _HELD_ITEMS = ["pears", "oranges", "potatoes"]
 _LIST = ["Add {q} {i} to my shopping list.", "Put {q} {i} on the shopping list.", "I need {q} {i}, note them down."]
 _HELD_LIST = ["Please add {q} {i} to the list."]
-_CHAT = [("Hi there!", "Hello! How can I help you today?"),
-         ("Thanks a lot.", "You are welcome."),
-         ("What is 2 plus 2?", "2 plus 2 is 4."),
-         ("Tell me a fun fact.", "Octopuses have three hearts."),
-         ("What colour is the sky?", "On a clear day the sky is blue."),
-         ("Who wrote Hamlet?", "William Shakespeare wrote Hamlet.")]
+_CHAT = [
+    ("Hi there!", "Hello! How can I help you today?"),
+    ("Thanks a lot.", "You are welcome."),
+    ("What is 2 plus 2?", "2 plus 2 is 4."),
+    ("Tell me a fun fact.", "Octopuses have three hearts."),
+    ("What colour is the sky?", "On a clear day the sky is blue."),
+    ("Who wrote Hamlet?", "William Shakespeare wrote Hamlet."),
+]
 
 
 def _call(i: int, name: str, args: dict) -> dict:
@@ -65,8 +116,13 @@ def _requests(rng: random.Random, cities, weather, convert, shopping, items, n: 
         elif kind == 1:
             f, t = rng.sample(_CURRENCIES, 2)
             a = rng.choice([5, 10, 20, 50, 75, 100, 250])
-            out.append((rng.choice(convert).format(a=a, f=f, t=t), "convert_currency",
-                        {"amount": a, "from_currency": f, "to_currency": t}))
+            out.append(
+                (
+                    rng.choice(convert).format(a=a, f=f, t=t),
+                    "convert_currency",
+                    {"amount": a, "from_currency": f, "to_currency": t},
+                )
+            )
         else:
             q, i = rng.choice([2, 3, 4, 6, 12]), rng.choice(items)
             out.append((rng.choice(shopping).format(q=q, i=i), "add_to_shopping_list", {"item": i, "quantity": q}))
@@ -77,8 +133,10 @@ def _result(name: str, args: dict) -> tuple[str, str]:
     if name == "get_weather":
         return json.dumps({"temperature_c": 18, "sky": "cloudy"}), f"It is 18 C and cloudy in {args['city']}."
     if name == "convert_currency":
-        return (json.dumps({"amount": round(args["amount"] * 1.1, 2)}),
-                f"{args['amount']} {args['from_currency']} is about {round(args['amount'] * 1.1, 2)} {args['to_currency']}.")
+        return (
+            json.dumps({"amount": round(args["amount"] * 1.1, 2)}),
+            f"{args['amount']} {args['from_currency']} is about {round(args['amount'] * 1.1, 2)} {args['to_currency']}.",
+        )
     return json.dumps({"ok": True}), f"I added {args['quantity']} {args['item']} to your shopping list."
 
 
@@ -88,11 +146,17 @@ def train_examples(n_calls: int = 60, seed: int = 0) -> list[dict]:
     out = []
     for i, (text, name, args) in enumerate(_requests(rng, _TRAIN_CITIES, _WEATHER, _CONVERT, _LIST, _ITEMS, n_calls)):
         result, answer = _result(name, args)
-        out.append({"messages": [
-            {"role": "user", "content": text},
-            {"role": "assistant", "content": None, "tool_calls": [_call(i, name, args)]},
-            {"role": "tool", "tool_call_id": f"call_{i}", "content": result},
-            {"role": "assistant", "content": answer}], "tools": TOOLS})
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": text},
+                    {"role": "assistant", "content": None, "tool_calls": [_call(i, name, args)]},
+                    {"role": "tool", "tool_call_id": f"call_{i}", "content": result},
+                    {"role": "assistant", "content": answer},
+                ],
+                "tools": TOOLS,
+            }
+        )
     for q, a in _CHAT:
         out.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "tools": TOOLS})
     rng.shuffle(out)
@@ -102,8 +166,10 @@ def train_examples(n_calls: int = 60, seed: int = 0) -> list[dict]:
 def held_out_requests(n: int = 24, seed: int = 1) -> list[tuple[list[dict], str, dict]]:
     """(messages, expected function, expected arguments): cities and wordings not in training."""
     rng = random.Random(seed)
-    return [([{"role": "user", "content": text}], name, args)
-            for text, name, args in _requests(rng, _HELD_CITIES, _HELD_WEATHER, _HELD_CONVERT, _HELD_LIST, _HELD_ITEMS, n)]
+    return [
+        ([{"role": "user", "content": text}], name, args)
+        for text, name, args in _requests(rng, _HELD_CITIES, _HELD_WEATHER, _HELD_CONVERT, _HELD_LIST, _HELD_ITEMS, n)
+    ]
 
 
 def is_correct_call(tool_calls, name: str, args: dict) -> bool:

@@ -184,10 +184,14 @@ class _Worker:
 
     def stats(self) -> dict:
         out = dict(self.runner.stats) if self.runner else {}
-        out.update(self.counters, running=len(self.running), waiting=len(self.scheduler.waiting()),
-                   sampling_s=self.output.sampling_s if self.output else 0.0,
-                   prefix_hits=self.prefixes.hits if self.prefixes else 0,
-                   prefix_tokens_saved=self.prefixes.tokens_saved if self.prefixes else 0)
+        out.update(
+            self.counters,
+            running=len(self.running),
+            waiting=len(self.scheduler.waiting()),
+            sampling_s=self.output.sampling_s if self.output else 0.0,
+            prefix_hits=self.prefixes.hits if self.prefixes else 0,
+            prefix_tokens_saved=self.prefixes.tokens_saved if self.prefixes else 0,
+        )
         return out
 
     def put(self, p: _Pending) -> None:
@@ -212,8 +216,11 @@ class _Worker:
             self.prefixes = PrefixCache(self.settings.prefix_cache_tokens)
         except Exception as exc:  # noqa: BLE001 - reported to every request of this base
             log.exception("could not load base model %s", self.base.name)
-            error = ServerError(f"Base model `{self.base.name}` could not be loaded: {exc}. Its requests fail until "
-                                "its files change.", param="model", code="model_load_failed")
+            error = ServerError(
+                f"Base model `{self.base.name}` could not be loaded: {exc}. Its requests fail until its files change.",
+                param="model",
+                code="model_load_failed",
+            )
             self.engine.failures.record(self.base.path, error)
             with self.lock:
                 self.load_error = error
@@ -269,16 +276,20 @@ class _Worker:
     def _timeout(self, p: _Pending) -> None:
         t = self.settings.request_timeout_seconds
         self.counters["timed_out_requests"] += 1
-        self._fail(p, GenerationTimeoutError(
-            f"The request did not finish within {t:g} s (TUNEGATE_REQUEST_TIMEOUT_SECONDS); ask for fewer tokens "
-            "or retry later.", code="request_timeout"))
+        self._fail(
+            p,
+            GenerationTimeoutError(
+                f"The request did not finish within {t:g} s (TUNEGATE_REQUEST_TIMEOUT_SECONDS); ask for fewer tokens "
+                "or retry later.",
+                code="request_timeout",
+            ),
+        )
 
     def _admit(self) -> list[_Running]:
         reading = [s for g in self.prefilling for s in g.seqs]
         room = self.settings.max_batch_size - len(self.running) - len(reading)
         in_use = {s.slot for s in self.running + reading}
-        admissions, failed = self.scheduler.admit(room, in_use, self.engine.prefill_tokens,
-                                                  self.runner.acquire_adapter)
+        admissions, failed = self.scheduler.admit(room, in_use, self.engine.prefill_tokens, self.runner.acquire_adapter)
         for p, exc in failed:
             self._fail(p, exc)
         return [self._sequence(a, i) for a in admissions for i in range(a.first, a.first + a.count)]
@@ -305,12 +316,14 @@ class _Worker:
                 continue
             (cached if hit else plain).append((seqs, hit))
         if plain:
-            logits, cache = self.runner.prefill([g[0].p.req.prompt_ids for g, _ in plain], [g[0].slot for g, _ in plain])
+            logits, cache = self.runner.prefill(
+                [g[0].p.req.prompt_ids for g, _ in plain], [g[0].slot for g, _ in plain]
+            )
             self._join(plain, logits, cache)
         if cached:
-            logits, cache = self.runner.prefill_cached([hit for _, hit in cached],
-                                                       [g[0].p.req.prompt_ids for g, _ in cached],
-                                                       [g[0].slot for g, _ in cached])
+            logits, cache = self.runner.prefill_cached(
+                [hit for _, hit in cached], [g[0].p.req.prompt_ids for g, _ in cached], [g[0].slot for g, _ in cached]
+            )
             self._join(cached, logits, cache)
 
     def _prefill_chunk(self) -> None:
@@ -324,8 +337,11 @@ class _Worker:
         try:
             if end < len(req.prompt_ids) or g.done == 0:
                 prompt = req.prompt_ids[:end]
-                logits, cache = (self.runner.prefill_cached([(g.done, g.layers)], [prompt], [slot]) if g.done
-                                 else self.runner.prefill([prompt], [slot]))
+                logits, cache = (
+                    self.runner.prefill_cached([(g.done, g.layers)], [prompt], [slot])
+                    if g.done
+                    else self.runner.prefill([prompt], [slot])
+                )
                 if end < len(req.prompt_ids):
                     g.done, g.layers = end, cache.row(0)
                     return
@@ -357,8 +373,9 @@ class _Worker:
 
     def _decode(self) -> None:
         live = self.running
-        logits = self.runner.decode([s.state.last for s in live], [s.pos for s in live], [s.slot for s in live],
-                                    self.cache)
+        logits = self.runner.decode(
+            [s.state.last for s in live], [s.pos for s in live], [s.slot for s in live], self.cache
+        )
         for s in live:
             s.pos += 1
         self._emit(live, logits)

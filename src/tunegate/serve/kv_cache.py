@@ -76,8 +76,10 @@ class BatchCache:
     def row(self, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Row i's K/V without padding, per layer: [1, H, tokens of row i, D] (copies)."""
         cols = self.mask[i].nonzero().squeeze(1)
-        return [(layer.keys[i:i + 1].index_select(2, cols), layer.values[i:i + 1].index_select(2, cols))
-                for layer in self._layers()]
+        return [
+            (layer.keys[i : i + 1].index_select(2, cols), layer.values[i : i + 1].index_select(2, cols))
+            for layer in self._layers()
+        ]
 
     @classmethod
     def from_prefixes(cls, prefixes: list[list[tuple[torch.Tensor, torch.Tensor]]], lengths: list[int]) -> BatchCache:
@@ -92,7 +94,7 @@ class BatchCache:
             layers.append((keys, values))
         mask = torch.zeros((len(lengths), width), dtype=torch.long)
         for i, n in enumerate(lengths):
-            mask[i, width - n:] = 1
+            mask[i, width - n :] = 1
         return cls(DynamicCache(ddp_cache_data=layers), mask)
 
     def step_mask(self) -> torch.Tensor:

@@ -42,8 +42,15 @@ class Lease:
 class ChatLimits:
     """Bounds and budgets (see module docstring). Thread-safe; `clock` is injectable for tests."""
 
-    def __init__(self, *, max_n: int, max_output_tokens: int, concurrency_per_key: int,
-                 tokens_per_minute: int | None, clock=time.monotonic):
+    def __init__(
+        self,
+        *,
+        max_n: int,
+        max_output_tokens: int,
+        concurrency_per_key: int,
+        tokens_per_minute: int | None,
+        clock=time.monotonic,
+    ):
         self.max_n = max_n
         self.max_output_tokens = max_output_tokens
         self.concurrency_per_key = concurrency_per_key
@@ -55,21 +62,29 @@ class ChatLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ChatLimits:
-        return cls(max_n=settings.max_n, max_output_tokens=settings.max_output_tokens,
-                   concurrency_per_key=settings.chat_concurrency_per_key,
-                   tokens_per_minute=settings.chat_tokens_per_minute)
+        return cls(
+            max_n=settings.max_n,
+            max_output_tokens=settings.max_output_tokens,
+            concurrency_per_key=settings.chat_concurrency_per_key,
+            tokens_per_minute=settings.chat_tokens_per_minute,
+        )
 
     def check_request(self, n: int, max_tokens: int | None, max_tokens_param: str) -> None:
         """400 when `n` or `max_tokens` is beyond what this server serves in one request."""
         if n > self.max_n:
             raise InvalidRequestError(
                 f"`n` is {n}, but this server generates at most {self.max_n} choices per request "
-                "(TUNEGATE_MAX_N). Ask for fewer choices, or send several requests.", param="n", code="invalid_value")
+                "(TUNEGATE_MAX_N). Ask for fewer choices, or send several requests.",
+                param="n",
+                code="invalid_value",
+            )
         if max_tokens is not None and max_tokens > self.max_output_tokens:
             raise InvalidRequestError(
                 f"`{max_tokens_param}` is {max_tokens}, but this server generates at most {self.max_output_tokens} "
                 f"tokens per choice (TUNEGATE_MAX_OUTPUT_TOKENS). Ask for at most {self.max_output_tokens}.",
-                param=max_tokens_param, code="invalid_value")
+                param=max_tokens_param,
+                code="invalid_value",
+            )
 
     def acquire(self, caller: Caller, tokens: int, max_tokens_param: str = "max_tokens") -> Lease:
         """Admit a request that may use up to `tokens` tokens, or raise 429 (400 if it can never fit)."""
@@ -78,7 +93,10 @@ class ChatLimits:
             raise InvalidRequestError(
                 f"This request may use {tokens} tokens (prompt + n x {max_tokens_param}), more than your "
                 f"organisation's budget of {tpm} tokens per minute. Lower `{max_tokens_param}` or `n`, or shorten "
-                "the messages.", param=max_tokens_param, code="tokens_exceeded")
+                "the messages.",
+                param=max_tokens_param,
+                code="tokens_exceeded",
+            )
         with self._lock:
             running = self._in_flight.get(caller.key_id, 0)
             available = self._available(caller.org_id)
@@ -86,13 +104,17 @@ class ChatLimits:
                 raise RateLimitError(
                     f"This API key already has {running} chat requests in flight (limit "
                     f"TUNEGATE_CHAT_CONCURRENCY_PER_KEY={self.concurrency_per_key}). Retry when one finishes.",
-                    code="rate_limit_exceeded", headers=self._headers(caller, 1.0, running))
+                    code="rate_limit_exceeded",
+                    headers=self._headers(caller, 1.0, running),
+                )
             if tpm is not None and available < tokens:
                 wait = (tokens - available) * 60.0 / tpm
                 raise RateLimitError(
                     f"Rate limit reached for your organisation: {tpm} tokens per minute, {int(available)} available, "
                     f"this request needs up to {tokens}. Retry in {wait:.1f} s, or lower `{max_tokens_param}`.",
-                    code="rate_limit_exceeded", headers=self._headers(caller, wait, running))
+                    code="rate_limit_exceeded",
+                    headers=self._headers(caller, wait, running),
+                )
             self._in_flight[caller.key_id] = running + 1
             if tpm is not None:
                 self._buckets[caller.org_id] = (available - tokens, self.clock())
@@ -128,9 +150,11 @@ class ChatLimits:
         tpm = self.tokens_per_minute
         if tpm is not None:
             available = self._available(caller.org_id)
-            headers.update({
-                "x-ratelimit-limit-tokens": str(tpm),
-                "x-ratelimit-remaining-tokens": str(int(available)),
-                "x-ratelimit-reset-tokens": f"{(tpm - available) * 60.0 / tpm:.3g}s",
-            })
+            headers.update(
+                {
+                    "x-ratelimit-limit-tokens": str(tpm),
+                    "x-ratelimit-remaining-tokens": str(int(available)),
+                    "x-ratelimit-reset-tokens": f"{(tpm - available) * 60.0 / tpm:.3g}s",
+                }
+            )
         return headers

@@ -51,8 +51,13 @@ class OutputProcessor:
         self.sampling_s = 0.0
 
     def new_sequence(self, params: SamplingParams, index: int, processor_factories=()) -> SequenceState:
-        return SequenceState(index, params, make_generator(params.seed, index), IncrementalText(self.tokenizer, params.stop),
-                             [make() for make in processor_factories])
+        return SequenceState(
+            index,
+            params,
+            make_generator(params.seed, index),
+            IncrementalText(self.tokenizer, params.stop),
+            [make() for make in processor_factories],
+        )
 
     def process(self, seqs: list[SequenceState], logits: torch.Tensor) -> list[ChoiceOutput | None]:
         """Choose the next token of every sequence (row i of `logits` [B, vocab] is `seqs[i]`) and
@@ -65,8 +70,9 @@ class OutputProcessor:
 
     def _process(self, seqs: list[SequenceState], logits: torch.Tensor) -> list[ChoiceOutput | None]:
         params = [s.params for s in seqs]
-        tokens = next_tokens(self._apply_processors(seqs, logits), params, [s.generator for s in seqs],
-                             [s.output for s in seqs])
+        tokens = next_tokens(
+            self._apply_processors(seqs, logits), params, [s.generator for s in seqs], [s.output for s in seqs]
+        )
         want = [i for i, p in enumerate(params) if p.logprobs]
         lps = dict(zip(want, logprobs_of(logits, want, tokens, [p.top_logprobs for p in params])))
         outputs: list[ChoiceOutput | None] = []

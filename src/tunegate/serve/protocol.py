@@ -26,7 +26,7 @@ MAX_LOGIT_BIAS = 300  # OpenAI's limit on `logit_bias` entries
 # unless it carries a value that asks for nothing (so an SDK that sends defaults keeps working).
 UNSUPPORTED = {
     "audio": "audio output is not supported",
-    "modalities": "only text output is supported (`[\"text\"]`)",
+    "modalities": 'only text output is supported (`["text"]`)',
     "prediction": "predicted outputs are not supported",
     "web_search_options": "web search is not supported",
     "reasoning_effort": "the served models are not reasoning models",
@@ -207,7 +207,7 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens may be biased, got {len(v)}")
         for key, bias in v.items():
             if not key.isdigit():
-                raise ValueError(f"keys are token ids written as strings (e.g. \"1234\"), got {key[:32]!r}")
+                raise ValueError(f'keys are token ids written as strings (e.g. "1234"), got {key[:32]!r}')
             if not -100 <= bias <= 100:
                 raise ValueError(f"bias of token {key} is {bias}; biases must be between -100 and 100")
         return v
@@ -248,23 +248,36 @@ def check_supported(request: ChatCompletionRequest) -> None:
         value = (request.model_extra or {}).get(name)
         if value is None or value in _HARMLESS.get(name, ()):
             continue
-        raise InvalidRequestError(f"Unsupported parameter: `{name}`: {why}. Remove it from the request.",
-                                  param=name, code="unsupported_parameter")
+        raise InvalidRequestError(
+            f"Unsupported parameter: `{name}`: {why}. Remove it from the request.",
+            param=name,
+            code="unsupported_parameter",
+        )
     names = [t.function.name for t in request.tools or []]
     for i, name in enumerate(names):
         if name in names[:i]:
-            raise InvalidRequestError(f"`tools` has two functions named `{name}`; names must be unique.",
-                                      param=f"tools[{i}].function.name", code="invalid_value")
+            raise InvalidRequestError(
+                f"`tools` has two functions named `{name}`; names must be unique.",
+                param=f"tools[{i}].function.name",
+                code="invalid_value",
+            )
     if request.tool_choice is not None and request.tool_choice != "none" and not names:
-        raise InvalidRequestError("`tool_choice` is only allowed when `tools` are given.", param="tool_choice",
-                                  code="invalid_value")
+        raise InvalidRequestError(
+            "`tool_choice` is only allowed when `tools` are given.", param="tool_choice", code="invalid_value"
+        )
     if request.parallel_tool_calls is not None and not names:
-        raise InvalidRequestError("`parallel_tool_calls` is only allowed when `tools` are given.",
-                                  param="parallel_tool_calls", code="invalid_value")
+        raise InvalidRequestError(
+            "`parallel_tool_calls` is only allowed when `tools` are given.",
+            param="parallel_tool_calls",
+            code="invalid_value",
+        )
     if isinstance(request.tool_choice, NamedToolChoice) and request.tool_choice.function.name not in names:
-        raise InvalidRequestError(f"`tool_choice` names the function `{request.tool_choice.function.name}`, which "
-                                  f"is not in `tools` ({', '.join(names)}).", param="tool_choice.function.name",
-                                  code="invalid_value")
+        raise InvalidRequestError(
+            f"`tool_choice` names the function `{request.tool_choice.function.name}`, which "
+            f"is not in `tools` ({', '.join(names)}).",
+            param="tool_choice.function.name",
+            code="invalid_value",
+        )
 
 
 # --- responses -----------------------------------------------------------------------------------

@@ -90,8 +90,10 @@ async def _moderation(app, principal, body: ChatCompletionRequest, model_id: str
     policy = await asyncio.to_thread(org_policy, db, principal.org_id)
     override = body.tunegate.moderation if body.tunegate else None
     asked = body.moderation.policy if body.moderation and body.moderation.policy else None
-    wanted = {"input": getattr(getattr(asked, "input", None), "mode", None),
-              "output": getattr(getattr(asked, "output", None), "mode", None)}
+    wanted = {
+        "input": getattr(getattr(asked, "input", None), "mode", None),
+        "output": getattr(getattr(asked, "output", None), "mode", None),
+    }
     if body.moderation and not any(wanted.values()):
         wanted = {"input": "score", "output": "score"}  # OpenAI's default policy: score both
     runs = policy.runtime.input != "off" or policy.runtime.output != "off" or override or any(wanted.values())
@@ -109,8 +111,10 @@ async def _moderation(app, principal, body: ChatCompletionRequest, model_id: str
 
 def _results(moderator, texts: list[str]) -> dict:
     """OpenAI's `moderation_results` object for `texts` (one result per text)."""
-    results = [{**r.model_dump(mode="json", by_alias=True), "model": moderator.model, "type": "moderation_result"}
-               for r in moderator.moderate(texts)]
+    results = [
+        {**r.model_dump(mode="json", by_alias=True), "model": moderator.model, "type": "moderation_result"}
+        for r in moderator.moderate(texts)
+    ]
     return {"type": "moderation_results", "model": moderator.model, "results": results}
 
 
@@ -126,8 +130,11 @@ async def _moderation_report(mod: RuntimeModeration, body: ChatCompletionRequest
     off = {"type": "error", "code": "moderation_off", "message": "Moderation of this side is off for this request."}
     completion.moderation = {
         "input": await asyncio.to_thread(_results, mod.moderator, [text]) if mod.policy.input != "off" else off,
-        "output": await asyncio.to_thread(_results, mod.moderator, [c.message.content or "" for c in completion.choices])
-        if mod.policy.output != "off" else off,
+        "output": await asyncio.to_thread(
+            _results, mod.moderator, [c.message.content or "" for c in completion.choices]
+        )
+        if mod.policy.output != "off"
+        else off,
     }
 
 
@@ -135,8 +142,9 @@ async def _prepare(app, principal, body: ChatCompletionRequest):
     resolved = await asyncio.to_thread(resolve, app.state.db, app.state.settings, principal, body.model)
     model = ServableModel(resolved.id, resolved.base, resolved.adapter_path)
     moderation = await _moderation(app, principal, body, model.id)
-    await moderation.check_input([m.model_dump() for m in body.messages],
-                                 tools=[t.model_dump() for t in body.tools or []])
+    await moderation.check_input(
+        [m.model_dump() for m in body.messages], tools=[t.model_dump() for t in body.tools or []]
+    )
     return model, moderation
 
 
@@ -167,8 +175,9 @@ async def _unless_disconnected(request: Request, work):
     waiter = asyncio.ensure_future(gone.wait()) if gone is not None else None
     try:
         while True:
-            done, _ = await asyncio.wait({task} | ({waiter} if waiter else set()), timeout=DISCONNECT_POLL_S,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {task} | ({waiter} if waiter else set()), timeout=DISCONNECT_POLL_S, return_when=asyncio.FIRST_COMPLETED
+            )
             if task in done:
                 return task.result()
             if (waiter is not None and waiter in done) or (waiter is None and await request.is_disconnected()):

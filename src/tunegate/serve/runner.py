@@ -70,7 +70,8 @@ def adapter_load_error(path: Path, exc: BaseException) -> TunegateError:
     return ServerError(
         f"The adapter at {path} could not be loaded ({type(exc).__name__}: {exc}). Its files are damaged or "
         "incomplete; requests for this model fail until they are replaced (other models are unaffected).",
-        param="model", code="model_load_failed",
+        param="model",
+        code="model_load_failed",
     )
 
 
@@ -97,8 +98,15 @@ class ModelRunner:
         if eot is not None:  # the template's end of turn (Gemma's <end_of_turn>, Phi 3's <|end|>) ends an answer
             self.eos.add(eot)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.stats = {"prefills": 0, "decode_steps": 0, "max_batch": 0, "mixed_adapter_steps": 0,
-                      "adapter_loads": 0, "adapter_load_failures": 0, "forward_s": 0.0}
+        self.stats = {
+            "prefills": 0,
+            "decode_steps": 0,
+            "max_batch": 0,
+            "mixed_adapter_steps": 0,
+            "adapter_loads": 0,
+            "adapter_load_failures": 0,
+            "forward_s": 0.0,
+        }
 
     def acquire_adapter(self, path: Path | None, in_use: set[int]) -> int | None:
         """The adapter slot for `path` (0 = none), loading it if needed; None when every slot is busy.
@@ -123,16 +131,17 @@ class ModelRunner:
         ids = torch.full((len(prompts), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), length), dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, length - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, length - len(p):] = 1
+            ids[i, length - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, length - len(p) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         self.adapters.set_batch(slots)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         self.stats["prefills"] += 1
         return out.logits[:, -1, :], BatchCache(out.past_key_values, mask)
 
-    def prefill_cached(self, prefixes: list[tuple[int, list]], prompts: list[list[int]],
-                       slots: list[int]) -> tuple[torch.Tensor, BatchCache]:
+    def prefill_cached(
+        self, prefixes: list[tuple[int, list]], prompts: list[list[int]], slots: list[int]
+    ) -> tuple[torch.Tensor, BatchCache]:
         """Like `prefill`, for prompts whose first p tokens' K/V are known (`prefixes[i] = (p, layers)`):
         only the rest of each prompt runs, attending to its prefix. Exact: the same K/V, positions and mask."""
         lengths = [p for p, _ in prefixes]
@@ -143,13 +152,19 @@ class ModelRunner:
         rest_mask = torch.zeros((len(rests), width), dtype=torch.long)
         positions = torch.zeros((len(rests), width), dtype=torch.long)
         for i, (r, p) in enumerate(zip(rests, lengths)):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            rest_mask[i, width - len(r):] = 1
-            positions[i, width - len(r):] = torch.arange(p, p + len(r))
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            rest_mask[i, width - len(r) :] = 1
+            positions[i, width - len(r) :] = torch.arange(p, p + len(r))
         cache.mask = torch.cat([cache.mask, rest_mask], dim=1)
         self.adapters.set_batch(slots)
-        out = self.model(input_ids=ids, attention_mask=cache.mask, position_ids=positions, past_key_values=cache.past,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=cache.mask,
+            position_ids=positions,
+            past_key_values=cache.past,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         self.stats["prefills"] += 1
         return out.logits[:, -1, :], cache
 
@@ -160,8 +175,9 @@ class ModelRunner:
         mask = cache.step_mask()
         self.adapters.set_batch(slots)
         start = time.perf_counter()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache.past,
-                         use_cache=True)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache.past, use_cache=True
+        )
         self.stats["forward_s"] += time.perf_counter() - start
         self.stats["decode_steps"] += 1
         self.stats["max_batch"] = max(self.stats["max_batch"], len(last))

@@ -58,9 +58,7 @@ def next_tokens(
     outputs: list[list[int]],
 ) -> list[int]:
     """The next token of every row of `logits` ([batch, vocab])."""
-    plain_greedy = [
-        p.temperature == 0 and p.presence_penalty == 0 and p.frequency_penalty == 0 for p in params
-    ]
+    plain_greedy = [p.temperature == 0 and p.presence_penalty == 0 and p.frequency_penalty == 0 for p in params]
     out: list[int] = [0] * len(params)
     if any(plain_greedy):
         greedy = torch.argmax(logits, dim=-1).tolist()

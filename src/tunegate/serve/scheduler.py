@@ -121,8 +121,9 @@ class Scheduler:
             self._remove(p)
         return out
 
-    def admit(self, room: int, in_use: set[int], prefill_budget: int,
-              acquire: AcquireSlot) -> tuple[list[Admission], list[tuple[Pending, TunegateError]]]:
+    def admit(
+        self, room: int, in_use: set[int], prefill_budget: int, acquire: AcquireSlot
+    ) -> tuple[list[Admission], list[tuple[Pending, TunegateError]]]:
         """Choose waiting choices for `room` free batch rows, in turn across organisations and keys.
         Returns the admissions and the requests that failed to get their adapter (to be failed)."""
         admitted: list[Admission] = []

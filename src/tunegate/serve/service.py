@@ -60,15 +60,23 @@ def constraints(request: ChatCompletionRequest, tokenizer, vocab_size: int) -> t
     if fmt is not None and fmt.type != "text":
         schema = fmt.json_schema.schema_ if fmt.type == "json_schema" else None
         schema = schema if schema is not None else {"type": "object"}
-        grammar = structured.check_schema(schema, tokenizer, param="response_format.json_schema.schema",
-                                          strict=fmt.type == "json_schema" and bool(fmt.json_schema.strict))
+        grammar = structured.check_schema(
+            schema,
+            tokenizer,
+            param="response_format.json_schema.schema",
+            strict=fmt.type == "json_schema" and bool(fmt.json_schema.strict),
+        )
     if request.tools:
         choice = request.tool_choice or "auto"
         mode = choice.function.name if isinstance(choice, NamedToolChoice) else choice
         if mode != "none":
-            grammar = structured.tool_grammar([t.model_dump(exclude_none=True) for t in request.tools], tokenizer,
-                                              mode=mode, parallel=request.parallel_tool_calls is not False,
-                                              text_schema=schema)
+            grammar = structured.tool_grammar(
+                [t.model_dump(exclude_none=True) for t in request.tools],
+                tokenizer,
+                mode=mode,
+                parallel=request.parallel_tool_calls is not False,
+                text_schema=schema,
+            )
     if grammar is not None:
         from tunegate.catalog.features import template_features
 
@@ -81,7 +89,9 @@ def constraints(request: ChatCompletionRequest, tokenizer, vocab_size: int) -> t
 def _openai_logprobs(items: list[TokenLogprob]) -> list[ChatCompletionTokenLogprob]:
     return [
         ChatCompletionTokenLogprob(
-            token=t.token, bytes=t.bytes, logprob=t.logprob,
+            token=t.token,
+            bytes=t.bytes,
+            logprob=t.logprob,
             top_logprobs=[TopLogprob(token=tok, bytes=raw, logprob=lp) for tok, raw, lp in t.top],
         )
         for t in items
@@ -95,8 +105,9 @@ class ChatService:
         self.engine = engine
         self.limits = limits  # None: no bounds or budgets (in-process use: benchmarks, tests)
 
-    def prepare_sync(self, request: ChatCompletionRequest, model: ServableModel,
-                     caller: Caller | None = None) -> GenerationRequest:
+    def prepare_sync(
+        self, request: ChatCompletionRequest, model: ServableModel, caller: Caller | None = None
+    ) -> GenerationRequest:
         """Render, count and check the prompt; map the sampling parameters. Raises 400s."""
         check_supported(request)
         if request.model_extra:
@@ -113,7 +124,8 @@ class ChatService:
             raise InvalidRequestError(
                 f"This model's maximum context length is {context} tokens, but your messages take {n_prompt} tokens "
                 "(rendered with the model's chat template). Shorten the messages.",
-                param="messages", code="context_length_exceeded",
+                param="messages",
+                code="context_length_exceeded",
             )
         wanted = request.requested_max_tokens
         name = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
@@ -123,14 +135,16 @@ class ChatService:
             raise InvalidRequestError(
                 f"`{name}` is {wanted}, but this model's context is {context} tokens; ask for at most "
                 f"{context - n_prompt} with these messages, or leave it unset.",
-                param=name, code="invalid_value",
+                param=name,
+                code="invalid_value",
             )
         if wanted is not None and n_prompt + wanted > context:
             raise InvalidRequestError(
                 f"This model's maximum context length is {context} tokens. However, you requested "
                 f"{n_prompt + wanted} tokens ({n_prompt} in the messages, {wanted} in the completion). Lower "
                 f"`{name}` to at most {context - n_prompt} or shorten the messages.",
-                param=name, code="context_length_exceeded",
+                param=name,
+                code="context_length_exceeded",
             )
         default = context - n_prompt
         if self.limits is not None:
@@ -148,12 +162,20 @@ class ChatService:
             ignore_eos=bool(request.ignore_eos),
         )
         processors = constraints(request, tokenizer, len(tokenizer))
-        return GenerationRequest(model, prompt_ids, params, n=request.n or 1, request_id=new_id("chatcmpl"),
-                                 org_id=caller.org_id if caller else "", key_id=caller.key_id if caller else "",
-                                 logits_processors=processors)
+        return GenerationRequest(
+            model,
+            prompt_ids,
+            params,
+            n=request.n or 1,
+            request_id=new_id("chatcmpl"),
+            org_id=caller.org_id if caller else "",
+            key_id=caller.key_id if caller else "",
+            logits_processors=processors,
+        )
 
-    async def prepare(self, request: ChatCompletionRequest, model: ServableModel,
-                      caller: Caller | None = None) -> GenerationRequest:
+    async def prepare(
+        self, request: ChatCompletionRequest, model: ServableModel, caller: Caller | None = None
+    ) -> GenerationRequest:
         # Rendering and tokenizing a large prompt takes long enough to stall every other client.
         return await asyncio.to_thread(self.prepare_sync, request, model, caller)
 
@@ -170,8 +192,9 @@ class ChatService:
                 lease.release(0)
             raise
 
-    async def create(self, request: ChatCompletionRequest, model: ServableModel,
-                     caller: Caller | None = None) -> ChatCompletion:
+    async def create(
+        self, request: ChatCompletionRequest, model: ServableModel, caller: Caller | None = None
+    ) -> ChatCompletion:
         """The whole completion. Cancelling this coroutine (a client that went away) frees the batch slots."""
         gen = await self.prepare(request, model, caller)
         stream, lease = self._start(gen, caller, request)
@@ -198,15 +221,25 @@ class ChatService:
                 if calls:
                     message.tool_calls = calls
                     finish[i] = "tool_calls" if finish[i] == "stop" else finish[i]
-            choices.append(Choice(
-                index=i, message=message, finish_reason=finish[i],
-                logprobs=ChoiceLogprobs(content=_openai_logprobs(logprobs[i])) if gen.params.logprobs else None,
-            ))
-        return ChatCompletion(id=gen.request_id, model=model.id, choices=choices, usage=self._usage(gen, tokens),
-                              system_fingerprint=self._fingerprint(model))
+            choices.append(
+                Choice(
+                    index=i,
+                    message=message,
+                    finish_reason=finish[i],
+                    logprobs=ChoiceLogprobs(content=_openai_logprobs(logprobs[i])) if gen.params.logprobs else None,
+                )
+            )
+        return ChatCompletion(
+            id=gen.request_id,
+            model=model.id,
+            choices=choices,
+            usage=self._usage(gen, tokens),
+            system_fingerprint=self._fingerprint(model),
+        )
 
-    async def stream(self, request: ChatCompletionRequest, model: ServableModel,
-                     caller: Caller | None = None) -> AsyncIterator[ChatCompletionChunk]:
+    async def stream(
+        self, request: ChatCompletionRequest, model: ServableModel, caller: Caller | None = None
+    ) -> AsyncIterator[ChatCompletionChunk]:
         """Validate and queue now (so 400/404/429 happen before any byte is sent); then iterate the
         returned chunks. Closing the iterator cancels the generation and frees its batch slot."""
         gen = await self.prepare(request, model, caller)
@@ -214,14 +247,27 @@ class ChatService:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         return self._chunks(gen, model, stream, include_usage, tools_active(request), lease)
 
-    async def _chunks(self, gen: GenerationRequest, model: ServableModel, stream, include_usage: bool,
-                      tools: bool = False, lease: Lease | None = None):
+    async def _chunks(
+        self,
+        gen: GenerationRequest,
+        model: ServableModel,
+        stream,
+        include_usage: bool,
+        tools: bool = False,
+        lease: Lease | None = None,
+    ):
         created = int(time.time())
         fingerprint = self._fingerprint(model)
 
         def chunk(choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> ChatCompletionChunk:
-            return ChatCompletionChunk(id=gen.request_id, created=created, model=model.id, choices=choices,
-                                       usage=usage, system_fingerprint=fingerprint)
+            return ChatCompletionChunk(
+                id=gen.request_id,
+                created=created,
+                model=model.id,
+                choices=choices,
+                usage=usage,
+                system_fingerprint=fingerprint,
+            )
 
         tokens = [0] * gen.n
         parsers = [ToolCallStream() for _ in range(gen.n)] if tools else None
@@ -238,7 +284,9 @@ class ChatService:
                     if finish and parser.mode is None and parser.buf:  # ended on a prefix of a call opener
                         pieces.append(parser.buf)
                     for piece in pieces:
-                        delta = ChoiceDelta(content=piece) if isinstance(piece, str) else ChoiceDelta(tool_calls=[piece])
+                        delta = (
+                            ChoiceDelta(content=piece) if isinstance(piece, str) else ChoiceDelta(tool_calls=[piece])
+                        )
                         yield chunk([ChunkChoice(index=out.index, delta=delta)])
                     if finish == "stop" and parser.complete:
                         finish = "tool_calls"

@@ -53,7 +53,9 @@ def _strict_problems(schema: Any, path: str) -> list[str]:
             props = list((schema.get("properties") or {}).keys())
             missing = [p for p in props if p not in (schema.get("required") or [])]
             if missing:
-                problems.append(f"{path or '(root)'}: `required` must list every property (missing {', '.join(missing)})")
+                problems.append(
+                    f"{path or '(root)'}: `required` must list every property (missing {', '.join(missing)})"
+                )
         for key, sub in schema.items():
             if key in ("properties", "$defs", "definitions") and isinstance(sub, dict):
                 problems += [p for name, s in sub.items() for p in _strict_problems(s, f"{path}/{key}/{name}")]
@@ -75,16 +77,25 @@ def check_schema(schema: Any, tokenizer, *, param: str, strict: bool) -> str:
         if schema.get("type") != "object":
             problems.insert(0, "(root): a strict schema must be of `type: object`")
         if problems:
-            raise InvalidRequestError(f"Invalid schema for `{param}` with `strict: true`: " + "; ".join(problems[:5])
-                                      + ". Fix the schema or set `strict: false`.", param=param, code="invalid_schema")
+            raise InvalidRequestError(
+                f"Invalid schema for `{param}` with `strict: true`: "
+                + "; ".join(problems[:5])
+                + ". Fix the schema or set `strict: false`.",
+                param=param,
+                code="invalid_schema",
+            )
     try:
         grammar = LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
     except (ValueError, TypeError) as exc:
         raise InvalidRequestError(f"Invalid schema for `{param}`: {exc}.", param=param, code="invalid_schema") from None
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, grammar_tokenizer(tokenizer))
     if is_error:
-        raise InvalidRequestError(f"Unsupported or invalid JSON Schema in `{param}`: {messages[0]}. Remove or "
-                                  "rewrite that part of the schema.", param=param, code="invalid_schema")
+        raise InvalidRequestError(
+            f"Unsupported or invalid JSON Schema in `{param}`: {messages[0]}. Remove or "
+            "rewrite that part of the schema.",
+            param=param,
+            code="invalid_schema",
+        )
     return grammar
 
 
@@ -108,10 +119,12 @@ def tool_grammar(tools: list[dict], tokenizer, *, mode: str, parallel: bool, tex
         params = fn.get("parameters") or {"type": "object", "properties": {}, "additionalProperties": False}
         check_schema(params, tokenizer, param=f"tools[{i}].function.parameters", strict=bool(fn.get("strict")))
         schema = {**params, "x-guidance": JSON_OPTIONS}
-        rules.append(f"call_{i}: {_lark_string(tool_call_prefix(fn['name']))} args_{i} "
-                     f"{_lark_string('}' + TOOL_CALL_CLOSE)}\nargs_{i}: %json {json.dumps(schema)}")
+        rules.append(
+            f"call_{i}: {_lark_string(tool_call_prefix(fn['name']))} args_{i} "
+            f"{_lark_string('}' + TOOL_CALL_CLOSE)}\nargs_{i}: %json {json.dumps(schema)}"
+        )
         names.append(f"call_{i}")
-    calls = "call (\"\\n\" call)*" if parallel and mode in ("required", "auto") else "call"
+    calls = 'call ("\\n" call)*' if parallel and mode in ("required", "auto") else "call"
     start = "text | calls" if mode == "auto" else "calls"
     # Plain text may not start with the first character of a call, so the two never overlap.
     text = f"text: TEXT\nTEXT: /[^{TOOL_CALL_OPEN[0]}][\\s\\S]*/"
@@ -121,8 +134,9 @@ def tool_grammar(tools: list[dict], tokenizer, *, mode: str, parallel: bool, tex
     grammar = LLMatcher.grammar_from_lark(lark)
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, grammar_tokenizer(tokenizer))
     if is_error:
-        raise InvalidRequestError(f"The tools cannot be compiled into a grammar: {messages[0]}.", param="tools",
-                                  code="invalid_schema")
+        raise InvalidRequestError(
+            f"The tools cannot be compiled into a grammar: {messages[0]}.", param="tools", code="invalid_schema"
+        )
     return grammar
 
 
@@ -150,7 +164,7 @@ class GrammarProcessor:
         self.consumed = 0
 
     def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-        new = output_ids[self.consumed:]
+        new = output_ids[self.consumed :]
         if new:
             self.matcher.consume_tokens(new)
             self.consumed = len(output_ids)
@@ -169,9 +183,12 @@ class GrammarProcessor:
 def logit_bias(bias: dict[str, float], vocab_size: int) -> LogitBiasFactory:
     bad = [k for k in bias if int(k) >= vocab_size]
     if bad:
-        raise InvalidRequestError(f"`logit_bias` names token id {bad[0]}, but this model's vocabulary has "
-                                  f"{vocab_size} tokens (ids 0..{vocab_size - 1}).", param="logit_bias",
-                                  code="invalid_value")
+        raise InvalidRequestError(
+            f"`logit_bias` names token id {bad[0]}, but this model's vocabulary has "
+            f"{vocab_size} tokens (ids 0..{vocab_size - 1}).",
+            param="logit_bias",
+            code="invalid_value",
+        )
     return LogitBiasFactory(tuple(int(k) for k in bias), tuple(float(v) for v in bias.values()))
 
 

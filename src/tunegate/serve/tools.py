@@ -78,10 +78,16 @@ class ToolCallStream:
                     return out
                 if not self.buf.startswith(_ARGS_HEAD, end):
                     return out
-                self.buf = self.buf[end + len(_ARGS_HEAD):]
+                self.buf = self.buf[end + len(_ARGS_HEAD) :]
                 self._ids.append(_call_id())
-                out.append(ToolCallDelta(index=self.calls, id=self._ids[-1], type="function",
-                                         function=ToolCallDeltaFunction(name=str(name), arguments="")))
+                out.append(
+                    ToolCallDelta(
+                        index=self.calls,
+                        id=self._ids[-1],
+                        type="function",
+                        function=ToolCallDeltaFunction(name=str(name), arguments=""),
+                    )
+                )
                 self.calls += 1
                 self._args_sent = 0
             # Inside a call's arguments: send what cannot be the closing tail yet; finish on a whole object.
@@ -92,13 +98,13 @@ class ToolCallStream:
                 closed = False
             if closed:
                 if end > self._args_sent:
-                    out.append(self._args(self.buf[self._args_sent:end]))
-                self.buf = self.buf[end + len(_TAIL):]
+                    out.append(self._args(self.buf[self._args_sent : end]))
+                self.buf = self.buf[end + len(_TAIL) :]
                 self.complete += 1
                 continue
             safe = max(self._args_sent, len(self.buf) - len(_TAIL))
             if safe > self._args_sent:
-                out.append(self._args(self.buf[self._args_sent:safe]))
+                out.append(self._args(self.buf[self._args_sent : safe]))
                 self._args_sent = safe
             return out
 

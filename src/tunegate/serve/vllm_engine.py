@@ -120,8 +120,15 @@ def to_choice_outputs(request_output, token_bytes, top_logprobs: int) -> list[Ch
             ranked = sorted(candidates.items(), key=lambda kv: kv[1].rank or 0)
             top = [(*token_bytes(t), lp.logprob) for t, lp in ranked if lp.rank is not None and lp.rank <= top_logprobs]
             logprobs.append(TokenLogprob(token, raw, candidates[token_id].logprob, top[:top_logprobs]))
-        outs.append(ChoiceOutput(index=c.index, text=c.text, logprobs=logprobs, finish_reason=c.finish_reason,
-                                 completion_tokens=len(c.token_ids)))
+        outs.append(
+            ChoiceOutput(
+                index=c.index,
+                text=c.text,
+                logprobs=logprobs,
+                finish_reason=c.finish_reason,
+                completion_tokens=len(c.token_ids),
+            )
+        )
     return outs
 
 
@@ -151,10 +158,12 @@ class _Stream(GenerationStream):
                 await self.aclose()
                 raise GenerationTimeoutError(
                     f"The request did not finish within {self.engine.settings.request_timeout_seconds:g} seconds.",
-                    code="timeout") from None
+                    code="timeout",
+                ) from None
             p = self.request.params
-            for out in to_choice_outputs(output, self.engine._token_bytes(self.request.model.base),
-                                         p.top_logprobs if p.logprobs else 0):
+            for out in to_choice_outputs(
+                output, self.engine._token_bytes(self.request.model.base), p.top_logprobs if p.logprobs else 0
+            ):
                 self.produced[out.index] += out.completion_tokens
                 out.completion_tokens = self.produced[out.index]
                 self.pending.append(out)
@@ -184,8 +193,9 @@ class VLLMEngine(Engine):
         try:
             import vllm  # noqa: F401
         except ImportError:
-            raise ServerError(f"TUNEGATE_ENGINE=vllm, but vLLM is not installed: {INSTALL}.",
-                              code="engine_unavailable") from None
+            raise ServerError(
+                f"TUNEGATE_ENGINE=vllm, but vLLM is not installed: {INSTALL}.", code="engine_unavailable"
+            ) from None
 
     async def stop(self) -> None:
         for stream in list(self._active):
@@ -209,7 +219,9 @@ class VLLMEngine(Engine):
             raise InvalidRequestError(
                 f"The adapter of `{model.id}` has LoRA rank {rank}, above the rank this server's vLLM engine was "
                 f"started with ({self.vllm.max_lora_rank}); raise TUNEGATE_VLLM_MAX_LORA_RANK.",
-                param="model", code="adapter_rank_too_large")
+                param="model",
+                code="adapter_rank_too_large",
+            )
 
     def submit(self, request: GenerationRequest) -> GenerationStream:
         if getattr(request, "logits_processors", ()):
@@ -218,10 +230,14 @@ class VLLMEngine(Engine):
             raise InvalidRequestError(
                 "This server's vLLM engine does not apply `response_format`, `tools` or `logit_bias` yet; send the "
                 "request without them, or use the transformers engine (TUNEGATE_ENGINE=transformers).",
-                param="response_format", code="unsupported_parameter")
+                param="response_format",
+                code="unsupported_parameter",
+            )
         if len(self._active) >= self.vllm.max_num_seqs + self.settings.max_queue:
-            raise RateLimitError(f"The server is busy ({len(self._active)} requests in flight); retry shortly.",
-                                 code="rate_limit_exceeded")
+            raise RateLimitError(
+                f"The server is busy ({len(self._active)} requests in flight); retry shortly.",
+                code="rate_limit_exceeded",
+            )
         stream = _Stream(self, request, request.request_id or f"tg-{next(self._ids)}")
         self._active.add(stream)
         return stream
@@ -232,12 +248,19 @@ class VLLMEngine(Engine):
         from vllm.engine.arg_utils import AsyncEngineArgs
 
         return AsyncEngineArgs(
-            model=str(base.path), tokenizer=str(base.path), dtype=self.vllm.dtype,
+            model=str(base.path),
+            tokenizer=str(base.path),
+            dtype=self.vllm.dtype,
             max_model_len=self.vllm.max_model_len or base.context_length,
-            enable_lora=True, max_loras=self.vllm.max_loras, max_lora_rank=self.vllm.max_lora_rank,
+            enable_lora=True,
+            max_loras=self.vllm.max_loras,
+            max_lora_rank=self.vllm.max_lora_rank,
             max_cpu_loras=self.vllm.max_cpu_loras or max(self.settings.adapter_cache_size, self.vllm.max_loras),
-            gpu_memory_utilization=self.vllm.gpu_memory_utilization, max_num_seqs=self.vllm.max_num_seqs,
-            enforce_eager=self.vllm.enforce_eager, enable_prefix_caching=True, disable_log_stats=True,
+            gpu_memory_utilization=self.vllm.gpu_memory_utilization,
+            max_num_seqs=self.vllm.max_num_seqs,
+            enforce_eager=self.vllm.enforce_eager,
+            enable_prefix_caching=True,
+            disable_log_stats=True,
         )
 
     async def _engine(self, base: BaseModelInfo):
@@ -267,8 +290,12 @@ class VLLMEngine(Engine):
     async def _generate(self, request: GenerationRequest, request_id: str):
         engine = await self._engine(request.model.base)
         params = to_vllm_sampling(request.params, request.n, self.stop_token_ids(request.model.base))
-        return engine.generate({"prompt_token_ids": list(request.prompt_ids)}, params, request_id,
-                               lora_request=self.loras.request(request.model)).__aiter__()
+        return engine.generate(
+            {"prompt_token_ids": list(request.prompt_ids)},
+            params,
+            request_id,
+            lora_request=self.loras.request(request.model),
+        ).__aiter__()
 
     async def _abort(self, base: BaseModelInfo, request_id: str) -> None:
         engine = self._engines.get(base.name)

@@ -55,8 +55,11 @@ def sha256_file(path: Path) -> str:
 def write_manifest(folder: Path) -> None:
     """Record the size and sha256 of every file in `folder` (checked by registry's `verify_adapter`)."""
     folder = Path(folder)
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
     (folder / MANIFEST).write_text(json.dumps(files, indent=2, sort_keys=True))
 
 
@@ -82,11 +85,17 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def write_checkpoint(model: Any, run_dir: Path, step: int, epoch: int, meta: dict[str, Any],
-                    trainer_state: dict[str, Any], keep: int) -> dict[str, Any]:
+def write_checkpoint(
+    model: Any, run_dir: Path, step: int, epoch: int, meta: dict[str, Any], trainer_state: dict[str, Any], keep: int
+) -> dict[str, Any]:
     """Save the step's checkpoint, prune to the newest `keep`, and return the `checkpoint` event's
     data: step, epoch, path, metrics and `kept_steps` (the checkpoints left on disk)."""
     path = save_adapter(model, Path(run_dir) / "checkpoints" / f"step-{step}", meta, trainer_state)
     prune_checkpoints(run_dir, keep)
-    return {"step": step, "epoch": epoch, "path": str(path), "metrics": dict(meta.get("metrics") or {}),
-            "kept_steps": [s for s, _ in list_checkpoints(run_dir)]}
+    return {
+        "step": step,
+        "epoch": epoch,
+        "path": str(path),
+        "metrics": dict(meta.get("metrics") or {}),
+        "kept_steps": [s for s, _ in list_checkpoints(run_dir)],
+    }

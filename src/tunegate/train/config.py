@@ -120,8 +120,9 @@ class TrainConfig:
         need(self.quantization in (None, "nf4"), "quantization", 'use "nf4" (QLoRA) or null')
         if problems:
             text = "; ".join(f"`{name}` is invalid: {fix}" for name, fix in problems)
-            raise InvalidRequestError(f"Invalid training configuration: {text}.", param=problems[0][0],
-                                      code="invalid_training_config")
+            raise InvalidRequestError(
+                f"Invalid training configuration: {text}.", param=problems[0][0], code="invalid_training_config"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -182,11 +183,11 @@ HYPERPARAMETER_BOUNDS: dict[str, Bound] = {
 def _number(value: Any, param: str, name: str) -> Any:
     bound = HYPERPARAMETER_BOUNDS[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequestError(f"`{param}` must be \"auto\" or a number, got {value!r}.", param=param)
+        raise InvalidRequestError(f'`{param}` must be "auto" or a number, got {value!r}.', param=param)
     if bound.kind is int and float(value) != int(value):
         raise InvalidRequestError(f"`{param}` must be a whole number, got {value!r}.", param=param)
     if not bound.contains(value):
-        raise InvalidRequestError(f"`{param}` must be \"auto\" or {bound.describe()}, got {value!r}.", param=param)
+        raise InvalidRequestError(f'`{param}` must be "auto" or {bound.describe()}, got {value!r}.', param=param)
     return bound.kind(value)
 
 
@@ -227,6 +228,7 @@ def resolve_beta(beta: Any = "auto") -> float:
         return DEFAULT_BETA
     param = "method.dpo.hyperparameters.beta"
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta <= 2:
-        raise InvalidRequestError(f"`{param}` must be \"auto\" or a number above 0 and at most 2, got {beta!r}.",
-                                  param=param)
+        raise InvalidRequestError(
+            f'`{param}` must be "auto" or a number above 0 and at most 2, got {beta!r}.', param=param
+        )
     return float(beta)

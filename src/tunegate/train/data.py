@@ -63,7 +63,9 @@ def read_conversations(path: str | Path, param: str = "training_file") -> list[l
                 raise InvalidRequestError(
                     f"Line {lineno} of the {param.replace('_', ' ')} is not a chat example with `messages` "
                     f"({type(exc).__name__}). Validate it with `tunegate validate FILE` and upload it again.",
-                    param=param, code=f"invalid_{param}") from exc
+                    param=param,
+                    code=f"invalid_{param}",
+                ) from exc
             conversations.append(messages)
     return conversations
 
@@ -85,7 +87,9 @@ def load_dataset(path: str | Path, tokenizer, max_seq_len: int, param: str = "tr
         raise InvalidRequestError(
             f"The {param.replace('_', ' ')} has no example with a trained assistant message "
             f"(after truncation at {max_seq_len} tokens). Add assistant messages whose `weight` is not 0.",
-            param=param, code=f"invalid_{param}")
+            param=param,
+            code=f"invalid_{param}",
+        )
     return Dataset(examples, file_sha256(path), truncated, dropped)
 
 

@@ -73,7 +73,7 @@ class DistributedGroup(Group):
         return self.rank == 0
 
     def shard(self, batch: list) -> list:
-        return batch[self.rank::self.world_size]
+        return batch[self.rank :: self.world_size]
 
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
         import torch.distributed as dist
@@ -87,7 +87,7 @@ class DistributedGroup(Group):
         offset = 0
         for p, g in zip(params, grads):
             n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
         self.sync_seconds += time.perf_counter() - t0
 
@@ -125,8 +125,7 @@ def init_group(rank: int, world_size: int, master_addr: str, master_port: int, d
     import torch.distributed as dist
 
     backend = "nccl" if device == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank,
-                            world_size=world_size)
+    dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world_size)
     return DistributedGroup(rank=rank, world_size=world_size)
 
 
@@ -185,14 +184,28 @@ def run_data_parallel(config, out_dir: Path, on_event, should_stop, world_size: 
     if config.method != "supervised":
         from tunegate.errors import InvalidRequestError
 
-        raise InvalidRequestError("Data-parallel training (`tunegate.n_workers` > 1) is available for supervised jobs "
-                                  "only; use one worker for DPO and reinforcement jobs.", param="tunegate.n_workers")
-    on_event({"level": "info", "type": "message", "data": {"world_size": world_size},
-              "message": f"Training data-parallel on {world_size} ranks (torch.distributed, "
-                         f"{'nccl' if config.device == 'cuda' else 'gloo'}), {threads or 'default'} threads each."})
+        raise InvalidRequestError(
+            "Data-parallel training (`tunegate.n_workers` > 1) is available for supervised jobs "
+            "only; use one worker for DPO and reinforcement jobs.",
+            param="tunegate.n_workers",
+        )
+    on_event(
+        {
+            "level": "info",
+            "type": "message",
+            "data": {"world_size": world_size},
+            "message": f"Training data-parallel on {world_size} ranks (torch.distributed, "
+            f"{'nccl' if config.device == 'cuda' else 'gloo'}), {threads or 'default'} threads each.",
+        }
+    )
     port = free_port()
-    ctx = mp.start_processes(_rank_main, args=(config.to_dict(), str(out_dir), world_size, port, threads),
-                             nprocs=world_size - 1, join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _rank_main,
+        args=(config.to_dict(), str(out_dir), world_size, port, threads),
+        nprocs=world_size - 1,
+        join=False,
+        start_method="spawn",
+    )
     group = init_group(0, world_size, "127.0.0.1", port)
     try:
         result = run_training(config, out_dir, on_event, should_stop, group=group)
@@ -235,8 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         if world_size > 1:
             dist.destroy_process_group()
     if group.is_main:
-        emit({"type": "result", "status": result.status, "adapter_dir": str(result.adapter_dir),
-              "trained_tokens": result.trained_tokens})
+        emit(
+            {
+                "type": "result",
+                "status": result.status,
+                "adapter_dir": str(result.adapter_dir),
+                "trained_tokens": result.trained_tokens,
+            }
+        )
     return 0
 
 

@@ -47,8 +47,17 @@ from tunegate.train.recipe import (
     _trainer_state,
 )
 
-DPO_RESULT_COLUMNS = ("step", "train_loss", "train_rewards_chosen", "train_rewards_rejected", "train_rewards_margin",
-                      "train_rewards_accuracy", "valid_loss", "valid_rewards_margin", "valid_rewards_accuracy")
+DPO_RESULT_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_rewards_chosen",
+    "train_rewards_rejected",
+    "train_rewards_margin",
+    "train_rewards_accuracy",
+    "valid_loss",
+    "valid_rewards_margin",
+    "valid_rewards_accuracy",
+)
 
 
 @dataclass
@@ -87,7 +96,10 @@ def read_preferences(path: str | Path, param: str = "training_file") -> list[tup
                 raise InvalidRequestError(
                     f"Line {lineno} of the {param.replace('_', ' ')} is not a preference example with `input`, "
                     f"`preferred_output` and `non_preferred_output` ({type(exc).__name__}). Validate it with "
-                    "`tunegate validate FILE` and upload it again.", param=param, code=f"invalid_{param}") from exc
+                    "`tunegate validate FILE` and upload it again.",
+                    param=param,
+                    code=f"invalid_{param}",
+                ) from exc
     return out
 
 
@@ -116,12 +128,20 @@ def load_pairs(path: str | Path, tokenizer, max_seq_len: int, param: str = "trai
     if not pairs:
         raise InvalidRequestError(
             f"The {param.replace('_', ' ')} has no preference pair with both answers left after truncation at "
-            f"{max_seq_len} tokens. Shorten the prompts or raise `max_seq_len`.", param=param, code=f"invalid_{param}")
+            f"{max_seq_len} tokens. Shorten the prompts or raise `max_seq_len`.",
+            param=param,
+            code=f"invalid_{param}",
+        )
     return PairDataset(pairs, file_sha256(path), truncated, dropped)
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair DPO loss and the implicit rewards beta * (log pi - log ref) of both answers."""
     chosen_rewards = beta * (policy_chosen - ref_chosen)
     rejected_rewards = beta * (policy_rejected - ref_rejected)
@@ -157,10 +177,13 @@ class DPOStats:
 
     def metrics(self, prefix: str) -> dict[str, float]:
         n = max(self.n_pairs, 1)
-        return {f"{prefix}loss": self.loss_sum / n, f"{prefix}rewards_chosen": self.chosen_sum / n,
-                f"{prefix}rewards_rejected": self.rejected_sum / n,
-                f"{prefix}rewards_margin": (self.chosen_sum - self.rejected_sum) / n,
-                f"{prefix}rewards_accuracy": self.correct / n}
+        return {
+            f"{prefix}loss": self.loss_sum / n,
+            f"{prefix}rewards_chosen": self.chosen_sum / n,
+            f"{prefix}rewards_rejected": self.rejected_sum / n,
+            f"{prefix}rewards_margin": (self.chosen_sum - self.rejected_sum) / n,
+            f"{prefix}rewards_accuracy": self.correct / n,
+        }
 
 
 def pair_loss(model, pairs: list[Pair], beta: float, precision: Precision) -> tuple[torch.Tensor, DPOStats]:
@@ -171,8 +194,14 @@ def pair_loss(model, pairs: list[Pair], beta: float, precision: Precision) -> tu
         ref = sequence_logps(model, examples, precision)
     policy = sequence_logps(model, examples, precision)
     losses, chosen, rejected = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta)
-    stats = DPOStats(float(losses.detach().sum()), float(chosen.sum()), float(rejected.sum()),
-                     int((chosen > rejected).sum()), n, sum(p.n_tokens for p in pairs))
+    stats = DPOStats(
+        float(losses.detach().sum()),
+        float(chosen.sum()),
+        float(rejected.sum()),
+        int((chosen > rejected).sum()),
+        n,
+        sum(p.n_tokens for p in pairs),
+    )
     return losses.sum(), stats
 
 
@@ -214,12 +243,17 @@ def run_dpo(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
     config = dataclasses.replace(config, max_seq_len=config.max_seq_len or context_length(config.base_model_path))
     tokenizer = load_tokenizer(config.base_model_path)
     train = load_pairs(config.training_file, tokenizer, config.max_seq_len)
-    valid = (load_pairs(config.validation_file, tokenizer, config.max_seq_len, "validation_file")
-             if config.validation_file else None)
+    valid = (
+        load_pairs(config.validation_file, tokenizer, config.max_seq_len, "validation_file")
+        if config.validation_file
+        else None
+    )
     for name, ds in (("training", train), ("validation", valid)):
         if ds and ds.n_truncated:
-            say.warn(f"{ds.n_truncated} {name} answers are longer than {config.max_seq_len} tokens with their prompt "
-                     "and were truncated; raise `max_seq_len` or shorten them.")
+            say.warn(
+                f"{ds.n_truncated} {name} answers are longer than {config.max_seq_len} tokens with their prompt "
+                "and were truncated; raise `max_seq_len` or shorten them."
+            )
         if ds and ds.n_dropped:
             say.warn(f"{ds.n_dropped} {name} pairs lost an answer to truncation and were skipped.")
     per_epoch = steps_per_epoch(len(train.examples), config.batch_size)
@@ -239,18 +273,25 @@ def run_dpo(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
         step, trained_tokens, metrics = state["step"], state["trained_tokens"], state["metrics"]
         say.info(f"Resuming from the checkpoint at step {step} of {total_steps}.")
     else:
-        say.info(f"DPO training started: {len(train.examples)} preference pairs ({train.n_tokens} tokens) x "
-                 f"{config.n_epochs} epochs = {total_steps} steps of batch size {config.batch_size}, beta "
-                 f"{config.beta:g}, learning rate {config.learning_rate:g}, LoRA r={config.lora_r}; the reference "
-                 f"is the base model with the adapter off, {precision.device.type} "
-                 f"{'bf16' if precision.autocast_dtype else 'fp32'}.")
+        say.info(
+            f"DPO training started: {len(train.examples)} preference pairs ({train.n_tokens} tokens) x "
+            f"{config.n_epochs} epochs = {total_steps} steps of batch size {config.batch_size}, beta "
+            f"{config.beta:g}, learning rate {config.learning_rate:g}, LoRA r={config.lora_r}; the reference "
+            f"is the base model with the adapter off, {precision.device.type} "
+            f"{'bf16' if precision.autocast_dtype else 'fp32'}."
+        )
     results = ResultsWriter(out_dir / "results.csv", resume_step=step, columns=DPO_RESULT_COLUMNS)
 
     def save_checkpoint(epoch: int) -> Path:
-        saved = write_checkpoint(model, out_dir, step, epoch,
-                                 _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
-                                 _trainer_state(step, trained_tokens, metrics, optimizer, scheduler),
-                                 keep=config.keep_checkpoints)
+        saved = write_checkpoint(
+            model,
+            out_dir,
+            step,
+            epoch,
+            _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
+            _trainer_state(step, trained_tokens, metrics, optimizer, scheduler),
+            keep=config.keep_checkpoints,
+        )
         say.checkpoint(saved)
         return Path(saved["path"])
 
@@ -265,18 +306,31 @@ def run_dpo(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
             scheduler.step()
             step += 1
             trained_tokens += stats.n_tokens
-            metrics = {"step": step, "total_steps": total_steps, "epoch": epoch + 1, **stats.metrics("train_"),
-                       "trained_tokens": trained_tokens, "learning_rate": learning_rate, "grad_norm": grad_norm}
+            metrics = {
+                "step": step,
+                "total_steps": total_steps,
+                "epoch": epoch + 1,
+                **stats.metrics("train_"),
+                "trained_tokens": trained_tokens,
+                "learning_rate": learning_rate,
+                "grad_norm": grad_norm,
+            }
 
             # ---- evaluate: one held-out batch every step, every held-out pair at epoch end
             if valid is not None:
-                v = evaluate_pairs(model, validation_batch(valid.examples, eval_size, step), config.beta, precision,
-                                   config.micro_batch_tokens)
+                v = evaluate_pairs(
+                    model,
+                    validation_batch(valid.examples, eval_size, step),
+                    config.beta,
+                    precision,
+                    config.micro_batch_tokens,
+                )
                 metrics |= v.metrics("valid_")
             epoch_end = index == per_epoch - 1
             if epoch_end and valid is not None:
-                metrics |= evaluate_pairs(model, valid.examples, config.beta, precision,
-                                          config.micro_batch_tokens).metrics("full_valid_")
+                metrics |= evaluate_pairs(
+                    model, valid.examples, config.beta, precision, config.micro_batch_tokens
+                ).metrics("full_valid_")
             results.append(metrics)
             say.metrics(metrics)
 
@@ -293,11 +347,16 @@ def run_dpo(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
                 say.info(f"Training paused at step {step} of {total_steps}.")
                 return TrainResult("paused", None, _checkpoints(out_dir), trained_tokens, metrics)
 
-    adapter_dir = save_adapter(model, out_dir / "adapter",
-                               _meta("adapter", config, train, valid, step, config.n_epochs, metrics, trained_tokens))
-    say.info(f"DPO training finished: {step} steps, {trained_tokens} tokens, final loss "
-             f"{metrics.get('train_loss', float('nan')):.4f}, reward margin "
-             f"{metrics.get('train_rewards_margin', float('nan')):.4f}.")
+    adapter_dir = save_adapter(
+        model,
+        out_dir / "adapter",
+        _meta("adapter", config, train, valid, step, config.n_epochs, metrics, trained_tokens),
+    )
+    say.info(
+        f"DPO training finished: {step} steps, {trained_tokens} tokens, final loss "
+        f"{metrics.get('train_loss', float('nan')):.4f}, reward margin "
+        f"{metrics.get('train_rewards_margin', float('nan')):.4f}."
+    )
     return TrainResult("succeeded", adapter_dir, _checkpoints(out_dir), trained_tokens, metrics)
 
 
@@ -320,4 +379,7 @@ def _check_dpo_checkpoint(checkpoint: Path, config: TrainConfig) -> None:
     if changed:
         raise InvalidRequestError(
             f"{checkpoint.parent} holds checkpoints of a different training run (changed: {', '.join(changed)}). "
-            "Use a fresh output folder for a new configuration.", param=changed[0], code="checkpoint_mismatch")
+            "Use a fresh output folder for a new configuration.",
+            param=changed[0],
+            code="checkpoint_mismatch",
+        )

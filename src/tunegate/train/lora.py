@@ -37,12 +37,17 @@ def choose_precision(config: TrainConfig) -> Precision:
     if config.device == "cuda" and not cuda:
         from tunegate.errors import InvalidRequestError
 
-        raise InvalidRequestError("`device` is \"cuda\" but this worker has no CUDA GPU; use \"auto\" or \"cpu\".",
-                                  param="device", code="invalid_training_config")
-    device = torch.device("cuda" if config.device == "auto" and cuda else
-                          "cpu" if config.device == "auto" else config.device)
-    if config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda"
-                                      and torch.cuda.is_bf16_supported()):
+        raise InvalidRequestError(
+            '`device` is "cuda" but this worker has no CUDA GPU; use "auto" or "cpu".',
+            param="device",
+            code="invalid_training_config",
+        )
+    device = torch.device(
+        "cuda" if config.device == "auto" and cuda else "cpu" if config.device == "auto" else config.device
+    )
+    if config.dtype == "bfloat16" or (
+        config.dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    ):
         return Precision(device, torch.bfloat16)
     return Precision(device, None)
 
@@ -52,14 +57,20 @@ def require_qlora(param: str = "quantization") -> None:
     from tunegate.errors import InvalidRequestError
 
     if not torch.cuda.is_available():
-        raise InvalidRequestError(f'`{param}` "nf4" (QLoRA) needs a CUDA GPU and this server has none; leave it unset '
-                                  "to train LoRA on the full-precision base.", param=param,
-                                  code="quantization_unavailable")
+        raise InvalidRequestError(
+            f'`{param}` "nf4" (QLoRA) needs a CUDA GPU and this server has none; leave it unset '
+            "to train LoRA on the full-precision base.",
+            param=param,
+            code="quantization_unavailable",
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise InvalidRequestError(f'`{param}` "nf4" (QLoRA) needs the `bitsandbytes` package on the server: '
-                                  "pip install 'tunegate[gpu]'.", param=param, code="quantization_unavailable") from None
+        raise InvalidRequestError(
+            f"`{param}` \"nf4\" (QLoRA) needs the `bitsandbytes` package on the server: pip install 'tunegate[gpu]'.",
+            param=param,
+            code="quantization_unavailable",
+        ) from None
 
 
 def build_model(config: TrainConfig, precision: Precision):
@@ -72,16 +83,29 @@ def build_model(config: TrainConfig, precision: Precision):
         from transformers import BitsAndBytesConfig
 
         require_qlora()
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-        base = load_pretrained(AutoModelForCausalLM, config.base_model_path, dtype=torch.bfloat16,
-                               attn_implementation=PACKED_ATTENTION, quantization_config=quant,
-                               device_map={"": precision.device})
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=config.gradient_checkpointing,
-                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        base = load_pretrained(
+            AutoModelForCausalLM,
+            config.base_model_path,
+            dtype=torch.bfloat16,
+            attn_implementation=PACKED_ATTENTION,
+            quantization_config=quant,
+            device_map={"": precision.device},
+        )
+        base = prepare_model_for_kbit_training(
+            base,
+            use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     else:
-        base = load_pretrained(AutoModelForCausalLM, config.base_model_path, dtype=torch.float32,
-                               attn_implementation=PACKED_ATTENTION)
+        base = load_pretrained(
+            AutoModelForCausalLM, config.base_model_path, dtype=torch.float32, attn_implementation=PACKED_ATTENTION
+        )
         if config.gradient_checkpointing:
             # Recompute each layer's activations in backward: memory per token drops to ~one layer's worth.
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -105,8 +129,11 @@ def build_model(config: TrainConfig, precision: Precision):
     except ValueError as exc:  # PEFT names the missing modules
         from tunegate.errors import InvalidRequestError
 
-        raise InvalidRequestError(f"LoRA `target_modules` do not fit this base model: {exc}",
-                                  param="target_modules", code="invalid_training_config") from exc
+        raise InvalidRequestError(
+            f"LoRA `target_modules` do not fit this base model: {exc}",
+            param="target_modules",
+            code="invalid_training_config",
+        ) from exc
     if config.init_adapter:  # continued fine-tuning: the parent's LoRA weights are the starting point
         load_adapter_weights(model, Path(config.init_adapter))
     return model if config.quantization else model.to(precision.device)
@@ -115,7 +142,8 @@ def build_model(config: TrainConfig, precision: Precision):
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the CPU allocator's failure under a memory limit (a plain RuntimeError)."""
     return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
 
 
 def fit_micro_batch_tokens(free_bytes: int, config, n_layers: int, hidden: int, vocab: int) -> int:

@@ -53,9 +53,22 @@ from tunegate.train.packing import pack
 EventCallback = Callable[[dict[str, Any]], None]
 StopPoll = Callable[[], str | None]
 # Fields that must match for a checkpoint to continue this run.
-_RESUME_KEYS = ("base_model", "template_sha256", "n_epochs", "batch_size", "learning_rate", "seed", "lora_r",
-                "lora_alpha", "lora_dropout", "target_modules", "max_seq_len", "warmup_ratio", "weight_decay",
-                "lr_scheduler")
+_RESUME_KEYS = (
+    "base_model",
+    "template_sha256",
+    "n_epochs",
+    "batch_size",
+    "learning_rate",
+    "seed",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "max_seq_len",
+    "warmup_ratio",
+    "weight_decay",
+    "lr_scheduler",
+)
 
 
 @dataclass
@@ -67,8 +80,9 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_stop: StopPoll,
-                 group: Group | None = None) -> TrainResult:
+def run_training(
+    config: TrainConfig, out_dir: Path, on_event: EventCallback, should_stop: StopPoll, group: Group | None = None
+) -> TrainResult:
     """`group`: this process's rank when training data-parallel (train/distributed.py); rank 0 alone
     reports events, polls `should_stop` and writes files."""
     if config.method == "dpo":  # same contract, its own straight-line recipe
@@ -87,12 +101,17 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
     config = dataclasses.replace(config, max_seq_len=config.max_seq_len or context_length(config.base_model_path))
     tokenizer = load_tokenizer(config.base_model_path)
     train = load_dataset(config.training_file, tokenizer, config.max_seq_len)
-    valid = (load_dataset(config.validation_file, tokenizer, config.max_seq_len, "validation_file")
-             if config.validation_file else None)
+    valid = (
+        load_dataset(config.validation_file, tokenizer, config.max_seq_len, "validation_file")
+        if config.validation_file
+        else None
+    )
     for name, ds in (("training", train), ("validation", valid)):
         if ds and ds.n_truncated:
-            say.warn(f"{ds.n_truncated} {name} examples are longer than {config.max_seq_len} tokens and were "
-                     "truncated; raise `max_seq_len` or shorten them to train on their ends.")
+            say.warn(
+                f"{ds.n_truncated} {name} examples are longer than {config.max_seq_len} tokens and were "
+                "truncated; raise `max_seq_len` or shorten them to train on their ends."
+            )
         if ds and ds.n_dropped:
             say.warn(f"{ds.n_dropped} {name} examples have no trained assistant token and were skipped.")
     per_epoch = steps_per_epoch(len(train.examples), config.batch_size)
@@ -113,10 +132,12 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
     if checkpoint is not None:
         say.info(f"Resuming from the checkpoint at step {step} of {total_steps}.")
     else:
-        say.info(f"Training started: {len(train.examples)} examples ({train.n_tokens} tokens) x {config.n_epochs} "
-                 f"epochs = {total_steps} steps of batch size {config.batch_size}, learning rate "
-                 f"{config.learning_rate:g}, LoRA r={config.lora_r} on {', '.join(config.target_modules)}, "
-                 f"{precision.device.type} {'bf16' if precision.autocast_dtype else 'fp32'}.")
+        say.info(
+            f"Training started: {len(train.examples)} examples ({train.n_tokens} tokens) x {config.n_epochs} "
+            f"epochs = {total_steps} steps of batch size {config.batch_size}, learning rate "
+            f"{config.learning_rate:g}, LoRA r={config.lora_r} on {', '.join(config.target_modules)}, "
+            f"{precision.device.type} {'bf16' if precision.autocast_dtype else 'fp32'}."
+        )
     results = ResultsWriter(out_dir / "results.csv", resume_step=step) if group.is_main else None
     micro_tokens = _initial_micro_batch_tokens(model, config, precision, say)
     started, started_tokens = time.perf_counter(), trained_tokens
@@ -127,10 +148,15 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
         if not group.is_main:  # every rank holds the same weights and optimizer state: save once
             group.barrier()
             return None
-        saved = write_checkpoint(model, out_dir, step, epoch,
-                                 _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
-                                 _trainer_state(step, trained_tokens, metrics, optimizer, scheduler),
-                                 keep=config.keep_checkpoints)
+        saved = write_checkpoint(
+            model,
+            out_dir,
+            step,
+            epoch,
+            _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
+            _trainer_state(step, trained_tokens, metrics, optimizer, scheduler),
+            keep=config.keep_checkpoints,
+        )
         say.checkpoint(saved)
         group.barrier()
         return Path(saved["path"])
@@ -142,23 +168,31 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
         for index in range(step - epoch * per_epoch, per_epoch):
             batch = [train.examples[i] for i in batches[index]]
             learning_rate = scheduler.get_last_lr()[0]
-            stats, grad_norm, micro_tokens = _step_with_oom_retry(model, optimizer, params, batch, config,
-                                                                  micro_tokens, precision, group, say)
+            stats, grad_norm, micro_tokens = _step_with_oom_retry(
+                model, optimizer, params, batch, config, micro_tokens, precision, group, say
+            )
             scheduler.step()
             step += 1
             trained_tokens += stats.n_tokens
             metrics = {
-                "step": step, "total_steps": total_steps, "epoch": epoch + 1,
-                "train_loss": stats.loss, "train_mean_token_accuracy": stats.accuracy,
-                "trained_tokens": trained_tokens, "learning_rate": learning_rate, "grad_norm": grad_norm,
+                "step": step,
+                "total_steps": total_steps,
+                "epoch": epoch + 1,
+                "train_loss": stats.loss,
+                "train_mean_token_accuracy": stats.accuracy,
+                "trained_tokens": trained_tokens,
+                "learning_rate": learning_rate,
+                "grad_norm": grad_norm,
                 "tokens_per_second": (trained_tokens - started_tokens) / max(time.perf_counter() - started, 1e-9),
-                "peak_memory_mb": _peak_memory_mb(precision), "micro_batch_tokens": micro_tokens,
+                "peak_memory_mb": _peak_memory_mb(precision),
+                "micro_batch_tokens": micro_tokens,
             }
 
             # ---- evaluate: one validation batch every step, the whole validation set at epoch end
             if valid is not None and group.is_main:
-                v = evaluate(model, validation_batch(valid.examples, eval_size, step), precision,
-                             config.micro_batch_tokens)
+                v = evaluate(
+                    model, validation_batch(valid.examples, eval_size, step), precision, config.micro_batch_tokens
+                )
                 metrics |= {"valid_loss": v.loss, "valid_mean_token_accuracy": v.accuracy}
             epoch_end = index == per_epoch - 1
             if epoch_end and valid is not None and group.is_main:
@@ -184,12 +218,15 @@ def run_training(config: TrainConfig, out_dir: Path, on_event: EventCallback, sh
     # ---- save: the final adapter (the weights of the last epoch's checkpoint) with its provenance
     adapter_dir = out_dir / "adapter"
     if group.is_main:
-        save_adapter(model, adapter_dir, _meta("adapter", config, train, valid, step, config.n_epochs, metrics,
-                                               trained_tokens))
+        save_adapter(
+            model, adapter_dir, _meta("adapter", config, train, valid, step, config.n_epochs, metrics, trained_tokens)
+        )
     group.barrier()
-    say.info(f"Training finished: {step} steps, {trained_tokens} tokens, final training loss "
-             f"{metrics.get('train_loss', float('nan')):.4f}, {metrics.get('tokens_per_second', 0):.0f} tokens/s, "
-             f"peak memory {metrics.get('peak_memory_mb', 0):.0f} MiB ({precision.device.type}).")
+    say.info(
+        f"Training finished: {step} steps, {trained_tokens} tokens, final training loss "
+        f"{metrics.get('train_loss', float('nan')):.4f}, {metrics.get('tokens_per_second', 0):.0f} tokens/s, "
+        f"peak memory {metrics.get('peak_memory_mb', 0):.0f} MiB ({precision.device.type})."
+    )
     return TrainResult("succeeded", adapter_dir, _checkpoints(out_dir), trained_tokens, metrics)
 
 
@@ -205,15 +242,18 @@ def _initial_micro_batch_tokens(model, config: TrainConfig, precision: Precision
     return tokens
 
 
-def _step_with_oom_retry(model, optimizer, params, batch, config: TrainConfig, micro_tokens: int, precision: Precision,
-                         group: Group, say):
+def _step_with_oom_retry(
+    model, optimizer, params, batch, config: TrainConfig, micro_tokens: int, precision: Precision, group: Group, say
+):
     """One optimizer step; out of memory, the step is redone with micro-batches half as large (the gradient is
     the same token mean whatever the split). Fails with a clear error when one example alone does not fit.
     Only in one process: a rank redoing its step alone would leave the others waiting in the all-reduce."""
     while True:
         try:
-            return (*_optimizer_step(model, optimizer, params, batch, config, micro_tokens, precision, group),
-                    micro_tokens)
+            return (
+                *_optimizer_step(model, optimizer, params, batch, config, micro_tokens, precision, group),
+                micro_tokens,
+            )
         except Exception as exc:
             if not is_out_of_memory(exc) or group.world_size > 1:
                 raise
@@ -224,7 +264,9 @@ def _step_with_oom_retry(model, optimizer, params, batch, config: TrainConfig, m
                 raise ServerError(
                     f"Out of memory on {precision.device.type} with one example of {max(len(e.input_ids) for e in batch)} "
                     "tokens per forward pass. Lower `tunegate.max_seq_len`, set `tunegate.gradient_checkpointing`, "
-                    'or `tunegate.quantization: "nf4"` on a GPU.', code="out_of_memory") from exc
+                    'or `tunegate.quantization: "nf4"` on a GPU.',
+                    code="out_of_memory",
+                ) from exc
             smaller = max(16, micro_tokens // 2)
             say.warn(f"Out of memory with micro-batches of {micro_tokens} tokens; redoing this step with {smaller}.")
             micro_tokens = smaller
@@ -238,8 +280,9 @@ def _peak_memory_mb(precision: Precision) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _optimizer_step(model, optimizer, params, batch, config: TrainConfig, micro_tokens: int, precision: Precision,
-                    group: Group):
+def _optimizer_step(
+    model, optimizer, params, batch, config: TrainConfig, micro_tokens: int, precision: Precision, group: Group
+):
     """Accumulate gradients over token-budgeted micro-batches, then clip and step once.
 
     Each micro-batch's summed loss is divided by the loss tokens of the whole batch, so the
@@ -272,8 +315,15 @@ def _trainer_state(step, trained_tokens, metrics, optimizer, scheduler) -> dict[
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"format": 1, "step": step, "trained_tokens": trained_tokens, "metrics": metrics,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}
+    return {
+        "format": 1,
+        "step": step,
+        "trained_tokens": trained_tokens,
+        "metrics": metrics,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng,
+    }
 
 
 def _restore(checkpoint: Path, config: TrainConfig, train: Dataset, model, optimizer, scheduler) -> dict[str, Any]:
@@ -284,7 +334,10 @@ def _restore(checkpoint: Path, config: TrainConfig, train: Dataset, model, optim
     if changed:
         raise InvalidRequestError(
             f"{checkpoint.parent} holds checkpoints of a different training run (changed: {', '.join(changed)}). "
-            "Use a fresh output folder for a new configuration.", param=changed[0], code="checkpoint_mismatch")
+            "Use a fresh output folder for a new configuration.",
+            param=changed[0],
+            code="checkpoint_mismatch",
+        )
     state = torch.load(checkpoint / TRAINER_STATE, weights_only=True)
     load_adapter_weights(model, checkpoint)
     optimizer.load_state_dict(state["optimizer"])
@@ -304,18 +357,26 @@ def _meta(kind, config: TrainConfig, train: Dataset, valid: Dataset | None, step
     import transformers
 
     return {
-        "kind": kind, "step": step, "epoch": epoch, "created_at": int(time.time()),
-        "base_model": config.base_model, "template_sha256": config.template_sha256,
-        "training_file_sha256": train.sha256, "validation_file_sha256": valid.sha256 if valid else None,
-        "n_train_examples": len(train.examples), "trained_tokens": trained_tokens, "metrics": metrics,
+        "kind": kind,
+        "step": step,
+        "epoch": epoch,
+        "created_at": int(time.time()),
+        "base_model": config.base_model,
+        "template_sha256": config.template_sha256,
+        "training_file_sha256": train.sha256,
+        "validation_file_sha256": valid.sha256 if valid else None,
+        "n_train_examples": len(train.examples),
+        "trained_tokens": trained_tokens,
+        "metrics": metrics,
         "config": config.to_dict(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
     }
 
 
 def _checkpoints(out_dir: Path) -> list[tuple[int, Path, dict]]:
-    return [(step, d, json.loads((d / "meta.json").read_text()).get("metrics", {}))
-            for step, d in list_checkpoints(out_dir)]
+    return [
+        (step, d, json.loads((d / "meta.json").read_text()).get("metrics", {})) for step, d in list_checkpoints(out_dir)
+    ]
 
 
 class _Say:
@@ -332,8 +393,14 @@ class _Say:
 
     def checkpoint(self, data: dict[str, Any]) -> None:
         """`data` as train/checkpoints.py's `write_checkpoint` returns it."""
-        self.on_event({"level": "info", "type": "checkpoint", "data": data,
-                       "message": f"Checkpoint saved at step {data['step']} (epoch {data['epoch']})."})
+        self.on_event(
+            {
+                "level": "info",
+                "type": "checkpoint",
+                "data": data,
+                "message": f"Checkpoint saved at step {data['step']} (epoch {data['epoch']}).",
+            }
+        )
 
     def metrics(self, data: dict[str, Any]) -> None:
         message = f"Step {data['step']}/{data['total_steps']}: training loss={data['train_loss']:.4f}"

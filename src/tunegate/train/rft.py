@@ -46,8 +46,15 @@ from tunegate.train.recipe import (
 
 # reward_fn(answers, items) -> one reward per answer; items[i] is the JSONL row answers[i] responds to.
 RewardFn = Callable[[list[str], list[dict]], list[float]]
-RFT_RESULT_COLUMNS = ("step", "train_loss", "train_reward_mean", "train_reward_std", "train_kl", "completion_tokens",
-                      "valid_reward_mean")
+RFT_RESULT_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_reward_mean",
+    "train_reward_std",
+    "train_kl",
+    "completion_tokens",
+    "valid_reward_mean",
+)
 
 
 @dataclasses.dataclass
@@ -68,10 +75,14 @@ def load_prompts(path: str | Path, param: str = "training_file") -> Prompts:
                 raise InvalidRequestError(
                     f"Line {lineno} of the {param.replace('_', ' ')}: reinforcement fine-tuning rows need `messages` "
                     "ending with a user turn (the prompt); other fields are passed to the grader as `item`.",
-                    param=param, code=f"invalid_{param}")
+                    param=param,
+                    code=f"invalid_{param}",
+                )
             rows.append(row)
     if not rows:
-        raise InvalidRequestError(f"The {param.replace('_', ' ')} has no prompts.", param=param, code=f"invalid_{param}")
+        raise InvalidRequestError(
+            f"The {param.replace('_', ' ')} has no prompts.", param=param, code=f"invalid_{param}"
+        )
     return Prompts(rows, file_sha256(path))
 
 
@@ -83,8 +94,9 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: list[list[dict]], n: int, max_new_tokens: int, temperature: float,
-           device) -> list[list[tuple[list[int], list[int], str]]]:
+def sample(
+    model, tokenizer, prompts: list[list[dict]], n: int, max_new_tokens: int, temperature: float, device
+) -> list[list[tuple[list[int], list[int], str]]]:
     """For each prompt, n answers as (prompt ids, answer ids ending at the end-of-turn token, text)."""
     was_training = model.training
     model.eval()
@@ -94,15 +106,25 @@ def sample(model, tokenizer, prompts: list[list[dict]], n: int, max_new_tokens: 
     out = []
     try:
         for messages in prompts:
-            ids = tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False,
-                            return_tensors="pt")["input_ids"].to(device)
-            kw = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0 else \
-                {"do_sample": False}
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 num_return_sequences=n, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, **kw)
+            ids = tokenizer(
+                render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False, return_tensors="pt"
+            )["input_ids"].to(device)
+            kw = (
+                {"do_sample": True, "temperature": temperature, "top_p": 1.0}
+                if temperature > 0
+                else {"do_sample": False}
+            )
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=n,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **kw,
+            )
             group = []
-            for row in gen[:, ids.shape[1]:].tolist():
+            for row in gen[:, ids.shape[1] :].tolist():
                 if tokenizer.eos_token_id in row:
                     row = row[: row.index(tokenizer.eos_token_id) + 1]
                 text = tokenizer.decode(row, skip_special_tokens=True).strip()
@@ -115,8 +137,9 @@ def sample(model, tokenizer, prompts: list[list[dict]], n: int, max_new_tokens: 
     return out
 
 
-def grpo_loss(model, sequences: list[tuple[list[int], list[int]]], advantages: torch.Tensor, kl_coef: float,
-              precision) -> tuple[torch.Tensor, float]:
+def grpo_loss(
+    model, sequences: list[tuple[list[int], list[int]]], advantages: torch.Tensor, kl_coef: float, precision
+) -> tuple[torch.Tensor, float]:
     """Summed per-answer loss (token-mean policy gradient + k3 KL to the adapter-off model) and the mean KL."""
     examples = [Example(p + a, [0] * len(p) + [1] * len(a)) for p, a in sequences]
     keep = [i for i, e in enumerate(examples) if e.n_loss > 0]
@@ -145,8 +168,9 @@ def _token_logps(model, examples: list[Example], precision) -> list[torch.Tensor
     return list(token_logps.split([e.n_loss for e in examples]))
 
 
-def run_rft(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_stop: StopPoll,
-            reward_fn: RewardFn) -> TrainResult:
+def run_rft(
+    config: TrainConfig, out_dir: Path, on_event: EventCallback, should_stop: StopPoll, reward_fn: RewardFn
+) -> TrainResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     say = _Say(on_event)
@@ -172,29 +196,43 @@ def run_rft(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
         step, trained_tokens, metrics = state["step"], state["trained_tokens"], state["metrics"]
         say.info(f"Resuming from the checkpoint at step {step} of {total_steps}.")
     else:
-        say.info(f"Reinforcement fine-tuning started: {len(train.examples)} prompts x {config.n_epochs} epochs = "
-                 f"{total_steps} steps of {config.batch_size} prompts, {config.rft_group_size} answers each, KL "
-                 f"coefficient {config.rft_kl_coef:g}, learning rate {config.learning_rate:g}.")
+        say.info(
+            f"Reinforcement fine-tuning started: {len(train.examples)} prompts x {config.n_epochs} epochs = "
+            f"{total_steps} steps of {config.batch_size} prompts, {config.rft_group_size} answers each, KL "
+            f"coefficient {config.rft_kl_coef:g}, learning rate {config.learning_rate:g}."
+        )
     results = ResultsWriter(out_dir / "results.csv", resume_step=step, columns=RFT_RESULT_COLUMNS)
 
     def evaluate_reward(rows: list[dict]) -> float:
-        groups = sample(model, tokenizer, [r["messages"] for r in rows], 1, config.rft_max_tokens, 0.0,
-                        precision.device)
+        groups = sample(
+            model, tokenizer, [r["messages"] for r in rows], 1, config.rft_max_tokens, 0.0, precision.device
+        )
         rewards = reward_fn([g[0][2] for g in groups], rows)
         return sum(rewards) / len(rewards)
 
     base_reward = metrics.get("base_valid_reward_mean")
     if step == 0 and valid is not None:
         base_reward = evaluate_reward(valid.examples)  # the adapter starts at zero: this is the base model
-        on_event({"level": "info", "type": "message", "data": {"base_valid_reward_mean": base_reward},
-                  "message": f"Base model's mean reward on the {len(valid.examples)} held-out prompts: "
-                             f"{base_reward:.3f}."})
+        on_event(
+            {
+                "level": "info",
+                "type": "message",
+                "data": {"base_valid_reward_mean": base_reward},
+                "message": f"Base model's mean reward on the {len(valid.examples)} held-out prompts: "
+                f"{base_reward:.3f}.",
+            }
+        )
 
     def save_checkpoint(epoch: int) -> Path:
-        saved = write_checkpoint(model, out_dir, step, epoch,
-                                 _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
-                                 _trainer_state(step, trained_tokens, metrics, optimizer, scheduler),
-                                 keep=config.keep_checkpoints)
+        saved = write_checkpoint(
+            model,
+            out_dir,
+            step,
+            epoch,
+            _meta("checkpoint", config, train, valid, step, epoch, metrics, trained_tokens),
+            _trainer_state(step, trained_tokens, metrics, optimizer, scheduler),
+            keep=config.keep_checkpoints,
+        )
         say.checkpoint(saved)
         return Path(saved["path"])
 
@@ -205,11 +243,19 @@ def run_rft(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
             rows = [train.examples[i] for i in batches[index]]
             learning_rate = scheduler.get_last_lr()[0]
             # ---- sample a group per prompt, grade, normalise within groups, one update
-            groups = sample(model, tokenizer, [r["messages"] for r in rows], config.rft_group_size,
-                            config.rft_max_tokens, 1.0, precision.device)
+            groups = sample(
+                model,
+                tokenizer,
+                [r["messages"] for r in rows],
+                config.rft_group_size,
+                config.rft_max_tokens,
+                1.0,
+                precision.device,
+            )
             answers = [a for g in groups for a in g]
-            rewards = torch.tensor(reward_fn([a[2] for a in answers],
-                                             [r for r, g in zip(rows, groups) for _ in g]), dtype=torch.float32)
+            rewards = torch.tensor(
+                reward_fn([a[2] for a in answers], [r for r, g in zip(rows, groups) for _ in g]), dtype=torch.float32
+            )
             advantages = group_advantages(rewards.view(len(rows), config.rft_group_size)).flatten()
             optimizer.zero_grad(set_to_none=True)
             loss, kl = grpo_loss(model, [(p, a) for p, a, _ in answers], advantages, config.rft_kl_coef, precision)
@@ -220,11 +266,19 @@ def run_rft(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
             step += 1
             n_completion = sum(len(a) for _, a, _ in answers)
             trained_tokens += sum(len(p) + len(a) for p, a, _ in answers)
-            metrics = {"step": step, "total_steps": total_steps, "epoch": epoch + 1,
-                       "train_loss": float(loss.detach()) / len(answers), "train_reward_mean": float(rewards.mean()),
-                       "train_reward_std": float(rewards.std(unbiased=False)), "train_kl": kl,
-                       "completion_tokens": n_completion / len(answers), "trained_tokens": trained_tokens,
-                       "learning_rate": learning_rate, "grad_norm": grad_norm}
+            metrics = {
+                "step": step,
+                "total_steps": total_steps,
+                "epoch": epoch + 1,
+                "train_loss": float(loss.detach()) / len(answers),
+                "train_reward_mean": float(rewards.mean()),
+                "train_reward_std": float(rewards.std(unbiased=False)),
+                "train_kl": kl,
+                "completion_tokens": n_completion / len(answers),
+                "trained_tokens": trained_tokens,
+                "learning_rate": learning_rate,
+                "grad_norm": grad_norm,
+            }
             if base_reward is not None:
                 metrics["base_valid_reward_mean"] = base_reward
             epoch_end = index == per_epoch - 1
@@ -244,9 +298,13 @@ def run_rft(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
                 say.info(f"Training paused at step {step} of {total_steps}.")
                 return TrainResult("paused", None, _checkpoints(out_dir), trained_tokens, metrics)
 
-    adapter_dir = save_adapter(model, out_dir / "adapter",
-                               _meta("adapter", config, train, valid, step, config.n_epochs, metrics, trained_tokens))
-    say.info(f"Reinforcement fine-tuning finished: {step} steps, final mean reward "
-             f"{metrics.get('train_reward_mean', float('nan')):.3f}.")
+    adapter_dir = save_adapter(
+        model,
+        out_dir / "adapter",
+        _meta("adapter", config, train, valid, step, config.n_epochs, metrics, trained_tokens),
+    )
+    say.info(
+        f"Reinforcement fine-tuning finished: {step} steps, final mean reward "
+        f"{metrics.get('train_reward_mean', float('nan')):.3f}."
+    )
     return TrainResult("succeeded", adapter_dir, _checkpoints(out_dir), trained_tokens, metrics)
-

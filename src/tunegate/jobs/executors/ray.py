@@ -32,8 +32,12 @@ def _import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise InvalidRequestError("TUNEGATE_EXECUTOR=ray needs Ray: pip install 'tunegate[ray]' (or pip install ray) "
-                                  "on the server and every node.", param="executor", code="ray_not_installed") from exc
+        raise InvalidRequestError(
+            "TUNEGATE_EXECUTOR=ray needs Ray: pip install 'tunegate[ray]' (or pip install ray) "
+            "on the server and every node.",
+            param="executor",
+            code="ray_not_installed",
+        ) from exc
     return ray
 
 
@@ -63,9 +67,13 @@ def _run_job(job_id: str, settings_json: str) -> int:
         if job is not None:
             job.worker_pid = os.getpid()
     node = ray.get_runtime_context().get_node_id()
-    add_event(db, job_id, f"Training worker started on Ray node {node[:12]} ({ray.util.get_node_ip_address()}, "
-                          f"pid {os.getpid()}); its log: {log_path}", data={"ray_node_id": node,
-                                                                             "worker_log": str(log_path)})
+    add_event(
+        db,
+        job_id,
+        f"Training worker started on Ray node {node[:12]} ({ray.util.get_node_ip_address()}, "
+        f"pid {os.getpid()}); its log: {log_path}",
+        data={"ray_node_id": node, "worker_log": str(log_path)},
+    )
     db.engine.dispose()
     return worker.run(job_id, settings)
 
@@ -82,8 +90,12 @@ class RayExecutor:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         if not self.ray.is_initialized():
-            self.ray.init(address=settings.ray_address or "auto", namespace="tunegate", log_to_driver=False,
-                          logging_level=logging.WARNING)
+            self.ray.init(
+                address=settings.ray_address or "auto",
+                namespace="tunegate",
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
         self._task = self.ray.remote(max_calls=1, max_retries=0)(_run_job)
 
     def _options(self) -> tuple[dict, str]:
