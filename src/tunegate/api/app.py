@@ -3,6 +3,7 @@ handling and the background services (job supervisor, serving engine) into one a
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from tunegate import __version__
 from tunegate.api import errors, openapi
 from tunegate.api.guard import Guard
 from tunegate.auth import ensure_admin_key
+from tunegate.catalog.registry import preload_libraries
 from tunegate.db import open_database
 from tunegate.settings import Settings
 
@@ -47,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             key = ensure_admin_key(db, settings.data_dir)
             if key:
                 print(f"Created a local admin API key (saved in {settings.data_dir / 'admin_key'}):\n{key}", flush=True)
+        # Before any service starts a thread: see preload_libraries.
+        await asyncio.to_thread(preload_libraries)
         services = [s for s in app.state.services if settings.start_workers or not getattr(s, "is_worker", False)]
         for service in services:
             await service.start()

@@ -115,6 +115,19 @@ def load_tokenizer(path: Path | str):
     return tok
 
 
+def preload_libraries() -> None:
+    """Import the transformers and PEFT names the server's threads use, once, before any thread starts.
+
+    transformers resolves its top-level names lazily; two threads resolving them at the same time
+    (the job supervisor validating a file while the moderator warms up) can fail with "cannot import
+    name 'AutoTokenizer'". Resolved here first, later imports are plain lookups."""
+    import peft  # noqa: F401
+    import transformers
+
+    for name in ("AutoConfig", "AutoTokenizer", "AutoModel", "AutoModelForCausalLM", "DynamicCache"):
+        getattr(transformers, name)
+
+
 def _tokenizer_locked(path: str):
     if path not in _tokenizers:
         from transformers import AutoTokenizer
