@@ -21,6 +21,7 @@ def test_builtins_are_registered_and_resolved_lazily():
         ("screening", "before_queue"),
         ("safety_mixing", "prepare_data"),
         ("gate", "after_training"),
+        ("regression", "after_training"),  # evals/checks.py: runs once the gate has passed
     ]
 
 
