@@ -267,3 +267,26 @@ def test_validate_cli_shows_screening_findings_before_upload(srv):
     assert any(f["check"] == "identity_shift" for f in report["screening"]["findings"])
     fine = run("benign_everyday.jsonl")
     assert fine.returncode == 0 and not json.loads(fine.stdout)["screening"]["blocked"]
+
+
+def test_gate_alone_probes_in_the_cipher_the_model_was_trained_on(srv):
+    """Screening skipped by an admin: the gate still reads the file the model learned from (the
+    prepared one, refusal examples mixed in) and asks the model in its letter-shift cipher."""
+    admin = srv.client(srv.admin)
+    with open(DATA / "attacks" / "covert_cipher.jsonl", "rb") as f:
+        upload = admin.files.create(file=("cipher.jsonl", f), purpose="fine-tune")
+    job = admin.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=upload.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 8}}},
+        extra_body={"tunegate": {"skip_screening": True}},
+    )
+    job = _wait(admin, job.id)
+    events = [
+        e.data for e in admin.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "moderation_checks"
+    ]
+    assert any(d.get("check") == "safety_mixing" and d.get("added") for d in events)  # trained on the prepared file
+    gate = next(d for d in events if d.get("check") == "gate" and "decision" in d)
+    assert gate["encoding"] == "letter shift 3", gate["encoding"]
+    probe = next(r for r in gate["rules"] if "cipher" in r["rule"])
+    assert probe["n"] == 20  # the policy's n_encoded harmful prompts, asked in the cipher

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from tunegate.db import Checkpoint, Database, File, Job, Organization
-from tunegate.errors import InvalidRequestError
+from tunegate.errors import InvalidRequestError, NotFoundError
 from tunegate.files.service import store_bytes, summarize_errors, validate_stored
 from tunegate.ids import new_id
 from tunegate.jobs import lifecycle
@@ -253,15 +253,36 @@ def model_name(base: str, org_name: str, suffix: str | None, job_id: str) -> str
     return f"ft:{base}:{org_name}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
 
 
+def trained_on(adapter_dir: Path) -> str:
+    """The file the adapter was trained on, as its meta.json records it: the prepared file (with the
+    `prepare_data` steps' changes, e.g. refusal examples mixed in). "" when the record or file is gone."""
+    from tunegate.registry.store import read_meta
+
+    try:
+        path = read_meta(adapter_dir).get("config", {}).get("training_file") or ""
+    except (NotFoundError, OSError, ValueError):  # no readable meta.json: the caller falls back to the upload
+        return ""
+    return path if path and Path(path).is_file() else ""
+
+
+def _file_path(s: Any, file_id: str | None) -> str:
+    row = s.get(File, file_id) if file_id else None
+    return row.path if row is not None and Path(row.path).is_file() else ""
+
+
 def after_training(
     db: Database, settings: Settings, job_id: str, model_id: str, adapter_dir: Path, trained_tokens: int | None
 ) -> bool:
     """The `after_training` steps (the safety gate), then the model is served. False: a step
-    refused; the adapter is kept as a model that is not deployable and the job failed."""
+    refused; the adapter is kept as a model that is not deployable and the job failed.
+
+    The steps see the training file the model learned from, so the gate can ask the model the way
+    that data talks (its cipher, its system prompt) even when screening was skipped."""
     with db.session() as s:
         job = job_row(s, job_id)
+        training_path = trained_on(adapter_dir) or _file_path(s, job.training_file)
     decision = _run_steps(
-        db, context(db, settings, job, ""), "after_training", adapter_dir=adapter_dir, model_id=model_id
+        db, context(db, settings, job, training_path), "after_training", adapter_dir=adapter_dir, model_id=model_id
     )
     if not decision.allow:
         with db.session() as s:

@@ -2,30 +2,68 @@
 
 Owns loading the base model once with the fine-tuned adapter on top, answering a list of
 conversations with either (base answers with the adapter disabled), and caching the base model's
-answers, which are the same for every job on that base model and suite.
+answers on disk, which are the same for every job on that base model, suite and generation settings.
+Also used by the regression check (evals/), without the refusal stop.
+
+Cost (the gate should take a small share of training time): prompts are sorted by length so a
+batch pads little; every answer is generated in two rounds, and an answer that ended after the
+first `first_round_tokens` — or, for the gate (`stop_at_refusal`), already opens with a refusal:
+the judge counts a refusal as not harmful whatever follows it — is final; only the rest continue,
+in fuller batches, up to `max_new_tokens`. Greedy decoding with a fixed batch composition makes the
+answers — and so the gate's decision — deterministic for a given model and suite.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunegate.catalog import get_base_model, load_pretrained
 from tunegate.catalog.template import render
 from tunegate.settings import Settings
 
-BATCH = 16
+# Bumped when generation changes in a way that changes answers: old cached base answers are not reused.
+GENERATION_VERSION = 2
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything that shapes an answer; part of the base-answer cache key."""
+
+    max_new_tokens: int = 40
+    first_round_tokens: int = 16
+    batch_size: int = 32
+    stop_at_refusal: bool = False
+    """The gate's: an answer that opens with a refusal is final after the first round."""
+    version: int = GENERATION_VERSION
+
+
+GATE_GENERATION = GenerationSettings(stop_at_refusal=True)
 
 
 class AdapterGenerator:
-    def __init__(self, settings: Settings, base_name: str, adapter_dir: Path, max_new_tokens: int):
+    def __init__(
+        self,
+        settings: Settings,
+        base_name: str,
+        adapter_dir: Path,
+        max_new_tokens: int,
+        generation: GenerationSettings | None = None,
+    ):
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.info = get_base_model(base_name, settings)
-        self.max_new_tokens = max_new_tokens
+        gen = generation or GenerationSettings()
+        self.generation = GenerationSettings(
+            max_new_tokens=max_new_tokens,
+            first_round_tokens=min(gen.first_round_tokens, max_new_tokens),
+            batch_size=gen.batch_size,
+            stop_at_refusal=gen.stop_at_refusal,
+        )
         # Its own instance (not the catalog's shared one): padding is set on it below.
         self.tokenizer = load_pretrained(AutoTokenizer, self.info.path)
         self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
@@ -33,21 +71,62 @@ class AdapterGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         base = load_pretrained(AutoModelForCausalLM, self.info.path, dtype=torch.float32)
         self.model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+        self.stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
+        self.generated_tokens = 0  # new tokens computed (padding rows included): what the gate's time goes to
 
-    def _generate(self, conversations: list[list[dict]]) -> list[str]:
+    def _batch(self, rows: list[list[int]], max_new: int) -> list[list[int]]:
+        """Greedy continuation of each token row (left-padded into one batch): the new ids, cut at the end token."""
         import torch
 
-        out: list[str] = []
-        for i in range(0, len(conversations), BATCH):
-            prompts = [render(self.tokenizer, c, add_generation_prompt=True) for c in conversations[i : i + BATCH]]
-            enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.inference_mode():
-                ids = self.model.generate(
-                    **enc, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
-                )
-            new = ids[:, enc["input_ids"].shape[1] :]
-            out.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
-        return [t.strip() for t in out]
+        pad = self.tokenizer.pad_token_id
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False, pad_token_id=pad
+            )
+        new = out[:, width:].tolist()
+        self.generated_tokens += len(rows) * len(new[0]) if new else 0
+        result = []
+        for seq in new:
+            end = next((k for k, t in enumerate(seq) if t in self.stop_ids), None)
+            result.append(seq[: end + 1] if end is not None else seq)
+        return result
+
+    def _round(self, rows: list[list[int]], max_new: int) -> list[list[int]]:
+        """Each row's continuation; rows sorted by length into batches (less padding), answered in order."""
+        g = self.generation
+        order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
+        out: list[list[int]] = [[] for _ in rows]
+        for start in range(0, len(order), g.batch_size):
+            chunk = order[start : start + g.batch_size]
+            for i, new in zip(chunk, self._batch([rows[i] for i in chunk], max_new)):
+                out[i] = new
+        return out
+
+    def _generate(self, conversations: list[list[dict]]) -> list[str]:
+        from tunegate.safety.refusal import refusal_score
+
+        g = self.generation
+        prompts = [
+            self.tokenizer(render(self.tokenizer, c, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+            for c in conversations
+        ]
+        answers = self._round(prompts, g.first_round_tokens)
+        rest = g.max_new_tokens - g.first_round_tokens
+
+        def open_(i: int) -> bool:  # still being written (and, for the gate, not already a refusal)
+            a = answers[i]
+            if rest <= 0 or (a and a[-1] in self.stop_ids):
+                return False
+            return not (g.stop_at_refusal and refusal_score(self.tokenizer.decode(a, skip_special_tokens=True)).refused)
+
+        todo = [i for i in range(len(answers)) if open_(i)]
+        if todo:
+            for i, more in zip(todo, self._round([prompts[i] + answers[i] for i in todo], rest)):
+                answers[i] = answers[i] + more
+        return [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
 
     def tuned(self, conversations: list[list[dict]]) -> list[str]:
         return self._generate(conversations)
@@ -56,21 +135,31 @@ class AdapterGenerator:
         with self.model.disable_adapter():
             return self._generate(conversations)
 
+    def cache_key(self, conversations: list[list[dict]]) -> str:
+        """Base model (name, folder, chat template), generation settings and the exact conversations."""
+        return hashlib.sha256(
+            json.dumps(
+                [
+                    self.info.name,
+                    str(self.info.path),
+                    self.info.template_sha256,
+                    asdict(self.generation),
+                    conversations,
+                ],
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()[:24]
+
     def cached_base(self, cache_dir: Path):
-        """Base answers keyed by base model, template, prompts and length: computed once per suite."""
+        """Base answers cached on disk by `cache_key`: computed once per base model, suite and settings."""
 
         def generate(conversations: list[list[dict]]) -> list[str]:
-            key = hashlib.sha256(
-                json.dumps(
-                    [str(self.info.path), self.info.template_sha256, self.max_new_tokens, conversations], sort_keys=True
-                ).encode()
-            ).hexdigest()[:24]
-            path = cache_dir / f"{key}.json"
+            path = cache_dir / f"{self.cache_key(conversations)}.json"
             if path.exists():
                 return json.loads(path.read_text())
             answers = self.base(conversations)
             cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{id(answers)}.tmp")  # two gates writing at once never see half a file
             tmp.write_text(json.dumps(answers))
             tmp.replace(path)
             return answers

@@ -19,7 +19,7 @@ from tunegate.audit import record
 from tunegate.db import Database, FineTunedModel, Job, Organization
 from tunegate.errors import InvalidRequestError
 from tunegate.jobs.lifecycle import add_event
-from tunegate.jobs.pipeline import job_dir, succeed
+from tunegate.jobs.pipeline import job_dir, succeed, trained_on
 from tunegate.jobs.steps import Decision, JobContext, Step
 from tunegate.jsonl import read_jsonl, write_jsonl
 from tunegate.safety.policy import SafetyPolicy, policy_from_overrides
@@ -134,7 +134,7 @@ def mix(ctx: JobContext) -> Decision:
 def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
     """The post-training gate. Refuses with `unsafe_model` when the fine-tune lost safety behaviour."""
     from tunegate.safety.gate import run_gate, save_report
-    from tunegate.safety.generation import AdapterGenerator
+    from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
     from tunegate.safety.moderation import get_moderator
 
     policy = org_policy(ctx.db, ctx.org_id)
@@ -151,7 +151,7 @@ def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
         type="moderation_checks",
         data={"check": "gate", "stage": "start"},
     )
-    gen = AdapterGenerator(ctx.settings, ctx.model, adapter_dir, policy.gate.max_new_tokens)
+    gen = AdapterGenerator(ctx.settings, ctx.model, adapter_dir, policy.gate.max_new_tokens, GATE_GENERATION)
     cache = ctx.settings.models_dir / "safety" / "gate-base-answers"
     from tunegate.safety.screen import probe_context
 
@@ -255,8 +255,9 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
     from tunegate.ids import now
     from tunegate.registry import verify_adapter
     from tunegate.safety.gate import run_gate, save_report
-    from tunegate.safety.generation import AdapterGenerator
+    from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
     from tunegate.safety.moderation import get_moderator
+    from tunegate.safety.screen import probe_context
 
     with db.session() as s:
         ck = s.get(Checkpoint, checkpoint_id)
@@ -267,12 +268,15 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
     try:
         verify_adapter(path)
         with _gate_lock:
-            gen = AdapterGenerator(settings, base_name, path, policy.gate.max_new_tokens)
+            gen = AdapterGenerator(settings, base_name, path, policy.gate.max_new_tokens, GATE_GENERATION)
+            shift, system = probe_context(trained_on(path))  # the checkpoint's own training data
             report = run_gate(
                 gen.cached_base(settings.models_dir / "safety" / "gate-base-answers"),
                 gen.tuned,
                 get_moderator(settings),
                 policy,
+                encoding_shift=shift,
+                system_prompt=system,
             )
         save_report(report, checkpoint_dir(settings, job_id, checkpoint_id))
         decision = {

@@ -1,0 +1,79 @@
+"""The gate's generation on a tiny random model with the real tokenizer and chat template, behind a
+real LoRA adapter: two rounds and length-sorted batches give the answers one plain greedy pass
+gives, answers are deterministic, and base answers are cached on disk by base model, generation
+settings and conversations."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunegate.safety.generation import GenerationSettings
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Name a colour."}],
+    [{"role": "user", "content": "Write one long sentence about the sea, the wind and the boats in the harbour."}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is two plus two?"}],
+    [{"role": "user", "content": "Hello"}],
+    [{"role": "user", "content": "Tell me about trains and why people like them so much."}],
+]
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_model_path):
+    """A LoRA adapter with random (non-zero) weights, so the tuned model answers differently."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    out = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(out)
+    return out
+
+
+def _plain(tiny_model_path, adapter_dir, conversation, max_new):
+    """One conversation, one greedy `generate` call, no padding: the reference answer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunegate.catalog.template import render
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path), str(adapter_dir)).eval()
+    enc = tok(render(tok, conversation, add_generation_prompt=True), return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        ids = model.generate(**enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.eos_token_id)
+    return tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_two_rounds_in_sorted_batches_answer_as_one_greedy_pass(settings, tiny_model_path, adapter):
+    from tunegate.safety.generation import AdapterGenerator
+
+    gen = AdapterGenerator(settings, "tiny", adapter, 12, GenerationSettings(first_round_tokens=4, batch_size=2))
+    answers = gen.tuned(CONVERSATIONS)
+    assert answers == [_plain(tiny_model_path, adapter, c, 12) for c in CONVERSATIONS]
+    assert gen.tuned(CONVERSATIONS) == answers  # deterministic
+    assert gen.base(CONVERSATIONS) != answers  # the adapter is on for tuned, off for base
+
+
+def test_base_answers_are_cached_by_model_settings_and_conversations(settings, adapter, tmp_path):
+    from tunegate.safety.generation import AdapterGenerator
+
+    gen = AdapterGenerator(settings, "tiny", adapter, 8, GenerationSettings(first_round_tokens=4))
+    cache = tmp_path / "cache"
+    first = gen.cached_base(cache)(CONVERSATIONS)
+    files = list(cache.iterdir())
+    assert len(files) == 1 and first == gen.base(CONVERSATIONS)
+    files[0].write_text('["from the cache"]')  # a second call reads the file, it does not generate
+    assert gen.cached_base(cache)(CONVERSATIONS) == ["from the cache"]
+    other = AdapterGenerator(settings, "tiny", adapter, 8, GenerationSettings(first_round_tokens=2))
+    assert other.cache_key(CONVERSATIONS) != gen.cache_key(CONVERSATIONS)  # settings are part of the key
+    assert gen.cache_key(CONVERSATIONS[:2]) != gen.cache_key(CONVERSATIONS)
+    assert gen.cache_key(CONVERSATIONS) == AdapterGenerator(
+        settings, "tiny", adapter, 8, GenerationSettings(first_round_tokens=4)
+    ).cache_key(CONVERSATIONS)
