@@ -94,6 +94,7 @@ def dp(args) -> None:
             for i, s in enumerate(stamps)
             if i >= args.warmup
         )
+        total_steps = stamps[-1][1]["step"]
         rows.append(
             (
                 name,
@@ -101,16 +102,43 @@ def dp(args) -> None:
                 loss_tokens / secs,
                 sync / (t1 - stamps[0][0] + 1e-9) if world > 1 else 0.0,
                 d1["train_loss"],
+                sync / total_steps,
             )
         )
+        from safetensors import safe_open
+
+        with safe_open(str(result.adapter_dir / "adapter_model.safetensors"), "pt") as f:
+            payload = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+
     print(
         f"\nData-parallel training, SmolLM2-135M, batch {args.batch}, max length 256, {args.steps} measured steps "
         f"after {args.warmup} warm-up, {cores} cores\n"
     )
-    print("| variant | s/step | trained tok/s | x 1 process | gradient-sync share (rank 0) | last train loss |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, sps, tps, share, loss in rows:
-        print(f"| {name} | {sps:.2f} | {tps:.0f} | {tps / rows[0][2]:.2f} | {share:.1%} | {loss:.4f} |")
+    print(
+        "| variant | s/step | trained tok/s | x 1 process | gradient-sync share (rank 0) | "
+        "all-reduce s/step | last train loss |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, sps, tps, share, loss, sync_step in rows:
+        print(
+            f"| {name} | {sps:.2f} | {tps:.0f} | {tps / rows[0][2]:.2f} | {share:.1%} | {sync_step:.3f} | {loss:.4f} |"
+        )
+    mb = payload * 4 / 2**20  # fp32 LoRA gradients, one flat all-reduce per step
+    sync_step = rows[-1][5]
+    print(
+        f"\nAll-reduce payload: {payload:,} LoRA parameters = {mb:.1f} MiB of fp32 gradients per step; "
+        f"gloo over loopback moved it in {sync_step * 1000:.0f} ms ({mb / max(sync_step, 1e-9):.0f} MiB/s)."
+    )
+    for label, gbs in (("8 GPUs, NVLink (~150 GB/s bus bandwidth)", 150), ("8 nodes, 10 Gb/s Ethernet", 1.25)):
+        ring = 2 * 7 / 8 * payload * 4 / (gbs * 1e9)
+        print(f"Predicted ring all-reduce on {label}: {ring * 1000:.2f} ms per step.")
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 # ---------------------------------------------------------------- job throughput

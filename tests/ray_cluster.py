@@ -1,8 +1,11 @@
 """A real local Ray cluster for tests: a head node and a second node, each its own `ray start --block`
-process (SIGTERM stops what each started), in a private temporary folder, on a free port."""
+process (SIGTERM stops what each started), in a private temporary folder, on a free port. The second
+node can be killed whole (its `ray start`, raylet and worker processes, SIGKILL) and a fresh one
+added, as when a machine of a cluster dies and is replaced."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,6 +27,7 @@ class RayCluster:
         self.cpus = cpus_per_node
         self.env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0"}
         self.procs: list[subprocess.Popen] = []
+        self.node_ids: list[str] = []  # Ray node ids, in the order the nodes joined (the head first)
         self.ray = str(Path(sys.executable).with_name("ray"))
 
     def _start(self, *args: str, log: str) -> None:
@@ -48,14 +52,27 @@ class RayCluster:
             log="head.log",
         )
         self._wait_nodes(1, timeout)
-        self._start(f"--address={self.address}", "--node-ip-address=127.0.0.1", log="node.log")
-        self._wait_nodes(2, timeout)
+        self.add_node(timeout)
         return self
+
+    def add_node(self, timeout: float = 180) -> str:
+        """Start one more node process; returns its Ray node id."""
+        n = sum(1 for p in self.procs if p.poll() is None)
+        self._start(f"--address={self.address}", "--node-ip-address=127.0.0.1", log=f"node{len(self.procs)}.log")
+        self._wait_nodes(n + 1, timeout)
+        return self.node_ids[-1]
+
+    def kill_node(self) -> None:
+        """SIGKILL the last node added: its `ray start`, its raylet and every Ray worker on it. Ray's
+        processes stay in the session `ray start` began (start_new_session), so the whole node goes."""
+        proc = self.procs.pop()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def _wait_nodes(self, n: int, timeout: float) -> None:
         code = (
             "import ray; ray.init(address=%r, logging_level='ERROR'); "
-            "print(sum(1 for x in ray.nodes() if x['Alive']))" % self.address
+            "import json; print(json.dumps([x['NodeID'] for x in ray.nodes() if x['Alive']]))" % self.address
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -63,7 +80,11 @@ class RayCluster:
                 if p.poll() is not None:
                     raise RuntimeError(f"ray start exited ({p.returncode}):\n{self.logs()}")
             out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True)
-            if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(n)]:
+            lines = out.stdout.strip().splitlines()
+            alive = json.loads(lines[-1]) if out.returncode == 0 and lines else []
+            new = [x for x in alive if x not in self.node_ids]
+            if len(alive) == n and new:  # a killed node may still count as alive for a while
+                self.node_ids += new
                 return
             time.sleep(1)
         raise RuntimeError(f"the Ray cluster did not reach {n} nodes:\n{self.logs()}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+import time
 
 from sqlalchemy import create_engine, text
 
@@ -129,6 +131,63 @@ def test_three_servers_one_database_survive_a_killed_server(tmp_path, tiny_model
                 assert sorted(steps) == list(range(1, total + 1))
         retried = [e.message for e in alive[0].fine_tuning.jobs.list_events(killed_job, limit=100)]
         assert any("interrupted" in m for m in retried) and any("Resuming" in m for m in retried)
+    finally:
+        engine.dispose()
+        for srv in servers:
+            srv.stop()
+
+
+def test_a_live_servers_job_is_not_taken_while_its_lease_holds(tmp_path, tiny_model_path, pg_server):
+    """The lease is what keeps a second server off a job whose worker is alive but silent (stopped,
+    swapped out, a stalled disk): its heartbeat goes stale, yet its server still holds the job. Without
+    the lease the other server would re-queue it and train it twice at once."""
+    url = pg_server.create_database("lease")
+    env = tiny_server_env(
+        tiny_model_path,
+        TUNEGATE_DATABASE_URL=url,
+        TUNEGATE_HEARTBEAT_SECONDS="0.5",
+        TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS="3",
+        TUNEGATE_TORCH_THREADS="1",
+    )
+    servers = start_servers(tmp_path / "data", env, 2)
+    engine = create_engine(url)
+    try:
+        client = _client(servers[0])
+        f = client.files.create(file=("t.jsonl", io.BytesIO(_data(30, 0))), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(
+            model="tiny",
+            training_file=f.id,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}},
+        )
+
+        def row():
+            with engine.connect() as con:
+                return con.execute(
+                    text("select status, worker_pid, heartbeat_at, lease_owner from jobs where id = :id"),
+                    {"id": job.id},
+                ).one()
+
+        has_metrics = lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id).data)  # noqa: E731
+        _wait(lambda: row().status == "running" and row().worker_pid and has_metrics(), timeout=600, every=0.2)
+        _, pid, _, owner = row()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stopped = time.time()
+            _wait(lambda: time.time() - (row().heartbeat_at or 0) > 3 * 3, timeout=60, every=0.5)  # 3x stale
+            assert row().status == "running" and row().lease_owner == owner, "the other server took a leased job"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert time.time() - stopped > 9
+        done = _wait(
+            lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+            timeout=600,
+        )
+        assert done.status == "succeeded", done.error
+        events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+        assert not [e for e in events if "interrupted" in e.message]  # never re-queued
+        assert [e.data["status"] for e in events if e.type == "status"].count("running") == 1
+        steps = [e.data["step"] for e in events if e.type == "metrics"]
+        assert sorted(steps) == sorted(set(steps))  # no step trained twice
     finally:
         engine.dispose()
         for srv in servers:

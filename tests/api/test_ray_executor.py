@@ -92,3 +92,102 @@ def test_cancel_and_pause_reach_the_remote_worker(ray_server):
     assert _wait(lambda: client.fine_tuning.jobs.retrieve(to_pause.id).status == "paused", timeout=180)
     assert _job_row(ray_server, to_cancel.id)[1] is None
     client.fine_tuning.jobs.cancel(to_pause.id)
+
+
+def test_data_parallel_job_is_launched_by_ray_train(ray_server):
+    """`tunegate.n_workers: 2` with the Ray executor: Ray Train's TorchTrainer starts the two ranks
+    (one CPU each, so one per node here), rank 0 reports every step once, the job succeeds."""
+    import io
+
+    from tests.api.test_job_faults import _data
+
+    client = ray_server.c
+    f = client.files.create(file=("t.jsonl", io.BytesIO(_data(24))), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=f.id,
+        seed=1,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+        extra_body={"tunegate": {"n_workers": 2}},
+    )
+    done = _finished(client, job.id)
+    assert done.status == "succeeded", done.error
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    launched = [e for e in events if e.data and e.data.get("launcher") == "ray_train"]
+    assert len(launched) == 1 and launched[0].data["world_size"] == 2
+    steps = sorted(e.data["step"] for e in events if e.type == "metrics")
+    assert steps == list(range(1, steps[-1] + 1)) and steps[-1] >= 6  # every step once, from rank 0
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data
+
+
+def test_a_killed_node_requeues_its_job_which_resumes_on_a_new_node(ray_server, cluster):
+    """The whole second node dies (its raylet and Ray workers, SIGKILL), not only the worker: its job
+    goes back to the queue and resumes from its last checkpoint on the node that replaces it."""
+    client = ray_server.c
+    jobs = [_create(client, n_examples=30, epochs=3, batch=1) for _ in range(2)]  # one per node (1 CPU each)
+    second = cluster.node_ids[-1]
+
+    def on_second_node_past_a_checkpoint():
+        for job in jobs:
+            started = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if "Ray node" in e.message]
+            if started and started[0].data["ray_node_id"] == second:
+                return client.fine_tuning.jobs.checkpoints.list(job.id).data and job
+        return None
+
+    victim = _wait(on_second_node_past_a_checkpoint)
+    cluster.kill_node()
+    replacement = cluster.add_node()
+    done = _finished(client, victim.id)
+    assert done.status == "succeeded", done.error
+    events = list(client.fine_tuning.jobs.list_events(victim.id, limit=100))
+    nodes = [e.data["ray_node_id"] for e in reversed(events) if "Ray node" in e.message]
+    assert nodes[0] == second and nodes[-1] in (replacement, cluster.node_ids[0]) and len(nodes) == 2
+    msgs = _messages(client, victim.id)
+    assert any("interrupted" in m for m in msgs) and any("Resuming" in m for m in msgs)
+    oldest_first = list(reversed(events))
+    cut = next(i for i, e in enumerate(oldest_first) if "interrupted" in e.message)
+    saved = max(e.data["step"] for e in oldest_first[:cut] if e.type == "checkpoint")
+    resumed = next(e.data["step"] for e in oldest_first[cut:] if e.type == "metrics")
+    assert resumed == saved + 1  # from the last checkpoint, not from the start
+    metrics = [e.data for e in events if e.type == "metrics"]
+    assert max(m["step"] for m in metrics) == metrics[0]["total_steps"] >= 90  # trained to the end
+    other = next(j for j in jobs if j.id != victim.id)
+    assert _finished(client, other.id).status == "succeeded"
+
+
+def test_ray_train_two_ranks_equal_one_rank(tmp_path, tiny_model_path, cluster):
+    """Ray Train's TorchTrainer on the local cluster (a rank per node, gloo): 2 ranks x half the batch
+    train the same run as 1 process x the whole batch: loss curve and final adapter."""
+    import functools
+    import json
+
+    import pytest
+    import ray
+
+    from tests.unit.test_train_distributed import _assert_same_adapter, _dp_config
+    from tests.unit.test_train_recipe import _losses, _run, _write_data
+    from tunegate.train.distributed import file_callbacks, run_ray_train
+
+    data = _write_data(tmp_path / "train.jsonl", 16), _write_data(tmp_path / "valid.jsonl", 4, offset=100)
+    config = _dp_config(tiny_model_path, data)
+    one, one_events = _run(config, tmp_path / "one")
+    events_path = tmp_path / "two-events.jsonl"
+    ray.init(address=cluster.address, namespace="tunegate-test", logging_level="ERROR")
+    try:
+        two = run_ray_train(
+            config,
+            tmp_path / "two",
+            functools.partial(file_callbacks, str(events_path)),
+            world_size=2,
+            threads=1,
+            resources_per_worker={"CPU": 1},
+        )
+    finally:
+        ray.shutdown()
+    two_events = [json.loads(line) for line in events_path.read_text().splitlines()]
+    assert one.status == two.status == "succeeded"
+    assert len(_losses(two_events)) == len(_losses(one_events)) == 4
+    assert _losses(two_events) == pytest.approx(_losses(one_events), rel=1e-5)
+    _assert_same_adapter(one.adapter_dir, two.adapter_dir)
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-2", "step-4"]
+    assert two.metrics["gradient_sync_seconds"] > 0

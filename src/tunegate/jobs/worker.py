@@ -86,7 +86,9 @@ def build_config(db: Database, settings: Settings, job: Job):
     return config, resolved
 
 
-def run(job_id: str, settings: Settings | None = None) -> int:
+def run(job_id: str, settings: Settings | None = None, launch=None) -> int:
+    """`launch`: how data-parallel ranks start (default: `run_data_parallel`, on this machine; the
+    Ray executor passes one that uses Ray Train). Same arguments, returns rank 0's TrainResult."""
     from tunegate.train.distributed import run_data_parallel
 
     settings = settings or Settings.from_worker_env()
@@ -117,7 +119,9 @@ def run(job_id: str, settings: Settings | None = None) -> int:
 
         n_workers = int((job.options or {}).get("n_workers") or 1)
         threads = max(1, (settings.torch_threads or os.cpu_count() or 1) // n_workers)  # the worker's cores, shared
-        result = run_data_parallel(config, out_dir, reporter, should_stop, world_size=n_workers, threads=threads)
+        result = (launch or run_data_parallel)(
+            config, out_dir, reporter, should_stop, world_size=n_workers, threads=threads
+        )
         reporter.sync_checkpoints(result.checkpoints)
         if result.status in ("cancelled", "paused"):
             with db.session() as s:

@@ -2,10 +2,11 @@
 the local launchers.
 
 Owns `Group` (rank, world size, and the four collective steps the recipe needs: shard a batch,
-sum the LoRA gradients, sum the step statistics, agree on stop/pause) and two ways to start N
-ranks on one machine: `run_data_parallel` (rank 0 in the calling process, so it keeps the job's
-event callback and stop poll; ranks 1..N-1 spawned) and `python -m tunegate.train.distributed`
-under `torchrun`. The Ray executor starts the same ranks as Ray actors (jobs/executors/ray.py).
+sum the LoRA gradients, sum the step statistics, agree on stop/pause) and three ways to start N
+ranks: `run_data_parallel` on one machine (rank 0 in the calling process, so it keeps the job's
+event callback and stop poll; ranks 1..N-1 spawned), `python -m tunegate.train.distributed` under
+`torchrun`, and `run_ray_train` on a Ray cluster (Ray Train's `TorchTrainer`: each rank a Ray Train
+worker with its declared resources, on whichever nodes have them; the Ray executor uses it).
 
 Why exact: every rank holds the whole batch list (the dataset is small next to the model), trains
 its slice, and divides its summed loss by the loss tokens of the WHOLE batch; summing the
@@ -217,6 +218,141 @@ def run_data_parallel(config, out_dir: Path, on_event, should_stop, world_size: 
             for p in ctx.processes:
                 if p.is_alive():
                     p.kill()
+
+
+class RanksLost(RuntimeError):
+    """A Ray Train rank (or its node) died before rank 0 recorded an outcome: the run can resume
+    from its last checkpoint, unlike a training error, which would only happen again."""
+
+
+_RAY_RESULT = "ray-train-result.json"
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """A collective failed because another rank went away (gloo/nccl report it as a DistError or a
+    RuntimeError naming the transport)."""
+    import torch.distributed as dist
+
+    text = str(exc).lower()
+    return isinstance(exc, dist.DistError) or any(w in text for w in ("gloo", "nccl", "connection", "peer"))
+
+
+def _ray_train_loop(cfg: dict) -> None:
+    """One rank under TorchTrainer (the process group is set up by Ray Train). Rank 0 builds its
+    event callback and stop poll here, in its own Ray worker, from `cfg["callbacks"]` (a picklable
+    factory), and leaves the outcome in the shared output folder for the launcher to read."""
+    import ray.train
+
+    from tunegate.train.config import TrainConfig
+    from tunegate.train.recipe import run_training
+
+    ctx = ray.train.get_context()
+    group = DistributedGroup(rank=ctx.get_world_rank(), world_size=ctx.get_world_size())
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    config, out_dir = TrainConfig.from_dict(cfg["config"]), Path(cfg["out_dir"])
+    if not group.is_main:
+        run_training(config, out_dir, lambda e: None, lambda: None, group=group)
+        return
+    on_event, should_stop = cfg["callbacks"]()
+    result_path = out_dir / _RAY_RESULT
+    try:
+        r = run_training(config, out_dir, on_event, should_stop, group=group)
+    except Exception as exc:
+        if not _lost_peer(exc):  # a training error is the job's outcome; a lost peer is a crash to resume
+            result_path.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        raise
+    outcome = {
+        "status": r.status,
+        "adapter_dir": str(r.adapter_dir) if r.adapter_dir else None,
+        "checkpoints": [[step, str(path), metrics] for step, path, metrics in r.checkpoints],
+        "trained_tokens": r.trained_tokens,
+        "metrics": {**r.metrics, "gradient_sync_seconds": group.sync_seconds},
+    }
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(outcome))
+    os.replace(tmp, result_path)
+
+
+def file_callbacks(path: str):
+    """A `callbacks` factory for `run_ray_train` outside a job: rank 0 appends its events to `path`
+    as JSON lines and never stops early (use functools.partial(file_callbacks, PATH))."""
+
+    def on_event(event: dict[str, Any]) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(event, default=str) + "\n")
+
+    return on_event, lambda: None
+
+
+def run_ray_train(
+    config,
+    out_dir: Path,
+    callbacks,
+    world_size: int,
+    *,
+    threads: int | None = None,
+    resources_per_worker: dict[str, float] | None = None,
+    env: dict[str, str] | None = None,
+):
+    """Train with `world_size` ranks as Ray Train workers on the connected Ray cluster (ray.init
+    done by the caller); returns rank 0's TrainResult.
+
+    `callbacks()` runs on rank 0 and returns `(on_event, should_stop)`; it must pickle (a module
+    function or a partial of one), since rank 0 runs in a Ray worker of its own. `out_dir` must be on
+    storage every node sees (the data directory). Ray Train retries nothing (`max_failures=0`): a lost
+    rank raises `RanksLost` and the caller resumes the run from its last checkpoint.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from tunegate.train.recipe import TrainResult
+
+    if config.method != "supervised":
+        from tunegate.errors import InvalidRequestError
+
+        raise InvalidRequestError(
+            "Data-parallel training (`tunegate.n_workers` > 1) is available for supervised jobs "
+            "only; use one worker for DPO and reinforcement jobs.",
+            param="tunegate.n_workers",
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result_path = out_dir / _RAY_RESULT
+    result_path.unlink(missing_ok=True)
+    gpu = config.device == "cuda"
+    trainer = TorchTrainer(
+        _ray_train_loop,
+        train_loop_config={
+            "config": config.to_dict(),
+            "out_dir": str(out_dir),
+            "threads": threads,
+            "callbacks": callbacks,
+        },
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=world_size, use_gpu=gpu, resources_per_worker=resources_per_worker),
+        run_config=RunConfig(
+            name="ray-train",
+            storage_path=str(out_dir.resolve()),
+            failure_config=FailureConfig(max_failures=0),
+            worker_runtime_env={"env_vars": env} if env else None,  # type: ignore[call-arg]  # Ray Train v2's RunConfig
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:
+        outcome = json.loads(result_path.read_text()) if result_path.exists() else {}
+        if outcome.get("error"):
+            raise RuntimeError(outcome["error"]) from None
+        raise RanksLost(f"a Ray Train rank stopped: {type(exc).__name__}: {exc}") from exc
+    outcome = json.loads(result_path.read_text())
+    return TrainResult(
+        status=outcome["status"],
+        adapter_dir=Path(outcome["adapter_dir"]) if outcome["adapter_dir"] else None,
+        checkpoints=[(step, Path(path), metrics) for step, path, metrics in outcome["checkpoints"]],
+        trained_tokens=outcome["trained_tokens"],
+        metrics=outcome["metrics"],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
