@@ -6,9 +6,13 @@ the LoRA math at inference. Does not own scheduling or sampling (`serve/schedule
 
 How: every targeted `nn.Linear` is wrapped once. The wrapper keeps, per slot of the adapter cache,
 the adapter's A (r x in) and scaled B (out x r) in one stacked tensor; slot 0 is all zeros (no
-adapter). Before each forward the engine sets the slot of every batch row; the wrapper gathers the
-rows' A and B and adds `(x A^T) B^T` with two batched matmuls, whatever the mix of adapters. PEFT's
-`adapter_names=` instead runs one sub-batch per adapter, which loses half the batching gain here.
+adapter). Before each forward the engine sets the slot of every batch row. Adapters are batched by
+group: the k adapters the batch uses are laid side by side (A as one [k*r, in] matrix, B as one
+[out, k*r] matrix, built once per set of adapters and kept until it changes), so a mixed batch costs
+two plain matmuls per layer, `((x A_cat^T) * onehot) B_cat^T`, where the one-hot mask keeps each row's
+own adapter's r columns. Gathering A and B per row (a [batch, r, in] copy per layer per step) cost
+more memory traffic than the math; PEFT's `adapter_names=` runs one sub-batch per adapter, which
+loses half the batching gain here. Exact: the masked columns are exact zeros.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tunegate.catalog import BaseModelInfo
@@ -124,6 +129,25 @@ class BatchSlots:
     def __init__(self) -> None:
         self.rows: torch.Tensor | None = None  # [batch] slot ids; None = no adapter anywhere
         self.single: int | None = None  # the one slot used by every row, if so
+        self.used: tuple[int, ...] = ()  # the distinct adapter slots (not 0) of a mixed batch, in order
+        self._masks: dict[int, torch.Tensor] = {}
+
+    def set(self, slots: list[int]) -> None:
+        self._masks = {}
+        if not any(slots):
+            self.rows, self.single, self.used = None, None, ()
+            return
+        self.rows = torch.tensor(slots, dtype=torch.long)
+        self.single = slots[0] if all(s == slots[0] for s in slots) else None
+        self.used = tuple(sorted({s for s in slots if s}))
+
+    def mask(self, rank: int, dtype: torch.dtype) -> torch.Tensor:
+        """[batch, 1, k*rank]: 1 where a column belongs to the row's own adapter (computed once per batch)."""
+        m = self._masks.get(rank)
+        if m is None:
+            group = torch.tensor(self.used, dtype=torch.long).repeat_interleave(rank)  # [k*rank] slot of column
+            m = self._masks[rank] = (self.rows[:, None] == group[None, :]).to(dtype).unsqueeze(1)
+        return m
 
 
 class MultiLoraLinear(nn.Module):
@@ -136,6 +160,8 @@ class MultiLoraLinear(nn.Module):
         self.rank = 0
         self.register_buffer("A", torch.zeros(n_slots, 0, base.in_features, dtype=base.weight.dtype), persistent=False)
         self.register_buffer("B", torch.zeros(n_slots, base.out_features, 0, dtype=base.weight.dtype), persistent=False)
+        # (adapter slots, A_cat, B_cat) of the last mixed batch; reset when an adapter is installed
+        self._cat: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     def install(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
         if a is not None and a.shape[0] > self.rank:
@@ -148,18 +174,28 @@ class MultiLoraLinear(nn.Module):
         if a is not None:
             self.A[slot, : a.shape[0]] = a
             self.B[slot, :, : b.shape[1]] = b
+        self._cat = None
+
+    def _concatenated(self) -> tuple[torch.Tensor, torch.Tensor]:
+        key = self.slots.used
+        if self._cat is None or self._cat[0] != key:
+            index = torch.tensor(self.slots.used, dtype=torch.long)
+            a = self.A.index_select(0, index).reshape(-1, self.A.shape[2])  # [k*r, in]
+            b = self.B.index_select(0, index).permute(1, 0, 2).reshape(self.B.shape[1], -1)  # [out, k*r]
+            self._cat = (key, a.contiguous(), b.contiguous())
+        return self._cat[1], self._cat[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        rows = self.slots.rows
-        if rows is None or self.rank == 0:
+        slots = self.slots
+        if slots.rows is None or self.rank == 0:
             return y
-        if self.slots.single is not None:
-            s = self.slots.single
-            return y + (x @ self.A[s].T) @ self.B[s].T
-        a = self.A.index_select(0, rows)  # [batch, r, in]
-        b = self.B.index_select(0, rows)  # [batch, out, r]
-        return y + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
+        if slots.single is not None:
+            s = slots.single
+            return y.add_(F.linear(F.linear(x, self.A[s]), self.B[s]))
+        a, b = self._concatenated()
+        h = F.linear(x, a)  # [batch, tokens, k*r]: every used adapter's down-projection
+        return y.add_(F.linear(h.mul_(slots.mask(self.rank, h.dtype)), b))
 
 
 class AdapterSlots:
@@ -231,8 +267,4 @@ class AdapterSlots:
         self.layers[name] = wrapped
 
     def set_batch(self, slots: list[int]) -> None:
-        if not any(slots):
-            self.batch.rows, self.batch.single = None, None
-            return
-        self.batch.rows = torch.tensor(slots, dtype=torch.long)
-        self.batch.single = slots[0] if all(s == slots[0] for s in slots) else None
+        self.batch.set(slots)
