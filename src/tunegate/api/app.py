@@ -15,6 +15,7 @@ from tunegate import __version__
 from tunegate.api import errors, openapi
 from tunegate.api.guard import Guard
 from tunegate.auth import ensure_admin_key
+from tunegate.catalog.prepare import prepare_default_model
 from tunegate.catalog.registry import preload_libraries
 from tunegate.db import open_database
 from tunegate.settings import Settings
@@ -51,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 print(f"Created a local admin API key (saved in {settings.data_dir / 'admin_key'}):\n{key}", flush=True)
         # Before any service starts a thread: see preload_libraries.
         await asyncio.to_thread(preload_libraries)
+        # The packaged model's one-time conversion happens here, before the server answers, never in a request.
+        await asyncio.to_thread(prepare_default_model, settings, lambda m: print(m, flush=True))
         services = [s for s in app.state.services if settings.start_workers or not getattr(s, "is_worker", False)]
         for service in services:
             await service.start()
