@@ -302,6 +302,13 @@ class Database:
         finally:
             s.close()
 
+    def owned(self, model: type[Base], row_id: str, org_id: str) -> Any | None:
+        """The `model` row with `row_id` when it belongs to organisation `org_id`, else None: a caller
+        must not learn that another organisation's id exists, so both read as unknown."""
+        with self.session() as s:
+            row = s.get(model, row_id)
+        return row if row is not None and getattr(row, "org_id", None) == org_id else None
+
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (idempotent, safe on every start)."""
         from alembic import command

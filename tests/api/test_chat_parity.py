@@ -146,6 +146,29 @@ def test_openai_moderation_parameter_reports_and_tunegate_extension_is_admin_onl
     assert len(mod["output"]["results"]) == 1
     plain = c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=4)
     assert plain.model_dump().get("moderation") is None  # not asked for: no second scoring pass
+    # Streamed: the chunk that finishes the last choice carries the same object, scored on what was sent.
+    chunks = list(
+        c.chat.completions.create(
+            model="tiny",
+            messages=MSGS,
+            max_tokens=4,
+            n=2,
+            stream=True,
+            stream_options={"include_usage": True},
+            moderation={"model": "omni-moderation-latest", "policy": {"output": {"mode": "score"}}},
+        )
+    )
+    reported = [ch for ch in chunks if ch.model_dump().get("moderation")]
+    # (random weights: an answer may be stopped by output moderation, which finishes its choice too)
+    assert len(reported) == 1 and reported[0].choices[0].finish_reason in ("stop", "length", "content_filter")
+    assert chunks[-1].usage is not None and not chunks[-1].choices  # the usage chunk stays last
+    smod = reported[0].model_dump()["moderation"]
+    assert smod["input"]["type"] == "moderation_results"  # the organisation's policy moderates input
+    assert smod["output"]["type"] == "moderation_results" and len(smod["output"]["results"]) == 2
+    assert not any(
+        ch.model_dump().get("moderation")
+        for ch in c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=4, stream=True)
+    )
     # `block` asks the server to refuse flagged input even where the organisation only flags it.
     blocked = c.chat.completions.create(
         model="tiny",

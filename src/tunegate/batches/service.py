@@ -218,9 +218,8 @@ def create(db: Database, settings: Settings, principal: Principal, body: BatchCr
 
 
 def get(db: Database, principal: Principal, batch_id: str) -> Batch:
-    with db.session() as s:
-        row = s.get(Batch, batch_id)
-    if row is None or row.org_id != principal.org_id:
+    row = db.owned(Batch, batch_id, principal.org_id)
+    if row is None:
         raise NotFoundError(f"No batch found with id '{batch_id}'.", param="batch_id", code="batch_not_found")
     return row
 

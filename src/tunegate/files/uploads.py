@@ -149,9 +149,8 @@ def create(db: Database, settings: Settings, principal: Principal, body: UploadC
 
 
 def get(db: Database, principal: Principal, upload_id: str) -> Upload:
-    with db.session() as s:
-        row = s.get(Upload, upload_id)
-    if row is None or row.org_id != principal.org_id:
+    row = db.owned(Upload, upload_id, principal.org_id)
+    if row is None:
         raise NotFoundError(f"No such Upload object: {upload_id}", param="upload_id", code="upload_not_found")
     return row
 

@@ -387,6 +387,9 @@ class ChatCompletionChunk(BaseModel):
     usage: CompletionUsage | None = None
     """Only on the extra last chunk sent when `stream_options.include_usage` is true."""
     system_fingerprint: str | None = None
+    moderation: dict[str, Any] | None = None
+    """Only on the chunk that finishes the last choice, when the request's `moderation` asked for scores
+    (the same object as `ChatCompletion.moderation`)."""
 
     def to_dict(self) -> dict:
         """OpenAI's exact chunk JSON: deltas carry only the keys they set; `usage` only when sent."""
@@ -398,6 +401,7 @@ class ChatCompletionChunk(BaseModel):
                     del call[k]
                 if call.get("function"):
                     call["function"] = {k: v for k, v in call["function"].items() if v is not None}
-        if d["usage"] is None:
-            del d["usage"]
+        for key in ("usage", "moderation"):
+            if d[key] is None:
+                del d[key]
         return d

@@ -118,24 +118,54 @@ def _results(moderator, texts: list[str]) -> dict:
     return {"type": "moderation_results", "model": moderator.model, "results": results}
 
 
-async def _moderation_report(mod: RuntimeModeration, body: ChatCompletionRequest, completion: ChatCompletion) -> None:
-    """Fill the response's `moderation` (scores of the input and of each answer) when the request asked
-    for it with OpenAI's `moderation` parameter: scoring costs a second classifier pass, which requests
-    that did not ask should not pay."""
-    if body.moderation is None or mod.moderator is None or (mod.policy.input == "off" and mod.policy.output == "off"):
-        return
+def _wants_report(mod: RuntimeModeration, body: ChatCompletionRequest) -> bool:
+    """OpenAI's `moderation` parameter asks for scores; scoring costs a second classifier pass, which
+    requests that did not ask should not pay."""
+    return (
+        body.moderation is not None and mod.moderator is not None and not mod.policy.input == mod.policy.output == "off"
+    )
+
+
+async def _moderation_report(mod: RuntimeModeration, body: ChatCompletionRequest, answers: list[str]) -> dict:
+    """The response's `moderation`: scores of the input and of each answer (a side that is off for
+    this request says so, as OpenAI's error object)."""
     from tunegate.catalog.template import content_text
 
     text = "\n".join(content_text(m.content) for m in body.messages if m.role in ("user", "system"))
     off = {"type": "error", "code": "moderation_off", "message": "Moderation of this side is off for this request."}
-    completion.moderation = {
+    return {
         "input": await asyncio.to_thread(_results, mod.moderator, [text]) if mod.policy.input != "off" else off,
-        "output": await asyncio.to_thread(
-            _results, mod.moderator, [c.message.content or "" for c in completion.choices]
-        )
-        if mod.policy.output != "off"
-        else off,
+        "output": await asyncio.to_thread(_results, mod.moderator, answers) if mod.policy.output != "off" else off,
     }
+
+
+def _answer_text(content: str | None, calls) -> str:
+    """What an answer says, tool calls included (their names and arguments are output too)."""
+    parts = [content or ""] + [f"{c.function.name} {c.function.arguments or ''}" for c in calls or []]
+    return "\n".join(p for p in parts if p)
+
+
+async def _report_on_last_chunk(mod: RuntimeModeration, body: ChatCompletionRequest, chunks):
+    """A stream's `moderation`: on the chunk that finishes the last choice, scored on the text the
+    client was sent (after output moderation), so a streaming client gets what a JSON one gets."""
+    texts: dict[int, list[str]] = {}
+    open_choices = body.n or 1
+    try:
+        async for chunk in chunks:
+            for choice in chunk.choices:
+                delta = choice.delta
+                texts.setdefault(choice.index, []).append(delta.content or "")
+                for call in delta.tool_calls or []:
+                    f = call.function
+                    texts[choice.index].append(((f.name + " ") if f and f.name else "") + ((f and f.arguments) or ""))
+                if choice.finish_reason is not None:
+                    open_choices -= 1
+                    if open_choices == 0:
+                        answers = ["".join(texts.get(i, [])) for i in range(body.n or 1)]
+                        chunk.moderation = await _moderation_report(mod, body, answers)
+            yield chunk
+    finally:
+        await chunks.aclose()
 
 
 async def _prepare(app, principal, body: ChatCompletionRequest):
@@ -154,7 +184,9 @@ async def complete(app, principal, body: ChatCompletionRequest, caller: Caller |
     not held to the per-key concurrency and token limits of live requests)."""
     model, moderation = await _prepare(app, principal, body)
     completion = await moderation.check_completion(await app.state.chat.create(body, model, caller))
-    await _moderation_report(moderation, body, completion)
+    if _wants_report(moderation, body):
+        answers = [_answer_text(c.message.content, c.message.tool_calls) for c in completion.choices]
+        completion.moderation = await _moderation_report(moderation, body, answers)
     return completion
 
 
@@ -205,6 +237,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
         service: ChatService = request.app.state.chat
         # 400/429 are raised here, before the stream starts; output is held back until moderated.
         chunks = moderation.filter_stream(await service.stream(body, model, caller))
+        if _wants_report(moderation, body):
+            chunks = _report_on_last_chunk(moderation, body, chunks)
     finally:
         live["n"] -= 1
 
