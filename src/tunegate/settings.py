@@ -102,9 +102,15 @@ class Settings(BaseSettings):
         default=None,
         description="Ray cluster (host:port) of TUNEGATE_EXECUTOR=ray; default: the cluster this machine belongs to.",
     )
-    ray_num_cpus: float = Field(default=1.0, gt=0, description="CPUs each job's Ray task declares.")
-    ray_num_gpus: float = Field(default=0.0, ge=0, description="GPUs each job's Ray task declares.")
-    ray_memory_gb: float | None = Field(default=None, gt=0, description="Memory each job's Ray task declares.")
+    ray_num_cpus: float = Field(
+        default=1.0, gt=0, description="CPUs each job's Ray task declares (each rank, for data-parallel jobs)."
+    )
+    ray_num_gpus: float = Field(
+        default=0.0, ge=0, description="GPUs each job's Ray task declares (each rank, for data-parallel jobs)."
+    )
+    ray_memory_gb: float | None = Field(
+        default=None, gt=0, description="Memory each job's Ray task declares (each rank, for data-parallel jobs)."
+    )
     moderation_url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible moderation API.")
     python_graders: bool = Field(
         default=False,

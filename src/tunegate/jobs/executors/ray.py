@@ -5,7 +5,9 @@ Owns starting, watching and stopping that task. The task runs the same worker co
 executor (`tunegate.jobs.worker.run`) with the server's settings, so events, heartbeats, cancel and
 pause go through the shared database, and checkpoints through the shared data directory, exactly as
 for a local worker: nothing here assumes the task runs on the server's machine, only that every
-node reaches the database and mounts the data directory (see the README's deployment guide).
+node reaches the database and mounts the data directory at the same path. The server hands the
+task absolute storage paths and the storage's identity (storage/), which the task checks before it
+touches a file: a node without the shared mount fails the job with `storage_not_shared`.
 
 A job that asks for N data-parallel ranks (`tunegate.n_workers`) is trained by Ray Train's
 `TorchTrainer` (train/distributed.py `run_ray_train`): N Ray Train workers, each declaring the
