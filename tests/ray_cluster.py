@@ -30,11 +30,12 @@ class RayCluster:
         self.node_ids: list[str] = []  # Ray node ids, in the order the nodes joined (the head first)
         self.ray = str(Path(sys.executable).with_name("ray"))
 
-    def _start(self, *args: str, log: str) -> None:
+    def _start(self, *args: str, log: str, cpus: int | None = None, prefix: tuple[str, ...] = ()) -> None:
         out = open(self.tmp / log, "ab")
+        cpus = self.cpus if cpus is None else cpus
         self.procs.append(
             subprocess.Popen(
-                [self.ray, "start", "--block", f"--num-cpus={self.cpus}", "--object-store-memory=78643200", *args],
+                [*prefix, self.ray, "start", "--block", f"--num-cpus={cpus}", "--object-store-memory=78643200", *args],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -55,10 +56,27 @@ class RayCluster:
         self.add_node(timeout)
         return self
 
-    def add_node(self, timeout: float = 180) -> str:
-        """Start one more node process; returns its Ray node id."""
+    def add_node(
+        self, timeout: float = 180, cpus: int | None = None, resources: str | None = None, hide: Path | None = None
+    ) -> str:
+        """Start one more node process; returns its Ray node id. `hide`: the node runs in a mount
+        namespace of its own where that folder is an empty one (a machine that lacks a shared mount);
+        needs root. `resources`: Ray custom resources as JSON, to send a task to this node alone."""
         n = sum(1 for p in self.procs if p.poll() is None)
-        self._start(f"--address={self.address}", "--node-ip-address=127.0.0.1", log=f"node{len(self.procs)}.log")
+        prefix: tuple[str, ...] = ()
+        if hide is not None:
+            empty = Path(tempfile.mkdtemp(prefix="empty", dir=self.tmp))
+            script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+            prefix = ("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(empty), str(hide))
+        extra = [f"--resources={resources}"] if resources else []
+        self._start(
+            f"--address={self.address}",
+            "--node-ip-address=127.0.0.1",
+            *extra,
+            log=f"node{len(self.procs)}.log",
+            cpus=cpus,
+            prefix=prefix,
+        )
         self._wait_nodes(n + 1, timeout)
         return self.node_ids[-1]
 

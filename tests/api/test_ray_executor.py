@@ -155,6 +155,44 @@ def test_a_killed_node_requeues_its_job_which_resumes_on_a_new_node(ray_server, 
     assert _finished(client, other.id).status == "succeeded"
 
 
+def test_a_node_without_the_shared_storage_fails_the_job_naming_it(tmp_path, cluster):
+    """A node that does not mount the data directory (here: a Ray node in a mount namespace of its
+    own, where that folder is an empty one) fails the job with `storage_not_shared` before it reads
+    or writes a file, instead of training into a folder no server sees."""
+    import shutil
+
+    import ray
+
+    from tests.unit.test_jobs_lifecycle import _job
+    from tunegate.db import Job, open_database
+    from tunegate.jobs.executors.ray import _run_job
+    from tunegate.settings import Settings
+    from tunegate.storage import FileStorage
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a node without the mount needs a mount namespace (root and unshare)")
+    data = tmp_path / "data"  # the storage; the database lives beside it, reachable from every node
+    settings = Settings(data_dir=data, database_url=f"sqlite:///{tmp_path / 'tunegate.db'}")
+    settings.ensure_dirs()
+    db = open_database(settings.db_url)
+    job_id = _job(db, "running")
+    storage_id = FileStorage.from_settings(settings).identity()
+    cluster.add_node(cpus=0, resources='{"no_mount": 1}', hide=data)
+    ray.init(address=cluster.address, namespace="tunegate-test", logging_level="ERROR")
+    try:
+        task = ray.remote(_run_job).options(num_cpus=0, resources={"no_mount": 1}, max_retries=0)
+        assert ray.get(task.remote(job_id, settings.model_dump_json(), storage_id), timeout=300) == 0
+    finally:
+        ray.shutdown()
+        cluster.kill_node()
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "failed" and job.error["code"] == "storage_not_shared"
+        assert str(data) in job.error["message"] and "no storage marker" in job.error["message"]
+        assert job.error["message"].startswith("Ray node ")
+    assert not (data / "artifacts" / job_id).exists()  # nothing was written for it
+
+
 def test_ray_train_two_ranks_equal_one_rank(tmp_path, tiny_model_path, cluster):
     """Ray Train's TorchTrainer on the local cluster (a rank per node, gloo): 2 ranks x half the batch
     train the same run as 1 process x the whole batch: loss curve and final adapter."""
