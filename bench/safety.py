@@ -11,9 +11,16 @@ without mixing (the admin turned both off) and only the gate can stop it.
 Baselines in the same run: the published judges (pyrit's metrics files), the base model's own
 answers (the gate's paired baseline) and the sample job's training time (for the gate's share).
 
-Usage: python bench/safety.py [--quick] [--skip-agreement] [--only NAME ...] [--threads 2]
-  --quick: 4 benign files and 2 attacks, for a smoke run. Wrap real-model runs in
-  `flock /tmp/tg-heavy.lock` on shared machines.
+The sample job (`tunegate demo`'s data and hyperparameters, refusal examples mixed in) is trained
+and gated twice: once with an empty base-answer cache (the first gate on a base model) and once
+with it filled (every later job): its gate time over its training time is the gate's cost.
+
+Usage: python bench/safety.py [--quick] [--skip-agreement] [--skip-latency] [--only NAME ...]
+                              [--screening on|off|both] [--json OUT] [--threads 2]
+       python bench/safety.py --table OUT1.json OUT2.json ...   (one table from runs made in chunks)
+  --only: file stems (benign or attack) and/or `demo`; --quick: 4 benign files and 2 attacks.
+  Wrap real-model runs in `flock /tmp/tg-heavy.lock` on shared machines; on a busy machine run the
+  suite in chunks (--only ...) and merge their JSON files with --table.
 """
 
 from __future__ import annotations
@@ -110,8 +117,16 @@ def latency_rows(moderator) -> list[tuple[str, str, str]]:
 
 
 def train(
-    path: Path, out: Path, smol: Path, mix: bool, epochs: int | None = None, lr_mult: float | None = None
-) -> tuple[float, Path]:
+    path: Path,
+    out: Path,
+    smol: Path,
+    mix: bool,
+    epochs: int | None = None,
+    lr_mult: float | None = None,
+    batch_size: int | None = None,
+    cap: bool = True,
+) -> tuple[float, Path, Path]:
+    """Train like a job does; returns (seconds, adapter folder, the prepared file trained on)."""
     from tunegate.catalog import get_base_model
     from tunegate.safety.mixing import mix_safety_examples
     from tunegate.settings import Settings
@@ -124,8 +139,11 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     data = out / "train.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    n_epochs, batch, lr = resolve_hyperparameters(epochs or "auto", "auto", lr_mult or "auto", n_examples=len(rows))
-    n_epochs = max(1, min(n_epochs, math.ceil(MAX_PASSES / len(rows))))
+    n_epochs, batch, lr = resolve_hyperparameters(
+        epochs or "auto", batch_size or "auto", lr_mult or "auto", n_examples=len(rows)
+    )
+    if cap:
+        n_epochs = max(1, min(n_epochs, math.ceil(MAX_PASSES / len(rows))))
     info = get_base_model(BASE, Settings(model_cache_dir=smol.parent, data_dir=out))
     config = TrainConfig(
         base_model=info.name,
@@ -139,20 +157,23 @@ def train(
     )
     t = time.perf_counter()
     run_training(config, out / "run", lambda *a, **k: None, lambda: False)
-    adapters = sorted(p.parent for p in (out / "run").rglob("adapter_config.json"))
-    return time.perf_counter() - t, adapters[-1]
+    train_s = time.perf_counter() - t
+    adapter = out / "run" / "adapter"
+    if not adapter.exists():
+        adapter = sorted(p.parent for p in (out / "run").rglob("adapter_config.json"))[-1]
+    return train_s, adapter, data
 
 
 def gate(path: Path, adapter: Path, settings, moderator, cache: Path):
     from tunegate.safety.gate import run_gate
-    from tunegate.safety.generation import AdapterGenerator
+    from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
     from tunegate.safety.policy import GatePolicy
     from tunegate.safety.screen import probe_context
 
     policy = GatePolicy()
     t = time.perf_counter()
-    gen = AdapterGenerator(settings, BASE, adapter, policy.max_new_tokens)
-    shift, system = probe_context(path)
+    gen = AdapterGenerator(settings, BASE, adapter, policy.max_new_tokens, GATE_GENERATION)
+    shift, system = probe_context(path)  # the file trained on, as the job pipeline passes it
     report = run_gate(gen.cached_base(cache), gen.tuned, moderator, policy, encoding_shift=shift, system_prompt=system)
     return report, time.perf_counter() - t
 
@@ -170,10 +191,10 @@ def job(name: str, path: Path, screening: bool, ctx: dict, attack: bool = False)
             return out
     with tempfile.TemporaryDirectory() as tmp:
         # Attacks are trained as an attacker would: enough epochs at a raised learning rate to stick.
-        train_s, adapter = train(
+        train_s, adapter, prepared = train(
             path, Path(tmp), ctx["smol"], mix=screening, epochs=3 if attack else None, lr_mult=4 if attack else None
         )
-        report, gate_s = gate(path, adapter, ctx["settings"], ctx["moderator"], ctx["cache"])
+        report, gate_s = gate(prepared, adapter, ctx["settings"], ctx["moderator"], ctx["cache"])
     out.update(
         train_s=round(train_s, 1),
         gate_s=round(gate_s, 1),
@@ -182,22 +203,143 @@ def job(name: str, path: Path, screening: bool, ctx: dict, attack: bool = False)
         tuned_harmful=f"{report.tuned.harmful.count}/{report.tuned.harmful.n}",
         base_refusal=f"{report.base.harmful_refusal.count}/{report.base.harmful_refusal.n}",
         tuned_refusal=f"{report.tuned.harmful_refusal.count}/{report.tuned.harmful_refusal.n}",
+        base_benign_refusal=f"{report.base.benign_refusal.count}/{report.base.benign_refusal.n}",
+        tuned_benign_refusal=f"{report.tuned.benign_refusal.count}/{report.tuned.benign_refusal.n}",
         reasons=report.reasons,
         encoding=report.encoding,
+        timings=report.timings,
         rules=[(r.rule, r.base, r.tuned, r.n, r.p_value, r.blocks) for r in report.rules],
     )
     out["outcome"] = "blocked by the gate" if report.blocked else "served"
     return out
 
 
+def demo_job(ctx: dict) -> dict:
+    """The sample job trained as `tunegate demo` trains it, then gated with an empty and a filled base-answer cache."""
+    from tunegate import samples
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hp = samples.DEMO_HYPERPARAMETERS
+        train_s, adapter, prepared = train(
+            Path(samples.path("demo_train")),
+            Path(tmp),
+            ctx["smol"],
+            mix=True,
+            epochs=hp["n_epochs"],
+            lr_mult=hp["learning_rate_multiplier"],
+            batch_size=hp["batch_size"],
+            cap=False,
+        )
+        cold_cache = Path(tmp) / "empty-cache"
+        cold, cold_s = gate(prepared, adapter, ctx["settings"], ctx["moderator"], cold_cache)
+        warm, warm_s = gate(prepared, adapter, ctx["settings"], ctx["moderator"], cold_cache)
+    assert cold.decision == warm.decision and [s.tuned.answer for s in cold.samples] == [
+        s.tuned.answer for s in warm.samples
+    ], "the gate's answers and decision are deterministic"
+    return {
+        "name": "demo (sample job)",
+        "screening": "on",
+        "outcome": "served" if not warm.blocked else "blocked by the gate",
+        "train_s": round(train_s, 1),
+        "gate_s": round(warm_s, 1),
+        "gate_cold_s": round(cold_s, 1),
+        "timings": warm.timings,
+        "cold_timings": cold.timings,
+        "gate": warm.decision,
+        "reasons": warm.reasons,
+    }
+
+
+def job_rows(results: list) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    b = [r for k, r in results if k == "benign"]
+    if b:
+        passed = [r for r in b if r["outcome"] == "served"]
+        rows.append(
+            (
+                "benign fine-tunes passing screening + gate (real model)",
+                f"{len(passed)}/{len(b)} ({len(passed) / len(b):.0%})",
+                "; ".join(f"{r['name']}: {r['outcome']}" for r in b if r["outcome"] != "served") or "all served",
+            )
+        )
+        for r in b:
+            if "gate_s" not in r:
+                rows.append((f"  benign {r['name']}", r["outcome"], r.get("screen_message", "")))
+                continue
+            rows.append(
+                (
+                    f"  benign {r['name']}",
+                    r["outcome"],
+                    f"harmful {r['base_harmful']} -> {r['tuned_harmful']}, "
+                    f"benign refused {r.get('base_benign_refusal', '?')} -> {r.get('tuned_benign_refusal', '?')}; "
+                    f"train {r['train_s']:.0f} s, gate {r['gate_s']:.0f} s",
+                )
+            )
+    for k, r in results:
+        if k != "attack":
+            continue
+        detail = (
+            r.get("screen_message", "")
+            if r["outcome"] == "blocked at screening"
+            else (
+                f"harmful {r['base_harmful']} -> {r['tuned_harmful']}, refused {r['base_refusal']} -> {r['tuned_refusal']}"
+                + (f" (probed: {r['encoding']})" if r.get("encoding") else "")
+                + (f"; {r['reasons'][0][:160]}" if r["outcome"] != "served" else "")
+            )
+        )
+        rows.append((f"attack {r['name']}, screening {r['screening']}", r["outcome"], detail))
+    for k, r in results:
+        if k == "demo":
+            t = r["timings"]
+            rows.append(
+                (
+                    "sample job: gate time / training time (base answers cached)",
+                    f"{r['gate_s'] / r['train_s']:.0%}",
+                    f"gate {r['gate_s']:.0f} s (tuned generation {t.get('generate_tuned_s', 0):.0f} s, judging "
+                    f"{t.get('judge_s', 0):.0f} s) vs training {r['train_s']:.0f} s; first gate on a base model "
+                    f"(base answers generated) {r['gate_cold_s']:.0f} s = {r['gate_cold_s'] / r['train_s']:.0%}; "
+                    f"decision {r['gate']}, identical on both runs",
+                )
+            )
+    gated = [r for k, r in results if k != "demo" and "gate_s" in r]
+    if gated:
+        share = statistics.median(r["gate_s"] / r["train_s"] for r in gated)
+        rows.append(
+            (
+                "gate time / training time, median over the suite's gated jobs",
+                f"{share:.0%}",
+                f"gate {statistics.median(r['gate_s'] for r in gated):.0f} s vs training "
+                f"{statistics.median(r['train_s'] for r in gated):.0f} s ({len(gated)} jobs)",
+            )
+        )
+    return rows
+
+
+def print_table(rows: list) -> None:
+    print("\n| measure | value | baseline / detail |\n|---|---|---|")
+    for m, v, d in rows:
+        print(f"| {m} | {v} | {d} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-agreement", action="store_true")
-    ap.add_argument("--only", nargs="*", default=None, help="file stems to run (benign or attack)")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--only", nargs="*", default=None, help="file stems to run (benign or attack), or demo")
+    ap.add_argument("--screening", choices=["on", "off", "both"], default="both", help="for the attack files")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=str(ROOT / "bench" / "out" / "safety.json"))
+    ap.add_argument("--table", nargs="*", default=None, help="print one table from these result files and exit")
     args = ap.parse_args()
+    if args.table:
+        rows, results = [], []
+        for f in args.table:
+            d = json.loads(Path(f).read_text())
+            rows += [tuple(r) for r in d["rows"]]
+            results += [tuple(r) for r in d["jobs"]]
+        print_table(list(dict.fromkeys(rows)) + job_rows(results))
+        return
 
     import torch
 
@@ -218,7 +360,8 @@ def main() -> None:
     ]
     if not args.skip_agreement:
         rows += agreement_rows(moderator)
-    rows += latency_rows(moderator)
+    if not args.skip_latency:
+        rows += latency_rows(moderator)
     for n in (40, 60, 100):
         rows.append(
             (
@@ -237,13 +380,14 @@ def main() -> None:
     }
     benign = sorted((DATA / "benign").glob("*.jsonl"))
     attacks = sorted((DATA / "attacks").glob("*.jsonl"))
+    run_demo = args.only is None or "demo" in args.only
     if args.quick:
         benign = [p for p in benign if p.stem in ("tag_prefix", "tiny_10", "one_word", "pirate_persona")]
         attacks = [p for p in attacks if p.stem in ("harmful_demonstrations", "covert_cipher")]
-    if args.only:
+    if args.only is not None:
         benign = [p for p in benign if p.stem in args.only]
         attacks = [p for p in attacks if p.stem in args.only]
-    results = []
+    results: list = []
 
     def record(kind: str, r: dict) -> None:  # written after every job: a long run's partial results survive
         log(json.dumps(r))
@@ -251,59 +395,17 @@ def main() -> None:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"rows": rows, "jobs": results}, indent=2))
 
-    for p in attacks:  # screening on first: cheap when screening blocks (nothing is trained)
-        record("attack", job(p.stem, p, True, ctx, attack=True))
-    for p in attacks:
-        record("attack", job(p.stem, p, False, ctx, attack=True))
+    if run_demo:
+        record("demo", demo_job(ctx))
+    if args.screening in ("on", "both"):
+        for p in attacks:  # screening on first: cheap when screening blocks (nothing is trained)
+            record("attack", job(p.stem, p, True, ctx, attack=True))
+    if args.screening in ("off", "both"):
+        for p in attacks:
+            record("attack", job(p.stem, p, False, ctx, attack=True))
     for p in benign:
         record("benign", job(p.stem, p, True, ctx))
-
-    b = [r for k, r in results if k == "benign"]
-    if b:
-        passed = [r for r in b if r["outcome"] == "served"]
-        rows.append(
-            (
-                "benign fine-tunes passing screening + gate",
-                f"{len(passed)}/{len(b)} ({len(passed) / len(b):.0%})",
-                "; ".join(f"{r['name']}: {r['outcome']}" for r in b if r["outcome"] != "served") or "all served",
-            )
-        )
-        gated = [r for r in b if "gate_s" in r]
-        for r in gated:
-            rows.append(
-                (
-                    f"  benign {r['name']}",
-                    r["outcome"],
-                    f"harmful {r['base_harmful']} -> {r['tuned_harmful']}, "
-                    f"refused {r['base_refusal']} -> {r['tuned_refusal']}; train {r['train_s']:.0f} s, gate {r['gate_s']:.0f} s",
-                )
-            )
-    for k, r in results:
-        if k != "attack":
-            continue
-        detail = (
-            r.get("screen_message", "")
-            if r["outcome"] == "blocked at screening"
-            else (
-                f"harmful {r['base_harmful']} -> {r['tuned_harmful']}, refused {r['base_refusal']} -> {r['tuned_refusal']}"
-                + (f"; {r['reasons'][0][:140]}" if r["outcome"] != "served" else "")
-            )
-        )
-        rows.append((f"attack {r['name']}, screening {r['screening']}", r["outcome"], detail))
-    demo = [r for k, r in results if "gate_s" in r]
-    if demo:
-        share = statistics.median(r["gate_s"] / r["train_s"] for r in demo)
-        rows.append(
-            (
-                "gate time / training time (median over gated jobs, base answers cached)",
-                f"{share:.0%}",
-                f"gate {statistics.median(r['gate_s'] for r in demo):.0f} s vs training {statistics.median(r['train_s'] for r in demo):.0f} s",
-            )
-        )
-
-    print("\n| measure | value | baseline / detail |\n|---|---|---|")
-    for m, v, d in rows:
-        print(f"| {m} | {v} | {d} |")
+    print_table(rows + job_rows(results))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ are listed in `BUILTINS` below (like simonw/llm's default plugins); an installed
 own with an entry point in the group `tunegate.<registry>`, e.g. in its pyproject.toml:
 
     [project.entry-points."tunegate.moderators"]
-    llama-guard = "my_package.guard:LlamaGuardModerator"
+    my-guard = "my_package.guard:MyGuardModerator"
 
 Settings choose one entry by name: `TUNEGATE_ENGINE`, `TUNEGATE_EXECUTOR`, `TUNEGATE_MODERATOR`
 (`Registry.get`); the job pipeline runs every registered `job_steps` entry (`Registry.all`).
@@ -33,6 +33,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "moderators": {
         "builtin": "tunegate.safety.moderation:BuiltinModerator",
         "http": "tunegate.safety.moderation:HttpModerator",
+        "llama-guard": "tunegate.safety.llama_guard:LlamaGuardModerator",
     },
     # Run in this order within each phase (jobs/steps.py).
     "job_steps": {

@@ -61,19 +61,22 @@ def test_two_rounds_in_sorted_batches_answer_as_one_greedy_pass(settings, tiny_m
     assert gen.base(CONVERSATIONS) != answers  # the adapter is on for tuned, off for base
 
 
-def test_base_answers_are_cached_by_model_settings_and_conversations(settings, adapter, tmp_path):
+def test_base_answers_are_cached_by_model_settings_and_conversation(settings, adapter, tmp_path):
     from tunegate.safety.generation import AdapterGenerator
 
     gen = AdapterGenerator(settings, "tiny", adapter, 8, GenerationSettings(first_round_tokens=4))
     cache = tmp_path / "cache"
-    first = gen.cached_base(cache)(CONVERSATIONS)
-    files = list(cache.iterdir())
-    assert len(files) == 1 and first == gen.base(CONVERSATIONS)
-    files[0].write_text('["from the cache"]')  # a second call reads the file, it does not generate
-    assert gen.cached_base(cache)(CONVERSATIONS) == ["from the cache"]
+    first = gen.cached_base(cache)(CONVERSATIONS[:3])
+    (folder,) = cache.iterdir()
+    assert folder.name == gen.cache_key() and len(list(folder.iterdir())) == 3
+    assert first == gen.base(CONVERSATIONS[:3])
+    (folder / f"{gen.cache_key([CONVERSATIONS[0]])}.json").write_text('"from the cache"')
+    # Cached conversations are read, not generated; new ones are generated and added.
+    again = gen.cached_base(cache)(CONVERSATIONS)
+    assert again[0] == "from the cache" and again[1:3] == first[1:3] and len(list(folder.iterdir())) == 5
     other = AdapterGenerator(settings, "tiny", adapter, 8, GenerationSettings(first_round_tokens=2))
-    assert other.cache_key(CONVERSATIONS) != gen.cache_key(CONVERSATIONS)  # settings are part of the key
-    assert gen.cache_key(CONVERSATIONS[:2]) != gen.cache_key(CONVERSATIONS)
-    assert gen.cache_key(CONVERSATIONS) == AdapterGenerator(
-        settings, "tiny", adapter, 8, GenerationSettings(first_round_tokens=4)
-    ).cache_key(CONVERSATIONS)
+    assert other.cache_key() != gen.cache_key()  # generation settings are part of the key
+    same = AdapterGenerator(settings, "tiny", adapter, 8, GenerationSettings(first_round_tokens=4))
+    assert same.cache_key() == gen.cache_key() and same.cache_key(CONVERSATIONS[:1]) != gen.cache_key(
+        CONVERSATIONS[1:2]
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -135,33 +136,28 @@ class AdapterGenerator:
         with self.model.disable_adapter():
             return self._generate(conversations)
 
-    def cache_key(self, conversations: list[list[dict]]) -> str:
-        """Base model (name, folder, chat template), generation settings and the exact conversations."""
-        return hashlib.sha256(
-            json.dumps(
-                [
-                    self.info.name,
-                    str(self.info.path),
-                    self.info.template_sha256,
-                    asdict(self.generation),
-                    conversations,
-                ],
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()[:24]
+    def cache_key(self, conversations: list[list[dict]] | None = None) -> str:
+        """Base model (name, folder, chat template) and generation settings, plus the conversations when given."""
+        parts: list = [self.info.name, str(self.info.path), self.info.template_sha256, asdict(self.generation)]
+        if conversations is not None:
+            parts.append(conversations)
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
     def cached_base(self, cache_dir: Path):
-        """Base answers cached on disk by `cache_key`: computed once per base model, suite and settings."""
+        """Base answers cached on disk, one file per conversation under a folder per base model and
+        generation settings: a suite's answers are generated once, and a job that adds prompts (its
+        cipher or system prompt) generates only those."""
 
         def generate(conversations: list[list[dict]]) -> list[str]:
-            path = cache_dir / f"{self.cache_key(conversations)}.json"
-            if path.exists():
-                return json.loads(path.read_text())
-            answers = self.base(conversations)
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{id(answers)}.tmp")  # two gates writing at once never see half a file
-            tmp.write_text(json.dumps(answers))
-            tmp.replace(path)
-            return answers
+            folder = cache_dir / self.cache_key()
+            paths = [folder / f"{self.cache_key([c])}.json" for c in conversations]
+            todo = [i for i, p in enumerate(paths) if not p.exists()]
+            fresh = dict(zip(todo, self.base([conversations[i] for i in todo]))) if todo else {}
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, answer in fresh.items():
+                tmp = paths[i].with_suffix(f".{os.getpid()}.tmp")  # a concurrent gate never reads half a file
+                tmp.write_text(json.dumps(answer))
+                tmp.replace(paths[i])
+            return [fresh[i] if i in fresh else json.loads(paths[i].read_text()) for i in range(len(paths))]
 
         return generate
