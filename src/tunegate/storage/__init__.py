@@ -1,8 +1,9 @@
 """Where files, adapters, checkpoints and reports live: the storage every process of one service
 shares (the API servers and every training worker, on whichever node it runs).
 
-Owns the storage root and its layout (`files/`, `artifacts/JOB/`, the base-model cache), the
-absolute paths handed to workers, and the storage's identity: a marker (`storage.json`, a random
+Owns the storage root as every process must see it (the stages still build their paths from
+`Settings.files_dir` / `artifacts_dir` under it), the absolute paths handed to workers, and the
+storage's identity: a marker (`storage.json`, a random
 id) written once at the root, which a worker on another node checks before it reads a training
 file or writes a checkpoint, so a node that does not mount the shared storage fails the job with a
 message naming the path instead of training into a local folder nobody else sees.

@@ -36,9 +36,6 @@ class FileStorage:
     def artifacts_dir(self) -> Path:
         return self.root / "artifacts"
 
-    def job_dir(self, job_id: str) -> Path:
-        return self.artifacts_dir / job_id
-
     def identity(self) -> str:
         """The storage's id, created on first use. Of several servers starting at once on one shared
         root, the first to create the marker wins (O_EXCL) and all read its id."""
