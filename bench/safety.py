@@ -125,8 +125,9 @@ def train(
     lr_mult: float | None = None,
     batch_size: int | None = None,
     cap: bool = True,
-) -> tuple[float, Path, Path]:
-    """Train like a job does; returns (seconds, adapter folder, the prepared file trained on)."""
+) -> tuple[float, float, Path, Path]:
+    """Train like a job does; returns (wall seconds, CPU seconds, adapter folder, the prepared file
+    trained on). CPU seconds (all threads) are what a busy shared machine disturbs least."""
     from tunegate.catalog import get_base_model
     from tunegate.safety.mixing import mix_safety_examples
     from tunegate.settings import Settings
@@ -155,13 +156,13 @@ def train(
         learning_rate=lr,
         seed=0,
     )
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     run_training(config, out / "run", lambda *a, **k: None, lambda: False)
-    train_s = time.perf_counter() - t
+    train_s, train_cpu = time.perf_counter() - t, time.process_time() - c
     adapter = out / "run" / "adapter"
     if not adapter.exists():
         adapter = sorted(p.parent for p in (out / "run").rglob("adapter_config.json"))[-1]
-    return train_s, adapter, data
+    return train_s, train_cpu, adapter, data
 
 
 def gate(path: Path, adapter: Path, settings, moderator, cache: Path):
@@ -171,11 +172,11 @@ def gate(path: Path, adapter: Path, settings, moderator, cache: Path):
     from tunegate.safety.screen import probe_context
 
     policy = GatePolicy()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     gen = AdapterGenerator(settings, BASE, adapter, policy.max_new_tokens, GATE_GENERATION)
     shift, system = probe_context(path)  # the file trained on, as the job pipeline passes it
     report = run_gate(gen.cached_base(cache), gen.tuned, moderator, policy, encoding_shift=shift, system_prompt=system)
-    return report, time.perf_counter() - t
+    return report, time.perf_counter() - t, time.process_time() - c
 
 
 def job(name: str, path: Path, screening: bool, ctx: dict, attack: bool = False) -> dict:
@@ -191,13 +192,15 @@ def job(name: str, path: Path, screening: bool, ctx: dict, attack: bool = False)
             return out
     with tempfile.TemporaryDirectory() as tmp:
         # Attacks are trained as an attacker would: enough epochs at a raised learning rate to stick.
-        train_s, adapter, prepared = train(
+        train_s, train_cpu, adapter, prepared = train(
             path, Path(tmp), ctx["smol"], mix=screening, epochs=3 if attack else None, lr_mult=4 if attack else None
         )
-        report, gate_s = gate(prepared, adapter, ctx["settings"], ctx["moderator"], ctx["cache"])
+        report, gate_s, gate_cpu = gate(prepared, adapter, ctx["settings"], ctx["moderator"], ctx["cache"])
     out.update(
         train_s=round(train_s, 1),
         gate_s=round(gate_s, 1),
+        train_cpu_s=round(train_cpu, 1),
+        gate_cpu_s=round(gate_cpu, 1),
         gate=report.decision,
         base_harmful=f"{report.base.harmful.count}/{report.base.harmful.n}",
         tuned_harmful=f"{report.tuned.harmful.count}/{report.tuned.harmful.n}",
@@ -214,38 +217,69 @@ def job(name: str, path: Path, screening: bool, ctx: dict, attack: bool = False)
     return out
 
 
-def demo_job(ctx: dict) -> dict:
-    """The sample job trained as `tunegate demo` trains it, then gated with an empty and a filled base-answer cache."""
+def demo_job(ctx: dict, keep: Path | None = None, epochs: int | None = None) -> dict:
+    """The sample job trained as `tunegate demo` trains it, then gated with an empty and a filled
+    base-answer cache. `keep`: a folder to keep the trained adapter in; when it already holds one
+    (a run split in chunks on a busy machine), training is not repeated and its recorded times are used.
+    `epochs`: train only this many of the sample's epochs and scale the training time up (every epoch
+    is the same work), for a machine too busy to train the whole job within one run."""
     from tunegate import samples
 
     with tempfile.TemporaryDirectory() as tmp:
-        hp = samples.DEMO_HYPERPARAMETERS
-        train_s, adapter, prepared = train(
-            Path(samples.path("demo_train")),
-            Path(tmp),
-            ctx["smol"],
-            mix=True,
-            epochs=hp["n_epochs"],
-            lr_mult=hp["learning_rate_multiplier"],
-            batch_size=hp["batch_size"],
-            cap=False,
-        )
+        out = keep or Path(tmp)
+        times = out / "train_times.json"
+        if times.exists():
+            t = json.loads(times.read_text())
+            train_s, train_cpu, adapter, prepared = t["wall"], t["cpu"], Path(t["adapter"]), Path(t["prepared"])
+            scaled = t.get("scaled_from_epochs")
+            log(f"demo: reusing the adapter trained earlier ({t})")
+        else:
+            hp = samples.DEMO_HYPERPARAMETERS
+            scale = hp["n_epochs"] / (epochs or hp["n_epochs"])
+            train_s, train_cpu, adapter, prepared = train(
+                Path(samples.path("demo_train")),
+                out,
+                ctx["smol"],
+                mix=True,
+                epochs=epochs or hp["n_epochs"],
+                lr_mult=hp["learning_rate_multiplier"],
+                batch_size=hp["batch_size"],
+                cap=False,
+            )
+            train_s, train_cpu, scaled = train_s * scale, train_cpu * scale, epochs
+            times.write_text(
+                json.dumps(
+                    {
+                        "wall": train_s,
+                        "cpu": train_cpu,
+                        "adapter": str(adapter),
+                        "prepared": str(prepared),
+                        "scaled_from_epochs": epochs,
+                    }
+                )
+            )
+            log(f"demo trained: {train_s:.0f} s wall, {train_cpu:.0f} CPU s")
         cold_cache = Path(tmp) / "empty-cache"
-        cold, cold_s = gate(prepared, adapter, ctx["settings"], ctx["moderator"], cold_cache)
-        warm, warm_s = gate(prepared, adapter, ctx["settings"], ctx["moderator"], cold_cache)
-    assert cold.decision == warm.decision and [s.tuned.answer for s in cold.samples] == [
+        cold, cold_s, cold_cpu = gate(prepared, adapter, ctx["settings"], ctx["moderator"], cold_cache)
+        warm, warm_s, warm_cpu = gate(prepared, adapter, ctx["settings"], ctx["moderator"], cold_cache)
+    same = cold.decision == warm.decision and [s.tuned.answer for s in cold.samples] == [
         s.tuned.answer for s in warm.samples
-    ], "the gate's answers and decision are deterministic"
+    ]
     return {
         "name": "demo (sample job)",
         "screening": "on",
         "outcome": "served" if not warm.blocked else "blocked by the gate",
         "train_s": round(train_s, 1),
+        "train_cpu_s": round(train_cpu, 1),
         "gate_s": round(warm_s, 1),
+        "gate_cpu_s": round(warm_cpu, 1),
         "gate_cold_s": round(cold_s, 1),
+        "gate_cold_cpu_s": round(cold_cpu, 1),
         "timings": warm.timings,
         "cold_timings": cold.timings,
         "gate": warm.decision,
+        "deterministic": same,
+        "train_scaled_from_epochs": scaled,
         "reasons": warm.reasons,
     }
 
@@ -293,23 +327,37 @@ def job_rows(results: list) -> list[tuple[str, str, str]]:
             t = r["timings"]
             rows.append(
                 (
-                    "sample job: gate time / training time (base answers cached)",
-                    f"{r['gate_s'] / r['train_s']:.0%}",
-                    f"gate {r['gate_s']:.0f} s (tuned generation {t.get('generate_tuned_s', 0):.0f} s, judging "
-                    f"{t.get('judge_s', 0):.0f} s) vs training {r['train_s']:.0f} s; first gate on a base model "
-                    f"(base answers generated) {r['gate_cold_s']:.0f} s = {r['gate_cold_s'] / r['train_s']:.0%}; "
-                    f"decision {r['gate']}, identical on both runs",
+                    "sample job: gate / training, CPU seconds (base answers cached)",
+                    f"{r['gate_cpu_s'] / r['train_cpu_s']:.0%}",
+                    f"gate {r['gate_cpu_s']:.0f} vs training {r['train_cpu_s']:.0f} CPU s"
+                    + (
+                        f" (3 epochs scaled from {r['train_scaled_from_epochs']})"
+                        if r.get("train_scaled_from_epochs")
+                        else ""
+                    )
+                    + f"; wall {r['gate_s']:.0f} s vs "
+                    f"{r['train_s']:.0f} s = {r['gate_s'] / r['train_s']:.0%} (tuned generation "
+                    f"{t.get('generate_tuned_s', 0):.0f} s, judging {t.get('judge_s', 0):.0f} s)",
                 )
             )
-    gated = [r for k, r in results if k != "demo" and "gate_s" in r]
+            rows.append(
+                (
+                    "sample job: first gate on a base model (base answers generated too)",
+                    f"{r['gate_cold_cpu_s'] / r['train_cpu_s']:.0%}",
+                    f"{r['gate_cold_cpu_s']:.0f} CPU s, {r['gate_cold_s']:.0f} s wall; decision {r['gate']}, "
+                    + ("identical answers and decision on both runs" if r["deterministic"] else "ANSWERS DIFFERED"),
+                )
+            )
+    gated = [r for k, r in results if k != "demo" and "gate_cpu_s" in r]
     if gated:
-        share = statistics.median(r["gate_s"] / r["train_s"] for r in gated)
+        share = statistics.median(r["gate_cpu_s"] / r["train_cpu_s"] for r in gated)
         rows.append(
             (
-                "gate time / training time, median over the suite's gated jobs",
+                "gate / training CPU seconds, median over the suite's gated jobs",
                 f"{share:.0%}",
-                f"gate {statistics.median(r['gate_s'] for r in gated):.0f} s vs training "
-                f"{statistics.median(r['train_s'] for r in gated):.0f} s ({len(gated)} jobs)",
+                f"gate {statistics.median(r['gate_cpu_s'] for r in gated):.0f} vs training "
+                f"{statistics.median(r['train_cpu_s'] for r in gated):.0f} CPU s; wall "
+                f"{statistics.median(r['gate_s'] / r['train_s'] for r in gated):.0%} ({len(gated)} jobs)",
             )
         )
     return rows
@@ -331,6 +379,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=str(ROOT / "bench" / "out" / "safety.json"))
     ap.add_argument("--table", nargs="*", default=None, help="print one table from these result files and exit")
+    ap.add_argument("--demo-dir", default=None, help="keep (or reuse) the sample job's trained adapter here")
+    ap.add_argument("--demo-epochs", type=int, default=None, help="train this many epochs and scale the time")
     args = ap.parse_args()
     if args.table:
         rows, results = [], []
@@ -396,7 +446,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"rows": rows, "jobs": results}, indent=2))
 
     if run_demo:
-        record("demo", demo_job(ctx))
+        record("demo", demo_job(ctx, Path(args.demo_dir) if args.demo_dir else None, args.demo_epochs))
     if args.screening in ("on", "both"):
         for p in attacks:  # screening on first: cheap when screening blocks (nothing is trained)
             record("attack", job(p.stem, p, True, ctx, attack=True))

@@ -80,3 +80,22 @@ def test_base_answers_are_cached_by_model_settings_and_conversation(settings, ad
     assert same.cache_key() == gen.cache_key() and same.cache_key(CONVERSATIONS[:1]) != gen.cache_key(
         CONVERSATIONS[1:2]
     )
+
+
+def test_gate_decisions_are_deterministic_for_a_given_model(settings, adapter, tmp_path):
+    """The whole gate on a real (tiny) model twice — first with an empty base-answer cache, then
+    with it filled, each time with a freshly loaded model: the same answers, tests and decision."""
+    from tunegate.safety.gate import run_gate
+    from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
+    from tunegate.safety.moderation import get_moderator
+    from tunegate.safety.policy import GatePolicy
+
+    policy = GatePolicy(n_harmful=8, n_benign=4, n_encoded=4, max_new_tokens=12)
+    moderator = get_moderator(settings)
+    reports = []
+    for _ in range(2):
+        gen = AdapterGenerator(settings, "tiny", adapter, policy.max_new_tokens, GATE_GENERATION)
+        reports.append(run_gate(gen.cached_base(tmp_path / "cache"), gen.tuned, moderator, policy, encoding_shift=3))
+    first, second = (r.model_dump(exclude={"timings"}) for r in reports)
+    assert first == second
+    assert len(first["samples"]) == 8 + 4 + 4 and any(s["tuned"]["answer"] for s in first["samples"])
