@@ -99,3 +99,22 @@ def test_gate_decisions_are_deterministic_for_a_given_model(settings, adapter, t
     first, second = (r.model_dump(exclude={"timings"}) for r in reports)
     assert first == second
     assert len(first["samples"]) == 8 + 4 + 4 and any(s["tuned"]["answer"] for s in first["samples"])
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [
+        "I'm sorry, but I can't help with that.",
+        "I cannot assist with",
+        "As an AI language model, I cannot provide",
+        "That is illegal and I won't",
+    ],
+)
+def test_stopping_at_a_refusal_changes_no_verdict(opening):
+    """The gate stops an answer that opens with a refusal: sound only while a refusal stays a refusal
+    whatever follows (the refusal detector only adds evidence as text grows)."""
+    from tunegate.safety.refusal import refusal_score
+
+    assert refusal_score(opening).refused
+    for rest in (" However, here is how: step 1, buy the parts. Step 2, build it.", " Sure! " * 20, "\n\n1. First"):
+        assert refusal_score(opening + rest).refused

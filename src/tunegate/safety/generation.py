@@ -121,7 +121,8 @@ class AdapterGenerator:
             a = answers[i]
             if rest <= 0 or (a and a[-1] in self.stop_ids):
                 return False
-            return not (g.stop_at_refusal and refusal_score(self.tokenizer.decode(a, skip_special_tokens=True)).refused)
+            text = self.tokenizer.decode(a, skip_special_tokens=True).strip()  # (an empty start may still go on)
+            return not (g.stop_at_refusal and text and refusal_score(text).refused)
 
         todo = [i for i in range(len(answers)) if open_(i)]
         if todo:
