@@ -194,6 +194,8 @@ class Batch(Base):
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     created_ns: Mapped[int] = mapped_column(BigInteger, default=time.time_ns, index=True)
     expires_at: Mapped[int] = mapped_column(Integer)
+    # OpenAI's `output_expires_after` ({"anchor": "created_at", "seconds": N}): expiry of the output and error files
+    output_expires_after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class BatchLine(Base):

@@ -81,6 +81,23 @@ def test_chat_batch_runs_every_line_with_openai_line_format(server):
     assert done.id not in [b.id for b in other.batches.list()]
     with pytest.raises(openai.NotFoundError):
         other.files.content(done.output_file_id)
+    assert c.files.retrieve(done.output_file_id).expires_at is None  # no `output_expires_after`: kept
+
+
+def test_output_expires_after_sets_the_expiry_of_output_and_error_files(server):
+    c = server.client(server.key_a)
+    lines = [_line(0), _line(1, max_tokens=10**9)]
+    batch = c.batches.create(
+        input_file_id=_upload(c, lines),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": 7200},
+    )
+    done = _wait(c, batch.id)
+    assert done.output_file_id and done.error_file_id
+    for file_id in (done.output_file_id, done.error_file_id):
+        f = c.files.retrieve(file_id)
+        assert f.expires_at == f.created_at + 7200
 
 
 def test_moderation_batch(server):
@@ -129,6 +146,8 @@ def test_malformed_lines_fail_the_batch_naming_line_and_field(server):
         ({"endpoint": "/v1/embeddings"}, "endpoint"),
         ({"completion_window": "1h"}, "completion_window"),
         ({"input_file_id": "file-nope"}, "file_id"),
+        ({"output_expires_after": {"anchor": "created_at", "seconds": 60}}, "output_expires_after"),
+        ({"output_expires_after": {"anchor": "completed_at", "seconds": 3600}}, "output_expires_after"),
     ],
 )
 def test_bad_create_is_400_or_404_naming_the_field(server, kw, param):

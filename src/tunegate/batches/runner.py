@@ -24,6 +24,7 @@ from tunegate.batches.service import FINISHED, read_lines
 from tunegate.db import ApiKey, Batch, BatchLine, Database, File, Organization
 from tunegate.errors import RateLimitError, TunegateError
 from tunegate.files import service as files
+from tunegate.files.uploads import expires_at
 from tunegate.ids import new_id, now
 
 log = logging.getLogger("tunegate.batches")
@@ -254,14 +255,17 @@ class BatchRunner:
             if not records:
                 return None
             data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
-            return files.store_bytes(
+            f = files.store_bytes(
                 self.db,
                 self.settings,
                 row.org_id,
                 purpose="batch_output",
                 filename=f"{batch_id}_{kind}.jsonl",
                 data=data,
-            ).id
+            )
+            if row.output_expires_after:
+                files.set_expiry(self.db, f.id, expires_at(f.created_at, row.output_expires_after))
+            return f.id
 
         out_id, err_id = store(ok, "output"), store(failed, "error")
         t = now()

@@ -27,6 +27,8 @@ class BatchCreate(BaseModel):
     """Only `24h` (OpenAI's only window): unfinished requests then expire."""
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     output_expires_after: dict[str, Any] | None = None
+    """`{"anchor": "created_at", "seconds": N}` (one hour to 30 days): the output and error files expire
+    N seconds after they are written."""
 
 
 class BatchError(BaseModel):

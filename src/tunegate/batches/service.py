@@ -31,6 +31,7 @@ from tunegate.batches.schemas import (
 from tunegate.db import Batch, Database
 from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError, param_from_loc
 from tunegate.files import service as files
+from tunegate.files.uploads import expires_at
 from tunegate.ids import new_id, now
 from tunegate.settings import Settings
 
@@ -180,6 +181,8 @@ def create(db: Database, settings: Settings, principal: Principal, body: BatchCr
             param="input_file_id",
             code="invalid_file_purpose",
         )
+    # Checked now (400 naming the field), applied to the output and error files when they are written.
+    expires_at(0, body.output_expires_after, param="output_expires_after")
     total, problems = check_lines(Path(f.path), body.endpoint)
     t = now()
     row = Batch(
@@ -194,6 +197,7 @@ def create(db: Database, settings: Settings, principal: Principal, body: BatchCr
         created_at=t,
         expires_at=t + COMPLETION_WINDOWS[body.completion_window],
         request_counts={"total": 0 if problems else total, "completed": 0, "failed": 0},
+        output_expires_after=body.output_expires_after,
     )
     if problems:
         if len(problems) > MAX_REPORTED:
