@@ -89,6 +89,7 @@ def test_create_retrieve_list_and_object_shape(idle_server, train_file):
         ({"method": {"type": "reinforcement"}}, "method.type"),
         ({"method": {"type": "magic"}}, "method.type"),
         ({"model": 5}, "model"),
+        ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations"),
     ],
 )
 def test_bad_parameters_name_the_param(idle_server, train_file, body, param):

@@ -134,6 +134,13 @@ def register_parent_model_hook(hook: Callable[..., tuple[str, dict]]) -> None:
 def create(db: Database, settings: Settings, principal: Principal, body: JobCreate) -> Job:
     from tunegate.catalog.registry import list_base_models
 
+    if body.integrations:  # nothing here reports to Weights & Biases (or anywhere off the machine)
+        raise InvalidRequestError(
+            "Unsupported parameter: `integrations`: tunegate does not send training runs to outside "
+            "services; follow the job's events and metrics instead. Remove `integrations`.",
+            param="integrations",
+            code="unsupported_parameter",
+        )
     options = body.tunegate.model_dump(exclude_none=True) if body.tunegate else {}
     base = body.model
     if isinstance(base, str) and base.startswith("ft:") and _PARENT_MODEL_HOOKS:
