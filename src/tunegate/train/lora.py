@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from tunegate.catalog import load_pretrained
 from tunegate.train.config import DEFAULT_TARGET_MODULES, TrainConfig
+from tunegate.train.fused import fuse, fused_loss
 from tunegate.train.packing import PACKED_ATTENTION, PackedRow
 
 
@@ -136,7 +137,12 @@ def build_model(config: TrainConfig, precision: Precision):
         ) from exc
     if config.init_adapter:  # continued fine-tuning: the parent's LoRA weights are the starting point
         load_adapter_weights(model, Path(config.init_adapter))
-    return model if config.quantization else model.to(precision.device)
+    if config.quantization:
+        return model
+    model = model.to(precision.device)
+    # After the move: the fused forward concatenates the frozen weights where they will live (fused.py).
+    model.tunegate_fused = fuse(model, config.gradient_checkpointing)
+    return model
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -199,7 +205,13 @@ def forward_loss(model, row: PackedRow, precision: Precision) -> tuple[torch.Ten
 
     The vocabulary is large (49,152 for SmolLM2), so projecting only the trained positions
     (`logits_to_keep` as a boolean mask) gives the exact same loss about 1.4x faster on CPU.
+    Llama-architecture models take the fused forward of fused.py (same loss, faster, less memory).
     """
+    plan = getattr(model, "tunegate_fused", None)
+    if plan is not None and plan.intact():
+        with precision.autocast():
+            loss_sum, correct = fused_loss(plan, row, precision.device, model.training)
+        return loss_sum, StepStats(float(loss_sum.detach()), int(correct), row.n_loss, row.n_tokens)
     with precision.autocast():
         logits = model(**row.model_inputs(precision.device)).logits
     targets = row.targets.to(precision.device)
