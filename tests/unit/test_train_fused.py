@@ -116,3 +116,18 @@ def test_replaced_weights_fall_back_to_peft(tiny_model_path, row):
 
 def test_lora_on_some_projections_uses_peft_forward(tiny_model_path):
     assert _model(tiny_model_path, target_modules=("q_proj", "v_proj")).tunegate_fused is None
+
+
+def test_dropout_rate_scale_and_gradient():
+    from tunegate.train.fused import _dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1000, 257, requires_grad=True)  # an odd size: the last 64-bit draw is partly used
+    y = _dropout(x, 0.05)
+    dropped = y == 0
+    assert abs(float(dropped.float().mean()) - 0.05) < 0.003
+    assert float(y[~dropped].unique().item()) == pytest.approx(1 / (1 - 1638 / 32768))  # p rounded to 1/32768
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, dropped)
+    torch.manual_seed(0)
+    assert torch.equal(_dropout(x, 0.05) == 0, dropped)  # seeded like torch's own dropout
