@@ -131,3 +131,22 @@ def test_dropout_rate_scale_and_gradient():
     assert torch.equal(x.grad == 0, dropped)
     torch.manual_seed(0)
     assert torch.equal(_dropout(x, 0.05) == 0, dropped)  # seeded like torch's own dropout
+
+
+def test_head_cross_entropy_in_chunks_equals_the_plain_loss(monkeypatch):
+    from tunegate.train import fused
+
+    monkeypatch.setattr(fused, "_HEAD_CHUNK_ENTRIES", 20 * 1000)  # chunks of 20 positions: 5 of them, the last short
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(97, 16, generator=g, requires_grad=True)
+    weight = torch.randn(1000, 16, generator=g)
+    targets = torch.randint(0, 1000, (97,), generator=g)
+    loss, correct = fused._HeadCrossEntropy.apply(h, weight, targets)
+    (2 * loss).backward()
+    h_ref = h.detach().clone().requires_grad_()
+    logits = h_ref @ weight.T
+    ref = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    (2 * ref).backward()
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    assert int(correct) == int((logits.argmax(-1) == targets).sum())
+    torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-4, atol=1e-6)

@@ -34,8 +34,9 @@ from tunegate.train.packing import PackedRow, packed_attention_forward
 FUSED_TYPES = ("llama",)
 _PROJECTIONS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",)))
 _MLP = (("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",)))
-# Logits of this many (position, vocabulary) entries at a time: 32 MiB in fp32.
-_HEAD_CHUNK_ENTRIES = 1 << 23
+# Logits of this many (position, vocabulary) entries at a time: 16 MiB in fp32, under glibc's largest
+# mmap threshold (32 MiB), so each chunk reuses heap memory instead of being mapped and faulted in anew.
+_HEAD_CHUNK_ENTRIES = 1 << 22
 
 
 @dataclass
