@@ -150,3 +150,16 @@ def test_head_cross_entropy_in_chunks_equals_the_plain_loss(monkeypatch):
     assert float(loss) == pytest.approx(float(ref), rel=1e-5)
     assert int(correct) == int((logits.argmax(-1) == targets).sum())
     torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_forward_under_bf16_autocast_matches_peft(tiny_model_path, row):
+    bf16 = Precision(torch.device("cpu"), torch.bfloat16)
+    model = _model(tiny_model_path)
+    model.train()
+    fused, _ = forward_loss(model, row, bf16)
+    fused.backward()
+    model.tunegate_fused, plan = None, model.tunegate_fused
+    peft, _ = forward_loss(model, row, bf16)
+    model.tunegate_fused = plan
+    assert float(fused.detach()) == pytest.approx(float(peft.detach()), rel=2e-2)
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)

@@ -55,7 +55,9 @@ class _Projection:
         b = [m.lora_B["default"].weight for m in self.members]
         xa = xd @ (a[0] if len(a) == 1 else torch.cat(a)).T
         # x @ [A_1; A_2]^T @ blockdiag(B_1, B_2)^T == [x A_1^T B_1^T, x A_2^T B_2^T]: one matmul for all deltas.
-        return out.addmm_(xa, (b[0] if len(b) == 1 else torch.block_diag(*b)).T, alpha=self.scale)
+        b_t = (b[0] if len(b) == 1 else torch.block_diag(*b)).T
+        # In place, so autocast leaves it alone: match the (autocast) dtype of the base output by hand.
+        return out.addmm_(xa.to(out.dtype), b_t.to(out.dtype), alpha=self.scale)
 
     def intact(self) -> bool:
         """False once something replaced a member's base weight (the concatenation would be stale)."""
