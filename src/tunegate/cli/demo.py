@@ -1,14 +1,16 @@
 """`tunegate demo`: the main job on the embedded defaults, end to end.
 
 Starts the server, uploads the project's own sample dataset, fine-tunes the default base model with
-a live progress bar, shows base and fine-tuned answers side by side on held-out prompts, then keeps
-the server running and prints its URL and key.
+a live progress bar, shows base and fine-tuned answers side by side on held-out prompts (all of them
+sent at once, so the engine decodes them in one mixed-adapter batch), prints where the time went,
+then keeps the server running and prints its URL and key. `bench/demo.py` times it end to end.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import typer
 from rich.table import Table
@@ -72,11 +74,13 @@ def demo(
         "Sample task: teach the model to answer in two lines, `Answer: ...` then "
         "`Confidence: high|medium|low` (a format the base model never uses)."
     )
+    started = time.monotonic()
     with open(samples.path("demo_train"), "rb") as f:
         train = client.files.create(file=("demo_train.jsonl", f), purpose="fine-tune")
     with open(samples.path("demo_valid"), "rb") as f:
         valid = client.files.create(file=("demo_valid.jsonl", f), purpose="fine-tune")
     console.print(f"Uploaded {train.id} ({train.status}) and {valid.id} ({valid.status}).")
+    uploaded = time.monotonic()
     hp = {**samples.DEMO_HYPERPARAMETERS, **({"n_epochs": epochs} if epochs else {})}
     job = client.fine_tuning.jobs.create(
         model=model,
@@ -91,22 +95,39 @@ def demo(
     if status != "succeeded":
         console.print("[red]The demo job did not succeed; see the events above.[/red]")
         raise typer.Exit(1)
+    trained = time.monotonic()
     ft_model = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+    phases = _job_phases(client, job.id)
 
     table = Table("prompt", f"base: {model}", f"fine-tuned: {ft_model}", show_lines=True)
-    hits = {"base": 0, "ft": 0}
     prompts = samples.held_out_prompts()
-    for messages in prompts:
-        answers = []
-        for name, m in (("base", model), ("ft", ft_model)):
-            r = client.chat.completions.create(model=m, messages=messages, temperature=0, max_tokens=64)
-            text = r.choices[0].message.content or ""
-            hits[name] += samples.follows_format(text)
-            answers.append(text)
-        table.add_row(messages[-1]["content"], *answers)
+    pairs = [(messages, m) for messages in prompts for m in (model, ft_model)]
+
+    def answer(pair) -> str:
+        messages, m = pair
+        r = client.chat.completions.create(model=m, messages=messages, temperature=0, max_tokens=64)
+        return r.choices[0].message.content or ""
+
+    # All at once: the engine decodes base and fine-tuned answers together in mixed-adapter batches.
+    with ThreadPoolExecutor(max_workers=len(pairs)) as pool:
+        answers = list(pool.map(answer, pairs))
+    hits = {"base": 0, "ft": 0}
+    for i, messages in enumerate(prompts):
+        base_text, ft_text = answers[2 * i], answers[2 * i + 1]
+        hits["base"] += samples.follows_format(base_text)
+        hits["ft"] += samples.follows_format(ft_text)
+        table.add_row(messages[-1]["content"], base_text, ft_text)
     out.print(table)
     n = len(prompts)
     out.print(f"Follows the taught format: base {hits['base']}/{n}, fine-tuned {hits['ft']}/{n}.")
+    compared = time.monotonic()
+    timings = {
+        "upload+validation": uploaded - started,
+        **phases,
+        "comparison": compared - trained,
+        "total": compared - started,
+    }
+    out.print("Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     out.print(
         f"\nServer: [bold]{base_url}[/bold]   dashboard: http://{settings.host}:{settings.port}/   "
         f"API key: [bold]{key}[/bold]"
@@ -121,3 +142,26 @@ def demo(
             pass
     server.should_exit = True
     thread.join(30)
+
+
+def _job_phases(client, job_id: str) -> dict[str, float]:
+    """Seconds the job spent screening (validating_files), waiting, training (until its last metrics
+    event) and in the after-training steps (saving, the safety gate, the regression check), from its
+    events' timestamps (whole seconds)."""
+    events = sorted(client.fine_tuning.jobs.list_events(job_id, limit=1000).data, key=lambda e: e.created_at)
+    at: dict[str, int] = {}
+    for e in events:
+        status = e.data.get("status") if e.type == "status" and isinstance(e.data, dict) else None
+        if status and status not in at:
+            at[status] = e.created_at
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    metrics = [e.created_at for e in events if e.type == "metrics"]
+    running = at.get("running", job.created_at)
+    trained = max(metrics) if metrics else running
+    end = job.finished_at or trained
+    return {
+        "screening": at.get("queued", running) - job.created_at,
+        "queue": running - at.get("queued", running),
+        "training": trained - running,
+        "gate": end - trained,
+    }

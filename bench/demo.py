@@ -1,0 +1,84 @@
+"""Demo benchmark: `tunegate demo` wall time end to end from a set-up machine, and where it goes.
+
+Runs `tunegate demo --exit` in its own process on a fresh data directory (a new database, no files,
+no jobs), with the base model cache that `scripts/setup.sh` leaves (converted once at set-up; converted
+here first, untimed, when missing), and prints one table: the demo's own per-phase times (upload and
+file validation, screening, training, the after-training steps with the safety gate, the batched
+side-by-side comparison) and the wall time of the whole command, server start included.
+
+    python bench/demo.py [--epochs N] [--model-cache DIR] [--target 180]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=None, help="override the demo job's epochs")
+    parser.add_argument(
+        "--model-cache",
+        type=Path,
+        default=ROOT / ".tunegate" / "models",
+        help="converted base models (scripts/setup.sh converts into ./.tunegate/models)",
+    )
+    parser.add_argument("--target", type=float, default=180.0, help="wall-time target in seconds")
+    args = parser.parse_args()
+    env = {
+        **os.environ,
+        "TUNEGATE_MODEL_CACHE_DIR": str(args.model_cache),
+        "COLUMNS": "400",  # one line per message: the timings line is parsed below
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    prep = subprocess.run([sys.executable, "-m", "tunegate.catalog.prepare"], env=env, capture_output=True, text=True)
+    if prep.returncode:
+        sys.exit(f"could not prepare the base model:\n{prep.stderr[-2000:]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "tunegate.cli.main", "demo", "--exit", "--port", str(free_port())]
+        if args.epochs:
+            cmd += ["--epochs", str(args.epochs)]
+        start = time.monotonic()
+        run = subprocess.run(
+            cmd, env={**env, "TUNEGATE_DATA_DIR": str(Path(tmp) / "data")}, capture_output=True, text=True
+        )
+        wall = time.monotonic() - start
+    if run.returncode:
+        sys.exit(f"the demo failed (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    timings = re.search(r"^Timings: (.*)$", run.stdout, re.M)
+    score = re.search(r"^Follows the taught format: (.*)$", run.stdout, re.M)
+    phases = dict(re.findall(r"([\w+]+) (\d+) s", timings.group(1))) if timings else {}
+    load = os.getloadavg()[0]
+    print(
+        f"\n`tunegate demo --exit`{' --epochs ' + str(args.epochs) if args.epochs else ''}, fresh data dir, converted model cache; load average {load:.1f} on {os.cpu_count()} cores.\n"
+    )
+    print("| phase | seconds |")
+    print("|---|---:|")
+    for name, secs in phases.items():
+        if name != "total":
+            print(f"| {name} | {secs} |")
+    print(f"| server start and shutdown | {wall - float(phases.get('total', 0)):.0f} |")
+    print(f"| **wall time of the command** | **{wall:.0f}** |")
+    print(f"\nfollows the taught format: {score.group(1) if score else '?'}")
+    print(f"wall time {wall:.0f} s (target <= {args.target:.0f} s): {'PASS' if wall <= args.target else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
