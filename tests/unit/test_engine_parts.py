@@ -301,3 +301,38 @@ def test_engine_with_prefix_cache_answers_like_without(base_and_settings, tmp_pa
     without, plain = asyncio.run(answers(settings.model_copy(update={"prefix_cache_tokens": 0})))
     assert with_cache == without and len(set(with_cache)) >= 4  # not one answer repeated
     assert stats["prefix_hits"] >= 4 and stats["prefix_tokens_saved"] > 4 * 16 and plain["prefix_hits"] == 0
+
+
+def test_grouped_multi_lora_matches_each_rows_own_adapter():
+    """The mixed-batch LoRA (adapters side by side, one-hot mask) equals each row's own adapter applied
+    alone, whatever the mix (no adapter, repeated adapters, ranks padded), and a re-installed slot is
+    seen by the next batch (the concatenation is rebuilt)."""
+    from torch import nn
+
+    from tunegate.serve.lora import BatchSlots, MultiLoraLinear
+
+    torch.manual_seed(0)
+    base = nn.Linear(12, 20, bias=False)
+    slots = BatchSlots()
+    layer = MultiLoraLinear(base, 4, slots)
+    weights = {s: (torch.randn(r, 12), torch.randn(20, r)) for s, r in [(1, 2), (2, 4), (3, 3)]}
+    for s, (a, b) in weights.items():
+        layer.install(s, a, b)
+    x = torch.randn(6, 5, 12)  # prefill-shaped: rows x tokens x features
+
+    def expected(rows):
+        out = base(x).clone()
+        for i, s in enumerate(rows):
+            if s:
+                a, b = weights[s]
+                out[i] += x[i] @ a.T @ b.T
+        return out
+
+    with torch.inference_mode():
+        for rows in ([1, 2, 0, 1, 3, 2], [3, 3, 3, 3, 3, 3], [0, 0, 2, 0, 0, 1]):
+            slots.set(rows)
+            torch.testing.assert_close(layer(x), expected(rows), atol=1e-5, rtol=1e-5)
+        weights[2] = (torch.randn(4, 12), torch.randn(20, 4))
+        layer.install(2, *weights[2])
+        slots.set([0, 0, 2, 0, 0, 1])
+        torch.testing.assert_close(layer(x), expected([0, 0, 2, 0, 0, 1]), atol=1e-5, rtol=1e-5)
