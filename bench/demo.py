@@ -64,7 +64,7 @@ def main() -> None:
         sys.exit(f"the demo failed (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     timings = re.search(r"^Timings: (.*)$", run.stdout, re.M)
     score = re.search(r"^Follows the taught format: (.*)$", run.stdout, re.M)
-    phases = dict(re.findall(r"([\w+]+) (\d+) s", timings.group(1))) if timings else {}
+    phases = dict(re.findall(r"([\w+ ]+?) (\d+) s(?:, |$)", timings.group(1))) if timings else {}
     load = os.getloadavg()[0]
     print(
         f"\n`tunegate demo --exit`{' --epochs ' + str(args.epochs) if args.epochs else ''}, fresh data dir, converted model cache; load average {load:.1f} on {os.cpu_count()} cores.\n"

@@ -99,26 +99,9 @@ def demo(
     ft_model = client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
     phases = _job_phases(client, job.id)
 
-    table = Table("prompt", f"base: {model}", f"fine-tuned: {ft_model}", show_lines=True)
-    prompts = samples.held_out_prompts()
-    pairs = [(messages, m) for messages in prompts for m in (model, ft_model)]
-
-    def answer(pair) -> str:
-        messages, m = pair
-        r = client.chat.completions.create(model=m, messages=messages, temperature=0, max_tokens=64)
-        return r.choices[0].message.content or ""
-
-    # All at once: the engine decodes base and fine-tuned answers together in mixed-adapter batches.
-    with ThreadPoolExecutor(max_workers=len(pairs)) as pool:
-        answers = list(pool.map(answer, pairs))
-    hits = {"base": 0, "ft": 0}
-    for i, messages in enumerate(prompts):
-        base_text, ft_text = answers[2 * i], answers[2 * i + 1]
-        hits["base"] += samples.follows_format(base_text)
-        hits["ft"] += samples.follows_format(ft_text)
-        table.add_row(messages[-1]["content"], base_text, ft_text)
+    table, hits = compare(client, model, ft_model, samples.held_out_prompts())
     out.print(table)
-    n = len(prompts)
+    n = len(samples.held_out_prompts())
     out.print(f"Follows the taught format: base {hits['base']}/{n}, fine-tuned {hits['ft']}/{n}.")
     compared = time.monotonic()
     timings = {
@@ -132,7 +115,7 @@ def demo(
         f"\nServer: [bold]{base_url}[/bold]   dashboard: http://{settings.host}:{settings.port}/   "
         f"API key: [bold]{key}[/bold]"
     )
-    out.print(f'Try: tunegate chat "{ft_model}" -m "{prompts[0][-1]["content"]}"')
+    out.print(f'Try: tunegate chat "{ft_model}" -m "{samples.held_out_prompts()[0][-1]["content"]}"')
     if keep_serving:
         out.print("The server keeps running; press Ctrl+C to stop.")
         try:
@@ -145,23 +128,49 @@ def demo(
 
 
 def _job_phases(client, job_id: str) -> dict[str, float]:
-    """Seconds the job spent screening (validating_files), waiting, training (until its last metrics
-    event) and in the after-training steps (saving, the safety gate, the regression check), from its
-    events' timestamps (whole seconds)."""
-    events = sorted(client.fine_tuning.jobs.list_events(job_id, limit=1000).data, key=lambda e: e.created_at)
+    """Seconds the job spent screening (validating_files), waiting in the queue, starting its worker
+    (loading the model, mixing in safety data), training (until its last step's metrics) and after
+    training (saving, the safety gate, the regression check), from its events' timestamps (whole seconds)."""
+    events = sorted(client.fine_tuning.jobs.list_events(job_id, limit=100), key=lambda e: e.created_at)  # all pages
     at: dict[str, int] = {}
     for e in events:
         status = e.data.get("status") if e.type == "status" and isinstance(e.data, dict) else None
         if status and status not in at:
             at[status] = e.created_at
     job = client.fine_tuning.jobs.retrieve(job_id)
-    metrics = [e.created_at for e in events if e.type == "metrics"]
     running = at.get("running", job.created_at)
-    trained = max(metrics) if metrics else running
-    end = job.finished_at or trained
+    queued = at.get("queued", running)
+    began = next((e.created_at for e in events if e.message.startswith("Training started")), running)
+    metrics = [e.created_at for e in events if e.type == "metrics"]
+    trained = max(metrics) if metrics else began
     return {
-        "screening": at.get("queued", running) - job.created_at,
-        "queue": running - at.get("queued", running),
-        "training": trained - running,
-        "gate": end - trained,
+        "screening": queued - job.created_at,
+        "queue": running - queued,
+        "worker start": began - running,
+        "training": trained - began,
+        "gate": (job.finished_at or trained) - trained,
     }
+
+
+def compare(client, model: str, ft_model: str, prompts: list[list[dict]]) -> tuple[Table, dict[str, int]]:
+    """Base and fine-tuned answers side by side, and how many follow the taught format. Every request
+    is sent at once, so the engine decodes base and fine-tuned answers together in mixed-adapter batches."""
+    from tunegate import samples
+
+    pairs = [(messages, m) for messages in prompts for m in (model, ft_model)]
+
+    def answer(pair) -> str:
+        messages, m = pair
+        r = client.chat.completions.create(model=m, messages=messages, temperature=0, max_tokens=64)
+        return r.choices[0].message.content or ""
+
+    with ThreadPoolExecutor(max_workers=len(pairs)) as pool:
+        answers = list(pool.map(answer, pairs))
+    table = Table("prompt", f"base: {model}", f"fine-tuned: {ft_model}", show_lines=True)
+    hits = {"base": 0, "ft": 0}
+    for i, messages in enumerate(prompts):
+        base_text, ft_text = answers[2 * i], answers[2 * i + 1]
+        hits["base"] += samples.follows_format(base_text)
+        hits["ft"] += samples.follows_format(ft_text)
+        table.add_row(messages[-1]["content"], base_text, ft_text)
+    return table, hits
