@@ -11,7 +11,8 @@ own with an entry point in the group `tunegate.<registry>`, e.g. in its pyprojec
 Settings choose one entry by name: `TUNEGATE_ENGINE`, `TUNEGATE_EXECUTOR`, `TUNEGATE_MODERATOR`
 (`Registry.get`); the job pipeline runs every registered `job_steps` entry (`Registry.all`).
 Owns the lookup only; what an entry must implement is defined by the stage that uses it
-(serve/engine.py, jobs/executor.py, safety/moderation.py, jobs/steps.py).
+(serve/engine.py, jobs/executor.py, safety/moderation.py, jobs/steps.py for `job_steps` and
+`reward_graders`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "gate": "tunegate.safety.jobs:GATE",
         "regression": "tunegate.evals.checks:REGRESSION",
     },
+    # How a reinforcement job's grader is checked and scores answers (jobs/steps.py: RewardGraders).
+    "reward_graders": {"graders": "tunegate.graders.rewards:GRADER_REWARDS"},
 }
 
 
@@ -108,3 +111,4 @@ ENGINES = Registry("engines", "engine")
 EXECUTORS = Registry("executors", "executor")
 MODERATORS = Registry("moderators", "moderator")
 JOB_STEPS = Registry("job_steps")
+REWARD_GRADERS = Registry("reward_graders")

@@ -1,7 +1,7 @@
 """DPO and the after-training checks through the jobs API with the official openai SDK: a DPO job on
 the tiny model trains, reports DPO metrics, checkpoints and a DPO result file, runs the gate and the
 regression check, and its model is served; the method must fit the file's format; bad DPO
-hyperparameters and methods not offered through jobs are OpenAI-shaped 400s."""
+hyperparameters are OpenAI-shaped 400s (reinforcement jobs: test_rft_jobs_api.py)."""
 
 from __future__ import annotations
 
@@ -110,6 +110,3 @@ def test_bad_dpo_requests_are_400s(server):
             model="tiny", training_file=pairs.id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 5}}}
         )
     assert "beta" in json.dumps(err.value.body)
-    with pytest.raises(openai.BadRequestError) as err:
-        client.fine_tuning.jobs.create(model="tiny", training_file=pairs.id, method={"type": "reinforcement"})
-    assert err.value.body["code"] == "unsupported_method"

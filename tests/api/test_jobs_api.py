@@ -86,7 +86,7 @@ def test_create_retrieve_list_and_object_shape(idle_server, train_file):
             "method.supervised.hyperparameters.learning_rate_multiplier",
         ),
         ({"hyperparameters": {"n_epochs": "many"}}, "hyperparameters.n_epochs"),
-        ({"method": {"type": "reinforcement"}}, "method.type"),
+        ({"method": {"type": "reinforcement"}}, "method.reinforcement.grader"),
         ({"method": {"type": "magic"}}, "method.type"),
         ({"model": 5}, "model"),
         ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations"),

@@ -104,6 +104,12 @@ def validate_job_files(db: Database, settings: Settings, job_id: str) -> None:
             path = row.path if row is not None else ""
         if row is None:
             raise InvalidRequestError(f"File {file_id} was deleted before the job started.", param=param, code=code)
+        if method == "reinforcement":  # prompts without answers, plus the grader's fields: rft.py checks them
+            from tunegate.train.rft import load_prompts
+
+            load_prompts(path, param)
+            training_path = path if param == "training_file" else training_path
+            continue
         if report is None or report.get("model") != model:
             report = validate_stored(db, settings, file_id, model)
         if not report["valid"]:

@@ -1,4 +1,5 @@
-"""Fine-tuning jobs routes: `/v1/fine_tuning/jobs` like OpenAI's, plus pause/resume."""
+"""Fine-tuning jobs routes: `/v1/fine_tuning/jobs` like OpenAI's, plus pause/resume and promoting a checkpoint
+to be the job's model."""
 
 from __future__ import annotations
 
@@ -69,3 +70,9 @@ def list_checkpoints(job_id: str, db: DbDep, principal: PrincipalDep, after: str
     out = page(service.list_checkpoints(db, principal, job_id, after=after, limit=limit), limit)
     out["data"] = [service.checkpoint_object(c) for c in out["data"]]
     return out
+
+
+@router.post("/{job_id}/checkpoints/{checkpoint_id}/promote", response_model=FineTuningJob)
+def promote_checkpoint(job_id: str, checkpoint_id: str, db: DbDep, principal: PrincipalDep):
+    """Our extension: the checkpoint (gated on its own) becomes the job's `fine_tuned_model`."""
+    return service.to_object(service.promote_checkpoint(db, principal, job_id, checkpoint_id))

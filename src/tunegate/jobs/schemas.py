@@ -55,12 +55,29 @@ class DpoMethod(BaseModel):
     hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
 
 
+class ReinforcementHyperparameters(SupervisedHyperparameters):
+    """OpenAI's `ReinforcementHyperparameters`; the rules for "auto" are in train/config.py."""
+
+    compute_multiplier: Auto | float = Field("auto", description="Scales the answers sampled per prompt (4 x it).")
+    eval_interval: Auto | int = Field("auto", description="Training steps between held-out reward checks.")
+    eval_samples: Auto | int = Field("auto", description="Answers per held-out prompt (`auto`: one greedy answer).")
+    reasoning_effort: str = Field("default", description='Only "default": these base models do not reason.')
+
+
+class ReinforcementMethod(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    grader: dict[str, Any]
+    """A grader as `/v1/fine_tuning/alpha/graders/validate` takes it (string_check, text_similarity,
+    python, multi); `{{item.<field>}}` reads the training row's own fields."""
+    hyperparameters: ReinforcementHyperparameters = Field(default_factory=ReinforcementHyperparameters)
+
+
 class Method(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementMethod | None = None
 
 
 class JobOptions(BaseModel):
@@ -133,6 +150,9 @@ class JobError(BaseModel):
 
 
 class Hyperparameters(BaseModel):
+    """OpenAI's three, plus the method's own once resolved (DPO `beta`; reinforcement `compute_multiplier`, ...)."""
+
+    model_config = ConfigDict(extra="allow")
     batch_size: Auto | int | None = None
     learning_rate_multiplier: Auto | float | None = None
     n_epochs: Auto | int | None = None

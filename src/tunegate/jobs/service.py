@@ -79,13 +79,30 @@ def _requested_method(body: JobCreate) -> dict[str, Any]:
                     )
                 },
             }
-        if body.method.type != "supervised":
-            raise InvalidRequestError(
-                f"Method `{body.method.type}` is not available through jobs yet: tunegate trains `supervised` "
-                "(SFT) and `dpo` jobs. Use `method={'type': 'supervised'}` or `{'type': 'dpo'}`.",
-                param="method.type",
-                code="unsupported_method",
+        if body.method.type == "reinforcement":
+            if body.method.reinforcement is None:
+                raise InvalidRequestError(
+                    "Reinforcement fine-tuning needs `method.reinforcement.grader`: the grader that scores "
+                    "each sampled answer (e.g. a string_check of `{{sample.output_text}}` against `{{item.answer}}`).",
+                    param="method.reinforcement.grader",
+                    code="missing_required_parameter",
+                )
+            rft = body.method.reinforcement
+            hp = rft.hyperparameters.model_dump(
+                include={
+                    "n_epochs",
+                    "batch_size",
+                    "learning_rate_multiplier",
+                    "compute_multiplier",
+                    "eval_interval",
+                    "eval_samples",
+                    "reasoning_effort",
+                }
             )
+            from tunegate.train.config import resolve_reinforcement
+
+            resolve_reinforcement(hp)  # a value the trainer cannot use is a 400 now, not a failed job
+            return {"type": "reinforcement", "reinforcement": {"grader": rft.grader, "hyperparameters": hp}}
         sup = body.method.supervised or SupervisedMethod()
         return {
             "type": "supervised",
@@ -143,6 +160,17 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
         )
     options = body.tunegate.model_dump(exclude_none=True) if body.tunegate else {}
     base = body.model
+    method = _requested_method(body)
+    if method["type"] != "supervised" and isinstance(base, str) and base.startswith("ft:"):
+        # Their reference is the base with the adapter off: from a parent adapter that would be the base
+        # model, not the caller's model, so the KL/implicit rewards would measure the wrong thing.
+        raise InvalidRequestError(
+            f"`{method['type']}` jobs start from a base model here: their reference policy is the base with the "
+            "adapter switched off, which for an `ft:` parent would be the base, not your model. Use the base "
+            "model, or continue your model with a `supervised` job.",
+            param="model",
+            code="unsupported_parent_model",
+        )
     if isinstance(base, str) and base.startswith("ft:") and _PARENT_MODEL_HOOKS:
         base, options = _PARENT_MODEL_HOOKS[0](db, settings, principal, body.model, options)
     if base not in list_base_models(settings):
@@ -152,7 +180,6 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
             param="model",
             code="model_not_available",
         )
-    method = _requested_method(body)
     if options.get("quantization"):  # refused now, not as a failed job later
         from tunegate.train.lora import require_qlora
 
@@ -165,10 +192,23 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
             param=f"tunegate.{restricted[0]}",
             code="admin_required",
         )
+    if method["type"] == "reinforcement" and int(options.get("n_workers") or 1) > 1:
+        raise InvalidRequestError(
+            "Data-parallel training (`tunegate.n_workers` > 1) is for supervised jobs only; use one worker for "
+            "reinforcement jobs.",
+            param="tunegate.n_workers",
+        )
     with db.session() as s:
-        _own_file(s, principal, body.training_file, "training_file")
+        files = [("training_file", _own_file(s, principal, body.training_file, "training_file").path)]
         if body.validation_file:
-            _own_file(s, principal, body.validation_file, "validation_file")
+            files.append(("validation_file", _own_file(s, principal, body.validation_file, "validation_file").path))
+    if method["type"] == "reinforcement":
+        from tunegate.jobs.steps import reward_graders
+
+        method["reinforcement"]["grader"] = reward_graders().check(
+            method["reinforcement"]["grader"], settings=settings, files=files, param="method.reinforcement.grader"
+        )
+    with db.session() as s:
         job = Job(
             id=new_id("ftjob", 12),
             org_id=principal.org_id,
@@ -329,4 +369,56 @@ def request_control(db: Database, principal: Principal, job_id: str, action: str
             )
         s.flush()
     record(db, f"job.{action}", org_id=principal.org_id, actor=principal.key_id, object_id=job_id)
+    return get(db, principal, job_id)
+
+
+def promote_checkpoint(db: Database, principal: Principal, job_id: str, checkpoint_id: str) -> Job:
+    """Our extension: make a checkpoint (e.g. the best by validation, which the regression check names)
+    the job's `fine_tuned_model`. Only a checkpoint that passed the safety gate itself may be promoted
+    (`POST .../checkpoints/{id}/gate` runs it): the gate of the final model says nothing of earlier weights."""
+    get(db, principal, job_id)
+    with db.session() as s:
+        job = job_row(s, job_id, lock=True)
+        ck = s.get(Checkpoint, checkpoint_id)
+        if ck is None or ck.job_id != job_id:
+            raise NotFoundError(
+                f"No such checkpoint {checkpoint_id} of job {job_id}.",
+                param="checkpoint_id",
+                code="checkpoint_not_found",
+            )
+        if job.status != "succeeded":
+            raise ConflictError(
+                f"Job {job_id} is {job.status}; a checkpoint can be promoted to the job's model once the job succeeded.",
+                param="fine_tuning_job_id",
+                code="job_not_succeeded",
+            )
+        if (ck.gate or {}).get("decision") not in ("passed", "overridden"):
+            raise ConflictError(
+                f"Checkpoint {checkpoint_id} has not passed the safety gate, so it cannot become the job's model. "
+                f"Run the gate on it first: POST /v1/fine_tuning/jobs/{job_id}/checkpoints/{checkpoint_id}/gate.",
+                param="checkpoint_id",
+                code="checkpoint_not_gated",
+            )
+        previous = job.fine_tuned_model
+        job.fine_tuned_model = ck.model_id
+        s.add(
+            new_event(
+                job_id,
+                f"Checkpoint at step {ck.step} promoted: the job's model is now {ck.model_id} (was {previous}).",
+                data={
+                    "promoted_checkpoint": ck.id,
+                    "step": ck.step,
+                    "fine_tuned_model": ck.model_id,
+                    "previous": previous,
+                },
+            )
+        )
+    record(
+        db,
+        "job.checkpoint_promoted",
+        org_id=principal.org_id,
+        actor=principal.key_id,
+        object_id=job_id,
+        details={"checkpoint": ck.model_id, "previous": previous},
+    )
     return get(db, principal, job_id)

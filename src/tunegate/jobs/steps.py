@@ -10,12 +10,16 @@ A step gets a read-only `JobContext` (with `emit` for its typed events) and retu
 `Decision`; the jobs stage alone writes job rows and acts on the decision (fail the job with the
 decision's error, keep the step's `record` in `job.safety`). Steps are registered in the
 `job_steps` plugin registry (`tunegate.plugins`), so jobs/ never imports the stages that hook in.
-Owns the protocol only; the steps themselves live with their stages.
+Reinforcement jobs need a grader, which a later stage owns too: `RewardGraders` is what that
+stage registers in the `reward_graders` registry (graders/ does), to check a job's grader against
+its files when the job is created and to score sampled answers in the worker.
+
+Owns the protocols only; the steps themselves live with their stages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -69,6 +73,28 @@ class Step:
     phase: Phase
     run: Callable[..., Decision]
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RewardGraders(Protocol):
+    def check(
+        self, grader: dict[str, Any], *, settings: Settings, files: Sequence[tuple[str, str | Path]], param: str
+    ) -> dict[str, Any]:
+        """The grader in its stored form; raises InvalidRequestError (naming `param`...) when it cannot
+        run or names an `{{item.<field>}}` some row of `files` ((param, path) pairs) lacks."""
+        ...
+
+    def reward_fn(
+        self, grader: dict[str, Any], *, settings: Settings
+    ) -> Callable[[list[str], list[dict[str, Any]]], Any]:
+        """answers, items -> (rewards, batch metrics), as train/rft.py's `RewardFn`."""
+        ...
+
+
+def reward_graders() -> RewardGraders:
+    from tunegate.plugins import REWARD_GRADERS
+
+    provider: RewardGraders = REWARD_GRADERS.get(REWARD_GRADERS.names()[0])
+    return provider
 
 
 def steps(phase: Phase) -> list[Step]:

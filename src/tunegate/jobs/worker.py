@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+from typing import Any
 
 from tunegate.db import Database, File, Job
 from tunegate.errors import InvalidRequestError, TunegateError
@@ -37,7 +38,13 @@ def _heartbeat(db: Database, job_id: str, every: float, stop: threading.Event, p
 
 def build_config(db: Database, settings: Settings, job: Job):
     from tunegate.catalog import get_base_model
-    from tunegate.train.config import TrainConfig, base_learning_rate, resolve_beta, resolve_hyperparameters
+    from tunegate.train.config import (
+        TrainConfig,
+        base_learning_rate,
+        resolve_beta,
+        resolve_hyperparameters,
+        resolve_reinforcement,
+    )
 
     base = get_base_model(job.model, settings)
     with db.session() as s:
@@ -59,7 +66,11 @@ def build_config(db: Database, settings: Settings, job: Job):
         n_examples=int(report.get("n_examples") or 0),
         method=method,
     )
-    method_fields = {"method": method, "beta": resolve_beta(hp.get("beta", "auto"))} if method == "dpo" else {}
+    method_fields: dict = {"method": method}
+    if method == "dpo":
+        method_fields["beta"] = resolve_beta(hp.get("beta", "auto"))
+    if method == "reinforcement":
+        method_fields |= resolve_reinforcement(hp)
     opts = job.options or {}
     training_path = pipeline.prepare_training_data(db, settings, job, train_file.path)
     config = TrainConfig(
@@ -76,13 +87,20 @@ def build_config(db: Database, settings: Settings, job: Job):
         **method_fields,
         **{k: v for k, v in opts.items() if k in TrainConfig.__dataclass_fields__},
     )
-    resolved = {
+    resolved: dict[str, Any] = {
         "n_epochs": n_epochs,
         "batch_size": batch_size,
         "learning_rate_multiplier": round(lr / base_learning_rate(method), 6),
     }
     if method == "dpo":
         resolved["beta"] = config.beta
+    if method == "reinforcement":
+        resolved |= {
+            "compute_multiplier": config.rft_group_size / 4,
+            "eval_interval": config.rft_eval_interval or "epoch",
+            "eval_samples": config.rft_eval_samples,
+            "reasoning_effort": "default",
+        }
     return config, resolved
 
 
@@ -119,9 +137,17 @@ def run(job_id: str, settings: Settings | None = None, launch=None) -> int:
 
         n_workers = int((job.options or {}).get("n_workers") or 1)
         threads = max(1, (settings.torch_threads or os.cpu_count() or 1) // n_workers)  # the worker's cores, shared
-        result = (launch or run_data_parallel)(
-            config, out_dir, reporter, should_stop, world_size=n_workers, threads=threads
-        )
+        if config.method == "reinforcement":  # one process: the grader's reward function lives here
+            from tunegate.jobs.steps import reward_graders
+            from tunegate.train.rft import run_rft
+
+            grader = (job.method or {})["reinforcement"]["grader"]
+            reward_fn = reward_graders().reward_fn(grader, settings=settings)
+            result = run_rft(config, out_dir, reporter, should_stop, reward_fn)
+        else:
+            result = (launch or run_data_parallel)(
+                config, out_dir, reporter, should_stop, world_size=n_workers, threads=threads
+            )
         reporter.sync_checkpoints(result.checkpoints)
         if result.status in ("cancelled", "paused"):
             with db.session() as s:

@@ -110,6 +110,16 @@ def mix(ctx: JobContext) -> Decision:
     if out.exists():
         return Decision(training_path=out)
     examples = read_jsonl(ctx.training_path)
+    prompts_only = any(not any(m.get("role") == "assistant" for m in e.get("messages") or []) for e in examples)
+    if prompts_only and all("messages" in e for e in examples):
+        # Reinforcement prompts: the grader decides what is rewarded, so refusal demonstrations do not fit.
+        ctx.emit(
+            "Safety data mixing is for chat data: these reinforcement prompts are trained as they are; "
+            "screening and the post-training gate apply.",
+            type="moderation_checks",
+            data={"check": "safety_mixing", "added": 0, "skipped": "prompt data"},
+        )
+        return Decision()
     if any("messages" not in e for e in examples):
         # Preference pairs (DPO): the refusal examples are chat data, and a harmful "rejected" answer to
         # pair them with is not something this project writes. Screening and the gate still apply.

@@ -12,7 +12,9 @@ LoRA training, and that `follows_format` checks mechanically. Files: a training 
 uploading or training them (the demo command and the trainer do that).
 
 The same files make the DPO preference task (`write_preference_file`): the two-line reply is
-preferred over the same answer said plainly, so the only thing a pair teaches is the format.
+preferred over the same answer said plainly, so the only thing a pair teaches is the format; and
+the reinforcement task (`rft_prompts`, `RFT_FORMAT_GRADER`): the questions alone, each asking for
+the two-line format, rewarded by a grader for each of the two lines the answer carries.
 """
 
 from __future__ import annotations
@@ -80,3 +82,38 @@ def follows_format(text: str) -> bool:
     """True when a reply is exactly the two lines "Answer: ..." and "Confidence: high|medium|low"."""
     lines = [line.strip() for line in text.strip().splitlines()]
     return _FORMAT.fullmatch("\n".join(lines)) is not None
+
+
+RFT_INSTRUCTION = " Reply in two lines: first 'Answer:' and your answer, then 'Confidence:' and high, medium or low."
+# Half a point for each line of the format: partial credit gives the sampled groups a signal early.
+RFT_FORMAT_GRADER = {
+    "type": "multi",
+    "name": "answer_format",
+    "graders": {
+        "answer": {
+            "type": "string_check",
+            "name": "answer",
+            "input": "{{sample.output_text}}",
+            "reference": "Answer:",
+            "operation": "like",
+        },
+        "confidence": {
+            "type": "string_check",
+            "name": "confidence",
+            "input": "{{sample.output_text}}",
+            "reference": "Confidence:",
+            "operation": "like",
+        },
+    },
+    "calculate_output": "0.5 * answer + 0.5 * confidence",
+}
+
+
+def rft_prompts(name: str) -> list[dict]:
+    """Reinforcement rows: the user question of each example of `name` (`demo_train`, `demo_valid`,
+    `demo_prompts`) with the format instruction appended, and the plain question as an extra field."""
+    rows = []
+    for row in iter_jsonl(path(name)):
+        question = next(m["content"] for m in row["messages"] if m["role"] == "user")
+        rows.append({"messages": [{"role": "user", "content": question + RFT_INSTRUCTION}], "question": question})
+    return rows

@@ -19,6 +19,13 @@ The "auto" rules (also in the README):
   sooner than SFT at the same rate.
 - `beta` (DPO): 0.1, the DPO paper's value; "auto" means 0.1.
 - `n_epochs` and `batch_size` for DPO count preference pairs, by the same rules.
+- Reinforcement: `n_epochs` and `learning_rate_multiplier` as SFT (from `RFT_BASE_LEARNING_RATE`,
+  1e-4: sampled answers are noisier targets than demonstrations); `batch_size` (prompts per step)
+  as SFT but at most 8, since every prompt costs a group of sampled answers; `compute_multiplier`
+  scales the answers sampled per prompt, 4 x multiplier within 2..64 ("auto": 4);
+  `eval_interval` "auto" checks the held-out reward at each epoch's end; `eval_samples` "auto" is
+  one greedy answer per held-out prompt (more: that many sampled answers, averaged);
+  `reasoning_effort` only "default" (the base models here have no reasoning mode).
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from tunegate.files.tokens import auto_n_epochs as files_auto_n_epochs
 
 BASE_LEARNING_RATE = 2e-4
 DPO_BASE_LEARNING_RATE = 5e-5
+RFT_BASE_LEARNING_RATE = 1e-4
+RFT_MAX_AUTO_BATCH = 8
+RFT_BASE_GROUP = 4
 DEFAULT_BETA = 0.1
 METHODS = ("supervised", "dpo", "reinforcement")
 # SmolLM2 is a Llama: LoRA on every projection of attention and MLP trains best for its size.
@@ -74,6 +84,8 @@ class TrainConfig:
     rft_group_size: int = 4  # reinforcement: answers sampled per prompt (advantages are normalised within)
     rft_max_tokens: int = 64  # reinforcement: longest sampled answer
     rft_kl_coef: float = 0.04  # reinforcement: weight of the KL to the adapter-off model
+    rft_eval_interval: int | None = None  # reinforcement: steps between held-out reward checks; None: epoch ends
+    rft_eval_samples: int = 1  # reinforcement: answers per held-out prompt (1: greedy; more: sampled, averaged)
     init_adapter: str | None = None  # continued fine-tuning: the parent adapter folder whose weights start training
     parent_model: str | None = None  # continued fine-tuning: the `ft:` model or checkpoint it came from (lineage)
     # GPU options (train/lora.py): a 4-bit NF4 base (QLoRA, CUDA + bitsandbytes only) and activation recompute.
@@ -117,6 +129,8 @@ class TrainConfig:
         need(2 <= self.rft_group_size <= 64, "rft_group_size", "use 2..64 answers per prompt")
         need(1 <= self.rft_max_tokens <= 4096, "rft_max_tokens", "use 1..4096 tokens")
         need(self.rft_kl_coef >= 0, "rft_kl_coef", "use a number >= 0")
+        need(self.rft_eval_interval is None or self.rft_eval_interval >= 1, "rft_eval_interval", "use at least 1")
+        need(1 <= self.rft_eval_samples <= 64, "rft_eval_samples", "use 1..64 answers per held-out prompt")
         need(self.quantization in (None, "nf4"), "quantization", 'use "nf4" (QLoRA) or null')
         if problems:
             text = "; ".join(f"`{name}` is invalid: {fix}" for name, fix in problems)
@@ -202,13 +216,15 @@ def resolve_hyperparameters(
 ) -> tuple[int, int, float]:
     """(n_epochs, batch_size, learning_rate) from the job's hyperparameters, each "auto" or a number."""
     prefix = f"method.{method}.hyperparameters."
-    base_rate = DPO_BASE_LEARNING_RATE if method == "dpo" else BASE_LEARNING_RATE
+    base_rate = base_learning_rate(method)
     if n_epochs == "auto" or n_epochs is None:
         n_epochs = auto_n_epochs(n_examples)
     else:
         n_epochs = _number(n_epochs, prefix + "n_epochs", "n_epochs")
     if batch_size == "auto" or batch_size is None:
         batch_size = auto_batch_size(n_examples, n_tokens)
+        if method == "reinforcement":
+            batch_size = min(batch_size, RFT_MAX_AUTO_BATCH)
     else:
         batch_size = _number(batch_size, prefix + "batch_size", "batch_size")
     if learning_rate_multiplier == "auto" or learning_rate_multiplier is None:
@@ -219,7 +235,41 @@ def resolve_hyperparameters(
 
 
 def base_learning_rate(method: str) -> float:
-    return DPO_BASE_LEARNING_RATE if method == "dpo" else BASE_LEARNING_RATE
+    return {"dpo": DPO_BASE_LEARNING_RATE, "reinforcement": RFT_BASE_LEARNING_RATE}.get(method, BASE_LEARNING_RATE)
+
+
+def resolve_reinforcement(hp: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields from `method.reinforcement.hyperparameters` beyond epochs, batch and rate."""
+    prefix = "method.reinforcement.hyperparameters."
+
+    def pick(name: str, kind: type, low: float, high: float, default: Any) -> Any:
+        value = hp.get(name, "auto")
+        if value == "auto" or value is None:
+            return default
+        whole = kind is int and not isinstance(value, bool) and isinstance(value, (int, float)) and value == int(value)
+        ok = whole if kind is int else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not low <= value <= high:
+            raise InvalidRequestError(
+                f'`{prefix}{name}` must be "auto" or a{"n integer" if kind is int else " number"} from {low:g} '
+                f"to {high:g}, got {value!r}.",
+                param=prefix + name,
+            )
+        return kind(value)
+
+    multiplier = pick("compute_multiplier", float, 0.5, 16, 1.0)
+    effort = hp.get("reasoning_effort", "default")
+    if effort not in ("default", "auto", None):
+        raise InvalidRequestError(
+            f"`{prefix}reasoning_effort` {effort!r} is not supported: the base models here have no reasoning "
+            'mode. Leave it out or use "default".',
+            param=prefix + "reasoning_effort",
+            code="unsupported_parameter",
+        )
+    return {
+        "rft_group_size": min(64, max(2, round(RFT_BASE_GROUP * multiplier))),
+        "rft_eval_interval": pick("eval_interval", int, 1, 10_000, None),
+        "rft_eval_samples": pick("eval_samples", int, 1, 64, 1),
+    }
 
 
 def resolve_beta(beta: Any = "auto") -> float:

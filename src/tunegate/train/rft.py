@@ -10,8 +10,11 @@ about graders or jobs) scores them, the advantages are the rewards normalised wi
 with the reference being the same model with the adapter switched off and k3 the unbiased,
 always-positive KL estimator exp(ref - pi) - (ref - pi) - 1 (Schulman). One update per sampled
 batch keeps the policy on-policy, so GRPO's clipped ratio is exactly 1 and is omitted. Metrics:
-train_reward_mean, train_reward_std, train_kl, train_loss, completion_tokens, and valid_reward_mean
-(greedy answers to held-out prompts) at each epoch end. Checkpoints and resume are recipe.py's.
+train_reward_mean, train_reward_std, train_kl, train_loss, completion_tokens, the reward
+function's own figures (a grader's sub-scores and error rate, as `train_<name>`), and
+valid_reward_mean (held-out prompts: one greedy answer each, or `rft_eval_samples` sampled ones)
+every `rft_eval_interval` steps and at each epoch end (then also full_valid_reward_mean, which
+picks the best checkpoint). Checkpoints and resume are recipe.py's.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ from tunegate.train.recipe import (
     _trainer_state,
 )
 
-# reward_fn(answers, items) -> one reward per answer; items[i] is the JSONL row answers[i] responds to.
-RewardFn = Callable[[list[str], list[dict]], list[float]]
+# reward_fn(answers, items) -> one reward per answer (items[i] is the JSONL row answers[i] responds to),
+# or (rewards, extra metrics of the batch such as a grader's sub-scores and error rate).
+RewardFn = Callable[[list[str], list[dict]], "list[float] | tuple[list[float], dict[str, float]]"]
 RFT_RESULT_COLUMNS = (
     "step",
     "train_loss",
@@ -54,7 +58,16 @@ RFT_RESULT_COLUMNS = (
     "train_kl",
     "completion_tokens",
     "valid_reward_mean",
+    "full_valid_reward_mean",
 )
+
+
+def _rewards(reward_fn: RewardFn, answers: list[str], items: list[dict]) -> tuple[list[float], dict[str, float]]:
+    out = reward_fn(answers, items)
+    rewards, extra = out if isinstance(out, tuple) else (out, {})
+    if len(rewards) != len(answers):
+        raise ValueError(f"the reward function gave {len(rewards)} rewards for {len(answers)} answers")
+    return [float(r) for r in rewards], extra
 
 
 @dataclasses.dataclass
@@ -69,12 +82,21 @@ def load_prompts(path: str | Path, param: str = "training_file") -> Prompts:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
             msgs = row.get("messages") if isinstance(row, dict) else None
-            if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "user":
+            if (
+                not isinstance(msgs, list)
+                or not msgs
+                or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
+                or msgs[-1].get("role") != "user"
+            ):
                 raise InvalidRequestError(
-                    f"Line {lineno} of the {param.replace('_', ' ')}: reinforcement fine-tuning rows need `messages` "
-                    "ending with a user turn (the prompt); other fields are passed to the grader as `item`.",
+                    f"Line {lineno} of the {param.replace('_', ' ')}: reinforcement fine-tuning rows are JSON "
+                    "objects with `messages` (each with a string `content`) ending with a user turn (the prompt); "
+                    "other fields are passed to the grader as `item`.",
                     param=param,
                     code=f"invalid_{param}",
                 )
@@ -204,10 +226,17 @@ def run_rft(
     results = ResultsWriter(out_dir / "results.csv", resume_step=step, columns=RFT_RESULT_COLUMNS)
 
     def evaluate_reward(rows: list[dict]) -> float:
+        n = config.rft_eval_samples
         groups = sample(
-            model, tokenizer, [r["messages"] for r in rows], 1, config.rft_max_tokens, 0.0, precision.device
+            model,
+            tokenizer,
+            [r["messages"] for r in rows],
+            n,
+            config.rft_max_tokens,
+            0.0 if n == 1 else 1.0,
+            precision.device,
         )
-        rewards = reward_fn([g[0][2] for g in groups], rows)
+        rewards, _ = _rewards(reward_fn, [a[2] for g in groups for a in g], [r for r in rows for _ in range(n)])
         return sum(rewards) / len(rewards)
 
     base_reward = metrics.get("base_valid_reward_mean")
@@ -253,9 +282,8 @@ def run_rft(
                 precision.device,
             )
             answers = [a for g in groups for a in g]
-            rewards = torch.tensor(
-                reward_fn([a[2] for a in answers], [r for r, g in zip(rows, groups) for _ in g]), dtype=torch.float32
-            )
+            scores, extra = _rewards(reward_fn, [a[2] for a in answers], [r for r, g in zip(rows, groups) for _ in g])
+            rewards = torch.tensor(scores, dtype=torch.float32)
             advantages = group_advantages(rewards.view(len(rows), config.rft_group_size)).flatten()
             optimizer.zero_grad(set_to_none=True)
             loss, kl = grpo_loss(model, [(p, a) for p, a, _ in answers], advantages, config.rft_kl_coef, precision)
@@ -278,14 +306,18 @@ def run_rft(
                 "trained_tokens": trained_tokens,
                 "learning_rate": learning_rate,
                 "grad_norm": grad_norm,
+                **{f"train_{k}": v for k, v in extra.items()},
             }
             if base_reward is not None:
                 metrics["base_valid_reward_mean"] = base_reward
             epoch_end = index == per_epoch - 1
-            if epoch_end and valid is not None:
-                metrics["valid_reward_mean"] = metrics["full_valid_reward_mean"] = evaluate_reward(valid.examples)
+            interval = config.rft_eval_interval
+            if valid is not None and (epoch_end or (interval and step % interval == 0)):
+                metrics["valid_reward_mean"] = evaluate_reward(valid.examples)
+                if epoch_end:
+                    metrics["full_valid_reward_mean"] = metrics["valid_reward_mean"]
             results.append(metrics)
-            say.metrics(metrics)
+            _say_metrics(on_event, metrics)
             if epoch_end:
                 save_checkpoint(epoch + 1)
             control = should_stop()
@@ -308,3 +340,13 @@ def run_rft(
         f"{metrics.get('train_reward_mean', float('nan')):.3f}."
     )
     return TrainResult("succeeded", adapter_dir, _checkpoints(out_dir), trained_tokens, metrics)
+
+
+def _say_metrics(on_event: EventCallback, m: dict) -> None:
+    message = (
+        f"Step {m['step']}/{m['total_steps']}: mean reward={m['train_reward_mean']:.3f}, "
+        f"KL={m['train_kl']:.4f}, loss={m['train_loss']:.4f}"
+    )
+    if "valid_reward_mean" in m:
+        message += f", held-out mean reward={m['valid_reward_mean']:.3f}"
+    on_event({"level": "info", "message": message, "type": "metrics", "data": dict(m)})
