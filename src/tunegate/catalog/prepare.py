@@ -40,6 +40,10 @@ def prepare_default_model(settings: Settings, say: Callable[[str], None] = print
     except MissingPackageError as exc:
         say(f"Base model {DEFAULT_MODEL} is not available: {exc.message}")
         return None
+    except Exception as exc:  # noqa: BLE001 - the server still starts; its other models work and requests retry
+        log.exception("converting %s failed", DEFAULT_MODEL)
+        say(f"Base model {DEFAULT_MODEL} could not be converted ({type(exc).__name__}: {exc}); requests for it retry.")
+        return None
     say(f"Base model {DEFAULT_MODEL} ready in {time.monotonic() - start:.1f} s.")
     return path
 
