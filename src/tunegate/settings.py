@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         description="While sequences decode, longer prompts are "
         "prefilled this many tokens per step (0 = whole prompts at once).",
     )
+    prefill_group_rows: int = Field(
+        default=8,
+        ge=0,
+        description="A burst of requests is admitted this many choices per engine step, so the first "
+        "group streams while the next is prefilled: lower time to first token for most of a burst (0 = all at once).",
+    )
     max_n: int = Field(default=16, ge=1, description="Largest `n` (choices) of one chat request (400 above).")
     max_output_tokens: int = Field(default=4096, ge=1, description="Largest `max_tokens` of one chat request.")
     chat_concurrency_per_key: int = Field(default=32, ge=1, description="Chat requests one API key has in flight.")

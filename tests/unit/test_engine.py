@@ -113,8 +113,9 @@ def test_mixed_adapter_batch_has_no_cross_talk(tiny_base, adapters):
         return together, stats, alone, same_prompt
 
     together, stats, alone, same_prompt = run(_with_engine(settings, go))
-    # They really were decoded together, in batches mixing adapters.
-    assert stats["max_batch"] == len(jobs) and stats["mixed_adapter_steps"] > 0 and stats["prefills"] == 1
+    # They really were decoded together, in batches mixing adapters (prefilled in two groups: 8, then 1).
+    assert settings.prefill_group_rows == 8
+    assert stats["max_batch"] == len(jobs) and stats["mixed_adapter_steps"] > 0 and stats["prefills"] == 2
     # The adapters really change the output, so equality below is not vacuous.
     assert len({r.choices[0].message.content for r in same_prompt}) == 4
     for t, a in zip(together, alone):
@@ -361,3 +362,22 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_decode(tiny_base, adapt
     assert stats["chunked_prefills"] == 1
     # A kept decoding while B's prompt was read: about one decode step per chunk.
     assert steps_during >= n_prompt // 8 - 1
+
+
+def test_a_burst_is_prefilled_a_group_per_step_and_answers_the_same(tiny_base, adapters):
+    """With groups of 3, a burst of six is prefilled in two forwards: the first three decode a step
+    before the last three join them (so they answer sooner); every answer equals the all-at-once engine's."""
+    settings, base = tiny_base
+    models = [ServableModel(f"ft{k}", base, p) for k, p in enumerate(adapters)]
+    jobs = [(PROMPTS[i], models[i % 3]) for i in range(6)]
+
+    async def burst(engine, service):
+        results = await asyncio.gather(*(service.create(chat(p, max_tokens=8, ignore_eos=True), m) for p, m in jobs))
+        return [r.choices[0].message.content for r in results], engine.stats()["tiny"]
+
+    grouped, stats = run(_with_engine(settings.model_copy(update={"prefill_group_rows": 3}), burst))
+    together, together_stats = run(_with_engine(settings.model_copy(update={"prefill_group_rows": 0}), burst))
+    assert together_stats["prefills"] == 1 and stats["prefills"] == 2
+    # 8 tokens: one from the prefill, 7 decode steps; the second group joined one step later.
+    assert together_stats["decode_steps"] == 7 and stats["decode_steps"] == 8
+    assert grouped == together

@@ -288,6 +288,9 @@ class _Worker:
     def _admit(self) -> list[_Running]:
         reading = [s for g in self.prefilling for s in g.seqs]
         room = self.settings.max_batch_size - len(self.running) - len(reading)
+        if self.settings.prefill_group_rows:
+            # A burst is prefilled a group per step: the first group's answers start while the rest is read.
+            room = min(room, self.settings.prefill_group_rows)
         in_use = {s.slot for s in self.running + reading}
         admissions, failed = self.scheduler.admit(room, in_use, self.engine.prefill_tokens, self.runner.acquire_adapter)
         for p, exc in failed:
