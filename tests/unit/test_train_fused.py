@@ -98,13 +98,14 @@ def test_frozen_weights_are_shared_not_copied(tiny_model_path):
     assert torch.equal(qkv, torch.cat([q, k, v]))
 
 
-def test_replaced_weights_fall_back_to_peft(tiny_model_path, row):
+@pytest.mark.parametrize("replaced", ["up_proj", "down_proj"])  # one of a fused pair, and a lone projection
+def test_replaced_weights_fall_back_to_peft(tiny_model_path, row, replaced):
     model = _model(tiny_model_path)
     model.eval()
     with torch.no_grad():
         before, _ = forward_loss(model, row, CPU)
-        up_proj = model.get_base_model().model.layers[1].mlp.up_proj.base_layer
-        up_proj.weight.data = torch.randn(up_proj.weight.shape)  # a fresh tensor: the concatenation is stale
+        linear = getattr(model.get_base_model().model.layers[1].mlp, replaced).base_layer
+        linear.weight.data = torch.randn(linear.weight.shape)  # a fresh tensor: the fused weights are stale
         assert not model.tunegate_fused.intact()
         after, _ = forward_loss(model, row, CPU)
         model.tunegate_fused, plan = None, model.tunegate_fused

@@ -90,7 +90,7 @@ class FusedPlan:
     checkpointing: bool
 
     def intact(self) -> bool:
-        return all(p.intact() for layer in self.layers for p in (layer.qkv, layer.gate_up))
+        return all(p.intact() for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down))
 
 
 def fuse(model, gradient_checkpointing: bool = False) -> FusedPlan | None:
