@@ -102,8 +102,10 @@ def main() -> None:
         c = srv.client(key)
         interactive_latency(c, args.model, 2, 1)  # load the model
         idle = interactive_latency(c, args.model, args.tokens, 10)
+        print(f"idle interactive p50 {statistics.median(idle):.3f} s", flush=True)
 
         wall_clients = asyncio.run(concurrent(srv.base_url, key, args.requests, args.clients, args.model, args.tokens))
+        print(f"{args.clients} concurrent clients: {wall_clients:.1f} s", flush=True)  # in case the run is cut short
 
         lines = "".join(
             json.dumps(
@@ -123,6 +125,9 @@ def main() -> None:
         time.sleep(2)
         during = interactive_latency(c, args.model, args.tokens, 10)
         done_then = c.batches.retrieve(b.id).request_counts.completed  # the batch must still be running
+        print(
+            f"interactive during the batch: p50 {statistics.median(during):.3f} s ({done_then} lines done)", flush=True
+        )
         while (b := c.batches.retrieve(b.id)).status not in ("completed", "failed", "expired", "cancelled"):
             time.sleep(0.5)
         wall_batch = time.perf_counter() - start
