@@ -4,16 +4,17 @@ and conversations that call the tool, read its result and answer.
 Owns building the examples deterministically (written here, no third-party text): `train_examples`
 (chat JSONL lines with `tools`, assistant `tool_calls` and `tool` results, plus requests answered
 without a tool) and `held_out_requests` (other cities, currencies and wordings than training, each
-with the call it should produce), and `is_correct_call`. Used by the e2e test that measures the
-fine-tune's rate of correct tool calls against the base model's.
+with the call it should produce), `is_correct_call` and `correct_call_rate`. Used by
+`bench/tool_use.py`, which measures the fine-tune's rate of correct tool calls against the base model's.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
-TOOLS = [
+TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
         "function": {
@@ -173,15 +174,38 @@ def held_out_requests(n: int = 24, seed: int = 1) -> list[tuple[list[dict], str,
 
 
 def is_correct_call(tool_calls, name: str, args: dict) -> bool:
-    """Exactly one call, to the expected function, with the expected arguments (strings case-insensitive)."""
+    """Exactly one call, to the expected function, with arguments that validate against the tool's
+    schema and equal the expected ones (strings case-insensitive)."""
+    import jsonschema
+
     if not tool_calls or len(tool_calls) != 1 or tool_calls[0].function.name != name:
         return False
     try:
         got = json.loads(tool_calls[0].function.arguments)
     except ValueError:
         return False
+    schema = next(t["function"]["parameters"] for t in TOOLS if t["function"]["name"] == name)
+    if not jsonschema.Draft202012Validator(schema).is_valid(got):
+        return False
 
     def norm(v):
         return v.lower() if isinstance(v, str) else float(v) if isinstance(v, (int, float)) else v
 
-    return isinstance(got, dict) and {k: norm(v) for k, v in got.items()} == {k: norm(v) for k, v in args.items()}
+    return {k: norm(v) for k, v in got.items()} == {k: norm(v) for k, v in args.items()}
+
+
+def correct_call_rate(client, model: str, requests, tool_choice="auto", max_tokens: int = 64, workers: int = 8):
+    """Share of `requests` (from `held_out_requests`) the model answers with the right call, asked
+    greedily with the three tools; requests go out concurrently so the engine batches them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(req) -> bool:
+        messages, name, args = req
+        r = client.chat.completions.create(
+            model=model, messages=messages, tools=TOOLS, tool_choice=tool_choice, temperature=0, max_tokens=max_tokens
+        )
+        return is_correct_call(r.choices[0].message.tool_calls, name, args)
+
+    with ThreadPoolExecutor(workers) as pool:
+        hits = list(pool.map(one, requests))
+    return sum(hits) / len(hits)
