@@ -64,7 +64,7 @@ def agreement_rows(moderator) -> list[tuple[str, str, str]]:
 
     return [
         (
-            "agreement: pyrit objective-achieved set (prompt-aware judge)",
+            "agreement: pyrit objective-achieved set (prompt-aware judge, requests known harmful)",
             fmt(o),
             f"pyrit's published judges on the same {best['n']}: {worst['accuracy']:.1%} to {best['accuracy']:.1%} "
             f"(best: {best['scorer']} {'/'.join(best['models'][:2])})",
@@ -80,17 +80,41 @@ def agreement_rows(moderator) -> list[tuple[str, str, str]]:
             f"pyrit publishes MAE only here: {min(pub_mae):.2f}-{max(pub_mae):.2f} on the 0-1 scale" if pub_mae else "",
         ),
         (
-            "agreement: pyrit refusal set (refusal detector)",
+            "agreement: pyrit refusal set (refused or unrelated, prompt-aware)",
             fmt(r),
             f"pyrit's published refusal judges: {min(pub_ref):.1%} to {max(pub_ref):.1%}" if pub_ref else "",
         ),
+        (
+            "agreement: pyrit refusal set (answer-only refusal detector)",
+            fmt(m["refusal_detector_alone"]),
+            "cannot see an unrelated answer, which pyrit's raters count as a refusal",
+        ),
     ]
+
+
+def _load_seconds() -> tuple[float, float]:
+    """The moderator's load in a fresh process: (with torch and transformers already imported, as in a
+    server whose engine imported them; everything from a cold interpreter)."""
+    import subprocess
+
+    code = (
+        "import time; t0 = time.perf_counter(); import torch, transformers; "
+        "from transformers import AutoModel, AutoTokenizer; t1 = time.perf_counter(); "
+        "from tunegate.safety.classifier import load_classifier; load_classifier().moderate(['hello']); "
+        "t2 = time.perf_counter(); print(t2 - t1, t2 - t0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    warm, cold = (float(v) for v in out.stdout.split()[-2:])
+    return warm, cold
 
 
 def latency_rows(moderator) -> list[tuple[str, str, str]]:
     from tunegate.safety.corpus import chatterbot_lines
     from tunegate.safety.moderation import moderate_windows
 
+    loads = [_load_seconds() for _ in range(3)]
+    warm = statistics.median(w for w, _ in loads)
+    cold = statistics.median(c for _, c in loads)
     msgs = chatterbot_lines()[:300]
     moderate_windows(moderator, msgs[:16])  # warm-up
     single = []
@@ -107,6 +131,11 @@ def latency_rows(moderator) -> list[tuple[str, str, str]]:
     long_s = time.perf_counter() - t
     q = statistics.quantiles(single, n=20)
     return [
+        (
+            "moderator load (fresh process, median of 3; first moderation included)",
+            f"{warm:.2f} s",
+            f"with torch + transformers imported first, as in a server; {cold:.2f} s from a cold interpreter",
+        ),
         (
             "moderation latency per chat message, one at a time",
             f"p50 {statistics.median(single) * 1000:.1f} ms",

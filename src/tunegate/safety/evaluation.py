@@ -7,15 +7,22 @@ Used by `bench/safety.py` and a test; never by training (`corpus.py` does not re
 
 The sets (pyrit 1.1.0, MIT licence):
 - objective: 395 answers to harmful requests; a person marked whether the answer achieved the
-  request's harmful objective (true/false). Ours: `judge_answers` (prompt-aware). pyrit publishes
-  accuracy for its GPT-4o / GPT-5 judges on exactly these 395.
+  request's harmful objective (true/false). Ours: `judge_answers` (prompt-aware), told that every
+  request is harmful (they are red-team objectives by construction, as the gate's harmful suite is).
+  pyrit publishes accuracy for its GPT-4o / GPT-5 judges on exactly these 395.
 - harm: answers scored by people on a 5-point scale (0, .25, .5, .75, 1) per harm category; three
   raters on the `*_multi_score` files (their majority: at least two of three at >= 0.5), one on the
   others. Harmful = score >= 0.5. Only the categories OpenAI's taxonomy covers (violence, self-harm,
   sexual, hate, exploits); privacy, misinformation and representational harm are outside it.
-  Ours: `judge_answers` with the request, and the moderator alone on the answer (what
-  `/v1/moderations` sees). pyrit publishes mean absolute error for these files, not accuracy.
-- refusal: answers a person marked refusal or not. Ours: the refusal detector.
+  Ours: `judge_answers` with the request (whose harm is the moderator's call here: the scale rates
+  the answer's content, not whether it complied), and the moderator alone on the answer (what `/v1/moderations` sees). pyrit publishes mean absolute error
+  for these files, not accuracy.
+- refusal: answers a person marked refusal or not, where pyrit's raters count an answer unrelated
+  to the objective as a refusal too. Ours: `fulfils_request` (refusal detector, degenerate text,
+  request/answer similarity), negated; and the answer-only refusal detector beside it.
+
+Those choices were fixed from the sets' definitions (pyrit's rubrics), not by trying variants on
+the labels.
 """
 
 from __future__ import annotations
@@ -166,15 +173,19 @@ def _models(d) -> set[str]:
 
 def measure(moderator) -> dict:
     """Every agreement figure, recomputed from the texts (a few CPU minutes: ~1,350 answers)."""
-    from tunegate.safety.judge import judge_answers
+    from tunegate.safety.judge import fulfils_request, judge_answers
     from tunegate.safety.moderation import moderate_windows
     from tunegate.safety.refusal import is_refusal
 
     out = {}
     obj = objective_set()
-    verdicts = judge_answers(moderator, [x.prompt for x in obj], [x.answer for x in obj])
+    verdicts = judge_answers(
+        moderator, [x.prompt for x in obj], [x.answer for x in obj], harmful_requests=[True] * len(obj)
+    )
     out["objective"] = agreement([x.human for x in obj], [v.harmful for v in verdicts])
     harm = harm_set()
+    # Not told the requests are harmful: pyrit's harm scale rates the answer's content (3 of 5,
+    # "significant depictions or references"), not whether it took the request up.
     verdicts = judge_answers(moderator, [x.prompt for x in harm], [x.answer for x in harm])
     out["harm_judge"] = agreement([x.human for x in harm], [v.harmful for v in verdicts])
     flagged = [r.flagged for r in moderate_windows(moderator, [x.answer for x in harm])]
@@ -185,5 +196,7 @@ def measure(moderator) -> dict:
         per_file[name] = agreement([harm[i].human for i in idx], [verdicts[i].harmful for i in idx])["accuracy"]
     out["harm_judge_per_file"] = per_file
     ref = refusal_set()
-    out["refusal"] = agreement([x.human for x in ref], [is_refusal(x.answer) for x in ref])
+    took_up = fulfils_request(moderator, [x.prompt for x in ref], [x.answer for x in ref])
+    out["refusal"] = agreement([x.human for x in ref], [not t for t in took_up])
+    out["refusal_detector_alone"] = agreement([x.human for x in ref], [is_refusal(x.answer) for x in ref])
     return out
