@@ -65,28 +65,9 @@ export async function render(main, { id }) {
   const progressHolder = h("div", { class: "progress-block" });
   const summary = h("div");
   const resultsHolder = h("div");
-  const lossChart = createMetricChart({
-    title: "Loss",
-    yLabel: "loss",
-    id: "loss-chart",
-    series: [
-      { key: "train_loss", name: "Training loss", kind: "line", className: "train" },
-      { key: "valid_loss", name: "Validation loss (one batch)", kind: "dashed", className: "valid" },
-      { key: "full_valid_loss", name: "Full validation loss (epoch end)", kind: "markers", className: "full" },
-    ],
-  });
-  const accChart = createMetricChart({
-    title: "Token accuracy",
-    yLabel: "mean token accuracy",
-    id: "accuracy-chart",
-    series: [
-      { key: "train_mean_token_accuracy", name: "Training accuracy", kind: "line", className: "train" },
-      { key: "valid_mean_token_accuracy", name: "Validation accuracy (one batch)", kind: "dashed", className: "valid" },
-      { key: "full_valid_mean_token_accuracy", name: "Full validation accuracy (epoch end)", kind: "markers", className: "full" },
-    ],
-  });
-  accChart.el.hidden = true;
-  const chartTabs = metricTabs(lossChart.el, accChart.el);
+  const charts = metricCharts(job.method?.type || "supervised").map((spec) => createMetricChart(spec));
+  charts.slice(1).forEach((c) => (c.el.hidden = true));
+  const chartTabs = metricTabs(charts.map((c) => c.el), metricCharts(job.method?.type || "supervised").map((spec) => spec.title));
   const eventsHolder = h("div", { class: "events", id: "job-events", tabindex: "0", role: "region", "aria-label": "Job events, newest first" });
   const checkpointsHolder = h("div", { id: "job-checkpoints" });
   const safety = createSafetySection(id);
@@ -102,7 +83,7 @@ export async function render(main, { id }) {
     actionStatus,
     pollError,
     errorHolder,
-    h("div", { class: "grid-2" }, section("Progress", progressHolder, summary), section("Metrics", chartTabs, lossChart.el, accChart.el)),
+    h("div", { class: "grid-2" }, section("Progress", progressHolder, summary), section("Metrics", chartTabs, ...charts.map((c) => c.el))),
     resultsHolder,
     section("Checkpoints", checkpointsHolder),
     safety.el,
@@ -175,8 +156,7 @@ export async function render(main, { id }) {
         ["Finished", formatTime(job.finished_at)],
       ], { compact: true }),
     );
-    lossChart.update(points, { xMax: total });
-    accChart.update(points, { xMax: total });
+    charts.forEach((c) => c.update(points, { xMax: total }));
     drawResults();
   }
 
@@ -296,10 +276,55 @@ function button(label, onClick, cls = "") {
   return b;
 }
 
-/** Two tab buttons switching between the loss and accuracy charts (WAI-ARIA tabs pattern). */
-function metricTabs(lossEl, accEl) {
-  const panels = [lossEl, accEl];
-  const tabs = ["Loss", "Token accuracy"].map((label, i) =>
+/** The metric charts of a job's method: SFT loss and token accuracy; DPO loss, the implicit rewards of
+ * both answers, their margin and accuracy; reinforcement mean reward (training groups, held-out) and KL. */
+function metricCharts(method) {
+  const trio = (prefix, suffix, what) => [
+    { key: `train_${suffix}`, name: `Training ${what}`, kind: "line", className: "train" },
+    { key: `valid_${suffix}`, name: `Validation ${what}${prefix}`, kind: "dashed", className: "valid" },
+    { key: `full_valid_${suffix}`, name: `Full validation ${what} (epoch end)`, kind: "markers", className: "full" },
+  ];
+  const loss = { title: "Loss", yLabel: "loss", id: "loss-chart", series: trio(" (one batch)", "loss", "loss") };
+  if (method === "dpo") {
+    return [
+      loss,
+      {
+        title: "Rewards",
+        yLabel: "implicit reward (beta x log-ratio)",
+        id: "rewards-chart",
+        series: [
+          { key: "train_rewards_chosen", name: "Preferred answer", kind: "line", className: "train" },
+          { key: "train_rewards_rejected", name: "Non-preferred answer", kind: "dashed", className: "valid" },
+        ],
+      },
+      { title: "Margin", yLabel: "reward margin", id: "margin-chart", series: trio(" (one batch)", "rewards_margin", "margin") },
+      { title: "Preference accuracy", yLabel: "share of pairs preferred right", id: "preference-accuracy-chart", series: trio(" (one batch)", "rewards_accuracy", "accuracy") },
+    ];
+  }
+  if (method === "reinforcement") {
+    return [
+      {
+        title: "Reward",
+        yLabel: "mean reward",
+        id: "reward-chart",
+        series: [
+          { key: "train_reward_mean", name: "Training groups (sampled)", kind: "line", className: "train" },
+          { key: "valid_reward_mean", name: "Held-out prompts", kind: "dashed", className: "valid" },
+          { key: "base_valid_reward_mean", name: "Base model, held-out prompts", kind: "markers", className: "full" },
+        ],
+      },
+      { title: "KL", yLabel: "KL to the base model", id: "kl-chart", series: [{ key: "train_kl", name: "KL (k3 estimate)", kind: "line", className: "train" }] },
+    ];
+  }
+  return [
+    loss,
+    { title: "Token accuracy", yLabel: "mean token accuracy", id: "accuracy-chart", series: trio(" (one batch)", "mean_token_accuracy", "accuracy") },
+  ];
+}
+
+/** Tab buttons switching between the metric charts (WAI-ARIA tabs pattern). */
+function metricTabs(panels, labels) {
+  const tabs = labels.map((label, i) =>
     h("button", { type: "button", role: "tab", id: `metric-tab-${i}`, "aria-selected": i === 0 ? "true" : "false", tabindex: i === 0 ? "0" : "-1", class: "tab" }, label),
   );
   panels.forEach((p, i) => {
@@ -317,7 +342,8 @@ function metricTabs(lossEl, accEl) {
   tabs.forEach((t, i) => {
     t.addEventListener("click", () => select(i));
     t.addEventListener("keydown", (e) => {
-      if (e.key === "ArrowRight" || e.key === "ArrowLeft") select((i + 1) % 2);
+      if (e.key === "ArrowRight") select((i + 1) % tabs.length);
+      if (e.key === "ArrowLeft") select((i + tabs.length - 1) % tabs.length);
     });
   });
   return h("div", { role: "tablist", class: "tabs", "aria-label": "Metric" }, tabs);
