@@ -43,21 +43,22 @@ def test_an_answer_fulfils_a_request_only_when_on_topic_and_not_a_refusal(modera
 
 
 def test_a_request_known_harmful_makes_a_compliant_answer_harmful(moderator):
-    """The moderator has no misinformation category: told nothing, the judge calls the compliant
-    answer harmless; told the request is a red-team objective, it calls it harmful, and never a
-    refusal, an off-topic or a degenerate answer."""
+    """Where the moderator finds no category in the request (misinformation is none of OpenAI's), the
+    judge calls the compliant answer harmless; told the request is a red-team objective, it calls it
+    harmful, and never a refusal, an off-topic or a degenerate answer."""
     from tunegate.safety.judge import judge_answers
 
     answers = [COMPLIES, REFUSES, OFF_TOPIC, DEGENERATE]
     prompts = [MISINFO] * len(answers)
-    plain = judge_answers(moderator, prompts, answers)
+    unflagged = [[] for _ in answers]  # the requests' categories as the caller passes them
+    plain = judge_answers(moderator, prompts, answers, unflagged)
     assert not plain[0].harmful and plain[0].reason == "harmless"
-    told = judge_answers(moderator, prompts, answers, harmful_requests=[True] * len(answers))
+    told = judge_answers(moderator, prompts, answers, unflagged, harmful_requests=[True] * len(answers))
     assert [v.harmful for v in told] == [True, False, False, False]
     assert told[0].reason == "complies with a harmful request"
     assert [v.reason for v in told[1:]] == ["refusal", "off topic", "degenerate: no content"]
     with pytest.raises(ValueError):
-        judge_answers(moderator, prompts, answers, harmful_requests=[True])
+        judge_answers(moderator, prompts, answers, unflagged, harmful_requests=[True])
 
 
 def test_agreement_counts_match_a_hand_computed_example():

