@@ -90,7 +90,7 @@ class RayCluster:
     def _wait_nodes(self, n: int, timeout: float) -> None:
         code = (
             "import ray; ray.init(address=%r, logging_level='ERROR'); "
-            "import json; print(json.dumps([x['NodeID'] for x in ray.nodes() if x['Alive']]))" % self.address
+            "import json; print('NODES', json.dumps([x['NodeID'] for x in ray.nodes() if x['Alive']]))" % self.address
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -98,8 +98,9 @@ class RayCluster:
                 if p.poll() is not None:
                     raise RuntimeError(f"ray start exited ({p.returncode}):\n{self.logs()}")
             out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True)
-            lines = out.stdout.strip().splitlines()
-            alive = json.loads(lines[-1]) if out.returncode == 0 and lines else []
+            # Ray may print warnings on stdout too (e.g. about a node it is losing)
+            lines = [x for x in out.stdout.splitlines() if x.startswith("NODES ")]
+            alive = json.loads(lines[-1].removeprefix("NODES ")) if out.returncode == 0 and lines else []
             new = [x for x in alive if x not in self.node_ids]
             if len(alive) == n and new:  # a killed node may still count as alive for a while
                 self.node_ids += new

@@ -1,6 +1,8 @@
 """The Ray executor on a real local Ray cluster (a head and a second node process): a job trains on a
-Ray worker with its events naming the node and log; killing the Ray worker process re-queues the
-job and it resumes from its last checkpoint; cancel and pause reach the remote worker.
+Ray worker with its events naming the node and log; killing the Ray worker process, or the whole
+second node, re-queues the job and it resumes from its last checkpoint; cancel and pause reach the
+remote worker; a 2-rank job is launched by Ray Train's TorchTrainer and equals one process with the
+whole batch; a node without the shared data directory fails the job with `storage_not_shared`.
 
 Skipped with the reason when `ray` is not installed (scripts/test.sh installs it: EXTRAS=ray)."""
 
@@ -94,12 +96,17 @@ def test_cancel_and_pause_reach_the_remote_worker(ray_server):
     client.fine_tuning.jobs.cancel(to_pause.id)
 
 
-def test_data_parallel_job_is_launched_by_ray_train(ray_server):
+def test_data_parallel_job_is_launched_by_ray_train_and_equals_one_process(ray_server, tmp_path):
     """`tunegate.n_workers: 2` with the Ray executor: Ray Train's TorchTrainer starts the two ranks
-    (one CPU each, so one per node here), rank 0 reports every step once, the job succeeds."""
+    (one CPU each, so one per node here, gloo), rank 0 reports every step once, and the job trains
+    the same run as one process with the whole batch: the same losses and the same adapter."""
     import io
+    import json
 
     from tests.api.test_job_faults import _data
+    from tests.unit.test_train_distributed import _assert_same_adapter
+    from tests.unit.test_train_recipe import _losses, _run
+    from tunegate.train.config import TrainConfig
 
     client = ray_server.c
     f = client.files.create(file=("t.jsonl", io.BytesIO(_data(24))), purpose="fine-tune")
@@ -107,17 +114,25 @@ def test_data_parallel_job_is_launched_by_ray_train(ray_server):
         model="tiny",
         training_file=f.id,
         seed=1,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
-        extra_body={"tunegate": {"n_workers": 2}},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}},
+        # no dropout: its masks depend on which rank sees which example
+        extra_body={"tunegate": {"n_workers": 2, "lora_dropout": 0.0}},
     )
     done = _finished(client, job.id)
     assert done.status == "succeeded", done.error
-    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    events = list(reversed(list(client.fine_tuning.jobs.list_events(job.id, limit=100))))  # oldest first
     launched = [e for e in events if e.data and e.data.get("launcher") == "ray_train"]
     assert len(launched) == 1 and launched[0].data["world_size"] == 2
-    steps = sorted(e.data["step"] for e in events if e.type == "metrics")
+    steps = [e.data["step"] for e in events if e.type == "metrics"]
     assert steps == list(range(1, steps[-1] + 1)) and steps[-1] >= 6  # every step once, from rank 0
-    assert client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert len(client.fine_tuning.jobs.checkpoints.list(job.id).data) == 2  # one per epoch, written once
+    # The same config (meta.json beside the adapter), trained by one process with the whole batch:
+    adapter = ray_server.data_dir / "artifacts" / job.id / "adapter"
+    config = TrainConfig.from_dict(json.loads((adapter / "meta.json").read_text())["config"])
+    assert config.batch_size == 8 and config.lora_dropout == 0.0
+    one, one_events = _run(config, tmp_path / "one")
+    assert [e.data["train_loss"] for e in events if e.type == "metrics"] == pytest.approx(_losses(one_events), rel=1e-4)
+    _assert_same_adapter(one.adapter_dir, adapter)
 
 
 def test_a_killed_node_requeues_its_job_which_resumes_on_a_new_node(ray_server, cluster):
@@ -191,41 +206,3 @@ def test_a_node_without_the_shared_storage_fails_the_job_naming_it(tmp_path, clu
         assert str(data) in job.error["message"] and "no storage marker" in job.error["message"]
         assert job.error["message"].startswith("Ray node ")
     assert not (data / "artifacts" / job_id).exists()  # nothing was written for it
-
-
-def test_ray_train_two_ranks_equal_one_rank(tmp_path, tiny_model_path, cluster):
-    """Ray Train's TorchTrainer on the local cluster (a rank per node, gloo): 2 ranks x half the batch
-    train the same run as 1 process x the whole batch: loss curve and final adapter."""
-    import functools
-    import json
-
-    import pytest
-    import ray
-
-    from tests.unit.test_train_distributed import _assert_same_adapter, _dp_config
-    from tests.unit.test_train_recipe import _losses, _run, _write_data
-    from tunegate.train.distributed import file_callbacks, run_ray_train
-
-    data = _write_data(tmp_path / "train.jsonl", 16), _write_data(tmp_path / "valid.jsonl", 4, offset=100)
-    config = _dp_config(tiny_model_path, data)
-    one, one_events = _run(config, tmp_path / "one")
-    events_path = tmp_path / "two-events.jsonl"
-    ray.init(address=cluster.address, namespace="tunegate-test", logging_level="ERROR")
-    try:
-        two = run_ray_train(
-            config,
-            tmp_path / "two",
-            functools.partial(file_callbacks, str(events_path)),
-            world_size=2,
-            threads=1,
-            resources_per_worker={"CPU": 1},
-        )
-    finally:
-        ray.shutdown()
-    two_events = [json.loads(line) for line in events_path.read_text().splitlines()]
-    assert one.status == two.status == "succeeded"
-    assert len(_losses(two_events)) == len(_losses(one_events)) == 4
-    assert _losses(two_events) == pytest.approx(_losses(one_events), rel=1e-5)
-    _assert_same_adapter(one.adapter_dir, two.adapter_dir)
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-2", "step-4"]
-    assert two.metrics["gradient_sync_seconds"] > 0

@@ -274,17 +274,6 @@ def _ray_train_loop(cfg: dict) -> None:
     os.replace(tmp, result_path)
 
 
-def file_callbacks(path: str):
-    """A `callbacks` factory for `run_ray_train` outside a job: rank 0 appends its events to `path`
-    as JSON lines and never stops early (use functools.partial(file_callbacks, PATH))."""
-
-    def on_event(event: dict[str, Any]) -> None:
-        with open(path, "a") as f:
-            f.write(json.dumps(event, default=str) + "\n")
-
-    return on_event, lambda: None
-
-
 def run_ray_train(
     config,
     out_dir: Path,
