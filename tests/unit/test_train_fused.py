@@ -17,7 +17,11 @@ CPU = Precision(torch.device("cpu"), None)
 
 def _config(path, **kw):
     return TrainConfig(
-        base_model="tiny", base_model_path=str(path), template_sha256="t", training_file="x", **({"lora_dropout": 0.0} | kw)
+        base_model="tiny",
+        base_model_path=str(path),
+        template_sha256="t",
+        training_file="x",
+        **({"lora_dropout": 0.0} | kw),
     )
 
 
@@ -53,7 +57,11 @@ def _loss_and_grads(model, row, fused: bool):
         loss.backward()
     finally:
         model.tunegate_fused = plan
-    return float(loss.detach()), stats.correct, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return (
+        float(loss.detach()),
+        stats.correct,
+        {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad},
+    )
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
