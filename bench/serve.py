@@ -53,6 +53,7 @@ QUESTIONS = [
     "What is the boiling point of water?",
     "Describe a sunset in two sentences.",
 ]
+LONE = ["What is the capital of Spain?", "Give me two tips for studying.", "Explain gravity simply."]
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -89,21 +90,21 @@ async def engine_run(settings, base, adapters, questions, tokens):
     service = ChatService(engine)
     models = [ServableModel(f"ft-{i}", base, p) for i, p in enumerate(adapters)]
 
-    def request(q):
+    def request(q, max_tokens=tokens):
         return ChatCompletionRequest.model_validate(
             {
                 "model": "m",
                 "messages": [{"role": "user", "content": q}],
                 "temperature": 0,
-                "max_tokens": tokens,
+                "max_tokens": max_tokens,
                 "stream": True,
                 "stream_options": {"include_usage": True},
                 "ignore_eos": True,
             }
         )
 
-    async def client(q, model, t0):
-        chunks = await service.stream(request(q), model)
+    async def client(q, model, t0, max_tokens=tokens):
+        chunks = await service.stream(request(q, max_tokens), model)
         ttft, usage = None, None
         async for c in chunks:
             if c.choices and c.choices[0].delta.content and ttft is None:
@@ -114,11 +115,12 @@ async def engine_run(settings, base, adapters, questions, tokens):
 
     try:
         for m in models:  # warm-up: load the base once and every adapter
-            await client("Hello", m, time.perf_counter())
+            await client("Hello", m, time.perf_counter(), 2)
         lone = []
         for i in range(3):
             t0 = time.perf_counter()
-            lone.append((await client(QUESTIONS[i], models[i % len(models)], t0))[0])
+            # Questions not in the burst (their prompts must not be in the prefix cache); the first token is enough.
+            lone.append((await client(LONE[i], models[i % len(models)], t0, 2))[0])
         t0, c0 = time.perf_counter(), time.process_time()
         results = await asyncio.gather(*(client(q, models[i % len(models)], t0) for i, q in enumerate(questions)))
         wall = time.perf_counter() - t0
