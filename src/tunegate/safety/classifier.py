@@ -189,8 +189,8 @@ class BuiltinClassifier:
                  index: np.ndarray | None = None, index_labels: np.ndarray | None = None):
         self.weights, self.bias = weights, bias  # (n_features, n_trained), (n_trained,)
         # Training texts' embeddings (n, 384) and labels (n, n_trained) for the neighbour vote.
-        self.index = None if index is None else index.astype(np.float32)
-        self.index_labels = None if index_labels is None else index_labels.astype(np.float32)
+        self.index: np.ndarray | None = None if index is None else index.astype(np.float32)
+        self.index_labels: np.ndarray | None = None if index_labels is None else index_labels.astype(np.float32)
         self.thresholds = thresholds
         self.report = report
         self.encoder = encoder
@@ -202,7 +202,7 @@ class BuiltinClassifier:
 
     def scores_from_features(self, x: np.ndarray, texts: list[str]) -> list[dict[str, float]]:
         probs = _sigmoid(x @ self.weights + self.bias)
-        if self.index is not None:
+        if self.index is not None and self.index_labels is not None:
             probs = (probs + neighbour_vote(x[:, : self.index.shape[1]], self.index, self.index_labels)) / 2
         # The last feature is the content share: text without words carries no usable harm.
         probs = probs * np.where(x[:, -1:] < MIN_CONTENT_SHARE, DAMPING, 1.0)

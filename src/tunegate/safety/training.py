@@ -127,7 +127,8 @@ def train(encoder: Encoder | None = None, cache_dir: Path | None = None, corpus:
     benign_va = np.array([not e.labels for e in corpus])[va]
     dim = encoder.model.config.hidden_size
     labels = np.array([[c in e.labels for c in TRAINED_CATEGORIES] for e in corpus], dtype=np.float32)
-    index, index_labels = x[tr, :dim].astype(np.float16), labels[tr].astype(np.uint8)
+    index: np.ndarray = x[tr, :dim].astype(np.float16)
+    index_labels: np.ndarray = labels[tr].astype(np.uint8)
     # The vote for validation texts comes from training texts only, as it will for unseen text.
     vote_va = neighbour_vote(x[va, :dim], index.astype(np.float32), index_labels.astype(np.float32))
     for j, c in enumerate(TRAINED_CATEGORIES):
@@ -176,6 +177,8 @@ def train(encoder: Encoder | None = None, cache_dir: Path | None = None, corpus:
 def save(directory: Path, clf: BuiltinClassifier) -> None:
     """Write the artifact atomically (a folder renamed into place)."""
     weights, bias, thresholds, report = clf.weights, clf.bias, clf.thresholds, {**clf.report, "build_key": build_key()}
+    if clf.index is None or clf.index_labels is None:
+        raise ValueError("a built moderator carries its neighbour index")
     tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     np.savez(tmp / "heads.npz", weights=weights.astype(np.float32), bias=bias.astype(np.float32))
