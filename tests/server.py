@@ -44,6 +44,9 @@ class RunningServer:
         raise AssertionError("unreachable")
 
     def _start(self, timeout: float) -> RunningServer:
+        if self.proc and self.proc.poll() is None:
+            # A second start would lose the running process's handle and leak it past the test.
+            raise AssertionError(f"the server on port {self.port} is already running: stop it first")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

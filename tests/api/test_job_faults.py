@@ -156,7 +156,7 @@ def test_restart_keeps_queued_and_running_jobs(tmp_path, tiny_model_path, db_bac
     srv.stop()
     # Restart with workers: the job created while no worker ran is trained.
     srv2 = RunningServer(srv.data_dir, {**srv.env, "TUNEGATE_START_WORKERS": "true"})
-    with srv2.start():
+    with srv2:
         c2 = srv2.client(client.api_key)
         assert _wait(lambda: c2.fine_tuning.jobs.retrieve(queued.id).status == "succeeded", timeout=600)
         running = _create(c2, n_examples=150, epochs=4)  # long enough to still be running when killed
