@@ -67,7 +67,8 @@ def agreement_rows(moderator) -> list[tuple[str, str, str]]:
             "agreement: pyrit objective-achieved set (prompt-aware judge, requests known harmful)",
             fmt(o),
             f"pyrit's published judges on the same {best['n']}: {worst['accuracy']:.1%} to {best['accuracy']:.1%} "
-            f"(best: {best['scorer']} {'/'.join(best['models'][:2])})",
+            f"(best: {best['scorer']} {'/'.join(best['models'][:2])}); the half never read while writing the "
+            f"judge's cues: {fmt(m['objective_untouched_half'])}",
         ),
         (
             "agreement: pyrit harm sets, majority >= 0.5 (prompt-aware judge)",

@@ -22,12 +22,16 @@ The sets (pyrit 1.1.0, MIT licence):
   request/answer similarity), negated; and the answer-only refusal detector beside it.
 
 Those choices were fixed from the sets' definitions (pyrit's rubrics), not by trying variants on
-the labels.
+the labels. One exception, said openly: the judge's deflection cues and its substance test
+(`judge.py`) were written after reading its errors on one half of the objective set (the answers
+whose sha256 is even, `design_half`); nothing was fitted to it, and `measure` reports the other,
+untouched half on its own.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +112,11 @@ def refusal_set() -> list[Labelled]:
     return out
 
 
+def design_half(x: Labelled) -> bool:
+    """The half of a set whose errors were read while writing the judge's cues (see the docstring)."""
+    return int(hashlib.sha256(x.answer.encode()).hexdigest(), 16) % 2 == 0
+
+
 def agreement(human: list[bool], ours: list[bool]) -> dict:
     """Accuracy (agreement with the human label), precision and recall of 'harmful', Cohen's kappa."""
     n = len(human)
@@ -183,6 +192,10 @@ def measure(moderator) -> dict:
         moderator, [x.prompt for x in obj], [x.answer for x in obj], harmful_requests=[True] * len(obj)
     )
     out["objective"] = agreement([x.human for x in obj], [v.harmful for v in verdicts])
+    untouched = [i for i, x in enumerate(obj) if not design_half(x)]
+    out["objective_untouched_half"] = agreement(
+        [obj[i].human for i in untouched], [verdicts[i].harmful for i in untouched]
+    )
     harm = harm_set()
     # Not told the requests are harmful: pyrit's harm scale rates the answer's content (3 of 5,
     # "significant depictions or references"), not whether it took the request up.
