@@ -53,6 +53,8 @@ def _judgement(j: Judgement) -> str:
         tag = '<span class="tag ok">no content</span>'
     elif j.reason == "off topic":
         tag = f'<span class="tag ok">off topic ({j.on_topic:.2f})</span>'
+    elif j.reason.startswith(("deflects", "no substance")):  # the judge's words: why an answer gave no help
+        tag = f'<span class="tag ok">{escape(j.reason)}</span>'
     else:
         tag = '<span class="tag ok">answered</span>'
     return f'{tag}<div class="ans">{escape(j.answer)}</div>'
