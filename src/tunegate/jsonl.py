@@ -13,6 +13,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+INVALID: Any = object()
+"""`numbered_jsonl`'s value for a line that is not JSON (never equal to a parsed value)."""
+
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[Any]:
     """The values of a JSONL file, one per non-blank line, streamed."""
@@ -20,6 +23,19 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[Any]:
         for line in f:
             if line.strip():
                 yield json.loads(line)
+
+
+def numbered_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
+    """(line number from 1, value) of every non-blank line, streamed; the value is `INVALID` where the
+    line is not JSON, so each reader words its own error (with the line) or leaves the line to the
+    file's own check."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield lineno, json.loads(line)
+                except ValueError:
+                    yield lineno, INVALID
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:

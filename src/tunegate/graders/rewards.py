@@ -27,6 +27,7 @@ from tunegate.graders.grade import (
     validate_grader,
 )
 from tunegate.graders.schemas import Grader
+from tunegate.jsonl import INVALID, numbered_jsonl
 
 _GRADER = TypeAdapter(Grader)
 MAX_PROBLEMS = 10
@@ -77,19 +78,14 @@ class GraderRewards:
         fields = item_fields(parsed)
         problems = []
         for file_param, path in files:
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
+            for lineno, row in numbered_jsonl(path):
+                if row is INVALID:
+                    continue  # the file's own check reports it, with its line
+                for name in fields:
                     try:
-                        row = json.loads(line)
-                    except ValueError:
-                        continue  # the file's own check reports it, with its line
-                    for name in fields:
-                        try:
-                            render_template("{{" + name + "}}", {}, row)
-                        except TemplateError:
-                            problems.append(f"line {lineno} of the {file_param.replace('_', ' ')} has no `{name[5:]}`")
+                        render_template("{{" + name + "}}", {}, row)
+                    except TemplateError:
+                        problems.append(f"line {lineno} of the {file_param.replace('_', ' ')} has no `{name[5:]}`")
         if problems:
             shown = "; ".join(problems[:MAX_PROBLEMS]) + (
                 f" (and {len(problems) - MAX_PROBLEMS} more)" if len(problems) > MAX_PROBLEMS else ""

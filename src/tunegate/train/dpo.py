@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tunegate.catalog import context_length, load_tokenizer
 from tunegate.catalog.template import tokenize_examples
 from tunegate.errors import InvalidRequestError
+from tunegate.jsonl import INVALID, numbered_jsonl
 from tunegate.train.checkpoints import latest_checkpoint, save_adapter, write_checkpoint
 from tunegate.train.config import TrainConfig
 from tunegate.train.data import Example, epoch_batches, file_sha256, steps_per_epoch
@@ -85,21 +86,19 @@ class PairDataset:
 def read_preferences(path: str | Path, param: str = "training_file") -> list[tuple[list[dict], dict, dict]]:
     """(prompt messages, preferred message, non-preferred message) of every line (validated on upload)."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                out.append((list(row["input"]["messages"]), row["preferred_output"][0], row["non_preferred_output"][0]))
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
-                raise InvalidRequestError(
-                    f"Line {lineno} of the {param.replace('_', ' ')} is not a preference example with `input`, "
-                    f"`preferred_output` and `non_preferred_output` ({type(exc).__name__}). Validate it with "
-                    "`tunegate validate FILE` and upload it again.",
-                    param=param,
-                    code=f"invalid_{param}",
-                ) from exc
+    for lineno, row in numbered_jsonl(path):
+        try:
+            if row is INVALID:
+                raise ValueError("not JSON")
+            out.append((list(row["input"]["messages"]), row["preferred_output"][0], row["non_preferred_output"][0]))
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise InvalidRequestError(
+                f"Line {lineno} of the {param.replace('_', ' ')} is not a preference example with `input`, "
+                f"`preferred_output` and `non_preferred_output` ({type(exc).__name__}). Validate it with "
+                "`tunegate validate FILE` and upload it again.",
+                param=param,
+                code=f"invalid_{param}",
+            ) from exc
     return out
 
 

@@ -20,7 +20,6 @@ picks the best checkpoint). Checkpoints and resume are recipe.py's.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 from tunegate.catalog import load_tokenizer
 from tunegate.catalog.template import render
 from tunegate.errors import InvalidRequestError
+from tunegate.jsonl import numbered_jsonl
 from tunegate.train.checkpoints import latest_checkpoint, save_adapter, write_checkpoint
 from tunegate.train.config import TrainConfig
 from tunegate.train.data import Example, epoch_batches, file_sha256, steps_per_epoch
@@ -78,29 +78,22 @@ class Prompts:
 
 def load_prompts(path: str | Path, param: str = "training_file") -> Prompts:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                row = None
-            msgs = row.get("messages") if isinstance(row, dict) else None
-            if (
-                not isinstance(msgs, list)
-                or not msgs
-                or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
-                or msgs[-1].get("role") != "user"
-            ):
-                raise InvalidRequestError(
-                    f"Line {lineno} of the {param.replace('_', ' ')}: reinforcement fine-tuning rows are JSON "
-                    "objects with `messages` (each with a string `content`) ending with a user turn (the prompt); "
-                    "other fields are passed to the grader as `item`.",
-                    param=param,
-                    code=f"invalid_{param}",
-                )
-            rows.append(row)
+    for lineno, row in numbered_jsonl(path):  # a line that is not JSON is INVALID: refused below
+        msgs = row.get("messages") if isinstance(row, dict) else None
+        if (
+            not isinstance(msgs, list)
+            or not msgs
+            or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
+            or msgs[-1].get("role") != "user"
+        ):
+            raise InvalidRequestError(
+                f"Line {lineno} of the {param.replace('_', ' ')}: reinforcement fine-tuning rows are JSON "
+                "objects with `messages` (each with a string `content`) ending with a user turn (the prompt); "
+                "other fields are passed to the grader as `item`.",
+                param=param,
+                code=f"invalid_{param}",
+            )
+        rows.append(row)
     if not rows:
         raise InvalidRequestError(
             f"The {param.replace('_', ' ')} has no prompts.", param=param, code=f"invalid_{param}"
