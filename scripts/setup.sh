@@ -28,4 +28,7 @@ python scripts/build-moderator.py
 # Convert the packaged base model once now (into the default data dir's model cache, or TUNEGATE_MODEL_CACHE_DIR),
 # so neither the server's start nor a first request waits for it.
 python -m tunegate.catalog.prepare
+# The base model's answers to the safety gate's and the regression check's fixed prompts, once per
+# base model (shared by every job on it, beside the converted model): a job generates only its own.
+python -m tunegate.evals.prepare
 bash scripts/install-browser.sh

@@ -118,3 +118,81 @@ def test_stopping_at_a_refusal_changes_no_verdict(opening):
     assert refusal_score(opening).refused
     for rest in (" However, here is how: step 1, buy the parts. Step 2, build it.", " Sure! " * 20, "\n\n1. First"):
         assert refusal_score(opening + rest).refused
+
+
+def test_merged_tuned_pass_then_base_restores_the_exact_base_weights(settings, tiny_model_path, adapter):
+    """`tuned` folds the adapter into the weights; `base` afterwards must answer from the exact base
+    weights (restored, not un-merged by subtraction), as a model that never merged and as the base
+    model alone (no adapter: what the set-up step computes the shared base answers with)."""
+    import torch
+
+    from tunegate.safety.generation import AdapterGenerator
+
+    settings_ = GenerationSettings(first_round_tokens=4, batch_size=2)
+    alone = AdapterGenerator(settings, "tiny", None, 10, settings_)
+    reference = alone.base(CONVERSATIONS)
+    gen = AdapterGenerator(settings, "tiny", adapter, 10, settings_)
+    before = {k: v.clone() for k, v in gen.model.state_dict().items()}
+    assert gen.base(CONVERSATIONS) == reference
+    tuned = gen.tuned(CONVERSATIONS)
+    unmerged = AdapterGenerator(settings, "tiny", adapter, 10, settings_, merge=False)
+    assert tuned == unmerged.tuned(CONVERSATIONS) and tuned != reference
+    assert gen.base(CONVERSATIONS) == reference
+    after = gen.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bit for bit
+    assert gen.tuned(CONVERSATIONS) == tuned
+    with pytest.raises(ValueError, match="no fine-tuned adapter"):
+        alone.tuned(CONVERSATIONS)
+
+
+def test_after_training_steps_share_one_loaded_model(settings, adapter, tmp_path):
+    """The gate and the regression check get views with their own generation settings on one model;
+    another adapter (or the same folder rewritten) loads afresh, and release drops it."""
+    import os
+    import shutil
+
+    from tunegate.safety.generation import GATE_GENERATION, release_shared, shared_generator
+
+    gate = shared_generator(settings, "tiny", adapter, 12, GATE_GENERATION)
+    regression = shared_generator(settings, "tiny", adapter, 8)
+    assert gate.model is regression.model
+    assert gate.generation.stop_at_refusal and not regression.generation.stop_at_refusal
+    assert (gate.generation.max_new_tokens, regression.generation.max_new_tokens) == (12, 8)
+    assert gate.cache_key() != regression.cache_key()
+    base = regression.base(CONVERSATIONS[:2])
+    gate.tuned(CONVERSATIONS[:2])  # merges on the shared model ...
+    assert regression.base(CONVERSATIONS[:2]) == base  # ... which the other view sees restored
+    other = tmp_path / "other"
+    shutil.copytree(adapter, other)
+    loaded = shared_generator(settings, "tiny", other, 8).model
+    assert loaded is not gate.model and shared_generator(settings, "tiny", other, 12).model is loaded
+    for f in other.iterdir():  # the same folder, written again (a resumed run saves its adapter anew)
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    assert shared_generator(settings, "tiny", other, 8).model is not loaded
+    release_shared()
+
+
+def test_set_up_fills_the_shared_base_answers_every_job_reads(settings, adapter):
+    """`python -m tunegate.evals.prepare` answers the gate's default suites and the regression
+    check's questions once with the base model alone; a job's generator (adapter disabled) finds
+    every answer cached, and they are the answers it would have generated itself."""
+    from tunegate.evals.checks import MAX_NEW_TOKENS, regression_base_cache
+    from tunegate.evals.prepare import prepare_base_answers
+    from tunegate.evals.regression import closed_book_conversations, closed_book_questions
+    from tunegate.safety.gate import default_suites, suite_conversations
+    from tunegate.safety.generation import GATE_GENERATION, release_shared, shared_generator
+    from tunegate.safety.jobs import gate_base_cache
+    from tunegate.safety.policy import GatePolicy
+
+    said: list[str] = []
+    first = prepare_base_answers(settings, model="tiny", say=said.append)
+    suites = suite_conversations(default_suites(GatePolicy()))
+    questions = closed_book_conversations(closed_book_questions())
+    assert first == {"gate": len(suites), "regression": len(questions)} and said
+    assert prepare_base_answers(settings, model="tiny", say=said.append) == {"gate": 0, "regression": 0}
+    gate = shared_generator(settings, "tiny", adapter, GatePolicy().max_new_tokens, GATE_GENERATION)
+    regression = shared_generator(settings, "tiny", adapter, MAX_NEW_TOKENS)
+    assert gate.missing_base(gate_base_cache(settings), suites) == 0
+    assert regression.missing_base(regression_base_cache(settings), questions) == 0
+    assert gate.cached_base(gate_base_cache(settings))(suites) == gate.base(suites)
+    release_shared()

@@ -18,6 +18,12 @@ from tunegate.jobs.steps import Decision, JobContext, Step
 MAX_NEW_TOKENS = 40
 
 
+def regression_base_cache(settings) -> Path:
+    """Where the base models' answers to the regression check's questions are cached (filled at set-up
+    for the default model by `python -m tunegate.evals.prepare`)."""
+    return settings.models_dir / "evals" / "regression-base-answers"
+
+
 def best_checkpoint(work_dir: Path) -> dict | None:
     """The kept checkpoint with the best validation figure: lowest full_valid_loss (SFT, DPO) or highest
     full_valid_reward_mean (reinforcement)."""
@@ -36,7 +42,7 @@ def best_checkpoint(work_dir: Path) -> dict | None:
 
 def regression_check(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
     from tunegate.evals.regression import run_check
-    from tunegate.safety.generation import AdapterGenerator
+    from tunegate.safety.generation import release_shared, shared_generator
 
     mode = ctx.settings.regression_check
     best = best_checkpoint(ctx.work_dir)
@@ -58,9 +64,13 @@ def regression_check(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> De
         + (" and the validation prompts." if valid else "."),
         data={"check": "regression", "stage": "start"},
     )
-    gen = AdapterGenerator(ctx.settings, ctx.model, adapter_dir, MAX_NEW_TOKENS)
-    cache = ctx.settings.models_dir / "evals" / "regression-base-answers"
-    report = run_check(gen.cached_base(cache), gen.tuned, valid.path if valid else None)
+    gen = shared_generator(ctx.settings, ctx.model, adapter_dir, MAX_NEW_TOKENS)  # the gate's model, if it ran
+    try:
+        report = run_check(
+            gen.cached_base(regression_base_cache(ctx.settings)), gen.tuned, valid.path if valid else None
+        )
+    finally:
+        release_shared()  # the last after-training step: the worker needs the memory no longer
     report["best_checkpoint"] = best
     report["mode"] = mode
     (ctx.work_dir / "regression_report.json").write_text(json.dumps(report, indent=1))

@@ -44,6 +44,11 @@ def closed_book_questions() -> list[dict]:
     return read_jsonl(str(files("tunegate.evals").joinpath("data/closed_book.jsonl")))
 
 
+def closed_book_conversations(questions: list[dict]) -> list[list[dict]]:
+    """How the questions are asked (the base-answer cache is keyed on these)."""
+    return [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q["question"]}] for q in questions]
+
+
 def abstains(answer: str) -> bool:
     return bool(_ABSTAIN.search(answer)) or not answer.strip()
 
@@ -207,7 +212,7 @@ def run_check(
 ) -> dict[str, Any]:
     """The whole check: both models answer greedily; the report says what rose or fell and by how much."""
     questions = questions if questions is not None else closed_book_questions()
-    convs = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q["question"]}] for q in questions]
+    convs = closed_book_conversations(questions)
     report: dict[str, Any] = {
         "margin": margin,
         "closed_book": closed_book_report(questions, base(convs), tuned(convs), margin),

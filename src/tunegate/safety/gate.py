@@ -57,6 +57,7 @@ __all__ = [
     "run_gate",
     "save_report",
     "default_suites",
+    "suite_conversations",
     "benign_suite",
     "mcnemar_p",
     "min_detectable_increase",
@@ -134,6 +135,11 @@ def default_suites(policy: GatePolicy | None = None) -> list[SuitePrompt]:
     rng_b = random.Random(policy.seed)
     rng_b.shuffle(benign)
     return rng.sample(adv, n_adv) + rng.sample(hb, n_hb) + benign[: policy.n_benign]
+
+
+def suite_conversations(prompts: list[SuitePrompt]) -> list[list[dict]]:
+    """How the suites are asked (one user turn each): the base-answer cache is keyed on these."""
+    return [[{"role": "user", "content": p.prompt}] for p in prompts]
 
 
 def _judge(
@@ -225,7 +231,7 @@ def run_gate(
     harmful = [i for i, p in enumerate(prompts) if p.suite == "harmful"]
     probes = harmful[: gate.n_encoded] if encoding_shift or system_prompt else []
     shift = encoding_shift or 0
-    conversations = [[{"role": "user", "content": p.prompt}] for p in prompts]
+    conversations = suite_conversations(prompts)
     for i in probes:
         turns = [{"role": "system", "content": system_prompt}] if system_prompt else []
         conversations.append(turns + [{"role": "user", "content": shift_text(prompts[i].prompt, shift)}])

@@ -1,20 +1,25 @@
 """Greedy, batched, bounded-length generation for the safety gate (inside the training worker).
 
-Owns loading the base model once with the fine-tuned adapter on top, answering a list of
-conversations with either (base answers with the adapter disabled), and caching the base model's
-answers on disk, which are the same for every job on that base model, suite and generation settings.
-Also used by the regression check (evals/), without the refusal stop.
+Owns loading the base model once with the fine-tuned adapter on top — once for all the
+after-training steps (`shared_generator`: the gate, then the regression check in evals/, each with
+its own generation settings) — answering a list of conversations with either, and caching the base
+model's answers on disk, which are the same for every job on that base model, suite and generation
+settings (`python -m tunegate.evals.prepare` fills the cache for the default model at set-up).
 
-Cost (the gate should take a small share of training time): prompts are sorted by length so a
-batch pads little; every answer is generated in two rounds, and an answer that ended after the
-first `first_round_tokens` — or, for the gate (`stop_at_refusal`), already opens with a refusal:
-the judge counts a refusal as not harmful whatever follows it — is final; only the rest continue,
-in fuller batches, up to `max_new_tokens`. Greedy decoding with a fixed batch composition makes the
-answers — and so the gate's decision — deterministic for a given model and suite.
+Cost (the gate should take a small share of training time): the fine-tuned pass runs with the
+adapter merged into the weights (no LoRA matmuls per layer and step); the base pass restores the
+exact base weights (saved at the merge, not un-merged by subtraction, which would round
+differently). Prompts are sorted by length so a batch pads little; every answer is generated in
+two rounds, and an answer that ended after the first `first_round_tokens` — or, for the gate
+(`stop_at_refusal`), already opens with a refusal: the judge counts a refusal as not harmful
+whatever follows it — is final; only the rest continue, in fuller batches, up to
+`max_new_tokens`. Greedy decoding with a fixed batch composition makes the answers — and so the
+gate's decision — deterministic for a given model and suite.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -44,36 +49,79 @@ class GenerationSettings:
 GATE_GENERATION = GenerationSettings(stop_at_refusal=True)
 
 
+def _settings(max_new_tokens: int, gen: GenerationSettings | None) -> GenerationSettings:
+    gen = gen or GenerationSettings()
+    return GenerationSettings(
+        max_new_tokens=max_new_tokens,
+        first_round_tokens=min(gen.first_round_tokens, max_new_tokens),
+        batch_size=gen.batch_size,
+        stop_at_refusal=gen.stop_at_refusal,
+    )
+
+
 class AdapterGenerator:
+    """The base model with one fine-tuned adapter on top (or none: `adapter_dir=None`, base answers
+    only, as the set-up step computes them). `tuned` merges the adapter into the weights for its pass
+    (no LoRA matmuls per step); `base` restores the exact base weights first when they were merged."""
+
     def __init__(
         self,
         settings: Settings,
         base_name: str,
-        adapter_dir: Path,
+        adapter_dir: Path | None,
         max_new_tokens: int,
         generation: GenerationSettings | None = None,
+        merge: bool = True,
     ):
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.info = get_base_model(base_name, settings)
-        gen = generation or GenerationSettings()
-        self.generation = GenerationSettings(
-            max_new_tokens=max_new_tokens,
-            first_round_tokens=min(gen.first_round_tokens, max_new_tokens),
-            batch_size=gen.batch_size,
-            stop_at_refusal=gen.stop_at_refusal,
-        )
+        self.generation = _settings(max_new_tokens, generation)
         # Its own instance (not the catalog's shared one): padding is set on it below.
         self.tokenizer = load_pretrained(AutoTokenizer, self.info.path)
         self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        base = load_pretrained(AutoModelForCausalLM, self.info.path, dtype=torch.float32)
-        self.model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+        base = load_pretrained(AutoModelForCausalLM, self.info.path, dtype=torch.float32).eval()
+        self.adapter_dir = adapter_dir
+        self.model = PeftModel.from_pretrained(base, str(adapter_dir)).eval() if adapter_dir is not None else base
+        self.merge = merge and adapter_dir is not None
+        self._state = "base"  # or "merged": the adapter is folded into the weights
+        self._saved: dict = {}  # the base weights the merge overwrote, restored exactly for `base`
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
         self.generated_tokens = 0  # new tokens computed (padding rows included): what the gate's time goes to
+
+    def configured(self, max_new_tokens: int, generation: GenerationSettings | None = None) -> AdapterGenerator:
+        """The same loaded model with other generation settings (the gate's and the regression
+        check's differ): one model load for every after-training step."""
+        view = copy.copy(self)
+        view.generation = _settings(max_new_tokens, generation)
+        view._shared = self
+        return view
+
+    def _owner(self) -> AdapterGenerator:
+        return getattr(self, "_shared", self)
+
+    def _use(self, state: str) -> None:
+        """Put the weights in `state` ("merged" or "base"), on the object that owns the model."""
+        o = self._owner()
+        if o._state == state:
+            return
+        import torch
+
+        layers = [m for m in o.model.modules() if hasattr(m, "merge") and hasattr(m, "base_layer")]
+        with torch.no_grad():
+            if state == "merged":
+                if not o._saved:
+                    o._saved = {id(m): m.base_layer.weight.detach().clone() for m in layers}
+                o.model.merge_adapter()
+            else:
+                for m in layers:  # exact: a merge undone by subtraction would round differently
+                    m.base_layer.weight.copy_(o._saved[id(m)])
+                    m.merged_adapters = []
+        o._state = state
 
     def _batch(self, rows: list[list[int]], max_new: int) -> list[list[int]]:
         """Greedy continuation of each token row (left-padded into one batch): the new ids, cut at the end token."""
@@ -131,9 +179,17 @@ class AdapterGenerator:
         return [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
 
     def tuned(self, conversations: list[list[dict]]) -> list[str]:
+        if self.adapter_dir is None:
+            raise ValueError("this generator has no fine-tuned adapter: it answers as the base model only")
+        if self.merge:
+            self._use("merged")
+            return self._generate(conversations)
         return self._generate(conversations)
 
     def base(self, conversations: list[list[dict]]) -> list[str]:
+        if self.adapter_dir is None:
+            return self._generate(conversations)
+        self._use("base")
         with self.model.disable_adapter():
             return self._generate(conversations)
 
@@ -143,6 +199,11 @@ class AdapterGenerator:
         if conversations is not None:
             parts.append(conversations)
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+    def missing_base(self, cache_dir: Path, conversations: list[list[dict]]) -> int:
+        """How many of these conversations have no cached base answer yet."""
+        folder = cache_dir / self.cache_key()
+        return sum(not (folder / f"{self.cache_key([c])}.json").exists() for c in conversations)
 
     def cached_base(self, cache_dir: Path):
         """Base answers cached on disk, one file per conversation under a folder per base model and
@@ -162,3 +223,33 @@ class AdapterGenerator:
             return [fresh[i] if i in fresh else json.loads(paths[i].read_text()) for i in range(len(paths))]
 
         return generate
+
+
+_last: dict = {}  # the one loaded model of this process's after-training steps (a worker runs one job)
+
+
+def shared_generator(
+    settings: Settings,
+    base_name: str,
+    adapter_dir: Path,
+    max_new_tokens: int,
+    generation: GenerationSettings | None = None,
+) -> AdapterGenerator:
+    """`AdapterGenerator` for this base model and adapter, loaded once for the gate and the
+    regression check that follows it (each gets its own generation settings). Holds one model:
+    another adapter replaces it."""
+    import threading
+
+    files = sorted((f.name, f.stat().st_mtime_ns) for f in Path(adapter_dir).iterdir() if f.is_file())
+    key = (str(settings.models_dir), base_name, str(Path(adapter_dir).resolve()), tuple(files))
+    with _last.setdefault("lock", threading.Lock()):
+        if _last.get("key") != key:
+            _last.pop("gen", None)  # free the old model before loading the new one
+            _last["gen"], _last["key"] = AdapterGenerator(settings, base_name, adapter_dir, max_new_tokens), key
+        return _last["gen"].configured(max_new_tokens, generation)
+
+
+def release_shared() -> None:
+    """Drop the shared model (after the last after-training step)."""
+    _last.pop("gen", None)
+    _last.pop("key", None)

@@ -27,6 +27,7 @@ from tunegate.settings import Settings
 
 __all__ = [
     "GATE",
+    "gate_base_cache",
     "SAFETY_MIXING",
     "SCREENING",
     "checkpoint_dir",
@@ -37,6 +38,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("tunegate.safety")
+
+
+def gate_base_cache(settings: Settings) -> Path:
+    """Where the base models' answers to the gate's prompts are cached (beside the converted models:
+    the same for every job on a base model; `python -m tunegate.evals.prepare` fills it at set-up)."""
+    return settings.models_dir / "safety" / "gate-base-answers"
 
 
 def org_policy(db: Database, org_id: str) -> SafetyPolicy:
@@ -144,7 +151,7 @@ def mix(ctx: JobContext) -> Decision:
 def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
     """The post-training gate. Refuses with `unsafe_model` when the fine-tune lost safety behaviour."""
     from tunegate.safety.gate import run_gate, save_report
-    from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
+    from tunegate.safety.generation import GATE_GENERATION, shared_generator
     from tunegate.safety.moderation import get_moderator
 
     policy = org_policy(ctx.db, ctx.org_id)
@@ -161,8 +168,9 @@ def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
         type="moderation_checks",
         data={"check": "gate", "stage": "start"},
     )
-    gen = AdapterGenerator(ctx.settings, ctx.model, adapter_dir, policy.gate.max_new_tokens, GATE_GENERATION)
-    cache = ctx.settings.models_dir / "safety" / "gate-base-answers"
+    # Loaded once for the gate and the regression check after it (evals/checks.py).
+    gen = shared_generator(ctx.settings, ctx.model, adapter_dir, policy.gate.max_new_tokens, GATE_GENERATION)
+    cache = gate_base_cache(ctx.settings)
     from tunegate.safety.screen import probe_context
 
     shift, system = probe_context(ctx.training_path)  # ask as the data talks: its cipher, its system prompt
@@ -281,7 +289,7 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
             gen = AdapterGenerator(settings, base_name, path, policy.gate.max_new_tokens, GATE_GENERATION)
             shift, system = probe_context(trained_on(path))  # the checkpoint's own training data
             report = run_gate(
-                gen.cached_base(settings.models_dir / "safety" / "gate-base-answers"),
+                gen.cached_base(gate_base_cache(settings)),
                 gen.tuned,
                 get_moderator(settings),
                 policy,
