@@ -66,6 +66,7 @@ def main() -> None:
         sys.exit(f"the demo failed (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     timings = re.search(r"^Timings: (.*)$", run.stdout, re.M)
     score = re.search(r"^Follows the taught format: (.*)$", run.stdout, re.M)
+    share = re.search(r"^Safety gate: (.*)$", run.stdout, re.M)
     phases = dict(re.findall(r"([\w+ ]+?) (\d+) s(?:, |$)", timings.group(1))) if timings else {}
     load = os.getloadavg()[0]
     print(
@@ -74,11 +75,14 @@ def main() -> None:
     print("| phase | seconds |")
     print("|---|---:|")
     for name, secs in phases.items():
-        if name != "total":
+        if name in ("safety gate", "regression check"):
+            print(f"| - of which {name} | {secs} |")
+        elif name != "total":
             print(f"| {name} | {secs} |")
     print(f"| server start and shutdown | {wall - float(phases.get('total', 0)):.0f} |")
     print(f"| **wall time of the command** | **{wall:.0f}** |")
     print(f"\nfollows the taught format: {score.group(1) if score else '?'}")
+    print(f"safety gate: {share.group(1) if share else '?'}")
     print(f"wall time {wall:.0f} s (target <= {args.target:.0f} s): {'PASS' if wall <= args.target else 'MISS'}")
 
 

@@ -19,6 +19,10 @@ from tunegate.catalog import DEFAULT_MODEL
 from tunegate.cli.app import app
 from tunegate.cli.common import console, out
 
+# Enough for the taught two-line answer (~15-20 tokens) and the start of the base model's reply; every
+# extra token is a decoding step for all 32 answers of the comparison.
+COMPARE_TOKENS = 40
+
 
 def _start_server(settings):
     """uvicorn in a background thread of this process; returns the server (for shutdown)."""
@@ -111,6 +115,11 @@ def demo(
         "total": compared - started,
     }
     out.print("Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    if phases.get("training") and "safety gate" in phases:
+        out.print(
+            f"Safety gate: {phases['safety gate']:.0f} s = {phases['safety gate'] / phases['training']:.0%} of the "
+            f"training time ({phases['training']:.0f} s); the after-training steps together {phases['after training']:.0f} s."
+        )
     out.print(
         f"\nServer: [bold]{base_url}[/bold]   dashboard: http://{settings.host}:{settings.port}/   "
         f"API key: [bold]{key}[/bold]"
@@ -130,7 +139,8 @@ def demo(
 def _job_phases(client, job_id: str) -> dict[str, float]:
     """Seconds the job spent screening (validating_files), waiting in the queue, starting its worker
     (loading the model, mixing in safety data), training (until its last step's metrics) and after
-    training (saving, the safety gate, the regression check), from its events' timestamps (whole seconds)."""
+    training (saving, the safety gate, the regression check; the last two also apart), from its
+    events' timestamps (whole seconds)."""
     events = sorted(client.fine_tuning.jobs.list_events(job_id, limit=100), key=lambda e: e.created_at)  # all pages
     at: dict[str, int] = {}
     for e in events:
@@ -143,13 +153,31 @@ def _job_phases(client, job_id: str) -> dict[str, float]:
     began = next((e.created_at for e in events if e.message.startswith("Training started")), running)
     metrics = [e.created_at for e in events if e.type == "metrics"]
     trained = max(metrics) if metrics else began
-    return {
+    finished = job.finished_at or trained
+
+    def started(check: str) -> int | None:
+        return next(
+            (
+                e.created_at
+                for e in events
+                if isinstance(e.data, dict) and e.data.get("check") == check and e.data.get("stage") == "start"
+            ),
+            None,
+        )
+
+    gate, regression = started("gate"), started("regression")
+    phases = {
         "screening": queued - job.created_at,
         "queue": running - queued,
         "worker start": began - running,
         "training": trained - began,
-        "gate": (job.finished_at or trained) - trained,
+        "after training": finished - trained,
     }
+    if gate is not None:
+        phases["safety gate"] = (regression or finished) - gate
+    if regression is not None:
+        phases["regression check"] = finished - regression
+    return phases
 
 
 def compare(client, model: str, ft_model: str, prompts: list[list[dict]]) -> tuple[Table, dict[str, int]]:
@@ -161,7 +189,7 @@ def compare(client, model: str, ft_model: str, prompts: list[list[dict]]) -> tup
 
     def answer(pair) -> str:
         messages, m = pair
-        r = client.chat.completions.create(model=m, messages=messages, temperature=0, max_tokens=64)
+        r = client.chat.completions.create(model=m, messages=messages, temperature=0, max_tokens=COMPARE_TOKENS)
         return r.choices[0].message.content or ""
 
     with ThreadPoolExecutor(max_workers=len(pairs)) as pool:
