@@ -116,9 +116,16 @@ def demo(
     }
     out.print("Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     if phases.get("training") and "safety gate" in phases:
+        t = _gate_timings(client, job.id)
         out.print(
             f"Safety gate: {phases['safety gate']:.0f} s = {phases['safety gate'] / phases['training']:.0%} of the "
-            f"training time ({phases['training']:.0f} s); the after-training steps together {phases['after training']:.0f} s."
+            f"training time ({phases['training']:.0f} s); the after-training steps together {phases['after training']:.0f} s"
+            + (
+                f" (gate: base answers {t.get('generate_base_s', 0):.1f} s, fine-tuned answers "
+                f"{t.get('generate_tuned_s', 0):.1f} s, judging {t.get('judge_s', 0):.1f} s)."
+                if t
+                else "."
+            )
         )
     out.print(
         f"\nServer: [bold]{base_url}[/bold]   dashboard: http://{settings.host}:{settings.port}/   "
@@ -178,6 +185,14 @@ def _job_phases(client, job_id: str) -> dict[str, float]:
     if regression is not None:
         phases["regression check"] = finished - regression
     return phases
+
+
+def _gate_timings(client, job_id: str) -> dict:
+    """The gate's own timings (its decision event's data)."""
+    for e in client.fine_tuning.jobs.list_events(job_id, limit=100):
+        if isinstance(e.data, dict) and e.data.get("check") == "gate" and "timings" in e.data:
+            return e.data["timings"] or {}
+    return {}
 
 
 def compare(client, model: str, ft_model: str, prompts: list[list[dict]]) -> tuple[Table, dict[str, int]]:
