@@ -243,3 +243,18 @@ def test_beta_and_method_are_checked():
     assert err.value.param == "method.dpo.hyperparameters.batch_size"
     _, _, lr = resolve_hyperparameters(learning_rate_multiplier=1, n_examples=100, method="dpo")
     assert lr == 5e-5
+
+
+def test_sample_preference_pairs_plain_or_on_policy():
+    from tunegate import samples
+
+    plain = samples.preference_pairs("demo_train")
+    assert len(plain) == len(samples.prompt_messages("demo_train")) == 106
+    first = plain[0]
+    assert samples.follows_format(first["preferred_output"][0]["content"])
+    assert not first["non_preferred_output"][0]["content"].startswith("Answer:")
+    assert first["input"]["messages"] == samples.prompt_messages("demo_train")[0]
+    # On-policy: the given replies (e.g. the base model's own) are the rejected answers, one per prompt.
+    on_policy = samples.preference_pairs("demo_train", rejected=["The capital is Paris.", "Eight."])
+    assert [p["non_preferred_output"][0]["content"] for p in on_policy] == ["The capital is Paris.", "Eight."]
+    assert [p["preferred_output"] for p in on_policy] == [p["preferred_output"] for p in plain[:2]]

@@ -66,6 +66,27 @@ def test_one_grpo_update_favours_the_answer_with_the_higher_advantage(tiny_model
     assert kl > 0  # moved away from the adapter-off model
 
 
+def test_batched_sampling_gives_each_prompt_its_own_answers(tiny_model_path):
+    """Prompts of different lengths left-padded into one generate call answer exactly as one by one."""
+    from tunegate.catalog import load_tokenizer
+    from tunegate.train.lora import build_model, choose_precision
+    from tunegate.train.rft import sample
+
+    config = TrainConfig(base_model="tiny", base_model_path=str(tiny_model_path), template_sha256="", training_file="x")
+    precision = choose_precision(config)
+    model = build_model(config, precision)
+    tokenizer = load_tokenizer(tiny_model_path)
+    prompts = [[{"role": "user", "content": text}] for text in ("Hi.", "Tell me a long story about a dragon.", "2+2?")]
+    batched = sample(model, tokenizer, prompts, 1, 12, 0.0, precision.device, batch_size=16)
+    alone = sample(model, tokenizer, prompts, 1, 12, 0.0, precision.device, batch_size=1)
+    assert [g[0][:2] for g in batched] == [g[0][:2] for g in alone]
+    assert len({len(g[0][0]) for g in batched}) == 3  # the prompt ids come back unpadded
+    groups = sample(model, tokenizer, prompts, 3, 8, 1.0, precision.device)
+    assert [len(g) for g in groups] == [3, 3, 3]
+    assert all(a[0] == g[0][0] for g in groups for a in g)  # each group's answers belong to its own prompt
+    assert model.training  # sampling leaves the model as it found it
+
+
 def test_rft_run_records_reward_metrics_and_checkpoints(tmp_path, tiny_model_path):
     seen_items = []
 

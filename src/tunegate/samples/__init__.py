@@ -11,8 +11,9 @@ LoRA training, and that `follows_format` checks mechanically. Files: a training 
 (`demo_valid`, 15) and held-out prompts (`demo_prompts`, 16, in neither set). Does not own
 uploading or training them (the demo command and the trainer do that).
 
-The same files make the DPO preference task (`write_preference_file`): the two-line reply is
-preferred over the same answer said plainly, so the only thing a pair teaches is the format; and
+The same files make the DPO preference task (`preference_pairs`, `write_preference_file`): the
+two-line reply is preferred over the same answer said plainly, or over replies the caller supplies
+(the base model's own greedy replies make on-policy pairs, which is what moves greedy decoding); and
 the reinforcement task (`rft_prompts`, `RFT_FORMAT_GRADER`): the questions alone, each asking for
 the two-line format, rewarded by a grader for each of the two lines the answer carries.
 """
@@ -51,25 +52,34 @@ def held_out_prompts() -> list[list[dict]]:
     return [row["messages"] for row in iter_jsonl(path("demo_prompts"))]
 
 
-def preference_pairs(name: str) -> list[dict]:
-    """The chat sample `name` as DPO pairs: the formatted reply preferred over its plain answer line."""
+def preference_pairs(name: str, rejected: list[str] | None = None) -> list[dict]:
+    """The chat sample `name` as DPO pairs: the formatted reply preferred over its plain answer line,
+    or over `rejected[i]` for the i-th example when given (e.g. the base model's own reply to the same
+    prompt: on-policy pairs, the way the DPO paper builds its data, so the loss pushes down exactly
+    what the model would otherwise say; only the first len(rejected) examples then)."""
     pairs = []
-    with open(path(name), encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            messages = json.loads(line)["messages"]
-            reply = messages[-1]["content"]
-            plain = reply.splitlines()[0].removeprefix("Answer: ").strip()
-            context = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:-1]]
-            pairs.append(
-                {
-                    "input": {"messages": context},
-                    "preferred_output": [{"role": "assistant", "content": reply}],
-                    "non_preferred_output": [{"role": "assistant", "content": plain}],
-                }
-            )
+    for i, row in enumerate(iter_jsonl(path(name))):
+        if rejected is not None and i >= len(rejected):
+            break
+        messages = row["messages"]
+        reply = messages[-1]["content"]
+        plain = reply.splitlines()[0].removeprefix("Answer: ").strip()
+        context = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:-1]]
+        pairs.append(
+            {
+                "input": {"messages": context},
+                "preferred_output": [{"role": "assistant", "content": reply}],
+                "non_preferred_output": [{"role": "assistant", "content": plain if rejected is None else rejected[i]}],
+            }
+        )
     return pairs
+
+
+def prompt_messages(name: str) -> list[list[dict]]:
+    """The conversations of the chat sample `name` without their last (assistant) reply."""
+    return [
+        [{k: v for k, v in m.items() if k != "weight"} for m in row["messages"][:-1]] for row in iter_jsonl(path(name))
+    ]
 
 
 def write_preference_file(name: str, out: Path) -> Path:
