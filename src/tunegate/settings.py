@@ -24,6 +24,20 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("./.tunegate"), description="Where the database, files and artifacts live.")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite file in data_dir.")
+    storage_url: str | None = Field(
+        default=None,
+        description="Where files and artifacts live: unset = data_dir (local disk or a shared mount); "
+        "s3://BUCKET[/PREFIX] = an S3-compatible object store (the `s3` extra), data_dir then being this "
+        "server's local cache. Credentials: the standard AWS variables.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Endpoint of an S3-compatible store (MinIO, SeaweedFS, Ceph); default: AWS."
+    )
+    worker_scratch_dir: Path | None = Field(
+        default=None,
+        description="With an object store: where training workers keep local copies of their inputs "
+        "and outputs; default: a `tunegate-worker` folder in the system's temporary directory.",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, description="Largest accepted upload (413 above).")

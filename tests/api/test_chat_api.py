@@ -10,7 +10,6 @@ import json
 import socket
 import sqlite3
 import time
-from pathlib import Path
 
 import httpx
 import openai
@@ -177,7 +176,10 @@ def test_damaged_adapter_fails_once_clearly_and_other_models_keep_serving(chat_s
     a = chat_server.client(chat_server.key_a)
     ckpt = max(m.id for m in a.models.list().data if ":ckpt-step-" in m.id)  # not loaded yet
     with sqlite3.connect(chat_server.data_dir / "tunegate.db") as db:
-        folder = Path(db.execute("select path from checkpoints where model_id = ?", (ckpt,)).fetchone()[0])
+        # The row holds the checkpoint's storage key, under the data dir.
+        folder = (
+            chat_server.data_dir / db.execute("select path from checkpoints where model_id = ?", (ckpt,)).fetchone()[0]
+        )
     weights = folder / "adapter_model.safetensors"
     original = weights.read_bytes()
     weights.write_bytes(original[: len(original) // 3])

@@ -117,11 +117,9 @@ def test_refusals_name_the_field(srv):
 
 
 def test_parent_on_another_template_is_refused(srv):
-    from pathlib import Path
-
     c = srv.client(srv.key)
     with srv.db.connect() as conn:
-        path = Path(
+        path = srv.data_dir / (  # the row holds the adapter's storage key, under the data dir
             conn.execute(
                 sqlalchemy.text("SELECT adapter_path FROM fine_tuned_models WHERE id = :m"),
                 {"m": srv.parent.fine_tuned_model},

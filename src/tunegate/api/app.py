@@ -42,6 +42,9 @@ ROUTERS = [
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.ensure_dirs()
+    from tunegate.storage import open_storage
+
+    open_storage(settings).check()  # an unknown scheme or an unreachable store stops the start, named
     db = open_database(settings.db_url)
 
     @asynccontextmanager

@@ -85,7 +85,7 @@ class BatchRunner:
     def _input_lines(self, file_id: str) -> list[tuple[int, str]]:
         with self.db.session() as s:
             f = s.get(File, file_id)
-        return [] if f is None else read_lines(f.path)
+        return [] if f is None else read_lines(files.local_file(self.settings, f))
 
     def _row(self, batch_id: str) -> Batch:
         with self.db.session() as s:

@@ -174,7 +174,7 @@ def create(db: Database, settings: Settings, principal: Principal, body: BatchCr
             param="completion_window",
             code="invalid_value",
         )
-    f = files.get(db, principal, body.input_file_id)
+    f = files.get(db, principal, body.input_file_id, settings)
     if f.purpose != "batch":
         raise InvalidRequestError(
             f'File {f.id} has purpose `{f.purpose}`; upload the requests with `purpose="batch"`.',
@@ -183,7 +183,7 @@ def create(db: Database, settings: Settings, principal: Principal, body: BatchCr
         )
     # Checked now (400 naming the field), applied to the output and error files when they are written.
     expires_at(0, body.output_expires_after, param="output_expires_after")
-    total, problems = check_lines(Path(f.path), body.endpoint)
+    total, problems = check_lines(files.local_file(settings, f), body.endpoint)
     t = now()
     row = Batch(
         id=new_id("batch", 12),

@@ -28,10 +28,16 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from tunegate.api.http import header_timeout_protocol
+    from tunegate.errors import TunegateError
 
+    try:
+        api = create_app(settings)
+    except TunegateError as exc:  # e.g. TUNEGATE_STORAGE_URL unusable: say which setting, exit non-zero
+        typer.secho(f"Error: {exc.message}", fg="red", err=True)
+        raise typer.Exit(2) from None
     # Slow clients are timed out at every stage: headers (the protocol), body (the guard), idle keep-alive.
     uvicorn.run(
-        create_app(settings),
+        api,
         host=settings.host,
         port=settings.port,
         log_level=log_level,

@@ -64,11 +64,12 @@ def regression_check(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> De
         + (" and the validation prompts." if valid else "."),
         data={"check": "regression", "stage": "start"},
     )
+    from tunegate.storage import open_storage
+
+    valid_path = str(open_storage(ctx.settings).fetch(valid.path)) if valid else None  # this worker's copy
     gen = shared_generator(ctx.settings, ctx.model, adapter_dir, MAX_NEW_TOKENS)  # the gate's model, if it ran
     try:
-        report = run_check(
-            gen.cached_base(regression_base_cache(ctx.settings)), gen.tuned, valid.path if valid else None
-        )
+        report = run_check(gen.cached_base(regression_base_cache(ctx.settings)), gen.tuned, valid_path)
     finally:
         release_shared()  # the last after-training step: the worker needs the memory no longer
     report["best_checkpoint"] = best

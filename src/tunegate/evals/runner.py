@@ -158,8 +158,10 @@ class EvalRunner:
         from tunegate.files.service import get as get_file
 
         def read(file_id: str) -> str:
-            row = get_file(self.db, principal, file_id)
-            with open(row.path, encoding="utf-8") as f:
+            from tunegate.files.service import local_file
+
+            row = get_file(self.db, principal, file_id, self.app.state.settings)
+            with open(local_file(self.app.state.settings, row), encoding="utf-8") as f:
                 return f.read()
 
         return read

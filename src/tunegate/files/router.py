@@ -163,14 +163,14 @@ def list_files(
 
 
 @router.get("/{file_id}", response_model=FileObject)
-def retrieve_file(file_id: str, db: DbDep, principal: PrincipalDep):
-    return service.to_object(service.get(db, principal, file_id))
+def retrieve_file(file_id: str, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
+    return service.to_object(service.get(db, principal, file_id, settings))
 
 
 @router.get("/{file_id}/content")
-def file_content(file_id: str, db: DbDep, principal: PrincipalDep):
-    row = service.get(db, principal, file_id)
-    path = service.open_verified(row)
+def file_content(file_id: str, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
+    row = service.get(db, principal, file_id, settings)
+    path = service.open_verified(row, settings)
     return FileResponse(
         path,
         media_type="application/octet-stream",
@@ -194,6 +194,6 @@ def file_validation(file_id: str, db: DbDep, principal: PrincipalDep):
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)
-def delete_file(file_id: str, db: DbDep, principal: PrincipalDep):
-    service.delete(db, principal, file_id)
+def delete_file(file_id: str, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
+    service.delete(db, principal, file_id, settings)
     return FileDeleted(id=file_id)

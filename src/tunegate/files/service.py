@@ -1,8 +1,9 @@
 """Files: storing, listing, reading and deleting file objects of one organisation, and running
 dataset validation on uploaded fine-tuning data.
 
-Owns the file rows and their bytes under `data_dir/files/<org>/<id>`. The validation rules live
-in `files/validate.py`; this module only decides when to run them and stores the report.
+Owns the file rows and their bytes under the storage key `files/<org>/<id>` (storage/: the data
+dir, a shared mount or an object store; `local_file` gives this machine's copy). The validation
+rules live in `files/validate.py`; this module only decides when to run them and stores the report.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from tunegate.errors import ConflictError, InvalidRequestError, NotFoundError
 from tunegate.files.schemas import FileObject
 from tunegate.ids import new_id, now
 from tunegate.settings import Settings
+from tunegate.storage import open_storage
 
 log = logging.getLogger("tunegate.files")
 
@@ -73,10 +74,22 @@ def content_disposition(filename: str, fallback: str = "download") -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-def open_verified(row: File) -> Path:
+def local_file(settings: Settings, row: File) -> Path:
+    """This machine's copy of a file's bytes (fetched from the storage when it has none yet)."""
+    return open_storage(settings).fetch(row.path)
+
+
+def open_verified(row: File, settings: Settings) -> Path:
     """The stored bytes of `row`, after checking they are the bytes that were uploaded (size and sha256);
-    409 `file_corrupted` otherwise."""
-    path = Path(row.path)
+    409 `file_corrupted` otherwise (a damaged local copy of an object is dropped, so it is fetched again)."""
+    try:
+        return _verified(row, local_file(settings, row))
+    except ConflictError:
+        open_storage(settings).evict(row.path)
+        raise
+
+
+def _verified(row: File, path: Path) -> Path:
 
     def corrupted(why: str) -> ConflictError:
         return ConflictError(
@@ -88,7 +101,7 @@ def open_verified(row: File) -> Path:
     try:
         size = path.stat().st_size
     except OSError:
-        raise corrupted("missing on disk") from None
+        raise corrupted("missing from the storage") from None
     if size != row.bytes:
         raise corrupted(f"{size} bytes on disk, {row.bytes} were uploaded")
     h = hashlib.sha256()
@@ -100,8 +113,13 @@ def open_verified(row: File) -> Path:
     return path
 
 
+def file_key(org_id: str, file_id: str) -> str:
+    return f"files/{org_id}/{file_id}"
+
+
 def file_path(settings: Settings, org_id: str, file_id: str) -> Path:
-    return settings.files_dir / org_id / file_id
+    """Where a new file's bytes are written on this machine before they are pushed to the storage."""
+    return open_storage(settings).local(file_key(org_id, file_id))
 
 
 def create(db: Database, settings: Settings, principal: Principal, *, upload, purpose: str) -> File:
@@ -109,6 +127,7 @@ def create(db: Database, settings: Settings, principal: Principal, *, upload, pu
     file_id = new_id("file", 12)
     final = file_path(settings, principal.org_id, file_id)
     upload.commit(final)
+    open_storage(settings).push(final)
     row = File(
         id=file_id,
         org_id=principal.org_id,
@@ -117,7 +136,7 @@ def create(db: Database, settings: Settings, principal: Principal, *, upload, pu
         filename=upload.filename or "upload.jsonl",
         bytes=upload.bytes,
         sha256=upload.sha256,
-        path=str(final),
+        path=file_key(principal.org_id, file_id),
         status="uploaded",
     )
     with db.session() as s:
@@ -141,6 +160,7 @@ def store_bytes(db: Database, settings: Settings, org_id: str, *, purpose: str, 
     tmp = final.with_name("." + final.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(final)
+    open_storage(settings).push(final)
     row = File(
         id=file_id,
         org_id=org_id,
@@ -148,7 +168,7 @@ def store_bytes(db: Database, settings: Settings, org_id: str, *, purpose: str, 
         filename=filename,
         bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
-        path=str(final),
+        path=file_key(org_id, file_id),
         status="processed",
     )
     with db.session() as s:
@@ -163,7 +183,8 @@ def validate_stored(db: Database, settings: Settings, file_id: str, model: str |
 
     with db.session() as s:
         row = s.get(File, file_id)
-        path = Path(row.path)
+    assert row is not None, file_id  # callers validate files they just stored or looked up
+    path = local_file(settings, row)
     info = get_base_model(model or DEFAULT_MODEL, settings)
     try:
         report = validate_file(path, tokenizer=load_tokenizer(info.path), context_length=info.context_length)
@@ -218,13 +239,20 @@ def summarize_errors(report: dict[str, Any], n: int = 5) -> str:
     return f"{total} problem(s): " + "; ".join(parts) + more
 
 
-def get(db: Database, principal: Principal, file_id: str) -> File:
+def _remove_bytes(settings: Settings | None, row: File) -> None:
+    if settings is not None:
+        open_storage(settings).remove(row.path)
+    elif Path(row.path).is_absolute():  # a caller without settings can still drop a local path
+        Path(row.path).unlink(missing_ok=True)
+
+
+def get(db: Database, principal: Principal, file_id: str, settings: Settings | None = None) -> File:
     with db.session() as s:
         row = s.get(File, file_id)
     if row is not None and _expired(row):  # expiry is enforced on every read; the bytes go at once
         with db.session() as s:
             s.delete(s.get(File, row.id))
-        Path(row.path).unlink(missing_ok=True)
+        _remove_bytes(settings, row)
         row = None
     # Another organisation's file answers exactly like a file that does not exist.
     if row is None or row.org_id != principal.org_id:
@@ -250,13 +278,13 @@ def list_files(
         return list(s.scalars(q))
 
 
-def delete(db: Database, principal: Principal, file_id: str) -> None:
-    row = get(db, principal, file_id)
+def delete(db: Database, principal: Principal, file_id: str, settings: Settings | None = None) -> None:
+    row = get(db, principal, file_id, settings)
     with db.session() as s:
         s.delete(s.get(File, file_id))
-    Path(row.path).unlink(missing_ok=True)
+    _remove_bytes(settings, row)
     record(db, "file.deleted", org_id=principal.org_id, actor=principal.key_id, object_id=file_id)
 
 
 def delete_org_files(settings: Settings, org_id: str) -> None:
-    shutil.rmtree(settings.files_dir / org_id, ignore_errors=True)
+    open_storage(settings).remove(f"files/{org_id}")

@@ -61,7 +61,13 @@ class LocalExecutor:
         env = worker_env(self.settings.torch_threads, allocator=self.settings.worker_allocator == "jemalloc")
         # The worker gets this server's settings, with the thread count worker_env chose for it.
         threads = int(env["TUNEGATE_TORCH_THREADS"])
-        return {**env, **self.settings.model_copy(update={"torch_threads": threads}).worker_env()}
+        from tunegate.storage import open_storage
+
+        # With an object store the worker works in its own scratch folder, as it would on another node.
+        worker = open_storage(self.settings).worker_settings(
+            self.settings.model_copy(update={"torch_threads": threads})
+        )
+        return {**env, **worker.worker_env()}
 
     def launch(self, job_id: str) -> int:
         env = self.worker_environment()

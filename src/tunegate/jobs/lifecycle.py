@@ -15,7 +15,6 @@ the API objects (service.py), nor running them (executor.py, worker.py).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 from sqlalchemy.orm import Session, object_session
@@ -130,8 +129,8 @@ def fail(db: Database, job_id: str, code: str, message: str, param: str | None =
     return True
 
 
-def register_model(s: Session, job: Job, model_id: str, adapter_dir: Path, *, deployable: bool) -> FineTunedModel:
-    """The one place a job's trained adapter becomes a model row (servable only when `deployable`)."""
+def register_model(s: Session, job: Job, model_id: str, adapter: str, *, deployable: bool) -> FineTunedModel:
+    """The one place a job's trained adapter (its storage key) becomes a model row (servable only when `deployable`)."""
     row = s.get(FineTunedModel, model_id)
     if row is None:
         row = FineTunedModel(
@@ -139,7 +138,7 @@ def register_model(s: Session, job: Job, model_id: str, adapter_dir: Path, *, de
             org_id=job.org_id,
             job_id=job.id,
             base_model=job.model,
-            adapter_path=str(adapter_dir),
+            adapter_path=str(adapter),
             deployable=deployable,
         )
         s.add(row)
@@ -151,7 +150,7 @@ def complete(
     s: Session,
     job: Job,
     model_id: str,
-    adapter_dir: Path,
+    adapter: str,
     result_file: str,
     *,
     trained_tokens: int | None = None,
@@ -160,7 +159,7 @@ def complete(
     """A job's model becomes servable: the model row, the job's result file and `succeeded`.
     The same for a normal success and for an admin's override of a blocked model (`override`
     is then the audit note kept in `job.safety`)."""
-    register_model(s, job, model_id, adapter_dir, deployable=True)
+    register_model(s, job, model_id, adapter, deployable=True)
     fields: dict[str, Any] = {"fine_tuned_model": model_id, "result_files": [result_file], "error": None}
     if trained_tokens is not None:
         fields["trained_tokens"] = trained_tokens

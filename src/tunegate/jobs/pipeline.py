@@ -26,6 +26,7 @@ from tunegate.jobs import lifecycle
 from tunegate.jobs.lifecycle import EventLevel, EventType, add_event, job_row, new_event, transition
 from tunegate.jobs.steps import Decision, Emit, JobContext, Phase, steps
 from tunegate.settings import Settings
+from tunegate.storage import Storage, job_key, open_storage
 
 log = logging.getLogger("tunegate.jobs")
 
@@ -41,8 +42,9 @@ CHECKPOINT_METRICS = (
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
-    """The job's artifact folder: checkpoints, adapter, results.csv and the steps' reports."""
-    return settings.artifacts_dir / job_id
+    """This machine's copy of the job's artifact folder (storage key `artifacts/<job>`): checkpoints,
+    adapter, results.csv and the steps' reports. Written here, then pushed to the storage."""
+    return open_storage(settings).local(job_key(job_id))
 
 
 def _emitter(db: Database, job_id: str) -> Emit:
@@ -101,7 +103,7 @@ def validate_job_files(db: Database, settings: Settings, job_id: str) -> None:
         with db.session() as s:
             row = s.get(File, file_id)
             report = row.validation if row is not None else None
-            path = row.path if row is not None else ""
+            path = str(open_storage(settings).fetch(row.path)) if row is not None else ""
         if row is None:
             raise InvalidRequestError(f"File {file_id} was deleted before the job started.", param=param, code=code)
         if method == "reinforcement":  # prompts without answers, plus the grader's fields: rft.py checks them
@@ -136,6 +138,7 @@ def validate_job_files(db: Database, settings: Settings, job_id: str) -> None:
         if param == "training_file":
             training_path = path
     decision = _run_steps(db, context(db, settings, job, training_path), "before_queue")
+    open_storage(settings).push(job_dir(settings, job_id))  # the screening report, for every server
     if not decision.allow:
         raise _refused(decision)
     with db.session() as s:
@@ -155,8 +158,11 @@ def prepare_training_data(db: Database, settings: Settings, job: Job, training_p
 class JobReporter:
     """The trainer's `on_event` callback: events, progress, ETA and checkpoint rows into the database."""
 
-    def __init__(self, db: Database, job: Job, model_id: str):
+    def __init__(self, db: Database, job: Job, model_id: str, storage: Storage | None = None):
+        """`storage`: where each checkpoint is pushed as it is saved (a resumed worker, on any node,
+        starts from it) and whose keys the checkpoint rows carry."""
         self.db, self.job_id, self.org_id, self.model_id = db, job.id, job.org_id, model_id
+        self.storage = storage
         self.t0, self.step0 = time.time(), None
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -192,7 +198,12 @@ class JobReporter:
         return int(time.time() + rate * (total - step))
 
     def record_checkpoint(self, data: dict[str, Any]) -> None:
-        """A checkpoint the trainer saved; rows of the ones it pruned (not in `kept_steps`) go."""
+        """A checkpoint the trainer saved; rows of the ones it pruned (not in `kept_steps`) go, in
+        the storage too (pushed before the row exists, so a row always names a whole checkpoint)."""
+        if self.storage is not None:
+            checkpoints = Path(data["path"]).parent
+            self.storage.push(checkpoints, mirror=True)
+            self.storage.push(checkpoints.parent / "results.csv")  # a resumed run keeps the rows before it
         self.sync_checkpoints(
             [(data["step"], Path(data["path"]), data.get("metrics") or {})], kept=data.get("kept_steps")
         )
@@ -218,7 +229,7 @@ class JobReporter:
                         org_id=self.org_id,
                         step=step,
                         model_id=self.checkpoint_model(step),
-                        path=str(path),
+                        path=self.storage.key(path) if self.storage is not None else str(path),
                         metrics=_checkpoint_metrics(step, metrics),
                     )
                 )
@@ -271,9 +282,10 @@ def trained_on(adapter_dir: Path) -> str:
     return path if path and Path(path).is_file() else ""
 
 
-def _file_path(s: Any, file_id: str | None) -> str:
+def _file_path(s: Any, settings: Settings, file_id: str | None) -> str:
     row = s.get(File, file_id) if file_id else None
-    return row.path if row is not None and Path(row.path).is_file() else ""
+    path = open_storage(settings).fetch(row.path) if row is not None else None
+    return str(path) if path is not None and path.is_file() else ""
 
 
 def after_training(
@@ -286,14 +298,16 @@ def after_training(
     that data talks (its cipher, its system prompt) even when screening was skipped."""
     with db.session() as s:
         job = job_row(s, job_id)
-        training_path = trained_on(adapter_dir) or _file_path(s, job.training_file)
+        training_path = trained_on(adapter_dir) or _file_path(s, settings, job.training_file)
     decision = _run_steps(
         db, context(db, settings, job, training_path), "after_training", adapter_dir=adapter_dir, model_id=model_id
     )
+    storage = open_storage(settings)
+    storage.push(job_dir(settings, job_id))  # adapter, results.csv, reports: stored before any row names them
     if not decision.allow:
         with db.session() as s:
             job = job_row(s, job_id, lock=True)
-            lifecycle.register_model(s, job, model_id, adapter_dir, deployable=False)
+            lifecycle.register_model(s, job, model_id, storage.key(adapter_dir), deployable=False)
         lifecycle.fail(db, job_id, decision.code or "blocked", decision.message, decision.param)
         return False
     succeed(db, settings, job_id, model_id, adapter_dir, trained_tokens=trained_tokens)
@@ -314,14 +328,17 @@ def succeed(
     `override`: an admin serves a model a step blocked; the note is kept in job.safety."""
     with db.session() as s:
         org_id = job_row(s, job_id).org_id
+    storage = open_storage(settings)
     result = store_bytes(
         db,
         settings,
         org_id,
         purpose="fine-tune-results",
         filename="step_metrics.csv",
-        data=results_csv(job_dir(settings, job_id) / "results.csv"),
+        data=results_csv(storage.fetch(f"{job_key(job_id)}/results.csv")),
     )
     with db.session() as s:
         job = job_row(s, job_id, lock=True)
-        lifecycle.complete(s, job, model_id, adapter_dir, result.id, trained_tokens=trained_tokens, override=override)
+        lifecycle.complete(
+            s, job, model_id, storage.key(adapter_dir), result.id, trained_tokens=trained_tokens, override=override
+        )

@@ -199,10 +199,14 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
             param="tunegate.n_workers",
         )
     with db.session() as s:
-        files = [("training_file", _own_file(s, principal, body.training_file, "training_file").path)]
+        stored = [("training_file", _own_file(s, principal, body.training_file, "training_file").path)]
         if body.validation_file:
-            files.append(("validation_file", _own_file(s, principal, body.validation_file, "validation_file").path))
+            stored.append(("validation_file", _own_file(s, principal, body.validation_file, "validation_file").path))
     if method["type"] == "reinforcement":
+        from tunegate.storage import open_storage
+
+        storage = open_storage(settings)  # the grader check reads the files: this machine's copies
+        files = [(param, str(storage.fetch(key))) for param, key in stored]
         from tunegate.jobs.steps import reward_graders
 
         method["reinforcement"]["grader"] = reward_graders().check(

@@ -1,9 +1,11 @@
 """The training worker process: `python -m tunegate.jobs.worker JOB_ID`.
 
-Started by the local executor. Builds the frozen training config from the job row, runs the
-trainer with callbacks that write events and read cancel/pause requests, keeps a heartbeat, and
-records the outcome. If it is killed, nothing is recorded and the supervisor re-queues the job;
-the next worker resumes from the last checkpoint in the same artifact folder.
+Started by the local executor (or inside a Ray task). Builds the frozen training config from the
+job row, fetches its inputs from the storage (storage/: with an object store, into this worker's
+scratch folder), runs the trainer with callbacks that write events, push each checkpoint to the
+storage and read cancel/pause requests, keeps a heartbeat, and records the outcome. If it is
+killed, nothing is recorded and the supervisor re-queues the job; the next worker, on any node,
+resumes from the last checkpoint in the storage.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def _heartbeat(db: Database, job_id: str, every: float, stop: threading.Event, p
 
 def build_config(db: Database, settings: Settings, job: Job):
     from tunegate.catalog import get_base_model
+    from tunegate.storage import open_storage
     from tunegate.train.config import (
         TrainConfig,
         base_learning_rate,
@@ -46,6 +49,7 @@ def build_config(db: Database, settings: Settings, job: Job):
         resolve_reinforcement,
     )
 
+    storage = open_storage(settings)
     base = get_base_model(job.model, settings)
     with db.session() as s:
         train_file = s.get(File, job.training_file)
@@ -72,13 +76,15 @@ def build_config(db: Database, settings: Settings, job: Job):
     if method == "reinforcement":
         method_fields |= resolve_reinforcement(hp)
     opts = job.options or {}
-    training_path = pipeline.prepare_training_data(db, settings, job, train_file.path)
+    if isinstance(opts.get("init_adapter"), str):  # continued training: the parent adapter, by key
+        opts = {**opts, "init_adapter": str(storage.fetch(opts["init_adapter"]))}
+    training_path = pipeline.prepare_training_data(db, settings, job, str(storage.fetch(train_file.path)))
     config = TrainConfig(
         base_model=base.name,
         base_model_path=str(base.path),
         template_sha256=base.template_sha256,
         training_file=training_path,
-        validation_file=valid_file.path if valid_file else None,
+        validation_file=str(storage.fetch(valid_file.path)) if valid_file else None,
         n_epochs=n_epochs,
         batch_size=batch_size,
         learning_rate=lr,
@@ -107,6 +113,7 @@ def build_config(db: Database, settings: Settings, job: Job):
 def run(job_id: str, settings: Settings | None = None, launch=None) -> int:
     """`launch`: how data-parallel ranks start (default: `run_data_parallel`, on this machine; the
     Ray executor passes one that uses Ray Train). Same arguments, returns rank 0's TrainResult."""
+    from tunegate.storage import job_key, open_storage
     from tunegate.train.distributed import run_data_parallel
 
     settings = settings or Settings.from_worker_env()
@@ -119,9 +126,14 @@ def run(job_id: str, settings: Settings | None = None, launch=None) -> int:
     threading.Thread(
         target=_heartbeat, args=(db, job_id, settings.heartbeat_seconds, stop, os.getppid()), daemon=True
     ).start()
-    out_dir = settings.artifacts_dir / job_id
+    storage = open_storage(settings)
+    out_dir = pipeline.job_dir(settings, job_id)
     model_id = pipeline.fine_tuned_model_id(db, job)
     try:
+        # Resume from what the storage holds, not from what an earlier attempt left on this node.
+        for name in ("checkpoints", "results.csv"):
+            storage.evict(f"{job_key(job_id)}/{name}")
+            storage.fetch(f"{job_key(job_id)}/{name}")
         config, resolved = build_config(db, settings, job)
         with db.session() as s:
             row = job_row(s, job_id)
@@ -129,7 +141,7 @@ def run(job_id: str, settings: Settings | None = None, launch=None) -> int:
         resuming = (out_dir / "checkpoints").exists() and any((out_dir / "checkpoints").iterdir())
         if resuming:
             add_event(db, job_id, "Resuming training from the last checkpoint.")
-        reporter = pipeline.JobReporter(db, job, model_id)
+        reporter = pipeline.JobReporter(db, job, model_id, storage)
 
         def should_stop() -> str | None:
             with db.session() as s:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from typing import Any
 
 from tunegate.auth import Principal
@@ -66,9 +65,13 @@ def continue_from(
                 param=f"tunegate.{key}",
                 code="invalid_value",
             )
-    copy = settings.artifacts_dir / "parents" / new_id("parent", 8)
+    from tunegate.storage import open_storage
+
+    storage = open_storage(settings)
+    copy = storage.local(f"artifacts/parents/{new_id('parent', 8)}")
     shutil.copytree(parent.adapter_path, copy)
-    return parent.base.name, {**options, **lora, "init_adapter": str(Path(copy)), "parent_model": model}
+    storage.push(copy)  # the worker fetches it by key, on whichever node it runs
+    return parent.base.name, {**options, **lora, "init_adapter": storage.key(copy), "parent_model": model}
 
 
 def _register() -> None:

@@ -8,7 +8,8 @@ only when a safety gate passed for them (or an admin overrode a block, audited):
   on demand, `POST /v1/fine_tuning/jobs/{id}/checkpoints/{checkpoint_id}/gate`). A checkpoint of a
   running, paused, cancelled or failed job is never served before that.
 A checkpoint shared with another project (`models/permissions.py`) is servable there under the same
-rules, as kind `shared-checkpoint`, without its job. Before an adapter is served its files are
+rules, as kind `shared-checkpoint`, without its job. Before an adapter is served it is fetched from
+the storage into this server's local folder (storage/; rows carry storage keys) and its files are
 checked against the sizes and hashes written with it.
 """
 
@@ -84,22 +85,36 @@ def resolve(
 ) -> ResolvedModel:
     """The servable model named `model` for this caller, or 404 `model_not_found` / `model_not_gated`,
     or 409 `adapter_corrupted` when its stored files were damaged."""
-    resolved = _resolve(db, settings, principal, model)
-    if verify and resolved.adapter_path is not None:
-        from tunegate.registry import verify_adapter
+    resolved, stored = _resolve(db, settings, principal, model)
+    if stored is None:
+        return resolved
+    from dataclasses import replace
 
-        verify_adapter(resolved.adapter_path)
+    from tunegate.errors import ConflictError
+    from tunegate.registry import verify_adapter
+    from tunegate.storage import open_storage
+
+    storage = open_storage(settings)
+    local = storage.fetch(stored)
+    resolved = replace(resolved, adapter_path=local)
+    if verify:
+        try:
+            verify_adapter(local)
+        except ConflictError:  # a damaged copy of an object goes: the next request fetches it again
+            storage.evict(stored)
+            raise
     return resolved
 
 
-def _resolve(db: Database, settings: Settings, principal: Principal, model: str) -> ResolvedModel:
+def _resolve(db: Database, settings: Settings, principal: Principal, model: str) -> tuple[ResolvedModel, str | None]:
+    """The model and the storage key of its adapter (None for a base model)."""
     if not isinstance(model, str) or not model:
         raise InvalidRequestError("`model` is required: a base model or one of your `ft:` models.", param="model")
     if not model.startswith("ft:"):
         if model not in list_base_models(settings):
             raise _not_found(model)
         info = get_base_model(model, settings)
-        return ResolvedModel(model, info, None, "tunegate", info.created, "base")
+        return ResolvedModel(model, info, None, "tunegate", info.created, "base"), None
     with db.session() as s:
         ft = s.get(FineTunedModel, model)
         if ft is not None and ft.org_id == principal.org_id:
@@ -113,7 +128,7 @@ def _resolve(db: Database, settings: Settings, principal: Principal, model: str)
                 ft.created_at,
                 "fine-tuned",
                 ft.job_id,
-            )
+            ), ft.adapter_path
         ck = s.scalar(select(Checkpoint).where(Checkpoint.model_id == model))
         if ck is None or ck.org_id != principal.org_id and not _shared_with(s, model, principal.project_id):
             raise _not_found(model)
@@ -135,7 +150,7 @@ def _resolve(db: Database, settings: Settings, principal: Principal, model: str)
             "shared",
             ck.created_at,
             "shared-checkpoint",
-        )
+        ), ck.path
     return ResolvedModel(
         ck.model_id,
         get_base_model(job.model, settings),
@@ -144,7 +159,7 @@ def _resolve(db: Database, settings: Settings, principal: Principal, model: str)
         ck.created_at,
         "checkpoint",
         ck.job_id,
-    )
+    ), ck.path
 
 
 def list_models(db: Database, settings: Settings, principal: Principal) -> list[dict]:

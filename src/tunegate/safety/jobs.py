@@ -279,9 +279,13 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
 
     with db.session() as s:
         ck = s.get(Checkpoint, checkpoint_id)
-        job_id, model_id, path = ck.job_id, ck.model_id, Path(ck.path)
+        job_id, model_id, stored = ck.job_id, ck.model_id, ck.path
         job = s.get(Job, job_id)
         org_id, base_name = job.org_id, job.model
+    from tunegate.storage import open_storage
+
+    storage = open_storage(settings)
+    path = storage.fetch(stored)  # the checkpoint, by its storage key: this server's copy
     policy = org_policy(db, org_id)
     try:
         verify_adapter(path)
@@ -297,6 +301,7 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
                 system_prompt=system,
             )
         save_report(report, checkpoint_dir(settings, job_id, checkpoint_id))
+        storage.push(checkpoint_dir(settings, job_id, checkpoint_id))
         decision = {
             "decision": "blocked" if report.blocked else "passed",
             "reasons": report.reasons,

@@ -91,13 +91,15 @@ def _read(path) -> dict | None:
 def safety_report(job_id: str, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
     """Screening (every line's verdict and the job-level findings) and gate results of a job."""
     job = jobs.get(db, principal, job_id)
-    d = safety_jobs.job_dir(settings, job_id)
+    from tunegate.storage import job_key, open_storage
+
+    storage, key = open_storage(settings), job_key(job_id)  # reports by key: written by any server or worker
     return {
         "object": "fine_tuning.job.safety_report",
         "job_id": job_id,
         "status": job.status,
-        "screening": _read(d / "screening_report.json"),
-        "gate": _read(d / "gate_report.json"),
+        "screening": _read(storage.fetch(f"{key}/screening_report.json")),
+        "gate": _read(storage.fetch(f"{key}/gate_report.json")),
         "override": (job.safety or {}).get("override"),
     }
 
@@ -105,7 +107,9 @@ def safety_report(job_id: str, db: DbDep, settings: SettingsDep, principal: Prin
 @router.get("/fine_tuning/jobs/{job_id}/safety_report.html", response_class=HTMLResponse)
 def safety_report_html(job_id: str, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
     jobs.get(db, principal, job_id)
-    path = safety_jobs.job_dir(settings, job_id) / "gate_report.html"
+    from tunegate.storage import job_key, open_storage
+
+    path = open_storage(settings).fetch(f"{job_key(job_id)}/gate_report.html")
     if not path.exists():
         raise NotFoundError(
             f"Job {job_id} has no safety gate report yet (the gate runs after training).",

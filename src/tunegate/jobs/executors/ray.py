@@ -59,11 +59,11 @@ def _run_job(job_id: str, settings_json: str, storage_id: str) -> int:
     from tunegate.jobs import worker
     from tunegate.jobs.lifecycle import add_event, fail
     from tunegate.settings import Settings
-    from tunegate.storage import FileStorage, StorageNotShared
+    from tunegate.storage import StorageNotShared, open_storage
 
     settings = Settings.model_validate_json(settings_json)
-    try:  # before anything is read or written there: a node without the shared mount fails the job
-        FileStorage.from_settings(settings).verify(storage_id, f"Ray node {ray.util.get_node_ip_address()}")
+    try:  # before anything is read or written there: a node without the shared storage fails the job
+        open_storage(settings).verify(storage_id, f"Ray node {ray.util.get_node_ip_address()}")
     except StorageNotShared as exc:
         from tunegate.db import Database
 
@@ -114,7 +114,9 @@ def _job_callbacks(job_id: str, settings_json: str, model_id: str):
         with db.session() as s:
             return job_row(s, job_id).control
 
-    return JobReporter(db, job, model_id), should_stop
+    from tunegate.storage import open_storage
+
+    return JobReporter(db, job, model_id, open_storage(Settings.model_validate_json(settings_json))), should_stop
 
 
 def _launch_ray_train(job_id: str, settings_json: str, config, out_dir, reporter, should_stop, world_size, threads):
@@ -175,9 +177,9 @@ class RayExecutor:
                 logging_level=logging.WARNING,
             )
         self._task = self.ray.remote(max_calls=1, max_retries=0)(_run_job)
-        from tunegate.storage import FileStorage
+        from tunegate.storage import open_storage
 
-        self.storage = FileStorage.from_settings(settings)
+        self.storage = open_storage(settings)
         self.storage_id = self.storage.identity()
         from tunegate.db import Database
 
