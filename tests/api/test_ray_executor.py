@@ -2,7 +2,8 @@
 Ray worker with its events naming the node and log; killing the Ray worker process, or the whole
 second node, re-queues the job and it resumes from its last checkpoint; cancel and pause reach the
 remote worker; a 2-rank job is launched by Ray Train's TorchTrainer and equals one process with the
-whole batch; a node without the shared data directory fails the job with `storage_not_shared`.
+whole batch; a node without the shared data directory fails the job with `storage_not_shared`; with
+an object store the Ray task works in its node's scratch folder and only through the store.
 
 Skipped with the reason when `ray` is not installed (scripts/test.sh installs it: EXTRAS=ray)."""
 
@@ -206,3 +207,36 @@ def test_a_node_without_the_shared_storage_fails_the_job_naming_it(tmp_path, clu
         assert str(data) in job.error["message"] and "no storage marker" in job.error["message"]
         assert job.error["message"].startswith("Ray node ")
     assert not (data / "artifacts" / job_id).exists()  # nothing was written for it
+
+
+def test_with_an_object_store_the_ray_worker_uses_only_the_store(tmp_path, tiny_model_path, cluster, s3_server):
+    """TUNEGATE_STORAGE_URL: the Ray task fetches its inputs into its node's scratch folder and
+    pushes its outputs (and its log) to the store; the server serves the model from its own copy."""
+    scratch = tmp_path / "node-scratch"
+    env = tiny_server_env(
+        tiny_model_path,
+        TUNEGATE_EXECUTOR="ray",
+        TUNEGATE_RAY_ADDRESS=cluster.address,
+        TUNEGATE_RAY_NUM_CPUS="1",
+        TUNEGATE_TORCH_THREADS="1",
+        TUNEGATE_HEARTBEAT_SECONDS="0.5",
+        TUNEGATE_HEARTBEAT_TIMEOUT_SECONDS="10",
+        TUNEGATE_REGRESSION_CHECK="off",
+        TUNEGATE_WORKER_SCRATCH_DIR=str(scratch),
+        **s3_server.env("ray"),
+    )
+    with RunningServer(tmp_path / "data", env) as srv:
+        client = _client(srv)
+        job = _create(client, n_examples=16, epochs=1, batch=4)
+        done = _finished(client, job.id)
+        assert done.status == "succeeded", done.error
+        fs, prefix = s3_server.fs(), f"{s3_server.bucket}/ray/artifacts/{job.id}"
+        stored = {o[len(prefix) + 1 :] for o, i in fs.find(prefix, detail=True).items() if i.get("type") == "file"}
+        assert {"adapter/adapter_model.safetensors", "results.csv", "worker.log"} <= stored
+        assert (scratch / "artifacts" / job.id / "adapter").is_dir()
+        assert not (srv.data_dir / "artifacts" / job.id / "adapter").exists()  # not until it is served
+        r = client.chat.completions.create(
+            model=done.fine_tuned_model, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        assert r.choices[0].message.content is not None
+        assert (srv.data_dir / "artifacts" / job.id / "adapter" / "adapter_model.safetensors").is_file()
