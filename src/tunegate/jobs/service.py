@@ -198,6 +198,15 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
             "reinforcement jobs.",
             param="tunegate.n_workers",
         )
+    if settings.executor == "ray" and settings.storage_url and int(options.get("n_workers") or 1) > 1:
+        # Ray Train's ranks may run on other nodes, each needing the inputs and rank 0's outputs where
+        # the job's task reads them: only a shared filesystem gives that today.
+        raise InvalidRequestError(
+            "Data-parallel training (`tunegate.n_workers` > 1) on the Ray executor needs the storage on a "
+            "shared filesystem; with an object store (TUNEGATE_STORAGE_URL) use one worker per job.",
+            param="tunegate.n_workers",
+            code="unsupported_with_object_store",
+        )
     with db.session() as s:
         stored = [("training_file", _own_file(s, principal, body.training_file, "training_file").path)]
         if body.validation_file:
