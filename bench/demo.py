@@ -50,20 +50,32 @@ def main() -> None:
         "TRANSFORMERS_OFFLINE": "1",
     }
     for step in ("tunegate.catalog.prepare", "tunegate.evals.prepare"):  # what scripts/setup.sh does
-        prep = subprocess.run([sys.executable, "-m", step], env=env, capture_output=True, text=True)
+        t = time.monotonic()
+        prep = subprocess.run([sys.executable, "-m", step], env=env, stdout=sys.stderr, stderr=sys.stderr)
         if prep.returncode:
-            sys.exit(f"could not prepare the base model ({step}):\n{prep.stderr[-2000:]}")
+            sys.exit(f"could not prepare the base model ({step}, exit {prep.returncode}; its output is above)")
+        print(f"  set-up step {step}: {time.monotonic() - t:.0f} s (not part of the demo's time)", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "tunegate.cli.main", "demo", "--exit", "--port", str(free_port())]
         if args.epochs:
             cmd += ["--epochs", str(args.epochs)]
         start = time.monotonic()
-        run = subprocess.run(
-            cmd, env={**env, "TUNEGATE_DATA_DIR": str(Path(tmp) / "data")}, capture_output=True, text=True
+        proc = subprocess.Popen(
+            cmd,
+            env={**env, "TUNEGATE_DATA_DIR": str(Path(tmp) / "data")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
+        lines = []
+        for line in proc.stdout:  # echoed as it comes (to stderr), so a run stopped midway still shows how far it got
+            lines.append(line)
+            print(f"  demo [{time.monotonic() - start:5.0f} s] {line.rstrip()}", file=sys.stderr, flush=True)
+        proc.wait()
         wall = time.monotonic() - start
+        run = subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), "")
     if run.returncode:
-        sys.exit(f"the demo failed (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+        sys.exit(f"the demo failed (exit {run.returncode}):\n{run.stdout[-3000:]}")
     timings = re.search(r"^Timings: (.*)$", run.stdout, re.M)
     score = re.search(r"^Follows the taught format: (.*)$", run.stdout, re.M)
     share = re.search(r"^Safety gate: (.*)$", run.stdout, re.M)
@@ -81,7 +93,12 @@ def main() -> None:
             print(f"| {name} | {secs} |")
     print(f"| server start and shutdown | {wall - float(phases.get('total', 0)):.0f} |")
     print(f"| **wall time of the command** | **{wall:.0f}** |")
-    print(f"\nfollows the taught format: {score.group(1) if score else '?'}")
+    learned = re.search(r"base (\d+)/(\d+), fine-tuned (\d+)/(\d+)", score.group(1)) if score else None
+    ok = bool(learned) and int(learned.group(3)) >= 0.75 * int(learned.group(4)) and int(learned.group(1)) == 0
+    print(
+        f"\nfollows the taught format: {score.group(1) if score else '?'} "
+        f"(learned clearly: fine-tuned >= 75% and base 0 — {'PASS' if ok else 'MISS'})"
+    )
     print(f"safety gate: {share.group(1) if share else '?'}")
     print(f"wall time {wall:.0f} s (target <= {args.target:.0f} s): {'PASS' if wall <= args.target else 'MISS'}")
 
