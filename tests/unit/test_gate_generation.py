@@ -172,7 +172,7 @@ def test_after_training_steps_share_one_loaded_model(settings, adapter, tmp_path
     release_shared()
 
 
-def test_set_up_fills_the_shared_base_answers_every_job_reads(settings, adapter):
+def test_set_up_fills_the_shared_base_answers_every_job_reads(settings, adapter, tmp_path):
     """`python -m tunegate.evals.prepare` answers the gate's default suites and the regression
     check's questions once with the base model alone; a job's generator (adapter disabled) finds
     every answer cached, and they are the answers it would have generated itself."""
@@ -184,6 +184,8 @@ def test_set_up_fills_the_shared_base_answers_every_job_reads(settings, adapter)
     from tunegate.safety.jobs import gate_base_cache
     from tunegate.safety.policy import GatePolicy
 
+    # Its own model cache: the shared one may already hold the tiny model's answers from another test.
+    settings = settings.model_copy(update={"model_cache_dir": tmp_path / "models"})
     said: list[str] = []
     first = prepare_base_answers(settings, model="tiny", say=said.append)
     suites = suite_conversations(default_suites(GatePolicy()))
