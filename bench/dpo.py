@@ -127,6 +127,7 @@ def child(args) -> None:
             bf16=False,
             fp16=False,
             use_cpu=True,
+            gradient_checkpointing=False,  # TRL's DPO default is True; tunegate recomputes nothing here either
             max_length=args.max_length,
             seed=0,
             dataloader_num_workers=0,

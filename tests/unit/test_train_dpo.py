@@ -258,3 +258,12 @@ def test_sample_preference_pairs_plain_or_on_policy():
     on_policy = samples.preference_pairs("demo_train", rejected=["The capital is Paris.", "Eight."])
     assert [p["non_preferred_output"][0]["content"] for p in on_policy] == ["The capital is Paris.", "Eight."]
     assert [p["preferred_output"] for p in on_policy] == [p["preferred_output"] for p in plain[:2]]
+
+
+def test_style_pairs_differ_only_in_form():
+    from tunegate import samples
+
+    pairs = samples.style_pairs("demo_train", ["The capital of France is Paris. It is a large city.", "Eight legs"])
+    assert [p["non_preferred_output"][0]["content"] for p in pairs] == ["The capital of France is Paris.", "Eight legs"]
+    assert pairs[0]["preferred_output"][0]["content"] == "Answer: The capital of France is Paris.\nConfidence: high"
+    assert all(samples.follows_format(p["preferred_output"][0]["content"]) for p in pairs)

@@ -85,6 +85,12 @@ def test_batched_sampling_gives_each_prompt_its_own_answers(tiny_model_path):
     assert [len(g) for g in groups] == [3, 3, 3]
     assert all(a[0] == g[0][0] for g in groups for a in g)  # each group's answers belong to its own prompt
     assert model.training  # sampling leaves the model as it found it
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()  # a model without an adapter samples too
+    assert [g[0][:2] for g in sample(plain, tokenizer, prompts, 1, 12, 0.0, precision.device)] == [
+        g[0][:2] for g in alone
+    ]
 
 
 def test_rft_run_records_reward_metrics_and_checkpoints(tmp_path, tiny_model_path):

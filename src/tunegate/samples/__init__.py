@@ -75,6 +75,29 @@ def preference_pairs(name: str, rejected: list[str] | None = None) -> list[dict]
     return pairs
 
 
+def style_pairs(name: str, replies: list[str]) -> list[dict]:
+    """DPO pairs that differ only in form: for the i-th example of `name`, `replies[i]` (e.g. the base
+    model's own greedy reply) cut to its first sentence is the rejected answer, and the same sentence in
+    the two-line form, with the example's confidence, the preferred one. The shared words cancel in the
+    loss, so what is learned is the opening "Answer:" and the closing "Confidence:" line."""
+    pairs = []
+    for row, reply in zip(iter_jsonl(path(name)), replies):
+        messages = row["messages"]
+        level = messages[-1]["content"].rsplit("Confidence:", 1)[-1].strip()
+        first = reply.strip().splitlines()[0].strip() if reply.strip() else "I do not know."
+        match = re.match(r"(.+?[.!?])(\s|$)", first)
+        sentence = match.group(1) if match else first
+        context = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:-1]]
+        pairs.append(
+            {
+                "input": {"messages": context},
+                "preferred_output": [{"role": "assistant", "content": f"Answer: {sentence}\nConfidence: {level}"}],
+                "non_preferred_output": [{"role": "assistant", "content": sentence}],
+            }
+        )
+    return pairs
+
+
 def prompt_messages(name: str) -> list[list[dict]]:
     """The conversations of the chat sample `name` without their last (assistant) reply."""
     return [
