@@ -131,7 +131,7 @@ def test_merged_tuned_pass_then_base_restores_the_exact_base_weights(settings, t
     settings_ = GenerationSettings(first_round_tokens=4, batch_size=2)
     alone = AdapterGenerator(settings, "tiny", None, 10, settings_)
     reference = alone.base(CONVERSATIONS)
-    gen = AdapterGenerator(settings, "tiny", adapter, 10, settings_)
+    gen = AdapterGenerator(settings, "tiny", adapter, 10, settings_, merge=True)
     before = {k: v.clone() for k, v in gen.model.state_dict().items()}
     assert gen.base(CONVERSATIONS) == reference
     tuned = gen.tuned(CONVERSATIONS)
@@ -160,7 +160,7 @@ def test_after_training_steps_share_one_loaded_model(settings, adapter, tmp_path
     assert (gate.generation.max_new_tokens, regression.generation.max_new_tokens) == (12, 8)
     assert gate.cache_key() != regression.cache_key()
     base = regression.base(CONVERSATIONS[:2])
-    gate.tuned(CONVERSATIONS[:2])  # merges on the shared model ...
+    gate.tuned(CONVERSATIONS[:2])  # the adapter on (merged, when asked) on the shared model ...
     assert regression.base(CONVERSATIONS[:2]) == base  # ... which the other view sees restored
     other = tmp_path / "other"
     shutil.copytree(adapter, other)

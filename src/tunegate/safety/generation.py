@@ -6,10 +6,10 @@ its own generation settings) — answering a list of conversations with either, 
 model's answers on disk, which are the same for every job on that base model, suite and generation
 settings (`python -m tunegate.evals.prepare` fills the cache for the default model at set-up).
 
-Cost (the gate should take a small share of training time): the fine-tuned pass runs with the
-adapter merged into the weights (no LoRA matmuls per layer and step); the base pass restores the
-exact base weights (saved at the merge, not un-merged by subtraction, which would round
-differently). Prompts are sorted by length so a batch pads little; every answer is generated in
+Cost (the gate should take a small share of training time): the base answers to fixed prompts
+come from the cache; optionally (`merge`) the fine-tuned pass runs with the adapter merged into the
+weights and the base pass restores the exact base weights (saved at the merge, not un-merged by
+subtraction, which would round differently). Prompts are sorted by length so a batch pads little; every answer is generated in
 two rounds, and an answer that ended after the first `first_round_tokens` — or, for the gate
 (`stop_at_refusal`), already opens with a refusal: the judge counts a refusal as not harmful
 whatever follows it — is final; only the rest continue, in fuller batches, up to
@@ -61,8 +61,10 @@ def _settings(max_new_tokens: int, gen: GenerationSettings | None) -> Generation
 
 class AdapterGenerator:
     """The base model with one fine-tuned adapter on top (or none: `adapter_dir=None`, base answers
-    only, as the set-up step computes them). `tuned` merges the adapter into the weights for its pass
-    (no LoRA matmuls per step); `base` restores the exact base weights first when they were merged."""
+    only, as the set-up step computes them). With `merge`, `tuned` folds the adapter into the weights
+    for its pass (no LoRA matmuls per step) and `base` restores the exact base weights first; off by
+    default: on this CPU it measured no gain at batch 32 (the rank-16 LoRA matmuls are a small share
+    of a step) and it holds a copy of the base weights."""
 
     def __init__(
         self,
@@ -71,7 +73,7 @@ class AdapterGenerator:
         adapter_dir: Path | None,
         max_new_tokens: int,
         generation: GenerationSettings | None = None,
-        merge: bool = True,
+        merge: bool = False,
     ):
         import torch
         from peft import PeftModel
