@@ -92,6 +92,7 @@ class AdapterGenerator:
         self.merge = merge and adapter_dir is not None
         self._state = "base"  # or "merged": the adapter is folded into the weights
         self._saved: dict = {}  # the base weights the merge overwrote, restored exactly for `base`
+        self._shared: AdapterGenerator | None = None  # a `configured` view's owner of the model
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
         self.generated_tokens = 0  # new tokens computed (padding rows included): what the gate's time goes to
 
@@ -104,7 +105,7 @@ class AdapterGenerator:
         return view
 
     def _owner(self) -> AdapterGenerator:
-        return getattr(self, "_shared", self)
+        return self._shared or self
 
     def _use(self, state: str) -> None:
         """Put the weights in `state` ("merged" or "base"), on the object that owns the model."""
