@@ -135,3 +135,29 @@ def test_upload_limits_leave_nothing_behind(server):
     assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
     tmp = server.data_dir / "files" / ".tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("read", ["validation", "list_after"])
+def test_an_expired_file_read_by_any_route_is_gone_with_its_bytes(server, read):
+    import time
+
+    import sqlalchemy
+
+    client = server.client(server.key_a)
+    f = client.files.create(file=("old.jsonl", io.BytesIO(b'{"custom_id": "a"}\n')), purpose="batch")
+    url = server.env.get("TUNEGATE_DATABASE_URL") or f"sqlite:///{server.data_dir / 'tunegate.db'}"
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        key = conn.execute(sqlalchemy.text("SELECT path FROM files WHERE id = :id"), {"id": f.id}).scalar_one()
+        conn.execute(
+            sqlalchemy.text("UPDATE files SET expires_at = :t WHERE id = :id"), {"t": int(time.time()) - 1, "id": f.id}
+        )
+    stored = server.data_dir / key
+    assert stored.exists()
+    headers = {"Authorization": f"Bearer {server.key_a}"}
+    if read == "validation":
+        r = httpx.get(f"{server.base_url}/files/{f.id}/validation", headers=headers)
+    else:
+        r = httpx.get(f"{server.base_url}/files", params={"after": f.id}, headers=headers)
+    assert r.status_code == 404 and r.json()["error"]["param"]
+    assert not stored.exists()  # expiry removes the bytes whichever route found it, not only the row

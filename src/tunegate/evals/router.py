@@ -86,7 +86,7 @@ async def create_run(
         eval_id,
         body,
         _resolver(request, principal),
-        lambda file_id: get_file(db, principal, file_id),
+        lambda file_id: get_file(db, principal, file_id, settings),
     )
     runner = getattr(request.app.state, "eval_runner", None)
     if runner is not None:

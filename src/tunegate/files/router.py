@@ -138,19 +138,20 @@ async def _upload(request: Request, db, settings, principal):
     else:
         with db.session() as s:
             s.get(type(row), row.id).status = "processed"
-    return service.to_object(service.get(db, principal, row.id))
+    return service.to_object(service.get(db, principal, row.id, settings))
 
 
 @router.get("")
 def list_files(
     db: DbDep,
+    settings: SettingsDep,
     principal: PrincipalDep,
     purpose: str | None = None,
     limit: int = Query(10000, description="1..10000"),
     order: str = "desc",
     after: str | None = None,
 ):
-    rows = service.list_files(db, principal, purpose=purpose, limit=limit, order=order, after=after)
+    rows = service.list_files(db, settings, principal, purpose=purpose, limit=limit, order=order, after=after)
     has_more = len(rows) > limit
     data = [service.to_object(r) for r in rows[:limit]]
     return {
@@ -179,9 +180,9 @@ def file_content(file_id: str, db: DbDep, settings: SettingsDep, principal: Prin
 
 
 @router.get("/{file_id}/validation")
-def file_validation(file_id: str, db: DbDep, principal: PrincipalDep):
+def file_validation(file_id: str, db: DbDep, settings: SettingsDep, principal: PrincipalDep):
     """The full validation report (all problems with line numbers, token statistics)."""
-    row = service.get(db, principal, file_id)
+    row = service.get(db, principal, file_id, settings)
     if row.validation is None:
         if row.purpose != "fine-tune":
             raise InvalidRequestError(

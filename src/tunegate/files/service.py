@@ -239,20 +239,13 @@ def summarize_errors(report: dict[str, Any], n: int = 5) -> str:
     return f"{total} problem(s): " + "; ".join(parts) + more
 
 
-def _remove_bytes(settings: Settings | None, row: File) -> None:
-    if settings is not None:
-        open_storage(settings).remove(row.path)
-    elif Path(row.path).is_absolute():  # a caller without settings can still drop a local path
-        Path(row.path).unlink(missing_ok=True)
-
-
-def get(db: Database, principal: Principal, file_id: str, settings: Settings | None = None) -> File:
+def get(db: Database, principal: Principal, file_id: str, settings: Settings) -> File:
     with db.session() as s:
         row = s.get(File, file_id)
     if row is not None and _expired(row):  # expiry is enforced on every read; the bytes go at once
         with db.session() as s:
             s.delete(s.get(File, row.id))
-        _remove_bytes(settings, row)
+        open_storage(settings).remove(row.path)
         row = None
     # Another organisation's file answers exactly like a file that does not exist.
     if row is None or row.org_id != principal.org_id:
@@ -261,7 +254,14 @@ def get(db: Database, principal: Principal, file_id: str, settings: Settings | N
 
 
 def list_files(
-    db: Database, principal: Principal, *, purpose: str | None, limit: int, order: str, after: str | None
+    db: Database,
+    settings: Settings,
+    principal: Principal,
+    *,
+    purpose: str | None,
+    limit: int,
+    order: str,
+    after: str | None,
 ) -> list[File]:
     if order not in ("asc", "desc"):
         raise InvalidRequestError("`order` must be `asc` or `desc`.", param="order")
@@ -271,18 +271,18 @@ def list_files(
     if purpose:
         q = q.where(File.purpose == purpose)
     if after:
-        cursor = get(db, principal, after)
+        cursor = get(db, principal, after, settings)
         q = q.where(File.created_ns < cursor.created_ns if order == "desc" else File.created_ns > cursor.created_ns)
     q = q.order_by(File.created_ns.desc() if order == "desc" else File.created_ns).limit(limit + 1)
     with db.session() as s:
         return list(s.scalars(q))
 
 
-def delete(db: Database, principal: Principal, file_id: str, settings: Settings | None = None) -> None:
+def delete(db: Database, principal: Principal, file_id: str, settings: Settings) -> None:
     row = get(db, principal, file_id, settings)
     with db.session() as s:
         s.delete(s.get(File, file_id))
-    _remove_bytes(settings, row)
+    open_storage(settings).remove(row.path)
     record(db, "file.deleted", org_id=principal.org_id, actor=principal.key_id, object_id=file_id)
 
 
