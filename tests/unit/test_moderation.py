@@ -99,6 +99,40 @@ def test_response_parses_into_the_official_sdk_types(classifier, safety_settings
     assert 0.0 <= sdk.results[1].category_scores.violence <= 1.0
 
 
+def test_a_chat_turn_is_judged_on_one_thread_and_scores_as_in_a_batch(classifier, safety_settings):
+    """A few messages run the encoder on one intra-op thread (the caller's count comes back after),
+    and a message scores the same alone as inside a large batch on the caller's threads."""
+    import torch
+
+    from tunegate.safety.moderation import SMALL_BATCH, get_moderator
+
+    moderator = get_moderator(safety_settings)
+    seen: list[int] = []
+    encoder = moderator.classifier.encoder
+    embed = encoder.embed
+
+    def spy(texts, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return embed(texts, *args, **kwargs)
+
+    texts = ["I will hurt you and your family tonight.", "Kill the process and restart the server."]
+    filler = [f"Sentence number {i} about the weather and gardens." for i in range(SMALL_BATCH + 4)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        encoder.embed = spy
+        alone = moderator.moderate(texts)
+        batched = moderator.moderate(texts + filler)[: len(texts)]
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        encoder.embed = embed
+        torch.set_num_threads(before)
+    for a, b in zip(alone, batched):
+        assert a.flagged == b.flagged
+        for k, v in a.category_scores.model_dump().items():
+            assert abs(v - b.category_scores.model_dump()[k]) < 1e-4
+
+
 def test_held_out_metrics_recomputed_stay_above_documented_floors(classifier):
     from tunegate.safety.training import evaluate
 
