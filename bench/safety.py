@@ -94,13 +94,13 @@ def agreement_rows(moderator) -> list[tuple[str, str, str]]:
 
 
 def _load_seconds() -> tuple[float, float]:
-    """The moderator's load in a fresh process: (with torch and transformers already imported, as in a
-    server whose engine imported them; everything from a cold interpreter)."""
+    """The moderator's load in a fresh process: (after the libraries a server imports before its
+    moderator warm-up, `preload_libraries`; everything from a cold interpreter)."""
     import subprocess
 
     code = (
-        "import time; t0 = time.perf_counter(); import torch, transformers; "
-        "from transformers import AutoModel, AutoTokenizer; t1 = time.perf_counter(); "
+        "import time; t0 = time.perf_counter(); from tunegate.catalog.registry import preload_libraries; "
+        "preload_libraries(); t1 = time.perf_counter(); "
         "from tunegate.safety.classifier import load_classifier; load_classifier().moderate(['hello']); "
         "t2 = time.perf_counter(); print(t2 - t1, t2 - t0)"
     )
@@ -135,7 +135,7 @@ def latency_rows(moderator) -> list[tuple[str, str, str]]:
         (
             "moderator load (fresh process, median of 3; first moderation included)",
             f"{warm:.2f} s",
-            f"with torch + transformers imported first, as in a server; {cold:.2f} s from a cold interpreter",
+            f"after the libraries a server imports first (`preload_libraries`); {cold:.2f} s from a cold interpreter",
         ),
         (
             "moderation latency per chat message, one at a time",
