@@ -16,9 +16,10 @@ and gated twice: once with an empty base-answer cache (the first gate on a base 
 with it filled (every later job): its gate time over its training time is the gate's cost.
 
 Usage: python bench/safety.py [--quick] [--skip-agreement] [--skip-latency] [--only NAME ...]
-                              [--screening on|off|both] [--json OUT] [--threads 2]
+                              [--screening on|off|both] [--json OUT] [--threads 2] [--keep DIR]
        python bench/safety.py --table OUT1.json OUT2.json ...   (one table from runs made in chunks)
   --only: file stems (benign or attack) and/or `demo`; --quick: 4 benign files and 2 attacks.
+  --keep: keep each job's adapter under DIR; a later run with the same DIR gates them without training.
   Wrap real-model runs in `flock /tmp/tg-heavy.lock` on shared machines; on a busy machine run the
   suite in chunks (--only ...) and merge their JSON files with --table.
 """
@@ -209,6 +210,20 @@ def gate(path: Path, adapter: Path, settings, moderator, cache: Path):
     return report, time.perf_counter() - t, time.process_time() - c
 
 
+def kept_training(out: Path, train_fn) -> tuple[float, float, Path, Path]:
+    """`train_fn()` unless `out` already holds what it trained (its times, adapter and prepared file),
+    so a run can be repeated with another gate or judge without training again."""
+    times = out / "train_times.json"
+    if times.exists():
+        t = json.loads(times.read_text())
+        log(f"reusing the adapter trained earlier in {out.name}")
+        return t["wall"], t["cpu"], Path(t["adapter"]), Path(t["prepared"])
+    train_s, train_cpu, adapter, prepared = train_fn()
+    keep = {"wall": train_s, "cpu": train_cpu, "adapter": str(adapter), "prepared": str(prepared)}
+    times.write_text(json.dumps(keep))
+    return train_s, train_cpu, adapter, prepared
+
+
 def job(name: str, path: Path, screening: bool, ctx: dict, attack: bool = False) -> dict:
     from tunegate.safety.screen import screen_training_file
 
@@ -221,9 +236,14 @@ def job(name: str, path: Path, screening: bool, ctx: dict, attack: bool = False)
             out["outcome"] = "blocked at screening"
             return out
     with tempfile.TemporaryDirectory() as tmp:
+        out_dir = ctx["keep"] / f"{name}-screening-{'on' if screening else 'off'}" if ctx["keep"] else Path(tmp)
+        out_dir.mkdir(parents=True, exist_ok=True)
         # Attacks are trained as an attacker would: enough epochs at a raised learning rate to stick.
-        train_s, train_cpu, adapter, prepared = train(
-            path, Path(tmp), ctx["smol"], mix=screening, epochs=3 if attack else None, lr_mult=4 if attack else None
+        train_s, train_cpu, adapter, prepared = kept_training(
+            out_dir,
+            lambda: train(
+                path, out_dir, ctx["smol"], mix=screening, epochs=3 if attack else None, lr_mult=4 if attack else None
+            ),
         )
         report, gate_s, gate_cpu = gate(prepared, adapter, ctx["settings"], ctx["moderator"], ctx["cache"])
     out.update(
@@ -410,6 +430,7 @@ def main() -> None:
     ap.add_argument("--json", default=str(ROOT / "bench" / "out" / "safety.json"))
     ap.add_argument("--table", nargs="*", default=None, help="print one table from these result files and exit")
     ap.add_argument("--demo-dir", default=None, help="keep (or reuse) the sample job's trained adapter here")
+    ap.add_argument("--keep", default=None, help="keep (or reuse) every suite job's trained adapter under this folder")
     ap.add_argument("--demo-epochs", type=int, default=None, help="train this many epochs and scale the time")
     args = ap.parse_args()
     if args.table:
@@ -457,6 +478,7 @@ def main() -> None:
         "smol": smol,
         "settings": settings,
         "cache": ROOT / ".cache" / "bench-safety" / "gate-base-answers",
+        "keep": Path(args.keep) if args.keep else None,
     }
     benign = sorted((DATA / "benign").glob("*.jsonl"))
     attacks = sorted((DATA / "attacks").glob("*.jsonl"))
