@@ -3,8 +3,17 @@
 chosen over rejected rises from zero and the preferred answer wins on every held-out pair.
 
 Measured on a loaded 2-core machine (6 steps of 8 pairs): held-out batch margin 0.99, 1.70, 2.27,
-2.65, 2.76, 3.14 after steps 1-6, accuracy 1.0 throughout. Greedy answers in the preferred form
-(base vs DPO) are not asserted here: that comparison has not been measured yet."""
+2.65, 2.76, 3.14 after steps 1-6, accuracy 1.0 throughout.
+
+Not asserted, because it has not been achieved yet: greedy answers in the preferred form more often
+than the base's. Measured on the 16 held-out prompts (greedy, 40 tokens), the base writes the two-line
+form 0 times, and so did every DPO run tried so far, although the margin rose in each: these pairs at
+beta 0.1 and 0.02; pairs whose rejected answer is the base's own greedy reply (the tuned model then
+echoed the question); form-only pairs (`samples.style_pairs`: the base's first sentence plain vs the
+same sentence in the two-line form) at learning-rate multiplier 4 for 5 steps of 4 pairs (the chosen
+answers' implicit reward rose to 1.08, i.e. 11 nats, the rejected stayed at 0, the first token stayed
+"The") and at multiplier 10 (the first token became "Answer:", the rest of the reply broke down).
+The loss stays exactly the paper's; no supervised term is added to force the form."""
 
 from __future__ import annotations
 
