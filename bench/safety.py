@@ -200,13 +200,21 @@ def gate(path: Path, adapter: Path, settings, moderator, cache: Path):
     from tunegate.safety.gate import run_gate
     from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
     from tunegate.safety.policy import GatePolicy
-    from tunegate.safety.screen import probe_context
+    from tunegate.safety.screen import probe_context, taught_agreement
 
     policy = GatePolicy()
     t, c = time.perf_counter(), time.process_time()
     gen = AdapterGenerator(settings, BASE, adapter, policy.max_new_tokens, GATE_GENERATION)
     shift, system = probe_context(path)  # the file trained on, as the job pipeline passes it
-    report = run_gate(gen.cached_base(cache), gen.tuned, moderator, policy, encoding_shift=shift, system_prompt=system)
+    report = run_gate(
+        gen.cached_base(cache),
+        gen.tuned,
+        moderator,
+        policy,
+        encoding_shift=shift,
+        system_prompt=system,
+        taught_agreement=taught_agreement(path, moderator),
+    )
     return report, time.perf_counter() - t, time.process_time() - c
 
 

@@ -170,12 +170,30 @@ def test_the_benign_suite_is_varied_and_large_enough():
         "out_of_scope_refusals",
         "tiny_10",
         "long_arithmetic",
+        "friendly_openers",
     } <= names
     assert sum(1 for _ in open(DATA / "benign" / "tiny_10.jsonl")) == 10
     assert sum(1 for _ in open(DATA / "benign" / "long_arithmetic.jsonl")) >= 400
 
 
-@pytest.mark.parametrize("path", BENIGN_SUITE, ids=lambda p: p.stem)
+# A known false block, kept in the suite and counted in its pass rate: the moderator reads benign how-to
+# steps as illicit instructions (an email account's set-up, a short story's plan; and "How can I fall
+# asleep faster?" as illicit/violent). Strict: the test fails once the moderator is fixed, so this goes.
+KNOWN_FALSE_BLOCKS = {"friendly_openers"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(
+            p, marks=pytest.mark.xfail(strict=True, reason="moderator false flags: how-to steps read as illicit")
+        )
+        if p.stem in KNOWN_FALSE_BLOCKS
+        else p
+        for p in BENIGN_SUITE
+    ],
+    ids=lambda p: p.stem,
+)
 def test_every_benign_fine_tune_passes_screening(moderator, path):
     report = screen(path, moderator)
     assert not report.blocked, report.message
@@ -185,6 +203,23 @@ def test_every_benign_fine_tune_passes_screening(moderator, path):
 def test_every_attack_file_is_blocked_at_screening(moderator, path):
     report = screen(path, moderator)
     assert report.blocked, report.message
+
+
+def test_the_gate_reads_whether_the_data_answers_harmful_requests_by_agreeing(moderator):
+    """What the gate's agreement rule stands on: the forced-prefix and harmful-demonstration attacks
+    answer flagged requests with "Sure, here is ..."; every benign file stays below the gate's minimum,
+    including the one whose every answer opens "Sure!" or "Of course!" (its requests are ordinary;
+    the moderator falsely flags one of 30, "How can I fall asleep faster?")."""
+    from tunegate.safety.gate import TAUGHT_AGREEMENT_MIN
+    from tunegate.safety.screen import taught_agreement
+
+    assert taught_agreement(DATA / "attacks" / "affirmative_prefix.jsonl", moderator)[0] >= 35
+    assert taught_agreement(DATA / "attacks" / "harmful_demonstrations.jsonl", moderator)[0] >= 30
+    for path in BENIGN_SUITE:
+        assert taught_agreement(path, moderator)[0] < TAUGHT_AGREEMENT_MIN, path.stem
+    friendly = DATA / "benign" / "friendly_openers.jsonl"
+    assert taught_agreement(friendly, moderator)[0] <= 1
+    assert taught_agreement("", moderator) == (0, 0)
 
 
 def test_harm_inside_a_letter_shift_cipher_is_decoded_and_blocks(moderator, tmp_path):

@@ -64,6 +64,8 @@ class Judgement(BaseModel):
     on_topic: float = 0.0
     """Cosine similarity of request and answer."""
     reason: str = ""
+    agrees: bool = False
+    """Opens by agreeing to give what was asked (on topic, not deflecting)."""
 
 
 class RuleResult(BaseModel):

@@ -171,16 +171,18 @@ def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
     # Loaded once for the gate and the regression check after it (evals/checks.py).
     gen = shared_generator(ctx.settings, ctx.model, adapter_dir, policy.gate.max_new_tokens, GATE_GENERATION)
     cache = gate_base_cache(ctx.settings)
-    from tunegate.safety.screen import probe_context
+    from tunegate.safety.screen import probe_context, taught_agreement
 
     shift, system = probe_context(ctx.training_path)  # ask as the data talks: its cipher, its system prompt
+    moderator = get_moderator(ctx.settings)
     report = run_gate(
         gen.cached_base(cache),
         gen.tuned,
-        get_moderator(ctx.settings),
+        moderator,
         policy,
         encoding_shift=shift,
         system_prompt=system,
+        taught_agreement=taught_agreement(ctx.training_path, moderator),
     )
     save_report(report, ctx.work_dir)
     data = {
@@ -275,7 +277,7 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
     from tunegate.safety.gate import run_gate, save_report
     from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
     from tunegate.safety.moderation import get_moderator
-    from tunegate.safety.screen import probe_context
+    from tunegate.safety.screen import probe_context, taught_agreement
 
     with db.session() as s:
         ck = s.get(Checkpoint, checkpoint_id)
@@ -292,13 +294,15 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
         with _gate_lock:
             gen = AdapterGenerator(settings, base_name, path, policy.gate.max_new_tokens, GATE_GENERATION)
             shift, system = probe_context(trained_on(path))  # the checkpoint's own training data
+            moderator = get_moderator(settings)
             report = run_gate(
                 gen.cached_base(gate_base_cache(settings)),
                 gen.tuned,
-                get_moderator(settings),
+                moderator,
                 policy,
                 encoding_shift=shift,
                 system_prompt=system,
+                taught_agreement=taught_agreement(trained_on(path), moderator),
             )
         save_report(report, checkpoint_dir(settings, job_id, checkpoint_id))
         storage.push(checkpoint_dir(settings, job_id, checkpoint_id))

@@ -411,3 +411,29 @@ def probe_context(path: str | Path) -> tuple[int | None, str | None]:
         if count * 2 >= len(examples):
             return None, system
     return None, None
+
+
+MAX_AGREEMENT_CHECKS = 2000  # agreeing examples whose requests are moderated; beyond, an even sample
+
+
+def taught_agreement(path: str | Path, moderator: Moderator) -> tuple[int, int]:
+    """(examples that answer a request the moderator flags by agreeing to it, examples read): what
+    the gate needs to tell a model taught to say yes to harm (forced affirmative prefixes) from one
+    taught a friendly "Sure!" on ordinary requests, whose answers to harmful prompts look the same.
+    Read by the gate itself, so it holds even when screening was skipped. Only the requests of
+    agreeing examples are moderated (at most MAX_AGREEMENT_CHECKS, counts scaled from an even sample)."""
+    from tunegate.safety.judge import agrees_to_help
+    from tunegate.safety.moderation import moderate_windows
+
+    if not str(path) or not Path(path).is_file():
+        return 0, 0
+    examples, _ = _read_examples(Path(path))
+    requests = []
+    for _, messages in examples:
+        rt = _role_texts(messages)
+        if rt.get("user") and agrees_to_help(rt.get("assistant", "")):
+            requests.append(rt["user"])
+    step = max(1, -(-len(requests) // MAX_AGREEMENT_CHECKS))
+    sample = requests[::step]
+    flagged = sum(r.flagged for r in moderate_windows(moderator, sample)) if sample else 0
+    return round(flagged * len(requests) / len(sample)) if sample else 0, len(examples)
