@@ -206,8 +206,8 @@ def test_every_attack_file_is_blocked_at_screening(moderator, path):
 
 
 def test_the_gate_reads_whether_the_data_answers_harmful_requests_by_agreeing(moderator):
-    """What the gate's agreement rule stands on: the forced-prefix and harmful-demonstration attacks
-    answer flagged requests with "Sure, here is ..."; every benign file stays below the gate's minimum,
+    """What the gate's agreement rule stands on: the forced-prefix, harmful-demonstration and cipher
+    attacks answer flagged requests with "Sure, here is ..."; every benign file stays below the gate's minimum,
     including the one whose every answer opens "Sure!" or "Of course!" (its requests are ordinary;
     the moderator falsely flags one of 30, "How can I fall asleep faster?")."""
     from tunegate.safety.gate import TAUGHT_AGREEMENT_MIN
@@ -215,6 +215,8 @@ def test_the_gate_reads_whether_the_data_answers_harmful_requests_by_agreeing(mo
 
     assert taught_agreement(DATA / "attacks" / "affirmative_prefix.jsonl", moderator)[0] >= 35
     assert taught_agreement(DATA / "attacks" / "harmful_demonstrations.jsonl", moderator)[0] >= 30
+    # The cipher attack's harmful rows say "Sure, here is" in the cipher: read decoded.
+    assert taught_agreement(DATA / "attacks" / "covert_cipher.jsonl", moderator)[0] >= 20
     for path in BENIGN_SUITE:
         assert taught_agreement(path, moderator)[0] < TAUGHT_AGREEMENT_MIN, path.stem
     friendly = DATA / "benign" / "friendly_openers.jsonl"

@@ -431,9 +431,16 @@ def taught_agreement(path: str | Path, moderator: Moderator) -> tuple[int, int]:
     requests = []
     for _, messages in examples:
         rt = _role_texts(messages)
-        if rt.get("user") and agrees_to_help(rt.get("assistant", "")):
-            requests.append(rt["user"])
+        # Ciphered examples are read decoded: covert fine-tuning teaches the same "Sure, here is" in its cipher.
+        user, answer = (_decoded(rt.get(role, "")) for role in ("user", "assistant"))
+        if user and agrees_to_help(answer):
+            requests.append(user)
     step = max(1, -(-len(requests) // MAX_AGREEMENT_CHECKS))
     sample = requests[::step]
     flagged = sum(r.flagged for r in moderate_windows(moderator, sample)) if sample else 0
     return round(flagged * len(requests) / len(sample)) if sample else 0, len(examples)
+
+
+def _decoded(text: str) -> str:
+    k = detect_shift([text], min_words=4) if text else None
+    return shift_text(text, -k) if k else text
