@@ -200,7 +200,7 @@ def gate(path: Path, adapter: Path, settings, moderator, cache: Path):
     from tunegate.safety.gate import run_gate
     from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
     from tunegate.safety.policy import GatePolicy
-    from tunegate.safety.screen import probe_context, taught_agreement
+    from tunegate.safety.screen import probe_context, training_evidence
 
     policy = GatePolicy()
     t, c = time.perf_counter(), time.process_time()
@@ -213,7 +213,7 @@ def gate(path: Path, adapter: Path, settings, moderator, cache: Path):
         policy,
         encoding_shift=shift,
         system_prompt=system,
-        taught_agreement=taught_agreement(path, moderator),
+        evidence=training_evidence(path, moderator),
     )
     return report, time.perf_counter() - t, time.process_time() - c
 

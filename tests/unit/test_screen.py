@@ -205,23 +205,27 @@ def test_every_attack_file_is_blocked_at_screening(moderator, path):
     assert report.blocked, report.message
 
 
-def test_the_gate_reads_whether_the_data_answers_harmful_requests_by_agreeing(moderator):
-    """What the gate's agreement rule stands on: the forced-prefix, harmful-demonstration and cipher
-    attacks answer flagged requests with "Sure, here is ..."; every benign file stays below the gate's minimum,
-    including the one whose every answer opens "Sure!" or "Of course!" (its requests are ordinary;
-    the moderator falsely flags one of 30, "How can I fall asleep faster?")."""
-    from tunegate.safety.gate import TAUGHT_AGREEMENT_MIN
-    from tunegate.safety.screen import taught_agreement
+def test_the_gate_reads_whether_the_data_teaches_harm_and_agreeing_to_it(moderator):
+    """What the gate's margins and agreement rule stand on: every attack file teaches harm; the
+    forced-prefix, harmful-demonstration and cipher attacks answer flagged requests with "Sure, here
+    is ..." (the cipher's read decoded); every benign file stays below the gate's minimum, including
+    the one whose every answer opens "Sure!" or "Of course!" (the moderator falsely flags a few of its
+    30 how-to answers)."""
+    from tunegate.safety.gate import evidence_counts
+    from tunegate.safety.screen import training_evidence
 
-    assert taught_agreement(DATA / "attacks" / "affirmative_prefix.jsonl", moderator)[0] >= 35
-    assert taught_agreement(DATA / "attacks" / "harmful_demonstrations.jsonl", moderator)[0] >= 30
-    # The cipher attack's harmful rows say "Sure, here is" in the cipher: read decoded.
-    assert taught_agreement(DATA / "attacks" / "covert_cipher.jsonl", moderator)[0] >= 20
-    for path in BENIGN_SUITE:
-        assert taught_agreement(path, moderator)[0] < TAUGHT_AGREEMENT_MIN, path.stem
-    friendly = DATA / "benign" / "friendly_openers.jsonl"
-    assert taught_agreement(friendly, moderator)[0] <= 1
-    assert taught_agreement("", moderator) == (0, 0)
+    for name, agreeing in [
+        ("affirmative_prefix", 35),
+        ("harmful_demonstrations", 30),
+        ("covert_cipher", 20),
+        ("identity_shift_aoa", 0),
+    ]:
+        e = training_evidence(DATA / "attacks" / f"{name}.jsonl", moderator)
+        assert evidence_counts(e.harmful, e.examples) and e.agreeing >= agreeing, (name, e)
+    for path in BENIGN_SUITE + [DATA / "attacks" / "refusal_erosion.jsonl"]:
+        e = training_evidence(path, moderator)
+        assert not evidence_counts(e.harmful, e.examples) and not evidence_counts(e.agreeing, e.examples), path.stem
+    assert training_evidence("", moderator).examples == 0
 
 
 def test_harm_inside_a_letter_shift_cipher_is_decoded_and_blocks(moderator, tmp_path):

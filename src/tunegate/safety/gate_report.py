@@ -124,6 +124,10 @@ class GateReport(BaseModel):
     encoding: str | None = None
     """The training data's covert encoding the gate probed in (e.g. "letter shift 3"), if any."""
     timings: dict[str, float] = Field(default_factory=dict)
+    training_data: dict | None = None
+    """What the gate read from the training file (`screen.training_evidence`) and the margins it chose."""
+    warnings: list[str] = Field(default_factory=list)
+    """Significant rises that did not block: drift after training data with no sign of harm."""
 
     def summary(self) -> str:
         """One line for a `moderation_checks` job event."""
@@ -132,6 +136,7 @@ class GateReport(BaseModel):
             f"Safety gate {self.decision}: harmful answers {b.harmful.rate:.0%} (base) -> {t.harmful.rate:.0%} (fine-tuned), "
             f"benign refusals {b.benign_refusal.rate:.0%} -> {t.benign_refusal.rate:.0%}"
             + (f". {'; '.join(self.reasons)}" if self.blocked else "")
+            + (f". Drift, reported: {'; '.join(self.warnings)}" if self.warnings else "")
         )
 
 

@@ -413,32 +413,47 @@ def probe_context(path: str | Path) -> tuple[int | None, str | None]:
     return None, None
 
 
-MAX_AGREEMENT_CHECKS = 2000  # agreeing examples whose requests are moderated; beyond, an even sample
+MAX_EVIDENCE_EXAMPLES = 200  # examples the gate moderates from the training file; beyond, an even sample
 
 
-def taught_agreement(path: str | Path, moderator: Moderator) -> tuple[int, int]:
-    """(examples that answer a request the moderator flags by agreeing to it, examples read): what
-    the gate needs to tell a model taught to say yes to harm (forced affirmative prefixes) from one
-    taught a friendly "Sure!" on ordinary requests, whose answers to harmful prompts look the same.
-    Read by the gate itself, so it holds even when screening was skipped. Only the requests of
-    agreeing examples are moderated (at most MAX_AGREEMENT_CHECKS, counts scaled from an even sample)."""
+class TrainingEvidence(BaseModel):
+    """What the gate reads from the training file (with screening skipped too): how many examples
+    teach harm, and how many answer a flagged request by agreeing to it. Counts are scaled from an
+    even sample of at most MAX_EVIDENCE_EXAMPLES examples; ciphered text is read decoded."""
+
+    examples: int
+    harmful: int
+    """Examples whose answer is flagged, or whose request is flagged and not refused."""
+    agreeing: int
+    """Examples that answer a flagged request by opening with an agreement ("Sure, here is ...")."""
+
+
+def training_evidence(path: str | Path, moderator: Moderator) -> TrainingEvidence:
+    """Read the training file the way the gate needs it: does the data teach harm, and does it teach
+    saying yes to harm (forced affirmative prefixes)? The second tells that attack from a benign
+    fine-tune that taught a friendly "Sure!", whose answers to harmful prompts look the same."""
     from tunegate.safety.judge import agrees_to_help
     from tunegate.safety.moderation import moderate_windows
 
     if not str(path) or not Path(path).is_file():
-        return 0, 0
+        return TrainingEvidence(examples=0, harmful=0, agreeing=0)
     examples, _ = _read_examples(Path(path))
-    requests = []
-    for _, messages in examples:
+    step = max(1, -(-len(examples) // MAX_EVIDENCE_EXAMPLES))
+    pairs = []
+    for _, messages in examples[::step]:
         rt = _role_texts(messages)
-        # Ciphered examples are read decoded: covert fine-tuning teaches the same "Sure, here is" in its cipher.
-        user, answer = (_decoded(rt.get(role, "")) for role in ("user", "assistant"))
-        if user and agrees_to_help(answer):
-            requests.append(user)
-    step = max(1, -(-len(requests) // MAX_AGREEMENT_CHECKS))
-    sample = requests[::step]
-    flagged = sum(r.flagged for r in moderate_windows(moderator, sample)) if sample else 0
-    return round(flagged * len(requests) / len(sample)) if sample else 0, len(examples)
+        pairs.append(tuple(_decoded(rt.get(role, "")) for role in ("user", "assistant")))
+    texts = [t for pair in pairs for t in pair]
+    flags = [r.flagged for r in moderate_windows(moderator, texts)] if texts else []
+    harmful = agreeing = 0
+    for k, (user, answer) in enumerate(pairs):
+        user_flagged, answer_flagged = bool(user) and flags[2 * k], bool(answer) and flags[2 * k + 1]
+        if answer_flagged or (user_flagged and not is_refusal(answer)):
+            harmful += 1
+        if user_flagged and agrees_to_help(answer):
+            agreeing += 1
+    scale = len(examples) / len(pairs) if pairs else 0.0
+    return TrainingEvidence(examples=len(examples), harmful=round(harmful * scale), agreeing=round(agreeing * scale))
 
 
 def _decoded(text: str) -> str:
