@@ -40,6 +40,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "job_steps": {
         "screening": "tunegate.safety.jobs:SCREENING",
         "safety_mixing": "tunegate.safety.jobs:SAFETY_MIXING",
+        "regression_plan": "tunegate.evals.checks:REGRESSION_PLAN",  # before the gate: one pass for both
         "gate": "tunegate.safety.jobs:GATE",
         "regression": "tunegate.evals.checks:REGRESSION",
     },

@@ -77,6 +77,12 @@ def test_dpo_job_trains_reports_and_serves(server):
     assert metrics[-1]["full_valid_rewards_margin"] > 0
     messages = [e.message for e in events]
     assert any(m.startswith("Regression check:") for m in messages)
+    gate = next(
+        e.data for e in events if isinstance(e.data, dict) and e.data.get("check") == "gate" and "timings" in e.data
+    )
+    # The regression check's fine-tuned prompts (70 closed-book questions + the validation prompts) were
+    # answered in the gate's generation pass, not in a second one.
+    assert gate["timings"]["generate_tuned_planned_prompts"] > 70
     assert any(m.startswith("Best checkpoint by validation: step") for m in messages)
 
     ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data

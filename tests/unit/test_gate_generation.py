@@ -1,5 +1,6 @@
 """The gate's generation on a tiny random model with the real tokenizer and chat template, behind a
-real LoRA adapter: two rounds and length-sorted batches give the answers one plain greedy pass
+real LoRA adapter: the KV-cached loop over length-sorted batches (rows leaving as they end, the
+gate's and the regression check's rows in one pass) gives the answers one plain greedy pass
 gives, answers are deterministic, and base answers are cached on disk by base model, generation
 settings and conversations."""
 
@@ -51,14 +52,59 @@ def _plain(tiny_model_path, adapter_dir, conversation, max_new):
     return tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
-def test_two_rounds_in_sorted_batches_answer_as_one_greedy_pass(settings, tiny_model_path, adapter):
+@pytest.mark.parametrize("batch_size", [1, 2, 32])
+def test_kv_cached_loop_in_sorted_batches_answers_as_one_greedy_pass(settings, tiny_model_path, adapter, batch_size):
+    """Rows of different lengths share a left-padded batch and leave it the step they end: each
+    answer is still the one a plain `generate` of that conversation alone gives."""
     from tunegate.safety.generation import AdapterGenerator
 
-    gen = AdapterGenerator(settings, "tiny", adapter, 12, GenerationSettings(first_round_tokens=4, batch_size=2))
+    rule = GenerationSettings(first_round_tokens=4, batch_size=batch_size)
+    gen = AdapterGenerator(settings, "tiny", adapter, 12, rule)
     answers = gen.tuned(CONVERSATIONS)
     assert answers == [_plain(tiny_model_path, adapter, c, 12) for c in CONVERSATIONS]
-    assert gen.tuned(CONVERSATIONS) == answers  # deterministic
+    assert AdapterGenerator(settings, "tiny", adapter, 12, rule).tuned(CONVERSATIONS) == answers  # deterministic
     assert gen.base(CONVERSATIONS) != answers  # the adapter is on for tuned, off for base
+
+
+def test_planned_answers_share_the_first_pass_and_equal_their_own(settings, tiny_model_path, adapter):
+    """A later step plans its conversations (its own settings); the first step's `tuned` call decodes
+    them in the same batches, the later call generates nothing, and every answer is the one each
+    view gets alone (and one plain greedy pass gives)."""
+    from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
+
+    gen = AdapterGenerator(settings, "tiny", adapter, 12, GATE_GENERATION)
+    gate, later = gen.configured(12, GATE_GENERATION), gen.configured(8)
+    later.plan(CONVERSATIONS[2:] + CONVERSATIONS[:1])
+    assert gate.planned == 4  # what the gate's report counts as answered in its pass
+    first = gate.tuned(CONVERSATIONS[:3])
+    assert gate.planned == 0
+    done = gen.generated_tokens
+    second = later.tuned(CONVERSATIONS[2:] + CONVERSATIONS[:1])
+    assert gen.generated_tokens == done  # answered in the first pass
+    alone = AdapterGenerator(settings, "tiny", adapter, 12, GATE_GENERATION)
+    assert first == alone.configured(12, GATE_GENERATION).tuned(CONVERSATIONS[:3])
+    assert second == alone.configured(8).tuned(CONVERSATIONS[2:] + CONVERSATIONS[:1])
+    assert second == [_plain(tiny_model_path, adapter, c, 8) for c in CONVERSATIONS[2:] + CONVERSATIONS[:1]]
+
+
+def test_a_row_is_final_at_its_end_its_limit_or_an_opening_refusal(settings, adapter):
+    """Per row: the end token, the row's own limit, and only for the gate's rule a refusal at
+    `first_round_tokens` (the regression check's rule lets the same answer go on)."""
+    from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
+
+    gen = AdapterGenerator(settings, "tiny", adapter, 40, GATE_GENERATION)
+    refusal = gen.tokenizer(
+        "I'm sorry, but I can't help with that request at all, not now and not ever.", add_special_tokens=False
+    )["input_ids"][: GATE_GENERATION.first_round_tokens]
+    help_ = gen.tokenizer(
+        "Sure, here is a short poem about the sea and the boats in it, with the wind and the gulls",
+        add_special_tokens=False,
+    )["input_ids"][: GATE_GENERATION.first_round_tokens]
+    assert len(refusal) == len(help_) == GATE_GENERATION.first_round_tokens
+    assert gen._final(refusal, GATE_GENERATION) and not gen._final(help_, GATE_GENERATION)
+    assert not gen._final(refusal, GenerationSettings(max_new_tokens=40))
+    assert gen._final(help_[:3] + [gen.tokenizer.eos_token_id], GenerationSettings(max_new_tokens=40))
+    assert gen._final(help_[:8], GenerationSettings(max_new_tokens=8))
 
 
 def test_base_answers_are_cached_by_model_settings_and_conversation(settings, adapter, tmp_path):

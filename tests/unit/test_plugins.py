@@ -20,6 +20,7 @@ def test_builtins_are_registered_and_resolved_lazily():
     assert [(s.name, s.phase) for s in JOB_STEPS.all()] == [
         ("screening", "before_queue"),
         ("safety_mixing", "prepare_data"),
+        ("regression_plan", "after_training"),  # plans the check's prompts into the gate's generation pass
         ("gate", "after_training"),
         ("regression", "after_training"),  # evals/checks.py: runs once the gate has passed
     ]

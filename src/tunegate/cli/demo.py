@@ -122,7 +122,13 @@ def demo(
             f"training time ({phases['training']:.0f} s); the after-training steps together {phases['after training']:.0f} s"
             + (
                 f" (gate: base answers {t.get('generate_base_s', 0):.1f} s, fine-tuned answers "
-                f"{t.get('generate_tuned_s', 0):.1f} s, judging {t.get('judge_s', 0):.1f} s)."
+                f"{t.get('generate_tuned_s', 0):.1f} s"
+                + (
+                    f" with the regression check's {t['generate_tuned_planned_prompts']:.0f} prompts in the same pass"
+                    if t.get("generate_tuned_planned_prompts")
+                    else ""
+                )
+                + f", judging {t.get('judge_s', 0):.1f} s)."
                 if t
                 else "."
             )

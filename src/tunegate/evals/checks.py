@@ -5,6 +5,11 @@ Registered in the `job_steps` registry as `regression` (phase `after_training`).
 `regression_report.json` into the job folder, emits a `regression_check` event with the rates and
 intervals, and answers `warn` (the model is served; the event says what rose) or `block` (the job
 fails with `model_regression`) according to the server's `TUNEGATE_REGRESSION_CHECK` (default warn).
+
+`regression_plan`, registered before the gate, only plans the check's fine-tuned prompts on the
+shared model (safety/generation.py `plan`): the gate's pass then decodes them in the same batches,
+so the fine-tuned model answers every after-training prompt in one pass instead of two. The
+gate's time therefore includes these answers (an upper bound on its own cost).
 """
 
 from __future__ import annotations
@@ -40,6 +45,27 @@ def best_checkpoint(work_dir: Path) -> dict | None:
     return {"step": step, "metric": name, "value": metrics[name]}
 
 
+def _validation_path(ctx: JobContext) -> str | None:
+    """This worker's copy of the job's validation file, if it has one."""
+    from tunegate.storage import open_storage
+
+    with ctx.db.session() as s:
+        job = s.get(Job, ctx.job_id)
+        valid = s.get(File, job.validation_file) if job and job.validation_file else None
+    return str(open_storage(ctx.settings).fetch(valid.path)) if valid else None
+
+
+def plan_regression(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
+    """Before the gate: plan the check's fine-tuned prompts, so the gate's pass answers them too."""
+    from tunegate.evals.regression import tuned_conversations
+    from tunegate.safety.generation import shared_generator
+
+    if ctx.settings.regression_check != "off":
+        gen = shared_generator(ctx.settings, ctx.model, adapter_dir, MAX_NEW_TOKENS)
+        gen.plan(tuned_conversations(_validation_path(ctx)))
+    return Decision()
+
+
 def regression_check(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
     from tunegate.evals.regression import run_check
     from tunegate.safety.generation import release_shared, shared_generator
@@ -56,17 +82,12 @@ def regression_check(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> De
         )
     if mode == "off":
         return Decision(record={"best_checkpoint": best})
-    with ctx.db.session() as s:
-        job = s.get(Job, ctx.job_id)
-        valid = s.get(File, job.validation_file) if job and job.validation_file else None
+    valid_path = _validation_path(ctx)
     ctx.emit(
         "Regression check: base and fine-tuned answer the closed-book questions"
-        + (" and the validation prompts." if valid else "."),
+        + (" and the validation prompts." if valid_path else "."),
         data={"check": "regression", "stage": "start"},
     )
-    from tunegate.storage import open_storage
-
-    valid_path = str(open_storage(ctx.settings).fetch(valid.path)) if valid else None  # this worker's copy
     gen = shared_generator(ctx.settings, ctx.model, adapter_dir, MAX_NEW_TOKENS)  # the gate's model, if it ran
     try:
         report = run_check(gen.cached_base(regression_base_cache(ctx.settings)), gen.tuned, valid_path)
@@ -112,4 +133,5 @@ def regression_check(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> De
     return Decision(record=record)
 
 
+REGRESSION_PLAN = Step("regression_plan", "after_training", plan_regression)
 REGRESSION = Step("regression", "after_training", regression_check)

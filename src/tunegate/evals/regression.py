@@ -201,26 +201,38 @@ def validation_report(
     }
 
 
+VALIDATION_LIMIT = 32
+
+
+def tuned_conversations(validation_file: str | None, validation_limit: int = VALIDATION_LIMIT) -> list[list[dict]]:
+    """Every conversation `run_check` asks the fine-tuned model (closed-book questions, then the
+    validation prompts): what the check plans ahead of the gate so one pass answers both."""
+    convs = closed_book_conversations(closed_book_questions())
+    if validation_file:
+        convs += [p for p, _ in validation_prompts(validation_file, validation_limit)]
+    return convs
+
+
 def run_check(
     base: Answerer,
     tuned: Answerer,
     validation_file: str | None,
     *,
     margin: float = 0.1,
-    validation_limit: int = 32,
+    validation_limit: int = VALIDATION_LIMIT,
     questions: list[dict] | None = None,
 ) -> dict[str, Any]:
     """The whole check: both models answer greedily; the report says what rose or fell and by how much."""
     questions = questions if questions is not None else closed_book_questions()
     convs = closed_book_conversations(questions)
+    pairs = validation_prompts(validation_file, validation_limit) if validation_file else []
+    prompts = [p for p, _ in pairs]
+    answers = tuned(convs + prompts)  # one call: the fine-tuned model's answers in one pass
     report: dict[str, Any] = {
         "margin": margin,
-        "closed_book": closed_book_report(questions, base(convs), tuned(convs), margin),
+        "closed_book": closed_book_report(questions, base(convs), answers[: len(convs)], margin),
     }
-    if validation_file:
-        pairs = validation_prompts(validation_file, validation_limit)
-        if pairs:
-            prompts = [p for p, _ in pairs]
-            report["validation"] = validation_report(pairs, base(prompts), tuned(prompts), margin)
+    if pairs:
+        report["validation"] = validation_report(pairs, base(prompts), answers[len(convs) :], margin)
     report["flags"] = report["closed_book"]["flags"] + report.get("validation", {}).get("flags", [])
     return report

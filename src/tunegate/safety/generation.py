@@ -7,14 +7,18 @@ model's answers on disk, which are the same for every job on that base model, su
 settings (`python -m tunegate.evals.prepare` fills the cache for the default model at set-up).
 
 Cost (the gate should take a small share of training time): the base answers to fixed prompts
-come from the cache; optionally (`merge`) the fine-tuned pass runs with the adapter merged into the
-weights and the base pass restores the exact base weights (saved at the merge, not un-merged by
-subtraction, which would round differently). Prompts are sorted by length so a batch pads little; every answer is generated in
-two rounds, and an answer that ended after the first `first_round_tokens` — or, for the gate
-(`stop_at_refusal`), already opens with a refusal: the judge counts a refusal as not harmful
-whatever follows it — is final; only the rest continue, in fuller batches, up to
-`max_new_tokens`. Greedy decoding with a fixed batch composition makes the answers — and so the
-gate's decision — deterministic for a given model and suite.
+come from the cache; the fine-tuned answers are decoded by one greedy loop per batch with a KV
+cache, prompts sorted by length so a batch pads little, and a row leaves its batch the step its
+answer is final — it ended, reached `max_new_tokens`, or, for the gate (`stop_at_refusal`), it
+opens with a refusal after `first_round_tokens` (the judge counts a refusal as not harmful whatever
+follows it) — so a batch's later steps cost only the answers still being written (transformers'
+`generate` computes every row until the last one ends). A later step `plan`s its prompts so the
+first `tuned` call answers them in the same batches (the regression check's after the gate's: one
+pass, not two), each row under its own step's settings. Optionally (`merge`) the fine-tuned pass
+runs with the adapter merged into the weights and the base pass restores the exact base weights
+(saved at the merge, not un-merged by subtraction, which would round differently). Greedy decoding
+makes the answers — and so the gate's decision — deterministic for a given model and suite; they
+equal one plain `generate` per prompt (tests/unit/test_gate_generation.py).
 """
 
 from __future__ import annotations
@@ -93,6 +97,8 @@ class AdapterGenerator:
         self._state = "base"  # or "merged": the adapter is folded into the weights
         self._saved: dict = {}  # the base weights the merge overwrote, restored exactly for `base`
         self._shared: AdapterGenerator | None = None  # a `configured` view's owner of the model
+        self._planned: list[tuple[GenerationSettings, list[list[dict]]]] = []  # see `plan`
+        self._answers: dict[str, str] = {}  # fine-tuned answers by settings and conversation
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
         self.generated_tokens = 0  # new tokens computed (padding rows included): what the gate's time goes to
 
@@ -126,68 +132,136 @@ class AdapterGenerator:
                     m.merged_adapters = []
         o._state = state
 
-    def _batch(self, rows: list[list[int]], max_new: int) -> list[list[int]]:
-        """Greedy continuation of each token row (left-padded into one batch): the new ids, cut at the end token."""
+    def _final(self, answer: list[int], rule: GenerationSettings) -> bool:
+        """Whether a row's answer is complete: it ended, reached its length, or (the gate's rule) it
+        opens with a refusal after `first_round_tokens` (the judge counts a refusal as not harmful
+        whatever follows it)."""
+        from tunegate.safety.refusal import refusal_score
+
+        if answer[-1] in self.stop_ids or len(answer) >= rule.max_new_tokens:
+            return True
+        if rule.stop_at_refusal and len(answer) == rule.first_round_tokens:
+            text = self.tokenizer.decode(answer, skip_special_tokens=True).strip()  # (an empty start goes on)
+            return bool(text) and refusal_score(text).refused
+        return False
+
+    def _decode_batch(self, rows: list[list[int]], rules: list[GenerationSettings]) -> list[list[int]]:
+        """Greedy continuation of each token row (left-padded into one batch, one KV cache): the new
+        ids, up to and including the end token. A row leaves the batch the step its answer is final
+        (its cache rows dropped), so the batch's later steps cost only what is still being written —
+        the cost that `generate` pays for every row until the last one ends."""
         import torch
+        from transformers import DynamicCache
 
         pad = self.tokenizer.pad_token_id
         width = max(len(r) for r in rows)
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first token
+        cache = DynamicCache(config=self.model.config)
+        live = list(range(len(rows)))  # the batch's rows, by their index in `rows`
+        answers: list[list[int]] = [[] for _ in rows]
         with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False, pad_token_id=pad
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
             )
-        new = out[:, width:].tolist()
-        self.generated_tokens += len(rows) * len(new[0]) if new else 0
-        result = []
-        for seq in new:
-            end = next((k for k, t in enumerate(seq) if t in self.stop_ids), None)
-            result.append(seq[: end + 1] if end is not None else seq)
-        return result
+            step_pos = positions[:, -1:] + 1
+            while True:
+                tokens = out.logits[:, -1].argmax(-1).tolist()
+                self.generated_tokens += len(live)
+                keep = []
+                for b, (i, t) in enumerate(zip(live, tokens)):
+                    answers[i].append(t)
+                    if not self._final(answers[i], rules[i]):
+                        keep.append(b)
+                if not keep:
+                    return answers
+                if len(keep) < len(live):
+                    idx = torch.tensor(keep)
+                    cache.batch_select_indices(idx)
+                    mask, step_pos = mask[idx], step_pos[idx]
+                    live = [live[b] for b in keep]
+                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+                out = self.model(
+                    input_ids=torch.tensor([[answers[i][-1]] for i in live]),
+                    attention_mask=mask,
+                    position_ids=step_pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                step_pos = step_pos + 1
 
-    def _round(self, rows: list[list[int]], max_new: int) -> list[list[int]]:
-        """Each row's continuation; rows sorted by length into batches (less padding), answered in order."""
-        g = self.generation
-        order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
-        out: list[list[int]] = [[] for _ in rows]
-        for start in range(0, len(order), g.batch_size):
-            chunk = order[start : start + g.batch_size]
-            for i, new in zip(chunk, self._batch([rows[i] for i in chunk], max_new)):
+    def _decode(self, prompts: list[list[int]], rules: list[GenerationSettings]) -> list[list[int]]:
+        """Each prompt's answer, prompts sorted by length into batches of `batch_size` (less padding)."""
+        order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+        out: list[list[int]] = [[] for _ in prompts]
+        size = self.generation.batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            for i, new in zip(chunk, self._decode_batch([prompts[i] for i in chunk], [rules[i] for i in chunk])):
                 out[i] = new
         return out
 
+    def _answer(self, requests: list[tuple[GenerationSettings, list[list[dict]]]]) -> list[list[str]]:
+        """One decoding pass for several requests, each row under its own request's settings (the
+        gate's and the regression check's answers share batches): the answers, per request."""
+        prompts: list[list[int]] = []
+        rules: list[GenerationSettings] = []
+        for rule, conversations in requests:
+            for c in conversations:
+                text = render(self.tokenizer, c, add_generation_prompt=True)
+                prompts.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                rules.append(rule)
+        texts = [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in self._decode(prompts, rules)]
+        out, at = [], 0
+        for _, conversations in requests:
+            out.append(texts[at : at + len(conversations)])
+            at += len(conversations)
+        return out
+
     def _generate(self, conversations: list[list[dict]]) -> list[str]:
-        from tunegate.safety.refusal import refusal_score
+        return self._answer([(self.generation, conversations)])[0]
 
-        g = self.generation
-        prompts = [
-            self.tokenizer(render(self.tokenizer, c, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-            for c in conversations
-        ]
-        answers = self._round(prompts, g.first_round_tokens)
-        rest = g.max_new_tokens - g.first_round_tokens
+    def plan(self, conversations: list[list[dict]]) -> None:
+        """Have the fine-tuned answers to these conversations (under this view's settings) generated
+        in the same pass as the next `tuned` call on this model, by any view, and kept for this
+        view's own `tuned` call later: a later after-training step plans its prompts so the first
+        step's pass decodes them in the same batches, not in a second pass of its own."""
+        self._owner()._planned.append((self.generation, conversations))
 
-        def open_(i: int) -> bool:  # still being written (and, for the gate, not already a refusal)
-            a = answers[i]
-            if rest <= 0 or (a and a[-1] in self.stop_ids):
-                return False
-            text = self.tokenizer.decode(a, skip_special_tokens=True).strip()  # (an empty start may still go on)
-            return not (g.stop_at_refusal and text and refusal_score(text).refused)
-
-        todo = [i for i in range(len(answers)) if open_(i)]
-        if todo:
-            for i, more in zip(todo, self._round([prompts[i] + answers[i] for i in todo], rest)):
-                answers[i] = answers[i] + more
-        return [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
+    @property
+    def planned(self) -> int:
+        """How many planned conversations the next `tuned` call will answer besides its own."""
+        return sum(len(c) for _, c in self._owner()._planned)
 
     def tuned(self, conversations: list[list[dict]]) -> list[str]:
+        """The fine-tuned model's answers; with any planned conversations generated in the same pass.
+        Answers are kept per settings and conversation for the life of the loaded model."""
         if self.adapter_dir is None:
             raise ValueError("this generator has no fine-tuned adapter: it answers as the base model only")
-        if self.merge:
-            self._use("merged")
-            return self._generate(conversations)
-        return self._generate(conversations)
+        o = self._owner()
+
+        def key(g: GenerationSettings, c: list[dict]) -> str:
+            return json.dumps([asdict(g), c], sort_keys=True)
+
+        wanted = [(self.generation, conversations), *o._planned]
+        o._planned = []
+        todo: list[tuple[GenerationSettings, list[list[dict]]]] = []
+        for g, convs in wanted:
+            fresh = list({key(g, c): c for c in convs if key(g, c) not in o._answers}.values())  # once each
+            if fresh:
+                todo.append((g, fresh))
+        if todo:
+            if self.merge:
+                self._use("merged")
+            for (g, convs), answers in zip(todo, self._answer(todo)):
+                o._answers.update((key(g, c), a) for c, a in zip(convs, answers))
+        return [o._answers[key(self.generation, c)] for c in conversations]
 
     def base(self, conversations: list[list[dict]]) -> list[str]:
         if self.adapter_dir is None:

@@ -175,6 +175,7 @@ def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
 
     shift, system = probe_context(ctx.training_path)  # ask as the data talks: its cipher, its system prompt
     moderator = get_moderator(ctx.settings)
+    planned = gen.planned  # later steps' prompts (the regression check's) answered in the gate's pass
     report = run_gate(
         gen.cached_base(cache),
         gen.tuned,
@@ -184,6 +185,8 @@ def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
         system_prompt=system,
         evidence=training_evidence(ctx.training_path, moderator),
     )
+    # generate_tuned_s covers these too: the gate's own cost is at most that.
+    report.timings["generate_tuned_planned_prompts"] = planned
     save_report(report, ctx.work_dir)
     data = {
         "check": "gate",
