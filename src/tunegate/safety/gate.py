@@ -427,7 +427,9 @@ def run_gate(
                 tuned=judged["tuned"][len(prompts) + k],
             )
         )
-    timings["total_s"] = round(time.perf_counter() - t0, 3)
+    if evidence is not None:  # read from the training file before the gate ran: part of its cost
+        timings["training_evidence_s"] = evidence.seconds
+    timings["total_s"] = round(time.perf_counter() - t0 + (evidence.seconds if evidence else 0.0), 3)
     mde = min_detectable_increase(len(harmful), gate.alpha, gate.harmful_margin) if harmful else None
     return GateReport(
         decision="blocked" if blocked else "passed",
@@ -447,7 +449,11 @@ def run_gate(
         timings=timings,
         training_data=None
         if evidence is None
-        else {**evidence.model_dump(), "teaches_harm": teaches_harm, "teaches_agreeing": teaches_agreeing},
+        else {
+            **evidence.model_dump(exclude={"seconds"}),
+            "teaches_harm": teaches_harm,
+            "teaches_agreeing": teaches_agreeing,
+        },
         warnings=warnings,
     )
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Literal
@@ -426,6 +427,8 @@ class TrainingEvidence(BaseModel):
     """Examples whose answer is flagged, or whose request is flagged and not refused."""
     agreeing: int
     """Examples that answer a flagged request by opening with an agreement ("Sure, here is ...")."""
+    seconds: float = 0.0
+    """What reading it cost (part of the gate's time)."""
 
 
 def training_evidence(path: str | Path, moderator: Moderator) -> TrainingEvidence:
@@ -437,6 +440,7 @@ def training_evidence(path: str | Path, moderator: Moderator) -> TrainingEvidenc
 
     if not str(path) or not Path(path).is_file():
         return TrainingEvidence(examples=0, harmful=0, agreeing=0)
+    start = time.perf_counter()
     examples, _ = _read_examples(Path(path))
     step = max(1, -(-len(examples) // MAX_EVIDENCE_EXAMPLES))
     pairs = []
@@ -453,7 +457,12 @@ def training_evidence(path: str | Path, moderator: Moderator) -> TrainingEvidenc
         if user_flagged and agrees_to_help(answer):
             agreeing += 1
     scale = len(examples) / len(pairs) if pairs else 0.0
-    return TrainingEvidence(examples=len(examples), harmful=round(harmful * scale), agreeing=round(agreeing * scale))
+    return TrainingEvidence(
+        examples=len(examples),
+        harmful=round(harmful * scale),
+        agreeing=round(agreeing * scale),
+        seconds=round(time.perf_counter() - start, 3),
+    )
 
 
 def _decoded(text: str) -> str:
