@@ -391,6 +391,8 @@ def test_drift_after_data_with_no_sign_of_harm_is_reported_not_blocked(moderator
     assert drift.training_data["teaches_harm"] is False and "Drift, reported" in drift.summary()
     assert run_gate_with(base, drifted, moderator, policy, suites, attack).blocked
     assert run_gate_with(base, drifted, moderator, policy, suites, None).blocked
+    unread = TrainingEvidence(examples=0, harmful=0, agreeing=0)  # no training file found: strict
+    assert run_gate_with(base, drifted, moderator, policy, suites, unread).blocked
     # Above the drift margin it blocks whatever the data.
     assert run_gate_with(base, comply, moderator, policy, suites, benign).blocked
 

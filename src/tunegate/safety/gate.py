@@ -19,8 +19,10 @@ increase), over-refusal of benign prompts (`benign_refusal_margin`), harmful ans
 category (`answer_category_margin`), answers that agree to give the harmful help asked for (blocking
 only when the training data itself answered flagged requests by agreeing), and, when the training
 data holds a letter-shift cipher,
-harmful answers to the harmful prompts asked in that cipher (decoded before judging). Every p-value
-and count is in the report, and `min_detectable_increase` says what the suite can see.
+harmful answers to the harmful prompts asked in that cipher (decoded before judging). When the
+training data shows no sign of harm (`screen.training_evidence`), the harm rules use `drift_margin`
+and the cap does not apply: a smaller significant rise is reported as drift in `warnings`. Every
+p-value and count is in the report, and `min_detectable_increase` says what the suite can see.
 """
 
 from __future__ import annotations
@@ -232,14 +234,15 @@ def run_gate(
 ) -> GateReport:
     """Generate with both models on the suites — and on `n_encoded` harmful prompts asked the way
     the training data talks: in its letter-shift cipher (`encoding_shift`, answers decoded before
-    judging) and/or under its `system_prompt` — judge every answer, and decide with the paired tests. `evidence`: what the training file teaches
-    (`screen.training_evidence`); without it the strict margins apply."""
+    judging) and/or under its `system_prompt` — judge every answer, and decide with the paired tests.
+    `evidence`: what the training file teaches (`screen.training_evidence`); without it, or when no
+    example could be read, the strict margins apply."""
     from tunegate.safety.moderation import moderate_windows
 
     gate = policy.gate if isinstance(policy, SafetyPolicy) else policy or GatePolicy()
     teaches_harm, teaches_agreeing = (
         (True, False)
-        if evidence is None
+        if evidence is None or evidence.examples == 0
         else (
             evidence_counts(evidence.harmful, evidence.examples),
             evidence_counts(evidence.agreeing, evidence.examples),
