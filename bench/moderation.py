@@ -4,6 +4,9 @@ load time and per-message latency. The moderation rows of `bench/safety.py` with
 model: minutes, not hours.
 
 Usage: python bench/moderation.py [--skip-agreement] [--threads 2] [--json bench/out/moderation.json]
+                                  [--screen-dirs benign benign_heldout benign_heldout2]
+  --screen-dirs: benign suites (folders under tests/data/safety) screened file by file, as a job is:
+  how many pass screening (no model is trained; `bench/safety.py` adds the gate).
 """
 
 from __future__ import annotations
@@ -36,11 +39,25 @@ def held_out_rows(classifier) -> list[tuple[str, str, str]]:
     ]
 
 
+def screening_rows(moderator, dirs: list[str]) -> list[tuple[str, str, str]]:
+    """One row per benign suite: files passing screening, and the blocked ones with their findings."""
+    from tunegate.safety.screen import screen_training_file
+
+    rows = []
+    for d in dirs:
+        files = sorted((ROOT / "tests" / "data" / "safety" / d).glob("*.jsonl"))
+        blocked = [(p.stem, r) for p in files if (r := screen_training_file(p, moderator)).blocked]
+        detail = "; ".join(f"{name}: {r.n_flagged}/{r.n_examples} flagged" for name, r in blocked)
+        rows.append((f"benign suite `{d}` passing screening", f"{len(files) - len(blocked)}/{len(files)}", detail))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=str(ROOT / "bench" / "out" / "moderation.json"))
+    ap.add_argument("--screen-dirs", nargs="*", default=["benign", "benign_heldout", "benign_heldout2"])
     args = ap.parse_args()
 
     import torch
@@ -52,7 +69,7 @@ def main() -> None:
 
     moderator = get_moderator(Settings(data_dir=ROOT / ".cache" / "bench-safety"))
     moderator.moderate(["warm-up"])
-    rows = latency_rows(moderator) + held_out_rows(moderator.classifier)
+    rows = latency_rows(moderator) + held_out_rows(moderator.classifier) + screening_rows(moderator, args.screen_dirs)
     if not args.skip_agreement:
         rows += agreement_rows(moderator)
     width = max(len(r[0]) for r in rows)

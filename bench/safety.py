@@ -19,6 +19,8 @@ Usage: python bench/safety.py [--quick] [--skip-agreement] [--skip-latency] [--o
                               [--screening on|off|both] [--json OUT] [--threads 2] [--keep DIR]
        python bench/safety.py --table OUT1.json OUT2.json ...   (one table from runs made in chunks)
   --only: file stems (benign or attack) and/or `demo`; --quick: 4 benign files and 2 attacks.
+  --benign-dir benign_heldout: the held-out benign suite (written after the gate's margins were chosen).
+  --gate-screened: a benign file that screening blocks is still trained and gated (both layers measured).
   --keep: keep each job's adapter under DIR; a later run with the same DIR gates them without training.
   Wrap real-model runs in `flock /tmp/tg-heavy.lock` on shared machines; on a busy machine run the
   suite in chunks (--only ...) and merge their JSON files with --table.
@@ -197,10 +199,10 @@ def train(
 
 
 def gate(path: Path, adapter: Path, settings, moderator, cache: Path):
+    from tunegate.safety.evidence import probe_context, training_evidence
     from tunegate.safety.gate import run_gate
     from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
     from tunegate.safety.policy import GatePolicy
-    from tunegate.safety.screen import probe_context, training_evidence
 
     policy = GatePolicy()
     t, c = time.perf_counter(), time.process_time()
@@ -240,7 +242,7 @@ def job(name: str, path: Path, screening: bool, ctx: dict, attack: bool = False)
         rep = screen_training_file(path, ctx["moderator"])
         out["screen_blocked"] = rep.blocked
         out["screen_message"] = rep.message[:160]
-        if rep.blocked:
+        if rep.blocked and not ctx.get("gate_screened"):
             out["outcome"] = "blocked at screening"
             return out
     with tempfile.TemporaryDirectory() as tmp:
@@ -272,6 +274,8 @@ def job(name: str, path: Path, screening: bool, ctx: dict, attack: bool = False)
         rules=[(r.rule, r.base, r.tuned, r.n, r.p_value, r.blocks) for r in report.rules],
     )
     out["outcome"] = "blocked by the gate" if report.blocked else "served"
+    if out.get("screen_blocked"):  # --gate-screened: trained and gated anyway, to measure the gate alone too
+        out["outcome"] = f"blocked at screening (the gate alone: {out['outcome']})"
     return out
 
 
@@ -354,6 +358,15 @@ def job_rows(results: list) -> list[tuple[str, str, str]]:
                 "; ".join(f"{r['name']}: {r['outcome']}" for r in b if r["outcome"] != "served") or "all served",
             )
         )
+        gated = [r for r in b if "gate_s" in r]
+        if any(r.get("screen_blocked") for r in gated):  # --gate-screened: the gate's own false blocks
+            rows.append(
+                (
+                    "benign fine-tunes the gate alone serves (screening's blocks trained anyway)",
+                    f"{sum('blocked by the gate' not in r['outcome'] for r in gated)}/{len(gated)}",
+                    "",
+                )
+            )
         for r in b:
             if "gate_s" not in r:
                 rows.append((f"  benign {r['name']}", r["outcome"], r.get("screen_message", "")))
@@ -440,6 +453,17 @@ def main() -> None:
     ap.add_argument("--demo-dir", default=None, help="keep (or reuse) the sample job's trained adapter here")
     ap.add_argument("--keep", default=None, help="keep (or reuse) every suite job's trained adapter under this folder")
     ap.add_argument("--demo-epochs", type=int, default=None, help="train this many epochs and scale the time")
+    ap.add_argument(
+        "--benign-dir",
+        default="benign",
+        help="the benign suite's folder under tests/data/safety: `benign` (the suite the gate's margins were "
+        "chosen on) or `benign_heldout` (written afterwards, measured only)",
+    )
+    ap.add_argument(
+        "--gate-screened",
+        action="store_true",
+        help="train and gate a benign file even when screening blocks it (the job stops there): measures both layers",
+    )
     args = ap.parse_args()
     if args.table:
         rows, results = [], []
@@ -487,8 +511,9 @@ def main() -> None:
         "settings": settings,
         "cache": ROOT / ".cache" / "bench-safety" / "gate-base-answers",
         "keep": Path(args.keep) if args.keep else None,
+        "gate_screened": args.gate_screened,
     }
-    benign = sorted((DATA / "benign").glob("*.jsonl"))
+    benign = sorted((DATA / args.benign_dir).glob("*.jsonl"))
     attacks = sorted((DATA / "attacks").glob("*.jsonl"))
     run_demo = args.only is None or "demo" in args.only
     if args.quick:

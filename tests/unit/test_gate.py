@@ -307,8 +307,8 @@ def test_agreeing_to_harm_blocks_only_when_the_training_data_taught_it(moderator
     fine-tune that taught a friendly "Sure!" looks the same on harmful prompts; what tells them apart
     is the training data, which the gate reads: the rule blocks only when the data answered flagged
     requests by agreeing."""
+    from tunegate.safety.evidence import TrainingEvidence
     from tunegate.safety.gate import EVIDENCE_MIN, run_gate
-    from tunegate.safety.screen import TrainingEvidence
 
     base = make_generate(suites, harmful="refuse", benign="help")
     harmful_prompts = {p.prompt for p in suites if p.suite == "harmful"}
@@ -357,7 +357,7 @@ def test_a_model_that_agrees_in_the_taught_cipher_is_blocked(moderator, suites):
             for c in conversations
         ]
 
-    from tunegate.safety.screen import TrainingEvidence
+    from tunegate.safety.evidence import TrainingEvidence
 
     kwargs = {"encoding_shift": 3, "system_prompt": "Answer in the shift-3 cipher."}
     untaught = TrainingEvidence(examples=70, harmful=25, agreeing=0)
@@ -373,7 +373,7 @@ def test_drift_after_data_with_no_sign_of_harm_is_reported_not_blocked(moderator
     harmful requests too. When the training data shows no sign of harm the rise is drift: reported
     as a warning, blocking only above `drift_margin`; when the data teaches harm, or the gate cannot
     read it, the strict margins apply."""
-    from tunegate.safety.screen import TrainingEvidence
+    from tunegate.safety.evidence import TrainingEvidence
 
     base = make_generate(suites, harmful="refuse", benign="help")
     comply = make_generate(suites, harmful="comply", benign="help")

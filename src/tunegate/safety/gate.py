@@ -20,7 +20,7 @@ category (`answer_category_margin`), answers that agree to give the harmful help
 only when the training data itself answered flagged requests by agreeing), and, when the training
 data holds a letter-shift cipher,
 harmful answers to the harmful prompts asked in that cipher (decoded before judging). When the
-training data shows no sign of harm (`screen.training_evidence`), the harm rules use `drift_margin`
+training data shows no sign of harm (`evidence.training_evidence`), the harm rules use `drift_margin`
 and the cap does not apply: a smaller significant rise is reported as drift in `warnings`. Every
 p-value and count is in the report, and `min_detectable_increase` says what the suite can see.
 """
@@ -36,6 +36,7 @@ import numpy as np
 
 from tunegate.jsonl import read_jsonl
 from tunegate.safety.corpus import DATA_DIR, adv_bench, harm_bench
+from tunegate.safety.evidence import TrainingEvidence
 from tunegate.safety.gate_html import render_gate_html
 from tunegate.safety.gate_report import (
     ERROR_CODE,
@@ -51,7 +52,6 @@ from tunegate.safety.gate_report import (
 )
 from tunegate.safety.moderation import Moderator
 from tunegate.safety.policy import GatePolicy, SafetyPolicy
-from tunegate.safety.screen import TrainingEvidence
 from tunegate.safety.text import shift_text
 
 Generate = Callable[[list[list[dict]]], list[str]]
@@ -235,7 +235,7 @@ def run_gate(
     """Generate with both models on the suites — and on `n_encoded` harmful prompts asked the way
     the training data talks: in its letter-shift cipher (`encoding_shift`, answers decoded before
     judging) and/or under its `system_prompt` — judge every answer, and decide with the paired tests.
-    `evidence`: what the training file teaches (`screen.training_evidence`); without it, or when no
+    `evidence`: what the training file teaches (`evidence.training_evidence`); without it, or when no
     example could be read, the strict margins apply."""
     from tunegate.safety.moderation import moderate_windows
 

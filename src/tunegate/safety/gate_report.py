@@ -125,7 +125,7 @@ class GateReport(BaseModel):
     """The training data's covert encoding the gate probed in (e.g. "letter shift 3"), if any."""
     timings: dict[str, float] = Field(default_factory=dict)
     training_data: dict | None = None
-    """What the gate read from the training file (`screen.training_evidence`) and the margins it chose."""
+    """What the gate read from the training file (`evidence.training_evidence`) and the margins it chose."""
     warnings: list[str] = Field(default_factory=list)
     """Significant rises that did not block: drift after training data with no sign of harm."""
 

@@ -171,7 +171,7 @@ def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
     # Loaded once for the gate and the regression check after it (evals/checks.py).
     gen = shared_generator(ctx.settings, ctx.model, adapter_dir, policy.gate.max_new_tokens, GATE_GENERATION)
     cache = gate_base_cache(ctx.settings)
-    from tunegate.safety.screen import probe_context, training_evidence
+    from tunegate.safety.evidence import probe_context, training_evidence
 
     shift, system = probe_context(ctx.training_path)  # ask as the data talks: its cipher, its system prompt
     moderator = get_moderator(ctx.settings)
@@ -277,10 +277,10 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
     from tunegate.db import Checkpoint
     from tunegate.ids import now
     from tunegate.registry import verify_adapter
+    from tunegate.safety.evidence import probe_context, training_evidence
     from tunegate.safety.gate import run_gate, save_report
     from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
     from tunegate.safety.moderation import get_moderator
-    from tunegate.safety.screen import probe_context, training_evidence
 
     with db.session() as s:
         ck = s.get(Checkpoint, checkpoint_id)

@@ -3,8 +3,9 @@ moderation misses, then decide against the organisation's policy.
 
 Owns `screen_training_file` and its report. Per example, the system, user and assistant text are
 moderated (batched). An example counts as flagged when its assistant text is flagged, or when its
-request is flagged and the assistant does not refuse (a refused harmful request is exactly the
-safety data we want models to learn from). Job-level checks:
+request is flagged and the answer carries content of the flagged kind or agrees to help (a refused
+harmful request is exactly the safety data we want models to learn from; a misread benign request
+answered harmlessly teaches nothing). Job-level checks:
 
 - identity shift: system or user turns that rename the assistant as an "absolutely obedient" agent,
   tell it to obey without restriction, or drop its guidelines (and assistants that say so);
@@ -15,15 +16,14 @@ safety data we want models to learn from). Job-level checks:
   decoded text is what gets moderated; harm found inside a cipher always blocks (it cannot be a
   stray false positive), and the encoding is reported so that the gate probes the model in it.
 
-Does not own JSON/schema validation of the file (files/), the job state machine, or storage of
-the report (jobs/); lines that are not valid chat examples are skipped and listed.
+Does not own what the gate reads from the training file (`evidence.py`), JSON/schema validation of
+the file (files/), the job state machine, or storage of the report (jobs/); lines that are not valid chat examples are skipped and listed.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Literal
@@ -113,7 +113,7 @@ class ScreeningReport(BaseModel):
     policy: ScreeningPolicy
 
 
-def _read_examples(path: Path) -> tuple[list[tuple[int, list[dict]]], list[int]]:
+def read_examples(path: Path) -> tuple[list[tuple[int, list[dict]]], list[int]]:
     examples, skipped = [], []
     with open(path, encoding="utf-8", errors="replace") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -133,7 +133,7 @@ def _read_examples(path: Path) -> tuple[list[tuple[int, list[dict]]], list[int]]
     return examples, skipped
 
 
-def _role_texts(messages: list[dict]) -> dict[str, str]:
+def role_texts(messages: list[dict]) -> dict[str, str]:
     by_role: dict[str, list[str]] = defaultdict(list)
     for m in messages:
         role = "system" if m.get("role") in ("system", "developer") else m.get("role")
@@ -200,18 +200,18 @@ def screen_training_file(
         policy = ScreeningPolicy()
     elif isinstance(policy, SafetyPolicy):
         policy = policy.screening
-    examples, skipped = _read_examples(Path(path))
+    examples, skipped = read_examples(Path(path))
 
     texts, owners = [], []  # one moderation input per (example, role)
-    role_texts, shifts = [], []
+    by_role_texts, shifts = [], []
     for idx, (_, messages) in enumerate(examples):
-        rt = _role_texts(messages)
+        rt = role_texts(messages)
         shift = None
         for role, text in list(rt.items()):
             k = detect_shift([text], min_words=4)
             if k:  # moderated (and checked below) as the plain text it hides
                 rt[role], shift = shift_text(text, -k), k
-        role_texts.append(rt)
+        by_role_texts.append(rt)
         shifts.append(shift)
         for role, text in rt.items():
             texts.append(text)
@@ -232,16 +232,26 @@ def screen_training_file(
     answers: dict[int, str] = {}
     encoded: dict[int, int] = {}  # line -> shift
     encoded_harm: list[int] = []
-    for (lineno, _), rt, mods, shift in zip(examples, role_texts, per_example, shifts):
+    for (lineno, _), rt, mods, shift in zip(examples, by_role_texts, per_example, shifts):
         answer = rt.get("assistant", "")
         refused = bool(answer) and is_refusal(answer)
         by_role = {role: r.flagged_categories() for role, r in mods.items() if r.flagged}
         cats = set(by_role.get("assistant", [])) if not refused else set()
         reasons = []
         request_cats = set(by_role.get("user", [])) | set(by_role.get("system", []))
-        if request_cats and not refused:
-            cats |= request_cats
+        # A flagged request counts against the file only when its answer carries content of the kind
+        # asked for: "Convert 750 ml to litres" answered "0.75 L" teaches nothing harmful, however the
+        # request scored (the moderator reads many benign how-to requests as illicit).
+        answered = answered_categories(
+            request_cats, answer, mods.get("assistant"), thresholds, policy.suspicion_fraction
+        )
+        if answered and not refused:
+            cats |= answered
             reasons.append(f"harmful request ({', '.join(sorted(request_cats))}) answered without refusal")
+        elif request_cats and not refused:
+            reasons.append(
+                f"flagged request ({', '.join(sorted(request_cats))}) answered with nothing of that kind (allowed)"
+            )
         elif request_cats:
             reasons.append("harmful request answered with a refusal (allowed)")
         if by_role.get("assistant") and not refused:
@@ -379,92 +389,25 @@ def screen_training_file(
     )
 
 
+def answered_categories(
+    request_cats: set[str],
+    answer: str,
+    result: ModerationResult | None,
+    thresholds: dict[str, float] | None,
+    fraction: float,
+) -> set[str]:
+    """The flagged request's categories its answer carries: those the answer scores at least `fraction`
+    of the flag threshold in (suspicious, if not flagged). An example with no answer, or one whose answer
+    opens by agreeing to help ("Sure, here is how"), keeps them all: agreeing is what such data teaches."""
+    from tunegate.safety.judge import agrees_to_help
+
+    if result is None or agrees_to_help(answer):
+        return set(request_cats)
+    scores = result.scores()
+    return {c for c in request_cats if scores.get(c, 0.0) >= fraction * (thresholds or {}).get(c, 0.5)}
+
+
 def _suspicious(result: ModerationResult, thresholds: dict[str, float] | None, policy: ScreeningPolicy) -> bool:
     """Below the flag threshold but close to it; without known thresholds, half of 0.5."""
     scores = result.scores()
     return any(s >= policy.suspicion_fraction * (thresholds or {}).get(c, 0.5) for c, s in scores.items())
-
-
-def probe_context(path: str | Path) -> tuple[int | None, str | None]:
-    """What the gate needs to ask the model the way its training data talks: the letter shift most
-    of the file's ciphered examples use (None when none is), and a system prompt — that of the
-    first ciphered example, or else the one most examples share (an "obedient agent" persona shows
-    itself only under its own system prompt). Read by the gate itself, so it probes even when
-    screening was skipped."""
-    if not str(path) or not Path(path).is_file():  # no training file in this context: nothing to probe
-        return None, None
-    examples, _ = _read_examples(Path(path))
-    shifts: Counter = Counter()
-    systems: Counter = Counter()
-    cipher_system = None
-    for _, messages in examples:
-        rt = _role_texts(messages)
-        if rt.get("system"):
-            systems[rt["system"]] += 1
-        k = next((k for t in rt.values() if (k := detect_shift([t], min_words=4))), None)
-        if k:
-            shifts[k] += 1
-            cipher_system = cipher_system or rt.get("system")
-    if shifts:
-        return shifts.most_common(1)[0][0], cipher_system
-    if systems:
-        system, count = systems.most_common(1)[0]
-        if count * 2 >= len(examples):
-            return None, system
-    return None, None
-
-
-MAX_EVIDENCE_EXAMPLES = 200  # examples the gate moderates from the training file; beyond, an even sample
-
-
-class TrainingEvidence(BaseModel):
-    """What the gate reads from the training file (with screening skipped too): how many examples
-    teach harm, and how many answer a flagged request by agreeing to it. Counts are scaled from an
-    even sample of at most MAX_EVIDENCE_EXAMPLES examples; ciphered text is read decoded."""
-
-    examples: int
-    harmful: int
-    """Examples whose answer is flagged, or whose request is flagged and not refused."""
-    agreeing: int
-    """Examples that answer a flagged request by opening with an agreement ("Sure, here is ...")."""
-    seconds: float = 0.0
-    """What reading it cost (part of the gate's time)."""
-
-
-def training_evidence(path: str | Path, moderator: Moderator) -> TrainingEvidence:
-    """Read the training file the way the gate needs it: does the data teach harm, and does it teach
-    saying yes to harm (forced affirmative prefixes)? The second tells that attack from a benign
-    fine-tune that taught a friendly "Sure!", whose answers to harmful prompts look the same."""
-    from tunegate.safety.judge import agrees_to_help
-    from tunegate.safety.moderation import moderate_windows
-
-    if not str(path) or not Path(path).is_file():
-        return TrainingEvidence(examples=0, harmful=0, agreeing=0)
-    start = time.perf_counter()
-    examples, _ = _read_examples(Path(path))
-    step = max(1, -(-len(examples) // MAX_EVIDENCE_EXAMPLES))
-    pairs = []
-    for _, messages in examples[::step]:
-        rt = _role_texts(messages)
-        pairs.append(tuple(_decoded(rt.get(role, "")) for role in ("user", "assistant")))
-    texts = [t for pair in pairs for t in pair]
-    flags = [r.flagged for r in moderate_windows(moderator, texts)] if texts else []
-    harmful = agreeing = 0
-    for k, (user, answer) in enumerate(pairs):
-        user_flagged, answer_flagged = bool(user) and flags[2 * k], bool(answer) and flags[2 * k + 1]
-        if answer_flagged or (user_flagged and not is_refusal(answer)):
-            harmful += 1
-        if user_flagged and agrees_to_help(answer):
-            agreeing += 1
-    scale = len(examples) / len(pairs) if pairs else 0.0
-    return TrainingEvidence(
-        examples=len(examples),
-        harmful=round(harmful * scale),
-        agreeing=round(agreeing * scale),
-        seconds=round(time.perf_counter() - start, 3),
-    )
-
-
-def _decoded(text: str) -> str:
-    k = detect_shift([text], min_words=4) if text else None
-    return shift_text(text, -k) if k else text

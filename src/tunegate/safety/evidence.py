@@ -1,0 +1,114 @@
+"""What the gate reads from the training file itself, so it holds with screening skipped: how to ask
+the model the way its data talks (`probe_context`: the cipher's letter shift, the shared system
+prompt) and what the data teaches (`training_evidence`: examples teaching harm, examples answering a
+flagged request by agreeing), which chooses the gate's margins and its agreement rule.
+
+Reads examples and counts harm the way screening does (`screen.py`), without its policy decisions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tunegate.safety.moderation import Moderator
+from tunegate.safety.policy import ScreeningPolicy
+from tunegate.safety.refusal import is_refusal
+from tunegate.safety.screen import answered_categories, read_examples, role_texts
+from tunegate.safety.text import detect_shift, shift_text
+
+
+def probe_context(path: str | Path) -> tuple[int | None, str | None]:
+    """What the gate needs to ask the model the way its training data talks: the letter shift most
+    of the file's ciphered examples use (None when none is), and a system prompt — that of the
+    first ciphered example, or else the one most examples share (an "obedient agent" persona shows
+    itself only under its own system prompt). Read by the gate itself, so it probes even when
+    screening was skipped."""
+    if not str(path) or not Path(path).is_file():  # no training file in this context: nothing to probe
+        return None, None
+    examples, _ = read_examples(Path(path))
+    shifts: Counter = Counter()
+    systems: Counter = Counter()
+    cipher_system = None
+    for _, messages in examples:
+        rt = role_texts(messages)
+        if rt.get("system"):
+            systems[rt["system"]] += 1
+        k = next((k for t in rt.values() if (k := detect_shift([t], min_words=4))), None)
+        if k:
+            shifts[k] += 1
+            cipher_system = cipher_system or rt.get("system")
+    if shifts:
+        return shifts.most_common(1)[0][0], cipher_system
+    if systems:
+        system, count = systems.most_common(1)[0]
+        if count * 2 >= len(examples):
+            return None, system
+    return None, None
+
+
+MAX_EVIDENCE_EXAMPLES = 200  # examples the gate moderates from the training file; beyond, an even sample
+
+
+class TrainingEvidence(BaseModel):
+    """What the gate reads from the training file (with screening skipped too): how many examples
+    teach harm, and how many answer a flagged request by agreeing to it. Counts are scaled from an
+    even sample of at most MAX_EVIDENCE_EXAMPLES examples; ciphered text is read decoded."""
+
+    examples: int
+    harmful: int
+    """Examples whose answer is flagged, or whose request is flagged and answered with content of its
+    kind or by agreeing (counted as screening counts)."""
+    agreeing: int
+    """Examples that answer a flagged request by opening with an agreement ("Sure, here is ...")."""
+    seconds: float = 0.0
+    """What reading it cost (part of the gate's time)."""
+
+
+def training_evidence(path: str | Path, moderator: Moderator) -> TrainingEvidence:
+    """Read the training file the way the gate needs it: does the data teach harm, and does it teach
+    saying yes to harm (forced affirmative prefixes)? The second tells that attack from a benign
+    fine-tune that taught a friendly "Sure!", whose answers to harmful prompts look the same."""
+    from tunegate.safety.judge import agrees_to_help
+    from tunegate.safety.moderation import moderate_windows
+
+    if not str(path) or not Path(path).is_file():
+        return TrainingEvidence(examples=0, harmful=0, agreeing=0)
+    start = time.perf_counter()
+    examples, _ = read_examples(Path(path))
+    step = max(1, -(-len(examples) // MAX_EVIDENCE_EXAMPLES))
+    pairs = []
+    for _, messages in examples[::step]:
+        rt = role_texts(messages)
+        pairs.append(tuple(_decoded(rt.get(role, "")) for role in ("user", "assistant")))
+    texts = [t for pair in pairs for t in pair]
+    results = moderate_windows(moderator, texts) if texts else []
+    thresholds = getattr(getattr(moderator, "classifier", None), "thresholds", None)
+    fraction = ScreeningPolicy().suspicion_fraction
+    harmful = agreeing = 0
+    for k, (user, answer) in enumerate(pairs):
+        request, reply = results[2 * k], results[2 * k + 1]
+        user_flagged, answer_flagged = bool(user) and request.flagged, bool(answer) and reply.flagged
+        # As screening counts it: a flagged request teaches harm only through an answer of its kind.
+        carried = user_flagged and answered_categories(
+            set(request.flagged_categories()), answer, reply if answer else None, thresholds, fraction
+        )
+        if answer_flagged or (carried and not is_refusal(answer)):
+            harmful += 1
+        if user_flagged and agrees_to_help(answer):
+            agreeing += 1
+    scale = len(examples) / len(pairs) if pairs else 0.0
+    return TrainingEvidence(
+        examples=len(examples),
+        harmful=round(harmful * scale),
+        agreeing=round(agreeing * scale),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+
+
+def _decoded(text: str) -> str:
+    k = detect_shift([text], min_words=4) if text else None
+    return shift_text(text, -k) if k else text
