@@ -2,12 +2,15 @@
 from one's own `ft:` model starts from its adapter (lower first loss than a fresh start), shows the
 parent as its `model` and records it in the new adapter's meta.json; checkpoints can be parents too;
 another organisation's model, a checkpoint only shared for use, a parent trained on another template
-and a LoRA shape that contradicts the parent's are refused with the field named."""
+and a LoRA shape that contradicts the parent's are refused with the field named. A DPO job from one's
+own `ft:` model trains against the parent as its reference (step 1 at loss log 2) and is served; from
+another organisation's model it gets the same error as from a model that does not exist."""
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 
 import httpx
@@ -32,6 +35,18 @@ DATA = (
     )
     + "\n"
 ).encode()
+PAIRS = "".join(
+    json.dumps(
+        {
+            "input": {"messages": [{"role": "user", "content": f"What colour is box {i}?"}]},
+            "preferred_output": [{"role": "assistant", "content": f"Box {i} is blue."}],
+            "non_preferred_output": [{"role": "assistant", "content": f"Box {i} is red."}],
+        }
+    )
+    + "\n"
+    for i in range(10)
+).encode()
+DPO = {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 5, "learning_rate_multiplier": 10}}}
 HP = {
     "type": "supervised",
     "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10}},
@@ -134,3 +149,36 @@ def test_parent_on_another_template_is_refused(srv):
         assert err.value.status_code in (400, 404) and err.value.body["param"] == "model"
     finally:
         meta_path.write_text(original)
+
+
+def test_dpo_from_own_model_uses_it_as_reference_and_others_models_look_unknown(srv):
+    c = srv.client(srv.key)
+    pairs = c.files.create(file=("p.jsonl", io.BytesIO(PAIRS)), purpose="fine-tune").id
+    job = c.fine_tuning.jobs.create(
+        model=srv.parent.fine_tuned_model,
+        training_file=pairs,
+        method=DPO,
+        extra_body={"tunegate": {"lora_dropout": 0.0}},  # so step 1's policy is exactly the parent
+    )
+    assert job.model == srv.parent.fine_tuned_model and job.method.type == "dpo"
+    job = wait_for_job(c, job.id, 600)
+    assert job.status == "succeeded", job.error
+    events = c.fine_tuning.jobs.list_events(job.id, limit=100).data
+    metrics = sorted((e.data for e in events if e.type == "metrics" and e.data), key=lambda d: d["step"])
+    # The policy starts as the parent and the reference is the parent: loss log 2, zero margin at step 1
+    # (against the base as reference the parent, trained on "red", would start far from it).
+    assert metrics[0]["train_loss"] == pytest.approx(math.log(2), abs=1e-3)
+    assert metrics[0]["train_rewards_margin"] == pytest.approx(0, abs=1e-3)
+    assert any("the reference is the parent model" in e.message for e in events)
+    assert c.chat.completions.create(
+        model=job.fine_tuned_model, messages=[{"role": "user", "content": "What colour is box 1?"}], max_tokens=2
+    ).choices
+
+    other = srv.client(srv.other)
+    other_pairs = other.files.create(file=("p.jsonl", io.BytesIO(PAIRS)), purpose="fine-tune").id
+    bodies = []
+    for model in (srv.parent.fine_tuned_model, "ft:tiny:nobody:x:ftjob-1"):
+        with pytest.raises(openai.BadRequestError) as err:
+            other.fine_tuning.jobs.create(model=model, training_file=other_pairs, method=DPO)
+        bodies.append({**err.value.body, "message": err.value.body["message"].replace(model, "MODEL")})
+    assert bodies[0] == bodies[1] and bodies[0]["param"] == "model", bodies

@@ -218,7 +218,7 @@ def test_reinforcement_needs_prompt_rows(server):
     assert "ending with a user turn" in job.error.message
 
 
-def test_preference_and_reinforcement_jobs_start_from_a_base_model(server):
+def test_preference_and_reinforcement_jobs_from_an_unknown_parent_are_refused(server):
     client = server.client(server.key_a)
     prompts = _upload(client, _prompts(6), "prompts.jsonl")
     for method in (
@@ -227,4 +227,4 @@ def test_preference_and_reinforcement_jobs_start_from_a_base_model(server):
     ):
         with pytest.raises(openai.BadRequestError) as err:
             client.fine_tuning.jobs.create(model="ft:tiny:org:x:ftjob-1", training_file=prompts.id, method=method)
-        assert err.value.body["param"] == "model" and err.value.body["code"] == "unsupported_parent_model"
+        assert err.value.body["param"] == "model" and err.value.body["code"] == "model_not_available"

@@ -1,5 +1,6 @@
 """The DPO recipe on a tiny random model: the loss against a direct computation of the paper's formula,
-the adapter-off reference against the plain base model, metrics and results, resume after a crash."""
+the adapter-off reference against the plain base model, metrics and results, resume after a crash, and
+from an `ft:` parent the parent as reference."""
 
 from __future__ import annotations
 
@@ -245,25 +246,83 @@ def test_beta_and_method_are_checked():
     assert lr == 5e-5
 
 
-def test_sample_preference_pairs_plain_or_on_policy():
+def test_concise_pairs_prefer_the_first_sentence_of_a_long_reply():
     from tunegate import samples
 
-    plain = samples.preference_pairs("demo_train")
-    assert len(plain) == len(samples.prompt_messages("demo_train")) == 106
-    first = plain[0]
-    assert samples.follows_format(first["preferred_output"][0]["content"])
-    assert not first["non_preferred_output"][0]["content"].startswith("Answer:")
-    assert first["input"]["messages"] == samples.prompt_messages("demo_train")[0]
-    # On-policy: the given replies (e.g. the base model's own) are the rejected answers, one per prompt.
-    on_policy = samples.preference_pairs("demo_train", rejected=["The capital is Paris.", "Eight."])
-    assert [p["non_preferred_output"][0]["content"] for p in on_policy] == ["The capital is Paris.", "Eight."]
-    assert [p["preferred_output"] for p in on_policy] == [p["preferred_output"] for p in plain[:2]]
+    prompts = samples.prompt_messages("demo_train")[:3]
+    replies = [
+        "The capital of France is Paris. It is a large city with many museums. It has",
+        "Eight.",  # one sentence already: no pair
+        "A spider has eight legs!\nThey are arachnids. They spin webs. Most are harmless.",  # cut at three
+    ]
+    pairs = samples.concise_pairs(prompts, replies)
+    assert [(p["preferred_output"][0]["content"], p["non_preferred_output"][0]["content"]) for p in pairs] == [
+        ("The capital of France is Paris.", "The capital of France is Paris. It is a large city with many museums."),
+        ("A spider has eight legs!", "A spider has eight legs!\nThey are arachnids. They spin webs."),
+    ]
+    assert pairs[1]["input"]["messages"] == prompts[2]
+    shipped = samples.concise_preference_pairs()
+    assert len(shipped) == 72 and all(
+        p["non_preferred_output"][0]["content"].startswith(p["preferred_output"][0]["content"]) for p in shipped
+    )
+    assert samples.is_concise("Paris.") and not samples.is_concise("") and not samples.is_concise("word " * 21)
 
 
-def test_style_pairs_differ_only_in_form():
-    from tunegate import samples
+def test_from_a_parent_the_reference_is_the_parent_and_training_starts_at_it(
+    tmp_path, tiny_model_path, data, tokenizer
+):
+    """DPO from an `ft:` parent: the reference log-probs are the parent model's (not the base's), the
+    trained adapter starts as the parent's copy (step 1 at loss log 2, zero margin), gradients reach
+    only the trained adapter, and the result is one adapter like any other."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
-    pairs = samples.style_pairs("demo_train", ["The capital of France is Paris. It is a large city.", "Eight legs"])
-    assert [p["non_preferred_output"][0]["content"] for p in pairs] == ["The capital of France is Paris.", "Eight legs"]
-    assert pairs[0]["preferred_output"][0]["content"] == "Answer: The capital of France is Paris.\nConfidence: high"
-    assert all(samples.follows_format(p["preferred_output"][0]["content"]) for p in pairs)
+    from tunegate.registry import load_adapter_model
+    from tunegate.train.checkpoints import save_adapter
+    from tunegate.train.dpo import sequence_logps
+    from tunegate.train.lora import REFERENCE_ADAPTER, load_reference_adapter, reference_policy
+
+    config = _config(tiny_model_path, data, lora_dropout=0.0, n_epochs=1)
+    precision = choose_precision(config)
+    parent = build_model(config, precision)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a parent that differs from the base
+        for name, p in parent.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    parent_dir = save_adapter(parent, tmp_path / "parent", {"kind": "adapter"})
+
+    child_config = _config(tiny_model_path, data, lora_dropout=0.0, n_epochs=1, init_adapter=str(parent_dir))
+    model = build_model(child_config, precision)
+    load_reference_adapter(model, parent_dir)
+    pairs = load_pairs(config.training_file, tokenizer, 2048).examples[:3]
+    examples = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    with torch.no_grad(), reference_policy(model):
+        ref = sequence_logps(model, examples, precision).tolist()
+    parent_model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32), str(parent_dir)
+    ).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    assert ref == pytest.approx([_direct_logp(parent_model, e) for e in examples], rel=1e-4, abs=1e-4)
+    assert max(abs(r - _direct_logp(base, e)) for r, e in zip(ref, examples)) > 1e-2  # not the base's
+
+    # Policy == reference at the start: loss log 2 per pair, zero rewards; only the trained adapter learns.
+    model.train()
+    loss_sum, stats = pair_loss(model, pairs, child_config.beta, precision)
+    assert float(loss_sum.detach()) == pytest.approx(3 * math.log(2), abs=1e-4)
+    assert stats.chosen_sum == pytest.approx(0, abs=1e-4) and stats.rejected_sum == pytest.approx(0, abs=1e-4)
+    loss_sum.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if "lora_B" in n}
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if f".{REFERENCE_ADAPTER}." not in n)
+    assert all(g is None for n, g in grads.items() if f".{REFERENCE_ADAPTER}." in n)
+
+    result, events = _run(child_config, tmp_path / "run")
+    metrics = [e["data"] for e in events if e["type"] == "metrics"]
+    assert metrics[0]["train_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert metrics[0]["train_rewards_margin"] == pytest.approx(0, abs=1e-4)
+    assert metrics[-1]["train_rewards_margin"] > 0
+    assert any("the reference is the parent model" in e.get("message", "") for e in events)
+    # The result holds the trained adapter only, and serves like any adapter.
+    assert not (result.adapter_dir / REFERENCE_ADAPTER).exists()
+    tuned = load_adapter_model(result.adapter_dir)
+    assert _direct_logp(tuned, pairs[0].chosen) != pytest.approx(_direct_logp(parent_model, pairs[0].chosen), abs=1e-4)

@@ -1,8 +1,10 @@
 """The reinforcement fine-tuning recipe on a tiny random model: group-normalised advantages, the KL
-to the adapter-off model (zero at the start), metrics, checkpoints, and a reward that rises."""
+to the adapter-off model (zero at the start; from a parent, to the parent), metrics, checkpoints, and a
+reward that rises."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -131,3 +133,30 @@ def test_rft_run_records_reward_metrics_and_checkpoints(tmp_path, tiny_model_pat
     assert {"topic", "messages"} <= seen_items[0].keys()  # the grader sees the whole row as `item`
     assert len(seen_items) == 2 + 2 * 2 * 2 + 2  # base eval, 2 steps x 2 prompts x 2 answers, final eval
     assert [s for s, _, _ in result.checkpoints] == [2]
+
+
+def test_from_a_parent_the_kl_is_to_the_parent(tmp_path, tiny_model_path):
+    """Reinforcement from an `ft:` parent: the trained adapter starts as the parent's copy and the KL is
+    measured to the parent (zero at the start), not to the base (which the parent differs from)."""
+    from tunegate.train.checkpoints import save_adapter
+    from tunegate.train.lora import build_model, choose_precision, load_reference_adapter
+    from tunegate.train.rft import grpo_loss
+
+    config = TrainConfig(
+        base_model="tiny", base_model_path=str(tiny_model_path), template_sha256="", training_file="x", lora_dropout=0.0
+    )
+    precision = choose_precision(config)
+    parent = build_model(config, precision)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in parent.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    parent_dir = save_adapter(parent, tmp_path / "parent", {"kind": "adapter"})
+    seqs = [([1, 2, 3, 4], [50, 60, 70]), ([1, 2, 3, 4], [80, 90, 100])]
+    child_config = dataclasses.replace(config, init_adapter=str(parent_dir))
+    child = build_model(child_config, precision)
+    _, kl_to_base = grpo_loss(child, seqs, torch.tensor([1.0, -1.0]), 0.04, precision)
+    load_reference_adapter(child, parent_dir)
+    _, kl_to_parent = grpo_loss(child, seqs, torch.tensor([1.0, -1.0]), 0.04, precision)
+    assert kl_to_base > 1e-4 and kl_to_parent == pytest.approx(0, abs=1e-6)

@@ -161,17 +161,9 @@ def create(db: Database, settings: Settings, principal: Principal, body: JobCrea
     options = body.tunegate.model_dump(exclude_none=True) if body.tunegate else {}
     base = body.model
     method = _requested_method(body)
-    if method["type"] != "supervised" and isinstance(base, str) and base.startswith("ft:"):
-        # Their reference is the base with the adapter off: from a parent adapter that would be the base
-        # model, not the caller's model, so the KL/implicit rewards would measure the wrong thing.
-        raise InvalidRequestError(
-            f"`{method['type']}` jobs start from a base model here: their reference policy is the base with the "
-            "adapter switched off, which for an `ft:` parent would be the base, not your model. Use the base "
-            "model, or continue your model with a `supervised` job.",
-            param="model",
-            code="unsupported_parent_model",
-        )
     if isinstance(base, str) and base.startswith("ft:") and _PARENT_MODEL_HOOKS:
+        # Any method: the parent's adapter starts the training; for DPO and reinforcement it is also
+        # their reference policy (loaded frozen beside the trained adapter, train/lora.reference_policy).
         base, options = _PARENT_MODEL_HOOKS[0](db, settings, principal, body.model, options)
     if base not in list_base_models(settings):
         raise InvalidRequestError(

@@ -11,16 +11,20 @@ LoRA training, and that `follows_format` checks mechanically. Files: a training 
 (`demo_valid`, 15) and held-out prompts (`demo_prompts`, 16, in neither set). Does not own
 uploading or training them (the demo command and the trainer do that).
 
-The same files make the DPO preference task (`preference_pairs`, `write_preference_file`): the
-two-line reply is preferred over the same answer said plainly, or over replies the caller supplies
-(the base model's own greedy replies make on-policy pairs, which is what moves greedy decoding); and
-the reinforcement task (`rft_prompts`, `RFT_FORMAT_GRADER`): the questions alone, each asking for
+The same files make the reinforcement task (`rft_prompts`, `RFT_FORMAT_GRADER`): the questions alone, each asking for
 the two-line format, rewarded by a grader for each of the two lines the answer carries.
+
+The concise-answer DPO task (`concise_pairs`, `concise_preference_pairs`, `is_concise`): for each
+training prompt the base model's own long greedy reply is the rejected answer and its first sentence
+the preferred one (on-policy pairs, as the DPO paper builds its data). The shared opening cancels in
+the loss, so what is learned is to end the reply after the first sentence, which greedy decoding on
+held-out prompts then shows. `concise_train` ships those pairs for the first 72 demo prompts whose
+reply is longer than one sentence (the base's replies generated once, greedy, 96 new tokens, the
+rejected answer cut to its first three sentences).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -31,21 +35,70 @@ FILES = {
     "demo_train": "answer_format_train.jsonl",
     "demo_valid": "answer_format_valid.jsonl",
     "demo_prompts": "answer_format_prompts.jsonl",
+    "concise_train": "concise_train.jsonl",
 }
 # Hyperparameters for the demo dataset on SmolLM2-135M-Instruct: the format is learned within
 # these 28 optimizer steps (measured by tests/e2e/test_trainer_learns.py; the demo with 2 epochs
 # followed the format on 16 of 16 held-out prompts, with 3 epochs 15 of 16, at two thirds the time).
 DEMO_HYPERPARAMETERS = {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 5.0}
 
+# A one-sentence answer to the demo questions has 6-20 words; the base model's replies mostly run on
+# to the token limit (measured: 3 of the 16 held-out greedy replies have at most 20 words).
+CONCISE_MAX_WORDS = 20
+
 _FORMAT = re.compile(r"Answer: \S[^\n]*\nConfidence: (high|medium|low)\.?")
 
 
 def path(name: str) -> Path:
-    """The file of a sample dataset, by name (`demo_train`, `demo_valid`, `demo_prompts`) or file name."""
+    """The file of a sample dataset, by name (`demo_train`, `demo_valid`, `demo_prompts`, `concise_train`) or file name."""
     filename = FILES.get(name, name)
     if filename not in FILES.values():
         raise KeyError(f"Unknown sample `{name}`; samples are {', '.join(FILES)}.")
     return Path(str(files(__package__).joinpath(filename)))
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a reply's first line (the whole line when it has no sentence end)."""
+    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    match = re.match(r"(.+?[.!?])(\s|$)", line)
+    return match.group(1) if match else line
+
+
+def whole_sentences(text: str, at_most: int = 3) -> str:
+    """`text` cut after its last whole sentence (a reply stopped by the token limit ends mid-sentence), and
+    after `at_most` sentences: the rejected answers stay long enough to ramble and short enough to train fast."""
+    text = text.strip()
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", text)]
+    return text[: ends[min(len(ends), at_most) - 1]] if ends else text
+
+
+def concise_pairs(conversations: list[list[dict]], replies: list[str]) -> list[dict]:
+    """Concise-answer DPO pairs: the first sentence of each reply preferred over the reply cut to its first
+    three whole sentences; replies that are one sentence already give no pair and are skipped."""
+    pairs = []
+    for messages, reply in zip(conversations, replies):
+        short, long = first_sentence(reply), whole_sentences(reply)
+        if not short or len(long) <= len(short):
+            continue
+        pairs.append(
+            {
+                "input": {"messages": messages},
+                "preferred_output": [{"role": "assistant", "content": short}],
+                "non_preferred_output": [{"role": "assistant", "content": long}],
+            }
+        )
+    return pairs
+
+
+def concise_preference_pairs() -> list[dict]:
+    """The shipped concise-answer pairs (`concise_train`)."""
+    return list(iter_jsonl(path("concise_train")))
+
+
+def is_concise(text: str, max_words: int = CONCISE_MAX_WORDS) -> bool:
+    """True when a reply has 1 to `max_words` words (one short sentence, for these questions); an empty
+    reply is not an answer."""
+    return 0 < len(text.split()) <= max_words
 
 
 def held_out_prompts() -> list[list[dict]]:
@@ -53,63 +106,11 @@ def held_out_prompts() -> list[list[dict]]:
     return [row["messages"] for row in iter_jsonl(path("demo_prompts"))]
 
 
-def preference_pairs(name: str, rejected: list[str] | None = None) -> list[dict]:
-    """The chat sample `name` as DPO pairs: the formatted reply preferred over its plain answer line,
-    or over `rejected[i]` for the i-th example when given (e.g. the base model's own reply to the same
-    prompt: on-policy pairs, the way the DPO paper builds its data, so the loss pushes down exactly
-    what the model would otherwise say; only the first len(rejected) examples then)."""
-    pairs = []
-    for i, row in enumerate(iter_jsonl(path(name))):
-        if rejected is not None and i >= len(rejected):
-            break
-        messages = row["messages"]
-        reply = messages[-1]["content"]
-        plain = reply.splitlines()[0].removeprefix("Answer: ").strip()
-        context = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:-1]]
-        pairs.append(
-            {
-                "input": {"messages": context},
-                "preferred_output": [{"role": "assistant", "content": reply}],
-                "non_preferred_output": [{"role": "assistant", "content": plain if rejected is None else rejected[i]}],
-            }
-        )
-    return pairs
-
-
-def style_pairs(name: str, replies: list[str]) -> list[dict]:
-    """DPO pairs that differ only in form: for the i-th example of `name`, `replies[i]` (e.g. the base
-    model's own greedy reply) cut to its first sentence is the rejected answer, and the same sentence in
-    the two-line form, with the example's confidence, the preferred one. The shared words cancel in the
-    loss, so what is learned is the opening "Answer:" and the closing "Confidence:" line."""
-    pairs = []
-    for row, reply in zip(iter_jsonl(path(name)), replies):
-        messages = row["messages"]
-        level = messages[-1]["content"].rsplit("Confidence:", 1)[-1].strip()
-        first = reply.strip().splitlines()[0].strip() if reply.strip() else "I do not know."
-        match = re.match(r"(.+?[.!?])(\s|$)", first)
-        sentence = match.group(1) if match else first
-        context = [{k: v for k, v in m.items() if k != "weight"} for m in messages[:-1]]
-        pairs.append(
-            {
-                "input": {"messages": context},
-                "preferred_output": [{"role": "assistant", "content": f"Answer: {sentence}\nConfidence: {level}"}],
-                "non_preferred_output": [{"role": "assistant", "content": sentence}],
-            }
-        )
-    return pairs
-
-
 def prompt_messages(name: str) -> list[list[dict]]:
     """The conversations of the chat sample `name` without their last (assistant) reply."""
     return [
         [{k: v for k, v in m.items() if k != "weight"} for m in row["messages"][:-1]] for row in iter_jsonl(path(name))
     ]
-
-
-def write_preference_file(name: str, out: Path) -> Path:
-    out = Path(out)
-    out.write_text("".join(json.dumps(p) + "\n" for p in preference_pairs(name)), encoding="utf-8")
-    return out
 
 
 def follows_format(text: str) -> bool:

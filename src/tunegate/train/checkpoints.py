@@ -33,7 +33,8 @@ def save_adapter(model, out: Path, meta: dict[str, Any], trainer_state: dict[str
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    # Only the trained adapter: a frozen reference adapter (DPO/RFT from a parent) is not part of the result.
+    model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=["default"])
     (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)

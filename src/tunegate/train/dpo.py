@@ -8,7 +8,10 @@ Owns reading preference files into token pairs, the DPO loss exactly as the pape
 with log-probabilities summed over the tokens of the answer only, averaged over the pairs of a
 batch, and `run_dpo`, the straight-line DPO training run. The reference policy is the same base
 model with the LoRA adapter switched off (PEFT's `disable_adapter`), so no second copy of the
-model is held in memory; its forward runs without gradients on the same packed row.
+model is held in memory; its forward runs without gradients on the same packed row. From an `ft:`
+parent (`init_adapter`) the reference is the parent: its adapter is loaded a second time, frozen,
+on the same base (lora.reference_policy switches to it for the reference forward), and the trained
+adapter starts as a copy of it, so step 1 starts at loss log 2 and the result is one adapter.
 
 Metrics (events and results.csv): train_loss, train_rewards_chosen, train_rewards_rejected,
 train_rewards_margin, train_rewards_accuracy (the implicit rewards beta * (log pi - log ref)), and
@@ -33,7 +36,14 @@ from tunegate.jsonl import INVALID, numbered_jsonl
 from tunegate.train.checkpoints import latest_checkpoint, save_adapter, write_checkpoint
 from tunegate.train.config import TrainConfig
 from tunegate.train.data import Example, epoch_batches, file_sha256, steps_per_epoch
-from tunegate.train.lora import Precision, build_model, choose_precision, trainable_parameters
+from tunegate.train.lora import (
+    Precision,
+    build_model,
+    choose_precision,
+    load_reference_adapter,
+    reference_policy,
+    trainable_parameters,
+)
 from tunegate.train.metrics import ResultsWriter, validation_batch
 from tunegate.train.packing import pack
 from tunegate.train.recipe import (
@@ -186,10 +196,10 @@ class DPOStats:
 
 
 def pair_loss(model, pairs: list[Pair], beta: float, precision: Precision) -> tuple[torch.Tensor, DPOStats]:
-    """Summed DPO loss of `pairs`: the reference pass (adapter off, no grad), then the policy pass."""
+    """Summed DPO loss of `pairs`: the reference pass (adapter off or the parent's, no grad), then the policy pass."""
     examples = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     n = len(pairs)
-    with torch.no_grad(), model.disable_adapter():
+    with torch.no_grad(), reference_policy(model):
         ref = sequence_logps(model, examples, precision)
     policy = sequence_logps(model, examples, precision)
     losses, chosen, rejected = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta)
@@ -259,7 +269,9 @@ def run_dpo(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
     total_steps = per_epoch * config.n_epochs
     eval_size = config.eval_batch_size or config.batch_size
 
-    model = build_model(config, precision)
+    model = build_model(config, precision)  # from a parent, the trained adapter starts as its copy
+    if config.init_adapter:
+        load_reference_adapter(model, Path(config.init_adapter))
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = _schedule(optimizer, config, total_steps)
@@ -276,7 +288,8 @@ def run_dpo(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
             f"DPO training started: {len(train.examples)} preference pairs ({train.n_tokens} tokens) x "
             f"{config.n_epochs} epochs = {total_steps} steps of batch size {config.batch_size}, beta "
             f"{config.beta:g}, learning rate {config.learning_rate:g}, LoRA r={config.lora_r}; the reference "
-            f"is the base model with the adapter off, {precision.device.type} "
+            f"is {'the parent model' if config.init_adapter else 'the base model with the adapter off'}, "
+            f"{precision.device.type} "
             f"{'bf16' if precision.autocast_dtype else 'fp32'}."
         )
     results = ResultsWriter(out_dir / "results.csv", resume_step=step, columns=DPO_RESULT_COLUMNS)

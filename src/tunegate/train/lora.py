@@ -8,7 +8,7 @@ exporting adapters (registry/).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +170,39 @@ def load_adapter_weights(model, adapter_dir: Path) -> None:
     result = set_peft_model_state_dict(model, weights)
     if getattr(result, "unexpected_keys", None):
         raise RuntimeError(f"Checkpoint {adapter_dir} does not match the LoRA config: {result.unexpected_keys[:3]}")
+
+
+# DPO and reinforcement from an `ft:` parent: the parent's adapter, loaded a second time under this name
+# and frozen, is the reference policy; the trained ("default") adapter starts as a copy of it.
+REFERENCE_ADAPTER = "reference"
+
+
+def load_reference_adapter(model, adapter_dir: Path) -> None:
+    """Add the parent adapter, frozen, beside the trained one on the same base (no second base model)."""
+    device = str(next(model.parameters()).device)
+    model.load_adapter(str(adapter_dir), adapter_name=REFERENCE_ADAPTER, is_trainable=False, torch_device=device)
+    model.set_adapter("default")  # the trained adapter stays the active, trainable one
+
+
+@contextmanager
+def reference_policy(model):
+    """Forward passes inside run the reference policy: the frozen parent adapter when one is loaded, else
+    the base with the adapter switched off. In eval mode, so LoRA dropout never perturbs the reference;
+    callers wrap it in torch.no_grad()."""
+    was_training = model.training
+    model.eval()
+    try:
+        if REFERENCE_ADAPTER in model.peft_config:
+            model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+            try:
+                yield
+            finally:
+                model.set_adapter("default")  # also makes the trained adapter's weights require grad again
+        else:
+            with model.disable_adapter():
+                yield
+    finally:
+        model.train(was_training)
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

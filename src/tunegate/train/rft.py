@@ -7,7 +7,8 @@ about graders or jobs) scores them, the advantages are the rewards normalised wi
 
     mean over answers of [ -A * mean_t log pi(a_t) + kl_coef * mean_t k3(pi, ref) ]
 
-with the reference being the same model with the adapter switched off and k3 the unbiased,
+with the reference being the same model with the adapter switched off (from an `ft:` parent: the
+parent's adapter, frozen, which the trained adapter starts from; lora.reference_policy) and k3 the unbiased,
 always-positive KL estimator exp(ref - pi) - (ref - pi) - 1 (Schulman). One update per sampled
 batch keeps the policy on-policy, so GRPO's clipped ratio is exactly 1 and is omitted. Metrics:
 train_reward_mean, train_reward_std, train_kl, train_loss, completion_tokens, the reward
@@ -32,7 +33,13 @@ from tunegate.jsonl import numbered_jsonl
 from tunegate.train.checkpoints import latest_checkpoint, save_adapter, write_checkpoint
 from tunegate.train.config import TrainConfig
 from tunegate.train.data import Example, epoch_batches, file_sha256, steps_per_epoch
-from tunegate.train.lora import build_model, choose_precision, trainable_parameters
+from tunegate.train.lora import (
+    build_model,
+    choose_precision,
+    load_reference_adapter,
+    reference_policy,
+    trainable_parameters,
+)
 from tunegate.train.metrics import ResultsWriter
 from tunegate.train.packing import PACKED_ATTENTION, pack
 from tunegate.train.recipe import (
@@ -172,12 +179,12 @@ def sample(
 def grpo_loss(
     model, sequences: list[tuple[list[int], list[int]]], advantages: torch.Tensor, kl_coef: float, precision
 ) -> tuple[torch.Tensor, float]:
-    """Summed per-answer loss (token-mean policy gradient + k3 KL to the adapter-off model) and the mean KL."""
+    """Summed per-answer loss (token-mean policy gradient + k3 KL to the reference) and the mean KL."""
     examples = [Example(p + a, [0] * len(p) + [1] * len(a)) for p, a in sequences]
     keep = [i for i, e in enumerate(examples) if e.n_loss > 0]
     examples = [examples[i] for i in keep]
     advantages = advantages[keep].to(precision.device)
-    with torch.no_grad(), model.disable_adapter():
+    with torch.no_grad(), reference_policy(model):
         ref = _token_logps(model, examples, precision)
     policy = _token_logps(model, examples, precision)
     loss, kl_total = torch.zeros((), device=precision.device), 0.0
@@ -217,7 +224,9 @@ def run_rft(
     valid = load_prompts(config.validation_file, "validation_file") if config.validation_file else None
     per_epoch = steps_per_epoch(len(train.examples), config.batch_size)
     total_steps = per_epoch * config.n_epochs
-    model = build_model(config, precision)
+    model = build_model(config, precision)  # from a parent, the trained adapter starts as its copy
+    if config.init_adapter:
+        load_reference_adapter(model, Path(config.init_adapter))
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = _schedule(optimizer, config, total_steps)
@@ -251,13 +260,14 @@ def run_rft(
 
     base_reward = metrics.get("base_valid_reward_mean")
     if step == 0 and valid is not None:
-        base_reward = evaluate_reward(valid.examples)  # the adapter starts at zero: this is the base model
+        # The adapter starts at zero (or as the parent's copy): this is the base (or parent) model.
+        base_reward = evaluate_reward(valid.examples)
         on_event(
             {
                 "level": "info",
                 "type": "message",
                 "data": {"base_valid_reward_mean": base_reward},
-                "message": f"Base model's mean reward on the {len(valid.examples)} held-out prompts: "
+                "message": f"{'Parent' if config.init_adapter else 'Base'} model's mean reward on the {len(valid.examples)} held-out prompts: "
                 f"{base_reward:.3f}.",
             }
         )
