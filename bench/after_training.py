@@ -1,16 +1,20 @@
 """After-training generation benchmark: the fine-tuned model's answers that the safety gate and the
-regression check need, generated the way they were before (transformers' `generate` on length-sorted
-batches of 32, in two rounds) and the way they are now (one KV-cached greedy loop per batch that drops
-each row the step its answer is final), per check and in one pass for both.
+regression check need, in one pass for both (one KV-cached greedy loop per length-sorted batch that
+drops each row the step its answer is final), one batch at a time on all of the process's threads
+(before) against batches decoded side by side, one intra-op thread each (now); with
+`--with-generate` also transformers' `generate` in two rounds per check (the first version, minutes).
 
 The prompts are the real ones: the gate's default suites (80), the regression check's closed-book
 questions (70) and the sample job's validation prompts (15). With `--adapter DIR` the fine-tuned
 model is that trained LoRA adapter (e.g. a demo job's `adapter` folder: its answers are short, which
 is where dropping finished rows pays); without it the base model answers (long answers, the worst
-case). Prints one table with seconds, rows still computed per step, and whether each variant's
-answers equal the baseline's.
+case). Each variant first answers 32 prompts untimed (warm-up), then prints one line: seconds, token
+rows computed, and whether its answers equal the first variant's (give the variants in both orders,
+e.g. `32x0,32x1,32x0`, to see what order costs); with `--gate`, a second table: per variant, the base model's answers to the
+gate's 80 prompts generated with the same settings, and the gate's decision and counts (harmful,
+refused, agreeing; base -> fine-tuned) judged as the gate judges them.
 
-    python bench/after_training.py [--adapter DIR] [--model-cache DIR] [--batch-sizes 32,64]
+    python bench/after_training.py [--adapter DIR] [--model-cache DIR] [--variants 32x1,32x0] [--gate]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,9 +85,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", type=Path, default=None, help="a trained LoRA adapter folder (default: none)")
     parser.add_argument("--model-cache", type=Path, default=ROOT / ".tunegate" / "models")
-    parser.add_argument("--batch-sizes", default="32,64", help="batch sizes of the one-pass variant")
+    parser.add_argument(
+        "--variants",
+        default="32x1,32x0",
+        help="one-pass variants as BATCHxSTREAMS (streams 1: one batch at a time on all threads, before; 0: one "
+        "stream of one thread per intra-op thread, now); the first is the ratio's baseline",
+    )
+    parser.add_argument("--with-generate", action="store_true", help="also time `generate` in two rounds (minutes)")
+    parser.add_argument(
+        "--gate",
+        action="store_true",
+        help="also judge the gate's prompts per batch size: base answers generated at that size, the decision and counts",
+    )
     args = parser.parse_args()
+    variants = [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",") if v]
     os.environ.setdefault("TUNEGATE_MODEL_CACHE_DIR", str(args.model_cache))
+    import torch
 
     from tunegate import samples
     from tunegate.catalog import DEFAULT_MODEL
@@ -131,39 +149,78 @@ def main() -> None:
         row(label, spent[-1], gen.generated_tokens - before or None, None)
         return answers
 
-    answers: list[str] = []
-    for name, (_, _, convs) in checks.items():
-        answers += timed(
-            f"before: `generate`, batches of 32, two rounds: {name} ({len(convs)})",
-            lambda v=views[name], c=convs: generate_baseline(v, c),
-        )
-    reference += answers
-    now: list[str] = []
-    for name, (_, _, convs) in checks.items():
-        now += timed(
-            f"now: KV-cached loop, finished rows leave: {name} ({len(convs)})",
-            lambda v=views[name], c=convs: v._generate(c),
-        )
-    row("now, both checks in two passes", spent[2] + spent[3], None, now)
-    for size in [int(s) for s in args.batch_sizes.split(",") if s]:
-        batched = {
-            name: GenerationSettings(
-                max_new_tokens=v.generation.max_new_tokens,
-                first_round_tokens=v.generation.first_round_tokens,
-                batch_size=size,
-                stop_at_refusal=v.generation.stop_at_refusal,
+    def sized(size: int, streams: int) -> dict[str, GenerationSettings]:
+        return {name: replace(v.generation, batch_size=size, streams=streams) for name, v in views.items()}
+
+    if args.with_generate:
+        answers: list[str] = []
+        for name, (_, _, convs) in checks.items():
+            answers += timed(
+                f"before: `generate`, batches of 32, two rounds: {name} ({len(convs)})",
+                lambda v=views[name], c=convs: generate_baseline(v, c),
             )
-            for name, v in views.items()
-        }
+        reference += answers
+        now: list[str] = []
+        for name, (_, _, convs) in checks.items():
+            now += timed(
+                f"KV-cached loop, finished rows leave: {name} ({len(convs)})",
+                lambda v=views[name], c=convs: v._generate(c),
+            )
+        row("KV-cached loop, both checks in two passes", spent[2] + spent[3], None, now)
+    outcomes = []
+    # Untimed warm-up (first forward passes pay one-time allocation and kernel set-up): without it the
+    # first variant is timed cold and every later one looks faster than it is.
+    for size, streams in dict.fromkeys(variants):
+        warm = sized(size, streams)
+        gen.configured(policy.max_new_tokens, warm["gate"])._answer([(warm["gate"], checks["gate"][2][:32])])
+    for size, streams in variants:
+        batched = sized(size, streams)
         one = gen.configured(policy.max_new_tokens, batched["gate"])
         t = time.perf_counter()
         before = gen.generated_tokens
         together = [a for part in one._answer([(batched[n], c) for n, (*_, c) in checks.items()]) for a in part]
-        row(
-            f"now: one pass for both checks, batches of {size} ({total})",
-            time.perf_counter() - t,
-            gen.generated_tokens - before,
-            together,
+        secs = time.perf_counter() - t
+        if not args.with_generate and not spent:
+            spent.extend([secs, 0.0])  # the first variant is the baseline of the ratio column
+            reference += together
+        how = (
+            f"{streams or torch.get_num_threads()} streams of one thread each"
+            if streams != 1
+            else f"one stream on {torch.get_num_threads()} threads"
+        )
+        label = f"one pass for both checks, batches of up to {size}, {how} ({total})"
+        row(label, secs, gen.generated_tokens - before, together)
+        outcomes.append((label, batched["gate"], together[: len(checks["gate"][2])]))
+    if args.gate:
+        gate_outcomes(gen, policy, checks["gate"][2], outcomes)
+
+
+def gate_outcomes(gen, policy, conversations, outcomes) -> None:
+    """The gate's counts on its 80 prompts per variant: base answers generated with that variant's
+    settings (not from the cache), fine-tuned answers from its pass, judged as the gate judges them."""
+    from tunegate.safety.gate import default_suites, run_gate
+    from tunegate.safety.moderation import get_moderator
+    from tunegate.settings import Settings
+
+    moderator = get_moderator(Settings())
+    print(
+        "\n| variant | base answers (s) | decision | harmful base -> tuned | refused base -> tuned | agrees base -> tuned |"
+    )
+    print("|---:|---:|---|---|---|---|", flush=True)
+    for label, settings, tuned in outcomes:
+        base_view = gen.configured(policy.max_new_tokens, settings)
+        t = time.perf_counter()
+        base = base_view.base(conversations)
+        secs = time.perf_counter() - t
+        r = run_gate(lambda c, a=base: a, lambda c, a=tuned: a, moderator, policy, suites=default_suites(policy))
+        harmful = [s for s in r.samples if s.suite == "harmful"]
+
+        def count(key: str, rows=harmful) -> str:
+            return f"{sum(getattr(s.base, key) for s in rows)} -> {sum(getattr(s.tuned, key) for s in rows)}"
+
+        print(
+            f"| {label} | {secs:.1f} | {r.decision} | {count('harmful')} | {count('refused')} | {count('agrees')} |",
+            flush=True,
         )
 
 

@@ -52,13 +52,16 @@ def _plain(tiny_model_path, adapter_dir, conversation, max_new):
     return tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
-@pytest.mark.parametrize("batch_size", [1, 2, 32])
-def test_kv_cached_loop_in_sorted_batches_answers_as_one_greedy_pass(settings, tiny_model_path, adapter, batch_size):
-    """Rows of different lengths share a left-padded batch and leave it the step they end: each
+@pytest.mark.parametrize(("batch_size", "streams"), [(1, 2), (2, 1), (32, 2)])
+def test_kv_cached_loop_in_sorted_batches_answers_as_one_greedy_pass(
+    settings, tiny_model_path, adapter, batch_size, streams
+):
+    """Rows of different lengths share a left-padded batch and leave it the step they end, batches
+    decoded one at a time or side by side in two threads (32 rows then split into two batches): each
     answer is still the one a plain `generate` of that conversation alone gives."""
     from tunegate.safety.generation import AdapterGenerator
 
-    rule = GenerationSettings(first_round_tokens=4, batch_size=batch_size)
+    rule = GenerationSettings(first_round_tokens=4, batch_size=batch_size, streams=streams)
     gen = AdapterGenerator(settings, "tiny", adapter, 12, rule)
     answers = gen.tuned(CONVERSATIONS)
     assert answers == [_plain(tiny_model_path, adapter, c, 12) for c in CONVERSATIONS]

@@ -12,7 +12,9 @@ cache, prompts sorted by length so a batch pads little, and a row leaves its bat
 answer is final — it ended, reached `max_new_tokens`, or, for the gate (`stop_at_refusal`), it
 opens with a refusal after `first_round_tokens` (the judge counts a refusal as not harmful whatever
 follows it) — so a batch's later steps cost only the answers still being written (transformers'
-`generate` computes every row until the last one ends). A later step `plan`s its prompts so the
+`generate` computes every row until the last one ends); the batches are decoded side by side, one
+per core, each on one intra-op thread (`streams`: rows of a few dozen tokens split over two threads
+wait on each other more than they gain). A later step `plan`s its prompts so the
 first `tuned` call answers them in the same batches (the regression check's after the gate's: one
 pass, not two), each row under its own step's settings. Optionally (`merge`) the fine-tuned pass
 runs with the adapter merged into the weights and the base pass restores the exact base weights
@@ -27,11 +29,13 @@ import copy
 import hashlib
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunegate.catalog import get_base_model, load_pretrained
 from tunegate.catalog.template import render
+from tunegate.safety.moderation import intra_op_threads
 from tunegate.settings import Settings
 
 # Bumped when generation changes in a way that changes answers: old cached base answers are not reused.
@@ -45,6 +49,9 @@ class GenerationSettings:
     max_new_tokens: int = 40
     first_round_tokens: int = 16
     batch_size: int = 32
+    streams: int = 0
+    """Batches decoded side by side, each on one intra-op thread; 0: as many as the process has
+    intra-op threads (the worker's cores). See `AdapterGenerator._decode`."""
     stop_at_refusal: bool = False
     """The gate's: an answer that opens with a refusal is final after the first round."""
     version: int = GENERATION_VERSION
@@ -59,6 +66,7 @@ def _settings(max_new_tokens: int, gen: GenerationSettings | None) -> Generation
         max_new_tokens=max_new_tokens,
         first_round_tokens=min(gen.first_round_tokens, max_new_tokens),
         batch_size=gen.batch_size,
+        streams=gen.streams,
         stop_at_refusal=gen.stop_at_refusal,
     )
 
@@ -101,6 +109,7 @@ class AdapterGenerator:
         self._answers: dict[str, str] = {}  # fine-tuned answers by settings and conversation
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
         self.generated_tokens = 0  # new tokens computed (padding rows included): what the gate's time goes to
+        self._count_lock = threading.Lock()  # batches may decode in parallel threads (`streams`)
 
     def configured(self, max_new_tokens: int, generation: GenerationSettings | None = None) -> AdapterGenerator:
         """The same loaded model with other generation settings (the gate's and the regression
@@ -173,7 +182,9 @@ class AdapterGenerator:
             step_pos = positions[:, -1:] + 1
             while True:
                 tokens = out.logits[:, -1].argmax(-1).tolist()
-                self.generated_tokens += len(live)
+                owner = self._owner()
+                with owner._count_lock:
+                    owner.generated_tokens += len(live)
                 keep = []
                 for b, (i, t) in enumerate(zip(live, tokens)):
                     answers[i].append(t)
@@ -197,14 +208,40 @@ class AdapterGenerator:
                 step_pos = step_pos + 1
 
     def _decode(self, prompts: list[list[int]], rules: list[GenerationSettings]) -> list[list[int]]:
-        """Each prompt's answer, prompts sorted by length into batches of `batch_size` (less padding)."""
+        """Each prompt's answer, prompts sorted by length into batches of at most `batch_size` (less
+        padding), decoded side by side by `streams` threads, each batch's forward passes on one
+        intra-op thread. Why: a decoding step is a few dozen rows, and splitting matmuls that small
+        over two threads costs hand-offs and waits for the slower thread (more so on a busy machine),
+        while two batches side by side keep both cores on whole matmuls. A batch's answers do not
+        depend on which thread ran it (one intra-op thread each, whatever the machine)."""
+        import math
+
+        import torch
+
         order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
         out: list[list[int]] = [[] for _ in prompts]
-        size = self.generation.batch_size
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
+        streams = self.generation.streams or torch.get_num_threads()
+        size = min(self.generation.batch_size, max(1, math.ceil(len(order) / streams)))  # a batch per stream at least
+        chunks = [order[start : start + size] for start in range(0, len(order), size)]
+
+        def run(chunk: list[int]) -> None:
             for i, new in zip(chunk, self._decode_batch([prompts[i] for i in chunk], [rules[i] for i in chunk])):
                 out[i] = new
+
+        # One thread per batch, set in every thread before its first batch and undone only after the
+        # last one (in the calling thread): the count stays 1 throughout whether torch's setting is
+        # per thread or, for a BLAS library, per process.
+        with intra_op_threads(1 if streams > 1 else None):
+            if streams <= 1 or len(chunks) <= 1:
+                for chunk in chunks:
+                    run(chunk)
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(
+                    min(streams, len(chunks)), initializer=torch.set_num_threads, initargs=(1,)
+                ) as pool:
+                    list(pool.map(run, chunks))  # re-raises a batch's error here
         return out
 
     def _answer(self, requests: list[tuple[GenerationSettings, list[list[dict]]]]) -> list[list[str]]:
