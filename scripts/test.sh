@@ -9,4 +9,5 @@ EXTRAS=${EXTRAS:-ray} bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 bash scripts/lint.sh
-python -m pytest -q -p no:cacheprovider "$@"
+# The 30 slowest tests close the log: where the CI budget goes.
+python -m pytest -q -p no:cacheprovider --durations=30 "$@"

@@ -130,7 +130,9 @@ def test_dpo_and_reinforcement_jobs_chart_their_own_metrics(ui, server):
 
     page.goto(f"{server.url}/#/jobs/{rft.id}")
     tabs = page.get_by_role("tablist", name="Metric").get_by_role("tab")
-    tabs.first.wait_for()
+    # Same page, new hash: wait for this job's own first tab, or the DPO job's tabs still on screen
+    # satisfy the wait and are gone by the time they are read.
+    page.get_by_role("tab", name="Reward", exact=True).wait_for()
     assert tabs.all_inner_texts() == ["Reward", "KL"]
     reward = page.locator("svg#reward-chart")
     reward.locator(".series-train .pt").first.wait_for(timeout=60_000)
