@@ -132,6 +132,35 @@ def test_loss_is_the_papers_formula_and_the_reference_is_the_plain_base(tiny_mod
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
+def test_reference_is_computed_once_and_the_policy_pass_is_the_fused_forward(tiny_model_path, data, tokenizer):
+    """The reference log-probs attached before training equal a per-step reference pass, whatever the
+    grouping; the policy pass takes the fused forward and scores exactly what PEFT's forward scores."""
+    from tunegate.train.dpo import attach_reference, sequence_logps
+
+    config = _config(tiny_model_path, data, lora_dropout=0.0)
+    precision = choose_precision(config)
+    model = build_model(config, precision)
+    assert model.tunegate_fused is not None
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval()
+    pairs = load_pairs(config.training_file, tokenizer, 2048).examples[:5]
+    per_step, per_step_stats = pair_loss(model, pairs, config.beta, precision)
+    attach_reference(model, pairs, precision, token_budget=64)  # several small passes
+    assert all(p.reference is not None for p in pairs)
+    cached, cached_stats = pair_loss(model, pairs, config.beta, precision)
+    assert float(cached.detach()) == pytest.approx(float(per_step.detach()), rel=1e-5, abs=1e-6)
+    assert cached_stats.chosen_sum == pytest.approx(per_step_stats.chosen_sum, rel=1e-4, abs=1e-5)
+
+    examples = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    fused = sequence_logps(model, examples, precision, policy=True)
+    peft = sequence_logps(model, examples, precision)
+    torch.testing.assert_close(fused.detach(), peft.detach(), rtol=1e-4, atol=1e-4)
+
+
 def test_only_the_answer_is_scored(tiny_model_path, data, tokenizer):
     pairs = load_pairs(data[0], tokenizer, 2048).examples
     multi = pairs[0]  # line 0 has a system prompt and an earlier assistant turn
@@ -149,6 +178,7 @@ def test_run_emits_dpo_metrics_results_and_checkpoints_and_learns_the_preference
     assert result.status == "succeeded"
     metrics = [e["data"] for e in events if e["type"] == "metrics"]
     assert [m["step"] for m in metrics] == list(range(1, 13)) and metrics[0]["total_steps"] == 12
+    assert any("Reference log-probabilities of 20 pairs computed once" in e.get("message", "") for e in events)
     keys = {
         "train_loss",
         "train_rewards_chosen",

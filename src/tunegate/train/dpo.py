@@ -8,7 +8,9 @@ Owns reading preference files into token pairs, the DPO loss exactly as the pape
 with log-probabilities summed over the tokens of the answer only, averaged over the pairs of a
 batch, and `run_dpo`, the straight-line DPO training run. The reference policy is the same base
 model with the LoRA adapter switched off (PEFT's `disable_adapter`), so no second copy of the
-model is held in memory; its forward runs without gradients on the same packed row. From an `ft:`
+model is held in memory. It never changes during a run, so its log-probabilities are computed once,
+in no-grad passes before the first step (`attach_reference`), and no step repeats them: a DPO step
+is then one policy forward and backward, through the same fused forward as SFT (train/fused.py). From an `ft:`
 parent (`init_adapter`) the reference is the parent: its adapter is loaded a second time, frozen,
 on the same base (lora.reference_policy switches to it for the reference forward), and the trained
 adapter starts as a copy of it, so step 1 starts at loss log 2 and the result is one adapter.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from tunegate.jsonl import INVALID, numbered_jsonl
 from tunegate.train.checkpoints import latest_checkpoint, save_adapter, write_checkpoint
 from tunegate.train.config import TrainConfig
 from tunegate.train.data import Example, epoch_batches, file_sha256, steps_per_epoch
+from tunegate.train.fused import fused_token_losses
 from tunegate.train.lora import (
     Precision,
     build_model,
@@ -75,6 +79,8 @@ DPO_RESULT_COLUMNS = (
 class Pair:
     chosen: Example
     rejected: Example
+    reference: tuple[float, float] | None = None
+    """log ref(chosen|x), log ref(rejected|x): fixed for the whole run, so computed once (`attach_reference`)."""
 
     @property
     def n_tokens(self) -> int:
@@ -158,15 +164,36 @@ def dpo_loss(
     return losses, chosen_rewards.detach(), rejected_rewards.detach()
 
 
-def sequence_logps(model, examples: list[Example], precision: Precision) -> torch.Tensor:
-    """Summed log-probability of each example's scored tokens, in one padding-free packed forward."""
+def sequence_logps(model, examples: list[Example], precision: Precision, *, policy: bool = False) -> torch.Tensor:
+    """Summed log-probability of each example's scored tokens, in one padding-free packed forward.
+
+    `policy`: the trained adapter's pass, which takes the fused forward (train/fused.py) where the
+    model has one, as SFT does; every other pass (the reference) goes through PEFT's forward, which
+    honours `reference_policy`'s adapter switch."""
     row = pack([(e.input_ids, e.loss_mask) for e in examples])
+    plan = getattr(model, "tunegate_fused", None) if policy else None
     with precision.autocast():
-        logits = model(**row.model_inputs(precision.device)).logits
-    logits = logits.reshape(-1, logits.shape[-1]).float()
-    # cross_entropy is -log softmax at the target without materialising the whole log-softmax.
-    token_logps = -F.cross_entropy(logits, row.targets.to(precision.device), reduction="none")
-    return torch.stack([part.sum() for part in token_logps.split([e.n_loss for e in examples])])
+        if plan is not None and plan.intact():
+            token_losses, _ = fused_token_losses(plan, row, precision.device, model.training)
+        else:
+            logits = model(**row.model_inputs(precision.device)).logits
+            logits = logits.reshape(-1, logits.shape[-1]).float()
+            # cross_entropy is -log softmax at the target without materialising the whole log-softmax.
+            token_losses = F.cross_entropy(logits, row.targets.to(precision.device), reduction="none")
+    return torch.stack([-part.sum() for part in token_losses.split([e.n_loss for e in examples])])
+
+
+@torch.no_grad()
+def attach_reference(model, pairs: list[Pair], precision: Precision, token_budget: int) -> None:
+    """Fill in every pair's reference log-probabilities, in no-grad passes of `token_budget` tokens.
+
+    The reference never changes during a run, so one pass before training replaces a reference
+    forward in every step, every validation batch and every epoch (recomputed on resume, same groups)."""
+    for group in pair_groups(pairs, token_budget):
+        with reference_policy(model):
+            ref = sequence_logps(model, [p.chosen for p in group] + [p.rejected for p in group], precision).tolist()
+        for i, p in enumerate(group):
+            p.reference = (ref[i], ref[len(group) + i])
 
 
 @dataclass
@@ -196,12 +223,16 @@ class DPOStats:
 
 
 def pair_loss(model, pairs: list[Pair], beta: float, precision: Precision) -> tuple[torch.Tensor, DPOStats]:
-    """Summed DPO loss of `pairs`: the reference pass (adapter off or the parent's, no grad), then the policy pass."""
+    """Summed DPO loss of `pairs`: their reference log-probs (attached once, or a no-grad pass with the
+    adapter off or the parent's), then the policy pass."""
     examples = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     n = len(pairs)
-    with torch.no_grad(), reference_policy(model):
-        ref = sequence_logps(model, examples, precision)
-    policy = sequence_logps(model, examples, precision)
+    if all(p.reference is not None for p in pairs):
+        ref = torch.tensor([p.reference[0] for p in pairs] + [p.reference[1] for p in pairs])  # type: ignore[index]
+    else:
+        with torch.no_grad(), reference_policy(model):
+            ref = sequence_logps(model, examples, precision)
+    policy = sequence_logps(model, examples, precision, policy=True)
     losses, chosen, rejected = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta)
     stats = DPOStats(
         float(losses.detach().sum()),
@@ -275,6 +306,15 @@ def run_dpo(config: TrainConfig, out_dir: Path, on_event: EventCallback, should_
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = _schedule(optimizer, config, total_steps)
+    started = time.perf_counter()
+    every_pair = train.examples + (valid.examples if valid else [])
+    attach_reference(model, every_pair, precision, config.micro_batch_tokens)
+    seconds = time.perf_counter() - started
+    say.info(
+        f"Reference log-probabilities of {len(every_pair)} pairs computed once in {seconds:.1f} s "
+        "(one no-grad pass; no step repeats it).",
+        {"reference_pairs": len(every_pair), "reference_seconds": round(seconds, 3)},
+    )
 
     step, trained_tokens, metrics = 0, 0, {}
     checkpoint = latest_checkpoint(out_dir)

@@ -202,16 +202,17 @@ def _decoder_layer(plan: FusedPlan, layer: _Layer, x, cos, sin, cu_seq_lens, tra
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `h @ weight^T` against `targets`, and the count of correct argmaxes.
+    """Cross-entropy of `h @ weight^T` against `targets` at every position, and the count of correct argmaxes.
 
     The head is frozen, so the only gradient is the one of `h`; it is computed chunk by chunk in the
     forward pass (softmax minus one-hot, times the head) while each chunk's logits are at hand, and
-    the logits are never kept. Backward only scales it.
+    the logits are never kept. Backward only scales each position's row by its upstream gradient, so
+    a summed loss (SFT) and per-sequence sums weighted differently (DPO) both cost the same.
     """
 
     @staticmethod
     def forward(ctx, h, weight, targets):
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        losses = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
         correct = torch.zeros((), dtype=torch.long, device=h.device)
         grad = torch.empty(h.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[0] else None
         chunk = max(16, _HEAD_CHUNK_ENTRIES // weight.shape[0])
@@ -221,7 +222,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 logits = h[s : s + chunk].float() @ w.T
                 t = targets[s : s + chunk]
                 lse = torch.logsumexp(logits, dim=-1)
-                loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                torch.sub(lse, logits.gather(1, t[:, None]).squeeze(1), out=losses[s : s + chunk])
                 correct += (logits.argmax(-1) == t).sum()
                 if grad is not None:
                     probs = logits.sub_(lse[:, None]).exp_()
@@ -230,16 +231,18 @@ class _HeadCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(correct)
         ctx.input_dtype = h.dtype
-        return loss, correct
+        return losses, correct
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_correct):
+    def backward(ctx, grad_losses, _grad_correct):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_loss).to(ctx.input_dtype), None, None
+        return (grad * grad_losses[:, None]).to(ctx.input_dtype), None, None
 
 
-def fused_loss(plan: FusedPlan, row: PackedRow, device: torch.device, training: bool):
-    """(summed loss over the trained positions, number of correct argmax predictions)."""
+def fused_token_losses(plan: FusedPlan, row: PackedRow, device: torch.device, training: bool):
+    """(cross-entropy at each trained position, in the row's order; number of correct argmax predictions).
+
+    Runs the trained adapter ("default") whatever adapter PEFT has active: never use it for a reference pass."""
     from torch.utils.checkpoint import checkpoint
 
     base = plan.model.get_base_model()
@@ -258,3 +261,9 @@ def fused_loss(plan: FusedPlan, row: PackedRow, device: torch.device, training: 
     h = x[row.logit_positions[0].to(device)]
     h = F.rms_norm(h, h.shape[-1:], norm.weight, norm.variance_epsilon)
     return _HeadCrossEntropy.apply(h, base.lm_head.weight, row.targets.to(device))
+
+
+def fused_loss(plan: FusedPlan, row: PackedRow, device: torch.device, training: bool):
+    """(summed loss over the trained positions, number of correct argmax predictions)."""
+    losses, correct = fused_token_losses(plan, row, device, training)
+    return losses.sum(), correct

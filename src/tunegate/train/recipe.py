@@ -385,8 +385,8 @@ class _Say:
     def __init__(self, on_event: EventCallback):
         self.on_event = on_event
 
-    def info(self, message: str) -> None:
-        self.on_event({"level": "info", "message": message, "type": "message", "data": None})
+    def info(self, message: str, data: dict[str, Any] | None = None) -> None:
+        self.on_event({"level": "info", "message": message, "type": "message", "data": data})
 
     def warn(self, message: str) -> None:
         self.on_event({"level": "warn", "message": message, "type": "message", "data": None})
