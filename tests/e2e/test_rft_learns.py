@@ -16,7 +16,10 @@ evaluation, the exact-format rate) is `bench/rft.py`.
 Opt-in (TUNEGATE_E2E_RFT=1), not part of the CI suite: a later run of this exact configuration on a
 2-core machine shared with two other heavy jobs reached only step 3 of 6 in 15 minutes (training
 reward 0.000, 0.062, 0.062; base held-out reward 0.000 again) and was stopped, so the test does not
-fit the CI budget as it stands, and its threshold rests on the one complete run above."""
+fit the CI budget as it stands. On a quiet machine (2026-12-02) this configuration gave exactly the
+same 0.000 -> 0.156 in 110 s; the same recipe on 40 prompts (10 steps) reached only 0.062, so the
+learned amount depends on the run, not only on its length: the recipe is not yet robust enough on
+this sparse reward for a CI gate, and the test stays opt-in."""
 
 from __future__ import annotations
 
