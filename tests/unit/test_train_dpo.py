@@ -85,6 +85,15 @@ def _run(config, out: Path, crash_at: int | None = None):
     return run_dpo(config, out, on_event, lambda: None), events
 
 
+def _perturb_adapter(model, seed: int) -> None:
+    """Random LoRA B matrices (they start at zero), so the adapter really changes the model."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+
+
 def _direct_logp(model, example) -> float:
     """log p(answer | prompt) the textbook way: one unpacked forward, full log-softmax, float64 sum."""
     ids = torch.tensor([example.input_ids])
@@ -102,11 +111,7 @@ def test_loss_is_the_papers_formula_and_the_reference_is_the_plain_base(tiny_mod
     config = _config(tiny_model_path, data, lora_dropout=0.0)
     precision = choose_precision(config)
     model = build_model(config, precision)
-    torch.manual_seed(0)
-    with torch.no_grad():  # a policy that differs from the reference (LoRA B starts at zero)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    _perturb_adapter(model, seed=0)  # a policy that differs from the reference (LoRA B starts at zero)
     model.eval()
     pairs = load_pairs(config.training_file, tokenizer, 2048).examples[:3]
     loss_sum, stats = pair_loss(model, pairs, config.beta, precision)
@@ -141,11 +146,7 @@ def test_reference_is_computed_once_and_the_policy_pass_is_the_fused_forward(tin
     precision = choose_precision(config)
     model = build_model(config, precision)
     assert model.tunegate_fused is not None
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    _perturb_adapter(model, seed=0)
     model.eval()
     pairs = load_pairs(config.training_file, tokenizer, 2048).examples[:5]
     per_step, per_step_stats = pair_loss(model, pairs, config.beta, precision)
@@ -315,11 +316,7 @@ def test_from_a_parent_the_reference_is_the_parent_and_training_starts_at_it(
     config = _config(tiny_model_path, data, lora_dropout=0.0, n_epochs=1)
     precision = choose_precision(config)
     parent = build_model(config, precision)
-    torch.manual_seed(1)
-    with torch.no_grad():  # a parent that differs from the base
-        for name, p in parent.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    _perturb_adapter(parent, seed=1)  # a parent that differs from the base
     parent_dir = save_adapter(parent, tmp_path / "parent", {"kind": "adapter"})
 
     child_config = _config(tiny_model_path, data, lora_dropout=0.0, n_epochs=1, init_adapter=str(parent_dir))
