@@ -10,7 +10,7 @@ model is that trained LoRA adapter (e.g. a demo job's `adapter` folder: its answ
 is where dropping finished rows pays); without it the base model answers (long answers, the worst
 case). Each variant first answers 32 prompts untimed (warm-up), then prints one line: seconds, token
 rows computed, and whether its answers equal the first variant's (give the variants in both orders,
-e.g. `32x0,32x1,32x0`, to see what order costs); with `--gate`, a second table: per variant, the base model's answers to the
+e.g. `64x0,32x0,64x0`, to see what order costs); with `--gate`, a second table: per variant, the base model's answers to the
 gate's 80 prompts generated with the same settings, and the gate's decision and counts (harmful,
 refused, agreeing; base -> fine-tuned) judged as the gate judges them.
 
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--model-cache", type=Path, default=ROOT / ".tunegate" / "models")
     parser.add_argument(
         "--variants",
-        default="32x1,32x0",
+        default="64x0,32x0,64x0",
         help="one-pass variants as BATCHxSTREAMS (streams 1: one batch at a time on all threads, before; 0: one "
         "stream of one thread per intra-op thread, now); the first is the ratio's baseline",
     )

@@ -247,3 +247,30 @@ def test_set_up_fills_the_shared_base_answers_every_job_reads(settings, adapter,
     assert regression.missing_base(regression_base_cache(settings), questions) == 0
     assert gate.cached_base(gate_base_cache(settings))(suites) == gate.base(suites)
     release_shared()
+
+
+def test_a_batch_reads_its_shared_prompt_start_once(settings, tiny_model_path, adapter):
+    """Prompts that begin alike (chat template and system prompt) are grouped, and a batch reads
+    their common start once, its K/V copied to every row: fewer prompt tokens read, the same
+    answers as one plain `generate` each, and a batch that shares nothing reads every token."""
+    from tunegate.catalog.template import render
+    from tunegate.safety.generation import MIN_SHARED_PREFIX, AdapterGenerator, prefix_groups, shared_prefix
+
+    system = {"role": "system", "content": "You answer questions about ships, harbours and the weather at sea."}
+    convs = [[system, {"role": "user", "content": q}] for q in ("Why do boats float?", "What is a knot?", "Hi")]
+    convs.append([{"role": "user", "content": "Name a colour."}])  # another start: another group
+    gen = AdapterGenerator(settings, "tiny", adapter, 8, GenerationSettings(batch_size=32, streams=1))
+    ids = [
+        gen.tokenizer(render(gen.tokenizer, c, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+        for c in convs
+    ]
+    shared = shared_prefix(ids[:3])
+    assert shared >= MIN_SHARED_PREFIX and ids[0][:shared] == ids[2][:shared]
+    assert sorted(map(sorted, prefix_groups(ids))) == [[0, 1, 2], [3]]
+    assert shared_prefix([ids[0], ids[0]]) == len(ids[0]) - 1  # each row keeps its last token
+    assert shared_prefix([[1, 2, 3], [1, 2, 4]]) == 0  # too short to be worth a pass
+
+    answers = gen.tuned(convs)
+    assert answers == [_plain(tiny_model_path, adapter, c, 8) for c in convs]
+    rest = [len(i) - shared for i in ids[:3]]
+    assert gen.prompt_tokens == shared + 3 * max(rest) + len(ids[3])  # the start once, the rest left-padded

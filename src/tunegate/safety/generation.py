@@ -8,7 +8,9 @@ settings (`python -m tunegate.evals.prepare` fills the cache for the default mod
 
 Cost (the gate should take a small share of training time): the base answers to fixed prompts
 come from the cache; the fine-tuned answers are decoded by one greedy loop per batch with a KV
-cache, prompts sorted by length so a batch pads little, and a row leaves its batch the step its
+cache, prompts grouped by their common start (chat template and system prompt: a batch reads it
+once and copies its K/V to every row, about 60% of the after-training prompt tokens) and sorted by
+length so a batch pads little, and a row leaves its batch the step its
 answer is final — it ended, reached `max_new_tokens`, or, for the gate (`stop_at_refusal`), it
 opens with a refusal after `first_round_tokens` (the judge counts a refusal as not harmful whatever
 follows it) — so a batch's later steps cost only the answers still being written (transformers'
@@ -39,7 +41,7 @@ from tunegate.safety.moderation import intra_op_threads
 from tunegate.settings import Settings
 
 # Bumped when generation changes in a way that changes answers: old cached base answers are not reused.
-GENERATION_VERSION = 2
+GENERATION_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class GenerationSettings:
 
     max_new_tokens: int = 40
     first_round_tokens: int = 16
-    batch_size: int = 32
+    batch_size: int = 64
     streams: int = 0
     """Batches decoded side by side, each on one intra-op thread; 0: as many as the process has
     intra-op threads (the worker's cores). See `AdapterGenerator._decode`."""
@@ -109,6 +111,7 @@ class AdapterGenerator:
         self._answers: dict[str, str] = {}  # fine-tuned answers by settings and conversation
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
         self.generated_tokens = 0  # new tokens computed (padding rows included): what the gate's time goes to
+        self.prompt_tokens = 0  # prompt tokens read (padding included; a batch's shared start once)
         self._count_lock = threading.Lock()  # batches may decode in parallel threads (`streams`)
 
     def configured(self, max_new_tokens: int, generation: GenerationSettings | None = None) -> AdapterGenerator:
@@ -163,14 +166,24 @@ class AdapterGenerator:
         from transformers import DynamicCache
 
         pad = self.tokenizer.pad_token_id
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first token
+        shared = shared_prefix(rows) if len(rows) > 1 else 0
+        rest = [r[shared:] for r in rows]
+        width = max(len(r) for r in rest)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest])
+        # Left padding sits between the shared prefix and each row's own tokens: masked out, and each
+        # row's positions count on from the prefix as if the padding were not there.
+        mask = torch.tensor([[1] * shared + [0] * (width - len(r)) + [1] * len(r) for r in rest])
+        positions = ((mask.cumsum(-1) - 1).clamp(min=0))[:, shared:]
         cache = DynamicCache(config=self.model.config)
         live = list(range(len(rows)))  # the batch's rows, by their index in `rows`
         answers: list[list[int]] = [[] for _ in rows]
         with torch.inference_mode():
+            if shared:
+                # The prompt's common start (chat template, system prompt) read once, its K/V copied to every row.
+                self.model(
+                    input_ids=torch.tensor([rows[0][:shared]]), past_key_values=cache, use_cache=True, logits_to_keep=1
+                )
+                cache.batch_repeat_interleave(len(rows))
             out = self.model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -180,6 +193,8 @@ class AdapterGenerator:
                 logits_to_keep=1,
             )
             step_pos = positions[:, -1:] + 1
+            with self._owner()._count_lock:
+                self._owner().prompt_tokens += shared + ids.numel()
             while True:
                 tokens = out.logits[:, -1].argmax(-1).tolist()
                 owner = self._owner()
@@ -208,8 +223,8 @@ class AdapterGenerator:
                 step_pos = step_pos + 1
 
     def _decode(self, prompts: list[list[int]], rules: list[GenerationSettings]) -> list[list[int]]:
-        """Each prompt's answer, prompts sorted by length into batches of at most `batch_size` (less
-        padding), decoded side by side by `streams` threads, each batch's forward passes on one
+        """Each prompt's answer, prompts grouped by their common start (`prefix_groups`) and sorted by
+        length into batches of at most `batch_size` (less padding), decoded side by side by `streams` threads, each batch's forward passes on one
         intra-op thread. Why: a decoding step is a few dozen rows, and splitting matmuls that small
         over two threads costs hand-offs and waits for the slower thread (more so on a busy machine),
         while two batches side by side keep both cores on whole matmuls. A batch's answers do not
@@ -218,11 +233,14 @@ class AdapterGenerator:
 
         import torch
 
-        order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
         out: list[list[int]] = [[] for _ in prompts]
         streams = self.generation.streams or torch.get_num_threads()
-        size = min(self.generation.batch_size, max(1, math.ceil(len(order) / streams)))  # a batch per stream at least
-        chunks = [order[start : start + size] for start in range(0, len(order), size)]
+        size = min(self.generation.batch_size, max(1, math.ceil(len(prompts) / streams)))  # a batch per stream at least
+        chunks = []
+        for group in prefix_groups(prompts):  # a batch within one group reads the group's prompt start once
+            k = math.ceil(len(group) / size)
+            step = math.ceil(len(group) / k)  # balanced: 70 rows at 64 a batch make 35 + 35, not 64 + 6
+            chunks += [group[start : start + step] for start in range(0, len(group), step)]
 
         def run(chunk: list[int]) -> None:
             for i, new in zip(chunk, self._decode_batch([prompts[i] for i in chunk], [rules[i] for i in chunk])):
@@ -337,6 +355,37 @@ class AdapterGenerator:
             return [fresh[i] if i in fresh else json.loads(paths[i].read_text()) for i in range(len(paths))]
 
         return generate
+
+
+# A batch's common prompt start is read once when it is at least this long (shorter: no gain worth a pass).
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix(rows: list[list[int]]) -> int:
+    """How many leading tokens every row shares, leaving each row at least its last token of its own
+    (the first answer token's logits come from the batch pass); 0 below `MIN_SHARED_PREFIX`."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == first[k]:
+            k += 1
+        n = k
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def prefix_groups(prompts: list[list[int]]) -> list[list[int]]:
+    """Prompt indices grouped by a common start of at least `MIN_SHARED_PREFIX` tokens (the chat
+    template and system prompt: the gate's suite, the closed-book questions), each group sorted by
+    length (a batch pads little); groups in order of their first prompt."""
+    order = sorted(range(len(prompts)), key=lambda i: (prompts[i], i))
+    groups: list[list[int]] = []
+    for a, b in zip([None, *order], order):
+        if a is not None and shared_prefix([prompts[a], prompts[b]]):
+            groups[-1].append(b)
+        else:
+            groups.append([b])
+    return sorted((sorted(g, key=lambda i: (len(prompts[i]), i)) for g in groups), key=min)
 
 
 _last: dict = {}  # the one loaded model of this process's after-training steps (a worker runs one job)
