@@ -31,7 +31,7 @@ def _prompts(path: Path, n: int, offset: int = 0) -> Path:
     return path
 
 
-def test_one_grpo_update_favours_the_answer_with_the_higher_advantage(tiny_model_path):
+def test_one_grpo_update_favours_the_answer_with_the_higher_advantage(tiny_model_path, monkeypatch):
     from tunegate.train.data import Example
     from tunegate.train.lora import build_model, choose_precision, trainable_parameters
     from tunegate.train.rft import _token_logps, grpo_loss
@@ -66,6 +66,22 @@ def test_one_grpo_update_favours_the_answer_with_the_higher_advantage(tiny_model
     assert after[0] > before[0] and after[1] < before[1]
     _, kl = grpo_loss(model, seqs, torch.tensor([1.0, -1.0]), 0.04, precision)
     assert kl > 0  # moved away from the adapter-off model
+
+    # The policy pass is the fused forward (the reference PEFT's), and both score the same.
+    import tunegate.train.fused as fused
+
+    calls = []
+    real = fused.fused_token_losses
+    monkeypatch.setattr(fused, "fused_token_losses", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert model.tunegate_fused is not None
+    grpo_loss(model, seqs, torch.tensor([1.0, -1.0]), 0.04, precision)
+    assert len(calls) == 1
+    examples = [Example(p + a, [0] * len(p) + [1] * len(a)) for p, a in seqs]
+    with torch.no_grad():
+        by_fused = _token_logps(model, examples, precision, policy=True)
+        by_peft = _token_logps(model, examples, precision)
+    for f, p in zip(by_fused, by_peft):
+        torch.testing.assert_close(f, p, rtol=1e-4, atol=1e-4)
 
 
 def test_batched_sampling_gives_each_prompt_its_own_answers(tiny_model_path):

@@ -39,7 +39,7 @@ from tunegate.jsonl import INVALID, numbered_jsonl
 from tunegate.train.checkpoints import latest_checkpoint, save_adapter, write_checkpoint
 from tunegate.train.config import TrainConfig
 from tunegate.train.data import Example, epoch_batches, file_sha256, steps_per_epoch
-from tunegate.train.fused import fused_token_losses
+from tunegate.train.fused import packed_token_logps
 from tunegate.train.lora import (
     Precision,
     build_model,
@@ -165,22 +165,12 @@ def dpo_loss(
 
 
 def sequence_logps(model, examples: list[Example], precision: Precision, *, policy: bool = False) -> torch.Tensor:
-    """Summed log-probability of each example's scored tokens, in one padding-free packed forward.
-
-    `policy`: the trained adapter's pass, which takes the fused forward (train/fused.py) where the
-    model has one, as SFT does; every other pass (the reference) goes through PEFT's forward, which
-    honours `reference_policy`'s adapter switch."""
+    """Summed log-probability of each example's scored tokens, in one padding-free packed forward;
+    `policy`: the trained adapter's pass (the fused forward, `fused.packed_token_logps`)."""
     row = pack([(e.input_ids, e.loss_mask) for e in examples])
-    plan = getattr(model, "tunegate_fused", None) if policy else None
     with precision.autocast():
-        if plan is not None and plan.intact():
-            token_losses, _ = fused_token_losses(plan, row, precision.device, model.training)
-        else:
-            logits = model(**row.model_inputs(precision.device)).logits
-            logits = logits.reshape(-1, logits.shape[-1]).float()
-            # cross_entropy is -log softmax at the target without materialising the whole log-softmax.
-            token_losses = F.cross_entropy(logits, row.targets.to(precision.device), reduction="none")
-    return torch.stack([-part.sum() for part in token_losses.split([e.n_loss for e in examples])])
+        token_logps = packed_token_logps(model, row, precision.device, policy=policy)
+    return torch.stack([part.sum() for part in token_logps.split([e.n_loss for e in examples])])
 
 
 @torch.no_grad()

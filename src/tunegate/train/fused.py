@@ -267,3 +267,19 @@ def fused_loss(plan: FusedPlan, row: PackedRow, device: torch.device, training: 
     """(summed loss over the trained positions, number of correct argmax predictions)."""
     losses, correct = fused_token_losses(plan, row, device, training)
     return losses.sum(), correct
+
+
+def packed_token_logps(model, row: PackedRow, device: torch.device, *, policy: bool = False) -> torch.Tensor:
+    """Log-probability of each trained token of a packed row, in the row's order.
+
+    `policy`: the trained adapter's pass (DPO's and RFT's policy), which takes the fused forward where
+    `fuse` found the model eligible; every other pass (a reference) goes through PEFT's forward,
+    which honours the adapter switch of `lora.reference_policy`."""
+    plan = getattr(model, "tunegate_fused", None) if policy else None
+    if plan is not None and plan.intact():
+        losses, _ = fused_token_losses(plan, row, device, model.training)
+        return -losses
+    logits = model(**row.model_inputs(device)).logits
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    # cross_entropy is -log softmax at the target without materialising the whole log-softmax.
+    return -F.cross_entropy(logits, row.targets.to(device), reduction="none")

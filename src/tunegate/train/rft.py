@@ -33,6 +33,7 @@ from tunegate.jsonl import numbered_jsonl
 from tunegate.train.checkpoints import latest_checkpoint, save_adapter, write_checkpoint
 from tunegate.train.config import TrainConfig
 from tunegate.train.data import Example, epoch_batches, file_sha256, steps_per_epoch
+from tunegate.train.fused import packed_token_logps
 from tunegate.train.lora import (
     build_model,
     choose_precision,
@@ -186,7 +187,7 @@ def grpo_loss(
     advantages = advantages[keep].to(precision.device)
     with torch.no_grad(), reference_policy(model):
         ref = _token_logps(model, examples, precision)
-    policy = _token_logps(model, examples, precision)
+    policy = _token_logps(model, examples, precision, policy=True)
     loss, kl_total = torch.zeros((), device=precision.device), 0.0
     for logp, ref_logp, adv in zip(policy, ref, advantages):
         delta = ref_logp - logp
@@ -196,15 +197,13 @@ def grpo_loss(
     return loss, kl_total / max(len(examples), 1)
 
 
-def _token_logps(model, examples: list[Example], precision) -> list[torch.Tensor]:
-    import torch.nn.functional as F
-
+def _token_logps(model, examples: list[Example], precision, *, policy: bool = False) -> list[torch.Tensor]:
+    """Each answer's per-token log-probabilities, in one packed forward; `policy`: the trained
+    adapter's pass, through the fused forward as SFT's and DPO's (the reference stays on PEFT's)."""
     row = pack([(e.input_ids, e.loss_mask) for e in examples])
     with precision.autocast():
-        logits = model(**row.model_inputs(precision.device)).logits
-    logits = logits.reshape(-1, logits.shape[-1]).float()
-    token_logps = -F.cross_entropy(logits, row.targets.to(precision.device), reduction="none")
-    return list(token_logps.split([e.n_loss for e in examples]))
+        token_logps = packed_token_logps(model, row, precision.device, policy=policy)
+    return list(token_logps.float().split([e.n_loss for e in examples]))
 
 
 def run_rft(
