@@ -83,6 +83,7 @@ def test_dpo_job_trains_reports_and_serves(server):
     # The regression check's fine-tuned prompts (70 closed-book questions + the validation prompts) were
     # answered in the gate's generation pass, not in a second one.
     assert gate["timings"]["generate_tuned_planned_prompts"] > 70
+    assert 0 < gate["timings"]["generate_tuned_own_share"] < 1  # the gate's part of that shared pass
     assert any(m.startswith("Best checkpoint by validation: step") for m in messages)
 
     ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data

@@ -88,6 +88,13 @@ def test_planned_answers_share_the_first_pass_and_equal_their_own(settings, tiny
     assert first == alone.configured(12, GATE_GENERATION).tuned(CONVERSATIONS[:3])
     assert second == alone.configured(8).tuned(CONVERSATIONS[2:] + CONVERSATIONS[:1])
     assert second == [_plain(tiny_model_path, adapter, c, 8) for c in CONVERSATIONS[2:] + CONVERSATIONS[:1]]
+    # The shared pass is apportioned by token forwards (prompt tokens read, answer tokens computed).
+    assert gen.work[gate.generation] > 0 and gen.work[later.generation] > 0
+    assert gate.own_share == pytest.approx(gen.work[gate.generation] / sum(gen.work.values()))
+    assert 0 < gate.own_share < 1
+    own = AdapterGenerator(settings, "tiny", adapter, 12, GATE_GENERATION)
+    own.tuned(CONVERSATIONS[:3])
+    assert own.own_share == 1.0  # nothing planned: the whole pass is its own
 
 
 def test_a_row_is_final_at_its_end_its_limit_or_an_opening_refusal(settings, adapter):

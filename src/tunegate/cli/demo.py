@@ -133,6 +133,13 @@ def demo(
                 else "."
             )
         )
+        if t and t.get("generate_tuned_planned_prompts") and "generate_tuned_own_share" in t:
+            # The shared pass apportioned by token forwards: what the gate would cost without the regression check.
+            own = phases["safety gate"] - t.get("generate_tuned_s", 0) * (1 - t["generate_tuned_own_share"])
+            out.print(
+                f"The gate's own prompts are {t['generate_tuned_own_share']:.0%} of that pass's token forwards: "
+                f"the gate alone about {own:.0f} s = {own / phases['training']:.0%} of the training time."
+            )
     out.print(
         f"\nServer: [bold]{base_url}[/bold]   dashboard: http://{settings.host}:{settings.port}/   "
         f"API key: [bold]{key}[/bold]"

@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import threading
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -112,6 +113,10 @@ class AdapterGenerator:
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if i is not None}
         self.generated_tokens = 0  # new tokens computed (padding rows included): what the gate's time goes to
         self.prompt_tokens = 0  # prompt tokens read (padding included; a batch's shared start once)
+        # Token forwards (prompt tokens read and answer tokens computed) per generation settings: a
+        # pass shared by the gate and the regression check is apportioned by them (`own_share`).
+        self.work: defaultdict[GenerationSettings, float] = defaultdict(float)
+        self.own_share = 1.0  # this view's share of the work of its last `tuned` pass
         self._count_lock = threading.Lock()  # batches may decode in parallel threads (`streams`)
 
     def configured(self, max_new_tokens: int, generation: GenerationSettings | None = None) -> AdapterGenerator:
@@ -195,11 +200,15 @@ class AdapterGenerator:
             step_pos = positions[:, -1:] + 1
             with self._owner()._count_lock:
                 self._owner().prompt_tokens += shared + ids.numel()
+                for rule in rules:  # each row its padded width and an equal part of the shared start
+                    self._owner().work[rule] += width + shared / len(rows)
             while True:
                 tokens = out.logits[:, -1].argmax(-1).tolist()
                 owner = self._owner()
                 with owner._count_lock:
                     owner.generated_tokens += len(live)
+                    for i in live:
+                        owner.work[rules[i]] += 1
                 keep = []
                 for b, (i, t) in enumerate(zip(live, tokens)):
                     answers[i].append(t)
@@ -314,8 +323,11 @@ class AdapterGenerator:
         if todo:
             if self.merge:
                 self._use("merged")
+            before = dict(o.work)
             for (g, convs), answers in zip(todo, self._answer(todo)):
                 o._answers.update((key(g, c), a) for c, a in zip(convs, answers))
+            done = {rule: n - before.get(rule, 0.0) for rule, n in o.work.items()}
+            self.own_share = done.get(self.generation, 0.0) / max(sum(done.values()), 1.0)
         return [o._answers[key(self.generation, c)] for c in conversations]
 
     def base(self, conversations: list[list[dict]]) -> list[str]:

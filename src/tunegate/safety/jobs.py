@@ -185,8 +185,9 @@ def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
         system_prompt=system,
         evidence=training_evidence(ctx.training_path, moderator),
     )
-    # generate_tuned_s covers these too: the gate's own cost is at most that.
+    # generate_tuned_s covers these too; the gate's own share of that pass, by token forwards:
     report.timings["generate_tuned_planned_prompts"] = planned
+    report.timings["generate_tuned_own_share"] = round(gen.own_share, 3)
     save_report(report, ctx.work_dir)
     data = {
         "check": "gate",
