@@ -382,6 +382,7 @@ def main() -> None:
 
     from tunegate.catalog import DEFAULT_MODEL, get_base_model
     from tunegate.settings import Settings
+    from tunegate.threads import run_with_cores
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
@@ -414,7 +415,9 @@ def main() -> None:
         base_runs, eng_runs, whole_runs = [], [], []
         whole = settings.model_copy(update={"prefill_group_rows": 0})  # the burst prefilled in one forward
         for _ in range(args.rounds):
-            base_runs.append(baseline_run(base, adapters, prompts, args.tokens))
+            # In a thread of its own, with the same thread count, so that its OpenMP pool ends with it:
+            # a pool left in this (main) thread would slow the engine runs after it (tunegate/threads.py).
+            base_runs.append(run_with_cores(baseline_run, base, adapters, prompts, args.tokens, threads=args.threads))
             eng_runs.append(asyncio.run(engine_run(settings, base, adapters, questions, args.tokens)))
             whole_runs.append(asyncio.run(engine_run(whole, base, adapters, questions, args.tokens)))
 

@@ -305,5 +305,6 @@ def test_a_client_that_goes_away_frees_its_slots(tight_server):
     stats = _stats(srv)
     assert small.choices[0].finish_reason == "length"
     assert stats["cancelled_sequences"] == 2 and stats["decode_steps"] < 1899  # the heavy one never finished
+    assert stats["torch_threads"] == 1  # TUNEGATE_TORCH_THREADS, as read in the engine's own thread
     # The key's concurrency lease was returned with the cancelled request.
     assert srv.client(srv.key_a).chat.completions.create(model="tiny", messages=MSGS, max_tokens=2).choices

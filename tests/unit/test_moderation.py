@@ -100,8 +100,11 @@ def test_response_parses_into_the_official_sdk_types(classifier, safety_settings
 
 
 def test_a_chat_turn_is_judged_on_one_thread_and_scores_as_in_a_batch(classifier, safety_settings):
-    """A few messages run the encoder on one intra-op thread (the caller's count comes back after),
-    and a message scores the same alone as inside a large batch on the caller's threads."""
+    """A few messages run the encoder on one intra-op thread in the calling thread (its count comes
+    back after); a large batch runs on the caller's count in a thread that ends with it (no pool is
+    left in a long-lived server thread: tunegate/threads.py); a message scores the same either way."""
+    import threading
+
     import torch
 
     from tunegate.safety.moderation import SMALL_BATCH, get_moderator
@@ -111,8 +114,12 @@ def test_a_chat_turn_is_judged_on_one_thread_and_scores_as_in_a_batch(classifier
     encoder = moderator.classifier.encoder
     embed = encoder.embed
 
+    where: list[bool] = []
+    caller = threading.get_ident()
+
     def spy(texts, *args, **kwargs):
         seen.append(torch.get_num_threads())
+        where.append(threading.get_ident() == caller)
         return embed(texts, *args, **kwargs)
 
     texts = ["I will hurt you and your family tonight.", "Kill the process and restart the server."]
@@ -124,6 +131,7 @@ def test_a_chat_turn_is_judged_on_one_thread_and_scores_as_in_a_batch(classifier
         alone = moderator.moderate(texts)
         batched = moderator.moderate(texts + filler)[: len(texts)]
         assert seen == [1, 2] and torch.get_num_threads() == 2
+        assert where == [True, False]
     finally:
         encoder.embed = embed
         torch.set_num_threads(before)

@@ -19,6 +19,7 @@ from tunegate.catalog.prepare import prepare_default_model
 from tunegate.catalog.registry import preload_libraries
 from tunegate.db import open_database
 from tunegate.settings import Settings
+from tunegate.threads import run_with_cores
 
 log = logging.getLogger("tunegate")
 
@@ -56,7 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Before any service starts a thread: see preload_libraries.
         await asyncio.to_thread(preload_libraries)
         # The packaged model's one-time conversion happens here, before the server answers, never in a request.
-        await asyncio.to_thread(prepare_default_model, settings, lambda m: print(m, flush=True))
+        # On every core, in a thread that ends with it: a pool left in the event loop's thread pool would slow the engine.
+        await asyncio.to_thread(run_with_cores, prepare_default_model, settings, lambda m: print(m, flush=True))
         services = [s for s in app.state.services if settings.start_workers or not getattr(s, "is_worker", False)]
         for service in services:
             await service.start()

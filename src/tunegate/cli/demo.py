@@ -55,6 +55,9 @@ def demo(
     keep_serving: bool = typer.Option(True, "--keep-serving/--exit", help="Leave the server running at the end."),
 ):
     """Fine-tune the default model on the sample data and compare it with the base model."""
+    from tunegate.threads import prepare_serving_process
+
+    prepare_serving_process()  # this process serves: before torch loads (tunegate/threads.py)
     from openai import OpenAI
 
     from tunegate import samples

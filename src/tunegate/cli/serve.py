@@ -16,6 +16,9 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ):
     """Serve the OpenAI-compatible API, the dashboard and the job workers."""
+    from tunegate.threads import prepare_serving_process
+
+    prepare_serving_process()  # before torch loads: one intra-op thread outside the engine (tunegate/threads.py)
     import uvicorn
 
     from tunegate.api.app import create_app

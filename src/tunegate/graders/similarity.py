@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from tunegate.threads import run_sized
+
 UNSUPPORTED = {
     "meteor": "`meteor` needs the WordNet corpus, which this offline server does not ship; use `rouge_l`, "
     "`bleu`, `fuzzy_match` or `cosine`."
@@ -56,6 +58,6 @@ def similarity(metric: str, text: str, reference: str, embed=None) -> float:
             from tunegate.safety.classifier import shared_encoder
 
             embed = shared_encoder().embed
-        a, b = embed([text, reference])
+        a, b = run_sized(2, embed, [text, reference])  # one thread, in place (tunegate/threads.py)
         return max(0.0, min(1.0, float((a * b).sum())))
     raise ValueError(UNSUPPORTED.get(metric, f"unknown metric {metric}"))

@@ -38,8 +38,8 @@ from pathlib import Path
 
 from tunegate.catalog import get_base_model, load_pretrained
 from tunegate.catalog.template import render
-from tunegate.safety.moderation import intra_op_threads
 from tunegate.settings import Settings
+from tunegate.threads import intra_op_threads
 
 # Bumped when generation changes in a way that changes answers: old cached base answers are not reused.
 GENERATION_VERSION = 3

@@ -48,6 +48,7 @@ import numpy as np
 from tunegate.safety.moderation import Moderator, moderate_windows
 from tunegate.safety.refusal import refusal_score
 from tunegate.safety.text import is_degenerate
+from tunegate.threads import run_sized
 
 # The 95th percentile (0.277) of request/answer similarity over mismatched pairs (request i, answer j) of
 # the project's own refusal examples (data/refusals.jsonl): below it an answer is no closer to its
@@ -229,7 +230,8 @@ def similarities(encoder, prompts: list[str], answers: list[str]) -> np.ndarray:
     """Row-wise cosine similarity of request and answer embeddings (both L2-normalised)."""
     if not prompts:
         return np.zeros(0)
-    e = encoder.embed(list(prompts) + list(answers))
+    texts = list(prompts) + list(answers)
+    e = run_sized(len(texts), encoder.embed, texts)  # threads: see tunegate/threads.py
     return (e[: len(prompts)] * e[len(prompts) :]).sum(1)
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from tunegate.errors import InvalidRequestError, ServerError
@@ -19,6 +18,7 @@ from tunegate.ids import new_id
 from tunegate.plugins import MODERATORS
 from tunegate.safety.schemas import CATEGORIES, DEFAULT_MODEL, MAX_INPUTS, ModerationCreateResponse, ModerationResult
 from tunegate.settings import Settings
+from tunegate.threads import SMALL_WORK, run_sized
 
 
 @runtime_checkable
@@ -74,34 +74,17 @@ class BuiltinModerator:
         self.classifier = load_classifier(settings)
 
     def moderate(self, texts: list[str]) -> list[ModerationResult]:
-        with intra_op_threads(1 if len(texts) <= SMALL_BATCH else None):
-            out: list[ModerationResult] = []
-            for start in range(0, len(texts), self.batch_size):
-                out.extend(self.classifier.moderate(texts[start : start + self.batch_size]))
-            return out
+        # A chat turn on one intra-op thread in place, larger batches in a thread that ends with them (threads.py).
+        return run_sized(len(texts), self._moderate, texts)
+
+    def _moderate(self, texts: list[str]) -> list[ModerationResult]:
+        out: list[ModerationResult] = []
+        for start in range(0, len(texts), self.batch_size):
+            out.extend(self.classifier.moderate(texts[start : start + self.batch_size]))
+        return out
 
 
-SMALL_BATCH = 8  # texts judged on one intra-op thread: a chat turn's messages, a few dozen tokens each
-
-
-@contextmanager
-def intra_op_threads(n: int | None) -> Iterator[None]:
-    """torch's intra-op threads for the calling thread only (the count is per thread, so the engine's
-    forward passes keep theirs). A chat message is a few dozen tokens: splitting matmuls that small
-    over two threads costs more in hand-offs than it gains, and on a busy machine each forward waits
-    for its slowest thread (MiniLM per message, beside a training job: p50 14 ms on one thread, 50 to
-    150 ms on two)."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+SMALL_BATCH = SMALL_WORK  # texts judged on one intra-op thread in place: a chat turn's messages
 
 
 class HttpModerator:

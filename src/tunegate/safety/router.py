@@ -21,6 +21,7 @@ from tunegate.safety import jobs as safety_jobs
 from tunegate.safety.policy import merge_overrides, policy_from_overrides
 from tunegate.safety.schemas import ModerationCreateResponse
 from tunegate.text import check_text
+from tunegate.threads import run_with_cores
 
 router = APIRouter(prefix="/v1", tags=["safety"])
 log = logging.getLogger("tunegate.safety")
@@ -46,7 +47,8 @@ class ModeratorWarmup:
             log.warning("moderator not loaded at start: %s", e)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._load)
+        # Loading runs multi-threaded ops: in a thread that ends with it, so no pool is left (tunegate/threads.py).
+        await asyncio.to_thread(run_with_cores, self._load)
 
     async def stop(self) -> None:
         return None

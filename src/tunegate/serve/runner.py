@@ -23,6 +23,7 @@ from tunegate.errors import ServerError, TunegateError
 from tunegate.serve.kv_cache import BatchCache
 from tunegate.serve.lora import AdapterSlots
 from tunegate.settings import Settings
+from tunegate.threads import use_engine_threads
 
 log = logging.getLogger("tunegate.serve")
 
@@ -83,8 +84,8 @@ class ModelRunner:
 
         self.base = base
         self.failures = failures
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        # This (the engine's worker) thread uses the cores; no other long-lived thread may (threads.py).
+        use_engine_threads(settings.torch_threads)
         self.tokenizer = load_tokenizer(base.path)
         # Loads are serialised by the catalog (two at once break each other); serving runs in parallel.
         self.model = load_pretrained(AutoModelForCausalLM, base.path, dtype=torch.float32)
@@ -106,6 +107,7 @@ class ModelRunner:
             "adapter_loads": 0,
             "adapter_load_failures": 0,
             "forward_s": 0.0,
+            "torch_threads": torch.get_num_threads(),  # read in the engine's worker thread, after use_engine_threads
         }
 
     def acquire_adapter(self, path: Path | None, in_use: set[int]) -> int | None:
