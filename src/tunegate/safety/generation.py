@@ -10,10 +10,9 @@ Cost (the gate should take a small share of training time): the base answers to 
 come from the cache; the fine-tuned answers are decoded by one greedy loop per batch with a KV
 cache, prompts grouped by their common start (chat template and system prompt: a batch reads it
 once and copies its K/V to every row, about 60% of the after-training prompt tokens) and sorted by
-length so a batch pads little, and a row leaves its batch the step its
-answer is final — it ended, reached `max_new_tokens`, or, for the gate (`stop_at_refusal`), it
-opens with a refusal after `first_round_tokens` (the judge counts a refusal as not harmful whatever
-follows it) — so a batch's later steps cost only the answers still being written (transformers'
+length so a batch pads little, and a row leaves its batch the step its answer is final — it
+ended, reached `max_new_tokens`, or, for the gate (`stop_at_refusal`), it opens with a refusal
+after `first_round_tokens` (the judge counts a refusal as not harmful whatever follows it) — so a batch's later steps cost only the answers still being written (transformers'
 `generate` computes every row until the last one ends); the batches are decoded side by side, one
 per core, each on one intra-op thread (`streams`: rows of a few dozen tokens split over two threads
 wait on each other more than they gain). A later step `plan`s its prompts so the
@@ -233,8 +232,8 @@ class AdapterGenerator:
 
     def _decode(self, prompts: list[list[int]], rules: list[GenerationSettings]) -> list[list[int]]:
         """Each prompt's answer, prompts grouped by their common start (`prefix_groups`) and sorted by
-        length into batches of at most `batch_size` (less padding), decoded side by side by `streams` threads, each batch's forward passes on one
-        intra-op thread. Why: a decoding step is a few dozen rows, and splitting matmuls that small
+        length into batches of at most `batch_size` (less padding), decoded side by side by `streams`
+        threads, each batch's forward passes on one intra-op thread. Why: a decoding step is a few dozen rows, and splitting matmuls that small
         over two threads costs hand-offs and waits for the slower thread (more so on a busy machine),
         while two batches side by side keep both cores on whole matmuls. A batch's answers do not
         depend on which thread ran it (one intra-op thread each, whatever the machine)."""
