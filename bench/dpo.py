@@ -182,9 +182,10 @@ def main() -> None:
     from tunegate.catalog import DEFAULT_MODEL, load_tokenizer
     from tunegate.catalog.registry import resolve_path
     from tunegate.settings import Settings
-    from tunegate.train.allocator import available_cpus, worker_env
+    from tunegate.threads import cores
+    from tunegate.train.allocator import worker_env
 
-    args.threads = args.threads or available_cpus()
+    args.threads = args.threads or cores()
     if args.model_path is None:
         cache = Path(__file__).resolve().parents[1] / ".cache" / "models"
         args.model_path = resolve_path(DEFAULT_MODEL, Settings(model_cache_dir=cache) if cache.exists() else Settings())

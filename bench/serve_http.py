@@ -22,25 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from serve import QUESTIONS  # bench/serve.py: the same 16 questions as the in-process burst
+
 ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = [
-    "What is the capital of France?",
-    "Give me three tips for sleeping better.",
-    "Explain photosynthesis simply.",
-    "Write a short poem about rain.",
-    "How do I boil an egg?",
-    "What is a prime number?",
-    "Why is the sky blue?",
-    "Suggest a name for a grey cat.",
-    "What does a compiler do?",
-    "Summarise the plot of Cinderella.",
-    "How many legs does a spider have?",
-    "What is machine learning?",
-    "Tell me a fun fact about octopuses.",
-    "How can I learn to juggle?",
-    "What is the boiling point of water?",
-    "Describe a sunset in two sentences.",
-]
 # What every thread of a serving process had before the serving defaults: both cores for each library.
 TWO_THREADS = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
 

@@ -383,9 +383,9 @@ def main() -> None:
     from tunegate.catalog import DEFAULT_MODEL, load_tokenizer
     from tunegate.catalog.registry import resolve_path
     from tunegate.settings import Settings
-    from tunegate.train.allocator import available_cpus
+    from tunegate.threads import cores
 
-    args.threads = args.threads or available_cpus()
+    args.threads = args.threads or cores()
     if args.long:
         args.steps = 40
     if args.model_path is None:

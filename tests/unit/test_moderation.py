@@ -107,7 +107,8 @@ def test_a_chat_turn_is_judged_on_one_thread_and_scores_as_in_a_batch(classifier
 
     import torch
 
-    from tunegate.safety.moderation import SMALL_BATCH, get_moderator
+    from tunegate.safety.moderation import get_moderator
+    from tunegate.threads import SMALL_WORK
 
     moderator = get_moderator(safety_settings)
     seen: list[int] = []
@@ -123,7 +124,7 @@ def test_a_chat_turn_is_judged_on_one_thread_and_scores_as_in_a_batch(classifier
         return embed(texts, *args, **kwargs)
 
     texts = ["I will hurt you and your family tonight.", "Kill the process and restart the server."]
-    filler = [f"Sentence number {i} about the weather and gardens." for i in range(SMALL_BATCH + 4)]
+    filler = [f"Sentence number {i} about the weather and gardens." for i in range(SMALL_WORK + 4)]
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -12,11 +12,11 @@ cache, prompts grouped by their common start (chat template and system prompt: a
 once and copies its K/V to every row, about 60% of the after-training prompt tokens) and sorted by
 length so a batch pads little, and a row leaves its batch the step its answer is final — it
 ended, reached `max_new_tokens`, or, for the gate (`stop_at_refusal`), it opens with a refusal
-after `first_round_tokens` (the judge counts a refusal as not harmful whatever follows it) — so a batch's later steps cost only the answers still being written (transformers'
-`generate` computes every row until the last one ends); the batches are decoded side by side, one
-per core, each on one intra-op thread (`streams`: rows of a few dozen tokens split over two threads
-wait on each other more than they gain). A later step `plan`s its prompts so the
-first `tuned` call answers them in the same batches (the regression check's after the gate's: one
+after `first_round_tokens` (the judge counts a refusal as not harmful whatever follows it) — so a
+batch's later steps cost only the answers still being written (transformers' `generate` computes
+every row until the last one ends); the batches are decoded side by side, one per core, each on
+one intra-op thread (`streams`: rows of a few dozen tokens split over two threads wait on each other
+more than they gain). A later step `plan`s its prompts so the first `tuned` call answers them in the same batches (the regression check's after the gate's: one
 pass, not two), each row under its own step's settings. Optionally (`merge`) the fine-tuned pass
 runs with the adapter merged into the weights and the base pass restores the exact base weights
 (saved at the merge, not un-merged by subtraction, which would round differently). Greedy decoding
@@ -233,9 +233,10 @@ class AdapterGenerator:
     def _decode(self, prompts: list[list[int]], rules: list[GenerationSettings]) -> list[list[int]]:
         """Each prompt's answer, prompts grouped by their common start (`prefix_groups`) and sorted by
         length into batches of at most `batch_size` (less padding), decoded side by side by `streams`
-        threads, each batch's forward passes on one intra-op thread. Why: a decoding step is a few dozen rows, and splitting matmuls that small
-        over two threads costs hand-offs and waits for the slower thread (more so on a busy machine),
-        while two batches side by side keep both cores on whole matmuls. A batch's answers do not
+        threads, each batch's forward passes on one intra-op thread. Why: a decoding step is a few
+        dozen rows, and splitting matmuls that small over two threads costs hand-offs and waits for
+        the slower thread (more so on a busy machine), while two batches side by side keep both
+        cores on whole matmuls. A batch's answers do not
         depend on which thread ran it (one intra-op thread each, whatever the machine)."""
         import math
 

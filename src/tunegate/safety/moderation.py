@@ -18,7 +18,7 @@ from tunegate.ids import new_id
 from tunegate.plugins import MODERATORS
 from tunegate.safety.schemas import CATEGORIES, DEFAULT_MODEL, MAX_INPUTS, ModerationCreateResponse, ModerationResult
 from tunegate.settings import Settings
-from tunegate.threads import SMALL_WORK, run_sized
+from tunegate.threads import run_sized
 
 
 @runtime_checkable
@@ -82,9 +82,6 @@ class BuiltinModerator:
         for start in range(0, len(texts), self.batch_size):
             out.extend(self.classifier.moderate(texts[start : start + self.batch_size]))
         return out
-
-
-SMALL_BATCH = SMALL_WORK  # texts judged on one intra-op thread in place: a chat turn's messages
 
 
 class HttpModerator:

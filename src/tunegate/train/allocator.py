@@ -19,6 +19,8 @@ from __future__ import annotations
 import glob
 import os
 
+from tunegate.threads import cores
+
 MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 _JEMALLOC_GLOBS = ("/usr/lib/*/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2", "/usr/lib64/libjemalloc.so.2")
 
@@ -32,13 +34,6 @@ def jemalloc_path() -> str | None:
     return None
 
 
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def worker_env(threads: int | None = None, *, allocator: bool = True) -> dict[str, str]:
     """The whole environment for a training worker: this process's, with the worker's settings.
 
@@ -46,7 +41,7 @@ def worker_env(threads: int | None = None, *, allocator: bool = True) -> dict[st
     `allocator`: preload jemalloc with decay off when it is installed; otherwise the worker runs on
     glibc malloc even when this process itself was started under jemalloc.
     """
-    n = str(threads or available_cpus())
+    n = str(threads or cores())
     env = {
         **os.environ,
         "OMP_NUM_THREADS": n,
