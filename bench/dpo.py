@@ -10,7 +10,10 @@ every pair before step 1, so its step is one policy forward and backward; a seco
 pass over one epoch's steps (over n epochs its share is 1/n of that). TRL's DPOTrainer (same pairs, LoRA, its reference = adapter off as well, same
 allocator) is the outside baseline, installed for the benchmark only:
 
-    pip install --no-deps trl==1.16.0 datasets==5.2.0 && pip install dill multiprocess xxhash pyarrow pandas
+    pip install --no-deps trl==1.16.0 datasets==5.2.0 dill==0.4.0 multiprocess==0.70.18 xxhash pandas
+
+(dill 0.4.1 with multiprocess 0.70.19 cannot hash `datasets`' map functions under pyarrow 26:
+a `PicklingError` on pyarrow's `MonthDayNano`; the pins above can.)
 
 Usage: python bench/dpo.py [--steps 6] [--variants sft,dpo,trl-dpo]
 """

@@ -13,7 +13,7 @@ model FLOPs utilisation (the FLOPs the step needs, counted the same way for both
 matmul peak measured in this run), the mean training loss of the last steps and the loss on 32
 held-out examples after training. TRL is a benchmark baseline only:
 
-    pip install --no-deps trl==1.16.0 datasets==5.2.0 && pip install dill multiprocess xxhash pyarrow pandas
+    pip install --no-deps trl==1.16.0 datasets==5.2.0 dill==0.4.0 multiprocess==0.70.18 xxhash pandas
 
 Usage: python bench/train.py [--steps 10] [--long] [--variants tunegate,trl,tunegate-glibc,trl-glibc]
        (tunegate-peft and tunegate-peft-glibc: our trainer on PEFT's forward, for the fused forward's share)
