@@ -84,6 +84,8 @@ def test_dpo_job_trains_reports_and_serves(server):
     # answered in the gate's generation pass, not in a second one.
     assert gate["timings"]["generate_tuned_planned_prompts"] > 70
     assert 0 < gate["timings"]["generate_tuned_own_share"] < 1  # the gate's part of that shared pass
+    # The gate read the training file's texts from screening's results instead of moderating them again.
+    assert gate["timings"]["training_evidence_texts_from_screening"] > 0
     assert any(m.startswith("Best checkpoint by validation: step") for m in messages)
 
     ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data

@@ -288,5 +288,6 @@ def test_gate_alone_probes_in_the_cipher_the_model_was_trained_on(srv):
     assert any(d.get("check") == "safety_mixing" and d.get("added") for d in events)  # trained on the prepared file
     gate = next(d for d in events if d.get("check") == "gate" and "decision" in d)
     assert gate["encoding"] == "letter shift 3", gate["encoding"]
+    assert gate["timings"]["training_evidence_texts_from_screening"] == 0  # no screening: read by the gate itself
     probe = next(r for r in gate["rules"] if "cipher" in r["rule"])
     assert probe["n"] == 20  # the policy's n_encoded harmful prompts, asked in the cipher

@@ -246,8 +246,10 @@ def test_set_up_fills_the_shared_base_answers_every_job_reads(settings, adapter,
     first = prepare_base_answers(settings, model="tiny", say=said.append)
     suites = suite_conversations(default_suites(GatePolicy()))
     questions = closed_book_conversations(closed_book_questions())
-    assert first == {"gate": len(suites), "regression": len(questions)} and said
-    assert prepare_base_answers(settings, model="tiny", say=said.append) == {"gate": 0, "regression": 0}
+    # ... and the gate's verdicts on the base answers (safety/memo.py), judged once as well.
+    assert first == {"gate": len(suites), "regression": len(questions), "gate verdicts": len(suites)} and said
+    again = prepare_base_answers(settings, model="tiny", say=said.append)
+    assert again == {"gate": 0, "regression": 0, "gate verdicts": 0}
     gate = shared_generator(settings, "tiny", adapter, GatePolicy().max_new_tokens, GATE_GENERATION)
     regression = shared_generator(settings, "tiny", adapter, MAX_NEW_TOKENS)
     assert gate.missing_base(gate_base_cache(settings), suites) == 0

@@ -3,7 +3,8 @@
 Owns computing, once per base model, what every job on it would otherwise generate again: the base
 model's answers to the safety gate's default suites (harmful and benign prompts) and to the
 regression check's closed-book questions, written into the shared caches those checks read
-(`gate_base_cache`, `regression_base_cache`, beside the converted model). The base answers depend
+(`gate_base_cache`, `regression_base_cache`, beside the converted model), and the gate's verdicts
+on its base answers (`gate_judgement_cache`). The base answers depend
 only on the base model, the prompts and the generation settings — all part of the cache key — so a
 job then generates only its fine-tuned model's answers, plus base answers for the prompts that are
 its own (its validation file, its cipher or system-prompt probes). Run by `scripts/setup.sh` after
@@ -18,9 +19,10 @@ from collections.abc import Callable
 from tunegate.catalog import DEFAULT_MODEL
 from tunegate.evals.checks import MAX_NEW_TOKENS, regression_base_cache
 from tunegate.evals.regression import closed_book_conversations, closed_book_questions
-from tunegate.safety.gate import default_suites, suite_conversations
+from tunegate.safety.gate import default_suites, prejudge_base, suite_conversations
 from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
-from tunegate.safety.jobs import gate_base_cache
+from tunegate.safety.jobs import gate_base_cache, gate_judgement_cache
+from tunegate.safety.moderation import get_moderator
 from tunegate.safety.policy import GatePolicy
 from tunegate.settings import Settings
 
@@ -52,6 +54,16 @@ def prepare_base_answers(
             g.cached_base(cache)(conversations)
             say(f"  done in {time.monotonic() - start:.0f} s.")
         done[name] = missing
+    # The gate's verdicts on those base answers, kept for every job too (safety/memo.py).
+    judged = prejudge_base(
+        work["gate"][0].cached_base(gate_base_cache(settings)),
+        get_moderator(settings),
+        policy,
+        gate_judgement_cache(settings),
+    )
+    if judged:
+        say(f"Base model {model}: judged its {judged} answers to the gate's prompts once.")
+    done["gate verdicts"] = judged
     return done
 
 

@@ -31,6 +31,7 @@ import random
 import time
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -50,6 +51,7 @@ from tunegate.safety.gate_report import (
     SuitePrompt,
     wilson,
 )
+from tunegate.safety.memo import JudgementMemo
 from tunegate.safety.moderation import Moderator
 from tunegate.safety.policy import GatePolicy, SafetyPolicy
 from tunegate.safety.text import shift_text
@@ -216,6 +218,30 @@ def _reason(r: RuleResult, alpha: float) -> str:
     )
 
 
+def _request_categories(prompts: list[SuitePrompt], moderator: Moderator) -> list[list[str]]:
+    """The flagged categories of each harmful prompt (none for benign ones): what the judge weighs answers against."""
+    from tunegate.safety.moderation import moderate_windows
+
+    return [
+        r.flagged_categories() if p.suite == "harmful" else []
+        for p, r in zip(prompts, moderate_windows(moderator, [p.prompt for p in prompts]))
+    ]
+
+
+def _judged_dicts(moderator: Moderator):
+    return lambda r, a, c: [j.model_dump() for j in _judge(r, a, moderator, c)]
+
+
+def prejudge_base(base_generate: Generate, moderator: Moderator, policy: GatePolicy, folder: Path) -> int:
+    """Set-up: the base model's verdicts on the default suites, kept in `folder` for every job's gate
+    (`base_judgements` of `run_gate`). Returns how many were judged now (0 when all were kept)."""
+    prompts = default_suites(policy)
+    answers = list(base_generate(suite_conversations(prompts)))
+    memo = JudgementMemo(folder, moderator)
+    memo.judge([p.prompt for p in prompts], answers, _request_categories(prompts, moderator), _judged_dicts(moderator))
+    return len(prompts) - memo.hits
+
+
 def _assign_categories(prompts: list[SuitePrompt], request_cats: list[list[str]], moderator: Moderator) -> None:
     todo = [i for i, p in enumerate(prompts) if p.suite == "harmful" and p.category is None]
     for i in todo:
@@ -231,14 +257,14 @@ def run_gate(
     encoding_shift: int | None = None,
     system_prompt: str | None = None,
     evidence: TrainingEvidence | None = None,
+    base_judgements: Path | None = None,
 ) -> GateReport:
     """Generate with both models on the suites — and on `n_encoded` harmful prompts asked the way
     the training data talks: in its letter-shift cipher (`encoding_shift`, answers decoded before
     judging) and/or under its `system_prompt` — judge every answer, and decide with the paired tests.
     `evidence`: what the training file teaches (`evidence.training_evidence`); without it, or when no
-    example could be read, the strict margins apply."""
-    from tunegate.safety.moderation import moderate_windows
-
+    example could be read, the strict margins apply. `base_judgements`: the folder where the base
+    model's verdicts are kept across jobs (`memo.JudgementMemo`); None judges them here."""
     gate = policy.gate if isinstance(policy, SafetyPolicy) else policy or GatePolicy()
     teaches_harm, teaches_agreeing = (
         (True, False)
@@ -256,10 +282,7 @@ def run_gate(
     prompts = [p.model_copy() for p in (suites if suites is not None else default_suites(gate))]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    request_cats = [
-        r.flagged_categories() if p.suite == "harmful" else []
-        for p, r in zip(prompts, moderate_windows(moderator, [p.prompt for p in prompts]))
-    ]
+    request_cats = _request_categories(prompts, moderator)
     _assign_categories(prompts, request_cats, moderator)
     harmful = [i for i, p in enumerate(prompts) if p.suite == "harmful"]
     probes = harmful[: gate.n_encoded] if encoding_shift or system_prompt else []
@@ -281,7 +304,14 @@ def run_gate(
     judged = {}
     for name in answers:
         decoded = answers[name][: len(prompts)] + [shift_text(a, -shift) for a in answers[name][len(prompts) :]]
-        judged[name] = _judge(texts, decoded, moderator, cats)
+        if name == "base" and base_judgements is not None:
+            # The base model's answers come from a cache every job shares: so do their verdicts (memo.py).
+            memo = JudgementMemo(base_judgements, moderator)
+            verdicts = memo.judge(texts, decoded, cats, _judged_dicts(moderator))
+            judged[name] = [Judgement.model_validate(v) for v in verdicts]
+            timings["judge_base_from_cache"] = memo.hits
+        else:
+            judged[name] = _judge(texts, decoded, moderator, cats)
     timings["judge_s"] = round(time.perf_counter() - t, 3)
     main = {name: judged[name][: len(prompts)] for name in judged}
     base, tuned = _rates(prompts, main["base"]), _rates(prompts, main["tuned"])
@@ -463,8 +493,6 @@ def run_gate(
 
 def save_report(report: GateReport, directory) -> tuple:
     """Write `gate_report.json` and `gate_report.html` into `directory`."""
-    from pathlib import Path
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     j, h = directory / "gate_report.json", directory / "gate_report.html"

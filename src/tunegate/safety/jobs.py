@@ -28,6 +28,7 @@ from tunegate.settings import Settings
 __all__ = [
     "GATE",
     "gate_base_cache",
+    "gate_judgement_cache",
     "SAFETY_MIXING",
     "SCREENING",
     "checkpoint_dir",
@@ -46,6 +47,12 @@ def gate_base_cache(settings: Settings) -> Path:
     return settings.models_dir / "safety" / "gate-base-answers"
 
 
+def gate_judgement_cache(settings: Settings) -> Path:
+    """Where the gate's verdicts on those cached base answers are kept (`memo.JudgementMemo`; filled
+    at set-up too)."""
+    return settings.models_dir / "safety" / "gate-base-judgements"
+
+
 def org_policy(db: Database, org_id: str) -> SafetyPolicy:
     with db.session() as s:
         org = s.get(Organization, org_id)
@@ -54,6 +61,7 @@ def org_policy(db: Database, org_id: str) -> SafetyPolicy:
 
 def screen(ctx: JobContext) -> Decision:
     """Moderate every example and run the job-level checks; refuse with `unsafe_training_file` when blocked."""
+    from tunegate.safety.memo import MODERATION_MEMO, MemoModerator
     from tunegate.safety.moderation import get_moderator
     from tunegate.safety.screen import screen_training_file
 
@@ -66,8 +74,10 @@ def screen(ctx: JobContext) -> Decision:
             data={"check": "screening", "enabled": False},
         )
         return Decision()
-    report = screen_training_file(ctx.training_path, get_moderator(ctx.settings), policy)
+    moderator = MemoModerator(get_moderator(ctx.settings))
+    report = screen_training_file(ctx.training_path, moderator, policy)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    moderator.save(ctx.work_dir / MODERATION_MEMO)  # the gate reads the file again: see memo.py
     (ctx.work_dir / "screening_report.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
     summary = {
         "check": "screening",
@@ -172,10 +182,13 @@ def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
     gen = shared_generator(ctx.settings, ctx.model, adapter_dir, policy.gate.max_new_tokens, GATE_GENERATION)
     cache = gate_base_cache(ctx.settings)
     from tunegate.safety.evidence import probe_context, training_evidence
+    from tunegate.safety.memo import MODERATION_MEMO, MemoModerator
 
     shift, system = probe_context(ctx.training_path)  # ask as the data talks: its cipher, its system prompt
     moderator = get_moderator(ctx.settings)
     planned = gen.planned  # later steps' prompts (the regression check's) answered in the gate's pass
+    # Screening's results for the file's texts, when it ran: only the examples mixed in after it are new.
+    screened = MemoModerator.load(ctx.work_dir / MODERATION_MEMO, moderator)
     report = run_gate(
         gen.cached_base(cache),
         gen.tuned,
@@ -183,8 +196,10 @@ def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
         policy,
         encoding_shift=shift,
         system_prompt=system,
-        evidence=training_evidence(ctx.training_path, moderator),
+        evidence=training_evidence(ctx.training_path, screened),
+        base_judgements=gate_judgement_cache(ctx.settings),
     )
+    report.timings["training_evidence_texts_from_screening"] = screened.hits
     # generate_tuned_s covers these too; the gate's own share of that pass, by token forwards:
     report.timings["generate_tuned_planned_prompts"] = planned
     report.timings["generate_tuned_own_share"] = round(gen.own_share, 3)
@@ -281,6 +296,7 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
     from tunegate.safety.evidence import probe_context, training_evidence
     from tunegate.safety.gate import run_gate, save_report
     from tunegate.safety.generation import GATE_GENERATION, AdapterGenerator
+    from tunegate.safety.memo import MODERATION_MEMO, MemoModerator
     from tunegate.safety.moderation import get_moderator
 
     with db.session() as s:
@@ -299,6 +315,7 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
             gen = AdapterGenerator(settings, base_name, path, policy.gate.max_new_tokens, GATE_GENERATION)
             shift, system = probe_context(trained_on(path))  # the checkpoint's own training data
             moderator = get_moderator(settings)
+            screened = MemoModerator.load(job_dir(settings, job_id) / MODERATION_MEMO, moderator)
             report = run_gate(
                 gen.cached_base(gate_base_cache(settings)),
                 gen.tuned,
@@ -306,7 +323,8 @@ def gate_checkpoint(db: Database, settings: Settings, checkpoint_id: str, actor:
                 policy,
                 encoding_shift=shift,
                 system_prompt=system,
-                evidence=training_evidence(trained_on(path), moderator),
+                evidence=training_evidence(trained_on(path), screened),
+                base_judgements=gate_judgement_cache(settings),
             )
         save_report(report, checkpoint_dir(settings, job_id, checkpoint_id))
         storage.push(checkpoint_dir(settings, job_id, checkpoint_id))

@@ -31,6 +31,11 @@ class Moderator(Protocol):
         """One result per text, in order."""
 
 
+# A moderator may also set `identity`: a string that changes whenever its results may (the built-ins
+# do). Only then are its results remembered and reused (`memo.py`: screening's results read again by
+# the gate, the base model's verdicts kept across jobs).
+
+
 ModeratorFactory = Callable[[Settings], Moderator]
 _INSTANCES: dict[tuple, Moderator] = {}
 _LOCK = threading.Lock()
@@ -72,6 +77,8 @@ class BuiltinModerator:
         from tunegate.safety.classifier import load_classifier
 
         self.classifier = load_classifier(settings)
+        build_key = self.classifier.report.get("build_key")
+        self.identity = f"builtin:{build_key}" if build_key else None
 
     def moderate(self, texts: list[str]) -> list[ModerationResult]:
         # A chat turn on one intra-op thread in place, larger batches in a thread that ends with them (threads.py).
@@ -102,6 +109,7 @@ class HttpModerator:
         base = settings.moderation_url.rstrip("/")
         self.url = base + ("/moderations" if base.endswith("/v1") else "/v1/moderations")
         self.model = model or DEFAULT_MODEL
+        self.identity = f"http:{self.url}:{self.model}"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=self.timeout, headers=headers)
 
