@@ -283,3 +283,16 @@ def test_a_batch_reads_its_shared_prompt_start_once(settings, tiny_model_path, a
     assert answers == [_plain(tiny_model_path, adapter, c, 8) for c in convs]
     rest = [len(i) - shared for i in ids[:3]]
     assert gen.prompt_tokens == shared + 3 * max(rest) + len(ids[3])  # the start once, the rest left-padded
+
+
+def test_the_lm_head_reads_one_contiguous_matrix(settings, adapter):
+    """A batch pass keeps only the last position of each row; for a frozen PEFT model torch would then
+    run one vector product per row over an expanded weight. The head must get a contiguous matrix."""
+    from tunegate.safety.generation import AdapterGenerator
+
+    gen = AdapterGenerator(settings, "tiny", adapter, 4, GenerationSettings(batch_size=32, streams=1))
+    seen: list[bool] = []
+    gen.model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    convs = [[{"role": "user", "content": q}] for q in ("Why do boats float?", "Hi", "What is a knot in sailing?")]
+    assert len(gen.tuned(convs)) == 3
+    assert len(seen) >= 2 and all(seen)  # the batch's prompt pass and its decoding steps
