@@ -2,7 +2,7 @@
 moderation misses, then decide against the organisation's policy.
 
 Owns `screen_training_file` and its report. Per example, the system, user and assistant text are
-moderated (batched). An example counts as flagged when its assistant text is flagged, or when its
+moderated (batched; a text longer than the classifier reads also in windows over its whole length). An example counts as flagged when its assistant text is flagged, or when its
 request is flagged and the answer carries content of the flagged kind or agrees to help (a refused
 harmful request is exactly the safety data we want models to learn from; a misread benign request
 answered harmlessly teaches nothing). Job-level checks:
@@ -192,6 +192,27 @@ def _near_duplicates(answers: dict[int, str], requests: dict[int, str], threshol
     return (best, best_requests) if len(best) >= 2 else ([], 0)
 
 
+def _moderate(moderator: Moderator, texts: list[str]) -> list[ModerationResult]:
+    """Each text judged whole; a text longer than the built-in classifier reads (its encoder stops at
+    `MAX_TOKENS` tokens) is judged in windows over its whole length instead (`moderate_windows`), so
+    that harm placed after a long harmless start is not cut off unseen. Shorter texts keep their
+    whole-text verdict: sentence windows of short texts add false flags on benign files."""
+    from tunegate.safety.classifier import MAX_TOKENS
+    from tunegate.safety.moderation import moderate_windows
+
+    results: list[ModerationResult] = []
+    for start in range(0, len(texts), BATCH_SIZE):
+        results.extend(moderator.moderate(texts[start : start + BATCH_SIZE]))
+    tokenizer = getattr(getattr(getattr(moderator, "classifier", None), "encoder", None), "tokenizer", None)
+    if tokenizer is None or not texts:  # another moderator reads long texts itself
+        return results
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    long = [i for i, n in enumerate(lengths) if n > MAX_TOKENS]
+    for i, r in zip(long, moderate_windows(moderator, [texts[i] for i in long]) if long else []):
+        results[i] = r
+    return results
+
+
 def screen_training_file(
     path: str | Path, moderator: Moderator, policy: SafetyPolicy | ScreeningPolicy | None = None
 ) -> ScreeningReport:
@@ -216,9 +237,7 @@ def screen_training_file(
         for role, text in rt.items():
             texts.append(text)
             owners.append((idx, role))
-    results: list[ModerationResult] = []
-    for start in range(0, len(texts), BATCH_SIZE):
-        results.extend(moderator.moderate(texts[start : start + BATCH_SIZE]))
+    results = _moderate(moderator, texts)
     thresholds = getattr(getattr(moderator, "classifier", None), "thresholds", None)
 
     per_example: list[dict[str, ModerationResult]] = [{} for _ in examples]
