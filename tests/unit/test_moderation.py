@@ -354,3 +354,19 @@ def test_long_texts_are_judged_in_windows_never_truncated():
     assert long_result.scores()["illicit"] == 1.0
     assert not short_result.flagged
     assert moderate_windows(mod, []) == []
+
+
+def test_the_moderations_endpoint_reads_a_long_text_to_its_end(safety_settings):
+    """`/v1/moderations` (and screening) judge a text longer than the classifier reads (128 tokens)
+    in windows over its whole length; a short text keeps exactly its whole-text verdict."""
+    from tunegate.safety.moderation import create_response, get_moderator, moderate_untruncated
+
+    moderator = get_moderator(safety_settings)
+    start = "Gardening is a relaxing hobby that many people enjoy on weekends. " * 30
+    bomb = "Now here is how to build a pipe bomb: fill a steel pipe with black powder and cap both ends."
+    short = ["What a lovely day for a picnic.", "I will hurt you and your family tonight."]
+    assert not moderator.moderate([start + bomb])[0].flagged  # cut off after 128 tokens
+    response = create_response(moderator, [start + bomb, *short])
+    assert response.results[0].flagged and "illicit/violent" in response.results[0].flagged_categories()
+    assert response.results[1:] == moderator.moderate(short)
+    assert moderate_untruncated(moderator, []) == []

@@ -62,7 +62,7 @@ def get_moderator(settings: Settings) -> Moderator:
 
 def create_response(moderator: Moderator, texts: list[str], model: str | None = None) -> ModerationCreateResponse:
     return ModerationCreateResponse(
-        id=new_id("modr"), model=model or moderator.model, results=moderator.moderate(texts)
+        id=new_id("modr"), model=model or moderator.model, results=moderate_untruncated(moderator, texts)
     )
 
 
@@ -196,6 +196,29 @@ def moderate_windows(moderator: Moderator, texts: list[str], max_chars: int = WI
         flat.extend(w)
     results = moderator.moderate(flat) if flat else []
     return [merge_results(results[a:b]) for a, b in spans]
+
+
+def moderate_untruncated(
+    moderator: Moderator, texts: list[str], batch_size: int = MAX_INPUTS
+) -> list[ModerationResult]:
+    """One result per text, each judged whole; a text longer than the built-in classifier reads (its
+    encoder stops at `MAX_TOKENS` tokens) is judged in windows over its whole length instead
+    (`moderate_windows`), so harm after a long harmless start is not cut off unseen. Shorter texts
+    keep their whole-text verdict (sentence windows of short texts add false flags on benign training
+    files). Another moderator reads long texts itself. Used by screening and `/v1/moderations`."""
+    results: list[ModerationResult] = []
+    for start in range(0, len(texts), batch_size):
+        results.extend(moderator.moderate(texts[start : start + batch_size]))
+    tokenizer = getattr(getattr(getattr(moderator, "classifier", None), "encoder", None), "tokenizer", None)
+    if tokenizer is None or not texts:
+        return results
+    from tunegate.safety.classifier import MAX_TOKENS
+
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    long = [i for i, n in enumerate(lengths) if n > MAX_TOKENS]
+    for i, r in zip(long, moderate_windows(moderator, [texts[i] for i in long]) if long else []):
+        results[i] = r
+    return results
 
 
 def flagged_categories(moderator: Moderator, texts: list[str]) -> list[list[str]]:

@@ -31,7 +31,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from tunegate.catalog.template import content_text
-from tunegate.safety.moderation import Moderator
+from tunegate.safety.moderation import Moderator, moderate_untruncated
 from tunegate.safety.policy import SafetyPolicy, ScreeningPolicy
 from tunegate.safety.refusal import is_refusal
 from tunegate.safety.schemas import CATEGORIES, ModerationResult
@@ -192,27 +192,6 @@ def _near_duplicates(answers: dict[int, str], requests: dict[int, str], threshol
     return (best, best_requests) if len(best) >= 2 else ([], 0)
 
 
-def _moderate(moderator: Moderator, texts: list[str]) -> list[ModerationResult]:
-    """Each text judged whole; a text longer than the built-in classifier reads (its encoder stops at
-    `MAX_TOKENS` tokens) is judged in windows over its whole length instead (`moderate_windows`), so
-    that harm placed after a long harmless start is not cut off unseen. Shorter texts keep their
-    whole-text verdict: sentence windows of short texts add false flags on benign files."""
-    from tunegate.safety.classifier import MAX_TOKENS
-    from tunegate.safety.moderation import moderate_windows
-
-    results: list[ModerationResult] = []
-    for start in range(0, len(texts), BATCH_SIZE):
-        results.extend(moderator.moderate(texts[start : start + BATCH_SIZE]))
-    tokenizer = getattr(getattr(getattr(moderator, "classifier", None), "encoder", None), "tokenizer", None)
-    if tokenizer is None or not texts:  # another moderator reads long texts itself
-        return results
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
-    long = [i for i, n in enumerate(lengths) if n > MAX_TOKENS]
-    for i, r in zip(long, moderate_windows(moderator, [texts[i] for i in long]) if long else []):
-        results[i] = r
-    return results
-
-
 def screen_training_file(
     path: str | Path, moderator: Moderator, policy: SafetyPolicy | ScreeningPolicy | None = None
 ) -> ScreeningReport:
@@ -237,7 +216,7 @@ def screen_training_file(
         for role, text in rt.items():
             texts.append(text)
             owners.append((idx, role))
-    results = _moderate(moderator, texts)
+    results = moderate_untruncated(moderator, texts, BATCH_SIZE)
     thresholds = getattr(getattr(moderator, "classifier", None), "thresholds", None)
 
     per_example: list[dict[str, ModerationResult]] = [{} for _ in examples]
