@@ -157,6 +157,14 @@ def test_base_verdicts_are_kept_across_gates_and_equal_judging_again(moderator, 
     for report in (first, second):
         assert report.model_dump(exclude={"timings"}) == plain.model_dump(exclude={"timings"})
     assert plain.blocked
+    # The suites' prompts were moderated once too: kept with the verdicts.
+    from tunegate.safety.moderation import moderate_windows
+
+    asked = JudgementMemo(folder, moderator).requests()
+    assert moderate_windows(asked, [p.prompt for p in suites]) == moderate_windows(
+        moderator, [p.prompt for p in suites]
+    )
+    assert asked.hits > 0 and asked.misses == 0
 
     # Keyed on the answer: one changed answer is judged again, the rest read.
     def base_changed(conversations):

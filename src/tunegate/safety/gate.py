@@ -238,7 +238,9 @@ def prejudge_base(base_generate: Generate, moderator: Moderator, policy: GatePol
     prompts = default_suites(policy)
     answers = list(base_generate(suite_conversations(prompts)))
     memo = JudgementMemo(folder, moderator)
-    memo.judge([p.prompt for p in prompts], answers, _request_categories(prompts, moderator), _judged_dicts(moderator))
+    asked = memo.requests()
+    memo.judge([p.prompt for p in prompts], answers, _request_categories(prompts, asked), _judged_dicts(moderator))
+    memo.keep(asked)
     return len(prompts) - memo.hits
 
 
@@ -282,7 +284,11 @@ def run_gate(
     prompts = [p.model_copy() for p in (suites if suites is not None else default_suites(gate))]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    request_cats = _request_categories(prompts, moderator)
+    memo = JudgementMemo(base_judgements, moderator) if base_judgements is not None else None
+    asked = memo.requests() if memo else moderator  # the suites' prompts: kept with the base verdicts
+    request_cats = _request_categories(prompts, asked)
+    if memo:
+        memo.keep(asked)
     _assign_categories(prompts, request_cats, moderator)
     harmful = [i for i, p in enumerate(prompts) if p.suite == "harmful"]
     probes = harmful[: gate.n_encoded] if encoding_shift or system_prompt else []
@@ -304,9 +310,8 @@ def run_gate(
     judged = {}
     for name in answers:
         decoded = answers[name][: len(prompts)] + [shift_text(a, -shift) for a in answers[name][len(prompts) :]]
-        if name == "base" and base_judgements is not None:
+        if name == "base" and memo is not None:
             # The base model's answers come from a cache every job shares: so do their verdicts (memo.py).
-            memo = JudgementMemo(base_judgements, moderator)
             verdicts = memo.judge(texts, decoded, cats, _judged_dicts(moderator))
             judged[name] = [Judgement.model_validate(v) for v in verdicts]
             timings["judge_base_from_cache"] = memo.hits

@@ -12,7 +12,7 @@ verdict depends on:
   pair in a folder named by the moderator's identity and a digest of the judging code. The base
   model's answers to the gate's suites come from a cache shared by every job on that model
   (`generation.py`), so their verdicts are the same for every job: judged once (at set-up, by
-  `evals/prepare.py`), then read.
+  `evals/prepare.py`), then read; so are the suite prompts' own moderation results.
 
 A moderator's identity (`moderator_identity`) is what its results depend on: the built classifier's
 build key, or an `http` endpoint's URL and model. A moderator without one (a plug-in that does not
@@ -148,6 +148,19 @@ class JudgementMemo:
             else None
         )
         self.hits = 0
+        self._moderator = moderator
+
+    def requests(self) -> MemoModerator:
+        """The moderator with the suite prompts' results kept in this folder (they are the same for every
+        job as well); `keep` saves what it learned."""
+        if self.folder is None:
+            return MemoModerator(self._moderator)
+        return MemoModerator.load(self.folder / "requests.json", self._moderator)
+
+    def keep(self, requests: MemoModerator) -> None:
+        if self.folder is not None and requests.misses:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            requests.save(self.folder / "requests.json")
 
     def _path(self, request: str, answer: str, categories: list[str]) -> Path:
         assert self.folder is not None
