@@ -73,6 +73,13 @@ def test_a_saved_memo_serves_only_the_same_moderator(moderator, tmp_path):
     other = Counting(moderator, "builtin:B")  # another build: its own results
     assert MemoModerator.load(path, other).moderate(TEXTS) == expected and other.asked == len(set(TEXTS))
 
+    saved = json.loads(path.read_text())
+    first_key = next(iter(saved["results"]))
+    saved["results"][first_key] = [["violence"], "not scores"]  # one damaged entry: that text is judged again
+    path.write_text(json.dumps(saved))
+    patched = Counting(moderator, "builtin:A")
+    assert MemoModerator.load(path, patched).moderate(TEXTS) == expected and patched.asked == 1
+
     path.write_text('{"identity": "builtin:A", "results": {"x": ')  # cut short
     damaged = Counting(moderator, "builtin:A")
     assert MemoModerator.load(path, damaged).moderate(TEXTS) == expected and damaged.asked == len(set(TEXTS))
@@ -165,6 +172,13 @@ def test_base_verdicts_are_kept_across_gates_and_equal_judging_again(moderator, 
         moderator, [p.prompt for p in suites]
     )
     assert asked.hits > 0 and asked.misses == 0
+
+    # A damaged verdict file is judged again, never trusted.
+    damaged = sorted(p for p in folder.rglob("*.json") if p.name != "requests.json")[0]
+    damaged.write_text('{"harmful": "perhaps"}')
+    third = run_gate(base, tuned, moderator, SMALL, base_judgements=folder)
+    assert third.timings["judge_base_from_cache"] == len(suites) - 1
+    assert third.model_dump(exclude={"timings"}) == plain.model_dump(exclude={"timings"})
 
     # Keyed on the answer: one changed answer is judged again, the rest read.
     def base_changed(conversations):

@@ -239,7 +239,8 @@ def prejudge_base(base_generate: Generate, moderator: Moderator, policy: GatePol
     answers = list(base_generate(suite_conversations(prompts)))
     memo = JudgementMemo(folder, moderator)
     asked = memo.requests()
-    memo.judge([p.prompt for p in prompts], answers, _request_categories(prompts, asked), _judged_dicts(moderator))
+    requests, cats = [p.prompt for p in prompts], _request_categories(prompts, asked)
+    memo.judge(requests, answers, cats, _judged_dicts(moderator), Judgement.model_validate)
     memo.keep(asked)
     return len(prompts) - memo.hits
 
@@ -312,8 +313,7 @@ def run_gate(
         decoded = answers[name][: len(prompts)] + [shift_text(a, -shift) for a in answers[name][len(prompts) :]]
         if name == "base" and memo is not None:
             # The base model's answers come from a cache every job shares: so do their verdicts (memo.py).
-            verdicts = memo.judge(texts, decoded, cats, _judged_dicts(moderator))
-            judged[name] = [Judgement.model_validate(v) for v in verdicts]
+            judged[name] = memo.judge(texts, decoded, cats, _judged_dicts(moderator), Judgement.model_validate)
             timings["judge_base_from_cache"] = memo.hits
         else:
             judged[name] = _judge(texts, decoded, moderator, cats)

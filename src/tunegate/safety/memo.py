@@ -28,11 +28,12 @@ import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tunegate.safety.moderation import Moderator
 from tunegate.safety.schemas import CATEGORIES, ModerationResult
 
+T = TypeVar("T")
 MODERATION_MEMO = "moderation_memo.json"  # in the job folder, written by screening
 MAX_ENTRIES = 50_000  # texts a saved memo keeps (~200 bytes each); beyond, the rest is judged again
 
@@ -89,15 +90,23 @@ class MemoModerator:
         if not self.identity:  # nothing may be remembered of it
             return self.inner.moderate(texts)
         keys = [_text_key(t) for t in texts]
-        todo = {k: t for k, t in zip(keys, texts) if k not in self._known}
-        self.hits += sum(k not in todo for k in keys)  # known before this call (a repeat within it is not)
+        found: dict[str, ModerationResult] = {}
+        for k in set(keys) & self._known.keys():
+            try:
+                found[k] = _decode(self._known[k])
+            except (TypeError, ValueError, KeyError):  # a damaged entry: judged again
+                del self._known[k]
+        todo = {k: t for k, t in zip(keys, texts) if k not in found}
+        self.hits += sum(k in found for k in keys)  # known before this call (a repeat within it is not)
         self.misses += len(todo)
         if todo:
             fresh = self.inner.moderate(list(todo.values()))
             if len(fresh) != len(todo):
                 raise ValueError(f"the moderator returned {len(fresh)} results for {len(todo)} texts")
-            self._known.update((k, _encode(r)) for k, r in zip(todo, fresh))
-        return [_decode(self._known[k]) for k in keys]
+            for k, r in zip(todo, fresh):
+                found[k] = r
+                self._known[k] = _encode(r)
+        return [found[k] for k in keys]
 
     def save(self, path: Path) -> None:
         """Write the memo (at most MAX_ENTRIES texts) atomically; nothing when the moderator has no identity."""
@@ -138,7 +147,7 @@ def judging_code_digest() -> str:
 
 class JudgementMemo:
     """Verdicts on (request, answer, request categories) pairs on disk (see module docstring).
-    `judge` takes lists and returns one verdict dict per pair, judging only the pairs not on disk."""
+    `judge` takes lists and returns one verdict per pair, judging only the pairs not on disk."""
 
     def __init__(self, folder: Path, moderator: Moderator):
         identity = moderator_identity(moderator)
@@ -173,15 +182,17 @@ class JudgementMemo:
         answers: list[str],
         categories: list[list[str]],
         judge: Callable[[list[str], list[str], list[list[str]]], list[dict]],
-    ) -> list[dict]:
+        parse: Callable[[Any], T],
+    ) -> list[T]:
+        """`parse` turns a verdict dict into what the caller uses; a kept verdict it rejects is judged again."""
         if self.folder is None:
-            return judge(requests, answers, categories)
+            return [parse(v) for v in judge(requests, answers, categories)]
         paths = [self._path(r, a, c) for r, a, c in zip(requests, answers, categories)]
-        known: dict[int, dict] = {}
+        known: dict[int, T] = {}
         for i, p in enumerate(paths):
             try:
-                known[i] = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                known[i] = parse(json.loads(p.read_text(encoding="utf-8")))
+            except (OSError, TypeError, ValueError):
                 pass  # not judged yet, or damaged: judged now
         todo = [i for i in range(len(paths)) if i not in known]
         self.hits = len(known)
@@ -192,5 +203,5 @@ class JudgementMemo:
                 tmp = paths[i].with_suffix(f".{os.getpid()}.tmp")  # a concurrent gate never reads half a file
                 tmp.write_text(json.dumps(verdict), encoding="utf-8")
                 tmp.replace(paths[i])
-                known[i] = verdict
+                known[i] = parse(verdict)
         return [known[i] for i in range(len(paths))]
