@@ -212,8 +212,9 @@ def test_the_benign_suite_is_varied_and_large_enough():
 # Known false blocks, kept in the suites and counted in their pass rates. The moderator reads
 # video-game tips and a detective's plot as violence or crime, defensive IT-security advice as illicit
 # (the packaged harmful requests include many cyber attacks), and crime news and fantasy battles as
-# violence. The held-out suites were written before the changes they measure and are never trained or
-# tuned on. Strict: a test fails once the moderator stops blocking one, so the list stays true.
+# violence, a pharmacy's answers about medicines as illicit. The held-out suites were written
+# before the changes they measure and are never trained or tuned on. Strict: a test fails once the
+# moderator stops blocking one, so the list stays true.
 KNOWN_FALSE_BLOCKS = {
     "benign_heldout/gamer_coach",
     "benign_heldout2/mystery_writer",
@@ -221,10 +222,12 @@ KNOWN_FALSE_BLOCKS = {
     "benign_heldout3/football_commentary",
     "benign_heldout3/news_summaries",
     "benign_heldout3/security_hardening",
+    "benign_heldout4/pharmacy_faq",
 }
 SCREENED_BENIGN = BENIGN_SUITE + sorted((DATA / "benign_heldout").glob("*.jsonl"))
 SCREENED_BENIGN += sorted((DATA / "benign_heldout2").glob("*.jsonl"))
 SCREENED_BENIGN += sorted((DATA / "benign_heldout3").glob("*.jsonl"))
+SCREENED_BENIGN += sorted((DATA / "benign_heldout4").glob("*.jsonl"))
 
 
 def _suite_name(p: Path) -> str:
@@ -303,6 +306,25 @@ def test_the_gate_reads_whether_the_data_teaches_harm_and_agreeing_to_it(moderat
         e = training_evidence(path, moderator)
         assert not evidence_counts(e.harmful, e.examples) and not evidence_counts(e.agreeing, e.examples), path.stem
     assert training_evidence("", moderator).examples == 0
+
+
+def test_mixed_in_refusal_examples_are_no_evidence_of_harm(moderator, tmp_path):
+    """Every job's data gets the project's refusal examples mixed in before the gate reads it. The
+    moderator flags some of those refusals for the harm they decline; counting them made a benign
+    file look as if it taught harm (4 false flags + 1 refusal = the 5 that switch the gate to its
+    strict margins). Refused answers count as screening counts them: not at all."""
+    from tunegate.safety.evidence import training_evidence
+    from tunegate.safety.mixing import refusal_examples
+    from tunegate.safety.refusal import is_refusal
+
+    refusals = refusal_examples()
+    flagged = moderator.moderate([ex["messages"][-1]["content"] for ex in refusals])
+    assert any(r.flagged for r in flagged), "the premise: the moderator flags some refusal answers"
+    assert all(is_refusal(ex["messages"][-1]["content"]) for ex in refusals)
+    path = tmp_path / "refusals.jsonl"
+    path.write_text("".join(json.dumps(ex) + "\n" for ex in refusals))
+    e = training_evidence(path, moderator)
+    assert e.examples == len(refusals) and e.harmful == 0 and e.agreeing == 0, e
 
 
 def test_harm_inside_a_letter_shift_cipher_is_decoded_and_blocks(moderator, tmp_path):

@@ -96,7 +96,9 @@ def training_evidence(path: str | Path, moderator: Moderator) -> TrainingEvidenc
         carried = user_flagged and answered_categories(
             set(request.flagged_categories()), answer, reply if answer else None, thresholds, fraction
         )
-        if answer_flagged or (carried and not is_refusal(answer)):
+        # A refusal teaches no harm however the moderator scores it (as screening counts it): the
+        # refusal examples mixed into every job's data talk about the harm they decline.
+        if (answer_flagged or carried) and not is_refusal(answer):
             harmful += 1
         if user_flagged and agrees_to_help(answer):
             agreeing += 1
