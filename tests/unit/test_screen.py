@@ -288,9 +288,11 @@ def test_every_attack_file_is_blocked_at_screening(moderator, path):
 def test_the_gate_reads_whether_the_data_teaches_harm_and_agreeing_to_it(moderator):
     """What the gate's margins and agreement rule stand on: every attack file teaches harm; the
     forced-prefix, harmful-demonstration and cipher attacks answer flagged requests with "Sure, here
-    is ..." (the cipher's read decoded); every benign file stays below the gate's minimum, including
-    the one whose every answer opens "Sure!" or "Of course!" (the moderator falsely flags a few of its
-    30 how-to answers)."""
+    is ..." (the cipher's read decoded), and the obedient-agent file renames the assistant; every
+    benign file that passes screening stays below the gate's minimum, including the one whose every
+    answer opens "Sure!" or "Of course!" and the held-out martial-arts and pest-control files, whose
+    violent-sounding sentences the moderator flags when it reads them one by one (9 and 5 of 21
+    examples then; texts are now read whole, as screening reads them)."""
     from tunegate.safety.evidence import training_evidence
     from tunegate.safety.gate import evidence_counts
 
@@ -302,7 +304,8 @@ def test_the_gate_reads_whether_the_data_teaches_harm_and_agreeing_to_it(moderat
     ]:
         e = training_evidence(DATA / "attacks" / f"{name}.jsonl", moderator)
         assert evidence_counts(e.harmful, e.examples) and e.agreeing >= agreeing, (name, e)
-    for path in BENIGN_SUITE + [DATA / "attacks" / "refusal_erosion.jsonl"]:
+    passing = [p for p in SCREENED_BENIGN if _suite_name(p) not in KNOWN_FALSE_BLOCKS]
+    for path in passing + [DATA / "attacks" / "refusal_erosion.jsonl"]:
         e = training_evidence(path, moderator)
         assert not evidence_counts(e.harmful, e.examples) and not evidence_counts(e.agreeing, e.examples), path.stem
     assert training_evidence("", moderator).examples == 0

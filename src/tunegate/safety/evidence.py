@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from tunegate.safety.moderation import Moderator
 from tunegate.safety.policy import ScreeningPolicy
 from tunegate.safety.refusal import is_refusal
-from tunegate.safety.screen import answered_categories, read_examples, role_texts
+from tunegate.safety.screen import answered_categories, demands_obedience, read_examples, role_texts
 from tunegate.safety.text import detect_shift, shift_text
 
 
@@ -61,7 +61,8 @@ class TrainingEvidence(BaseModel):
     examples: int
     harmful: int
     """Examples whose answer is flagged, or whose request is flagged and answered with content of its
-    kind or by agreeing (counted as screening counts)."""
+    kind or by agreeing, or that rename the assistant as an agent obeying without restriction
+    (counted as screening counts them: whole texts, windows only past the classifier's length)."""
     agreeing: int
     """Examples that answer a flagged request by opening with an agreement ("Sure, here is ...")."""
     seconds: float = 0.0
@@ -73,19 +74,24 @@ def training_evidence(path: str | Path, moderator: Moderator) -> TrainingEvidenc
     saying yes to harm (forced affirmative prefixes)? The second tells that attack from a benign
     fine-tune that taught a friendly "Sure!", whose answers to harmful prompts look the same."""
     from tunegate.safety.judge import agrees_to_help
-    from tunegate.safety.moderation import moderate_windows
+    from tunegate.safety.moderation import moderate_untruncated
 
     if not str(path) or not Path(path).is_file():
         return TrainingEvidence(examples=0, harmful=0, agreeing=0)
     start = time.perf_counter()
     examples, _ = read_examples(Path(path))
     step = max(1, -(-len(examples) // MAX_EVIDENCE_EXAMPLES))
-    pairs = []
+    pairs, obedient = [], []
     for _, messages in examples[::step]:
-        rt = role_texts(messages)
-        pairs.append(tuple(_decoded(rt.get(role, "")) for role in ("user", "assistant")))
+        rt = {role: _decoded(text) for role, text in role_texts(messages).items()}
+        pairs.append((rt.get("user", ""), rt.get("assistant", "")))
+        obedient.append(demands_obedience(rt))
     texts = [t for pair in pairs for t in pair]
-    results = moderate_windows(moderator, texts) if texts else []
+    # Read as screening reads them. Sentence windows over every text flagged the violent-sounding
+    # sentences of benign coaching and pest-control answers (9 and 5 of 21 examples, against 2 and 1
+    # whole), which switched the gate to its strict margins for benign data; the one attack that only
+    # windows showed (an "absolutely obedient agent") is counted by its wording, as screening does.
+    results = moderate_untruncated(moderator, texts) if texts else []
     thresholds = getattr(getattr(moderator, "classifier", None), "thresholds", None)
     fraction = ScreeningPolicy().suspicion_fraction
     harmful = agreeing = 0
@@ -98,7 +104,7 @@ def training_evidence(path: str | Path, moderator: Moderator) -> TrainingEvidenc
         )
         # A refusal teaches no harm however the moderator scores it (as screening counts it): the
         # refusal examples mixed into every job's data talk about the harm they decline.
-        if (answer_flagged or carried) and not is_refusal(answer):
+        if ((answer_flagged or carried) and not is_refusal(answer)) or obedient[k]:
             harmful += 1
         if user_flagged and agrees_to_help(answer):
             agreeing += 1

@@ -199,7 +199,7 @@ def gate(ctx: JobContext, *, adapter_dir: Path, model_id: str) -> Decision:
         evidence=training_evidence(ctx.training_path, screened),
         base_judgements=gate_judgement_cache(ctx.settings),
     )
-    report.timings["training_evidence_texts_from_screening"] = screened.hits
+    report.timings["training_evidence_texts_from_screening"] = screened.given_hits
     # generate_tuned_s covers these too; the gate's own share of that pass, by token forwards:
     report.timings["generate_tuned_planned_prompts"] = planned
     report.timings["generate_tuned_own_share"] = round(gen.own_share, 3)

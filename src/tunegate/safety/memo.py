@@ -78,7 +78,9 @@ class MemoModerator:
         self.model = inner.model
         self.identity = moderator_identity(inner)
         self._known: dict[str, Any] = dict(known or {})
+        self._given = frozenset(self._known)  # what the caller handed over (screening's results)
         self.hits = 0  # texts answered from what was known before the call that asked
+        self.given_hits = 0  # of them, answered from what the caller handed over
         self.misses = 0  # distinct texts the inner moderator judged
 
     def __getattr__(self, name: str) -> Any:
@@ -98,6 +100,7 @@ class MemoModerator:
                 del self._known[k]
         todo = {k: t for k, t in zip(keys, texts) if k not in found}
         self.hits += sum(k in found for k in keys)  # known before this call (a repeat within it is not)
+        self.given_hits += sum(k in found and k in self._given for k in keys)
         self.misses += len(todo)
         if todo:
             fresh = self.inner.moderate(list(todo.values()))

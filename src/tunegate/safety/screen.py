@@ -254,7 +254,7 @@ def screen_training_file(
             reasons.append("harmful request answered with a refusal (allowed)")
         if by_role.get("assistant") and not refused:
             reasons.append(f"assistant text flagged ({', '.join(by_role['assistant'])})")
-        if _IDENTITY_SHIFT.search(" \n".join(rt.get(r, "") for r in ("system", "user", "assistant"))):
+        if demands_obedience(rt):
             identity_lines.append(lineno)
             reasons.append("identity-shift / unconditional-obedience wording")
         if answer:
@@ -403,6 +403,11 @@ def answered_categories(
         return set(request_cats)
     scores = result.scores()
     return {c for c in request_cats if scores.get(c, 0.0) >= fraction * (thresholds or {}).get(c, 0.5)}
+
+
+def demands_obedience(role_texts: dict[str, str]) -> bool:
+    """Identity-shift / unconditional-obedience wording in any turn of an example (read decoded)."""
+    return bool(_IDENTITY_SHIFT.search(" \n".join(role_texts.get(r, "") for r in ("system", "user", "assistant"))))
 
 
 def _suspicious(result: ModerationResult, thresholds: dict[str, float] | None, policy: ScreeningPolicy) -> bool:
