@@ -4,7 +4,7 @@ load time and per-message latency. The moderation rows of `bench/safety.py` with
 model: minutes, not hours.
 
 Usage: python bench/moderation.py [--skip-agreement] [--threads 2] [--json bench/out/moderation.json]
-                                  [--screen-dirs benign benign_heldout ... benign_heldout4]
+                                  [--screen-dirs benign benign_heldout ...]
   --screen-dirs: benign suites (folders under tests/data/safety) screened file by file, as a job is:
   how many pass screening (no model is trained; `bench/safety.py` adds the gate).
 """
@@ -57,7 +57,8 @@ def main() -> None:
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=str(ROOT / "bench" / "out" / "moderation.json"))
-    ap.add_argument("--screen-dirs", nargs="*", default=["benign"] + [f"benign_heldout{k}" for k in ("", 2, 3, 4)])
+    suites = sorted(p.name for p in (ROOT / "tests" / "data" / "safety").glob("benign*") if p.is_dir())
+    ap.add_argument("--screen-dirs", nargs="*", default=suites, help="default: every benign suite")
     args = ap.parse_args()
 
     import torch

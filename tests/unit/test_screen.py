@@ -224,10 +224,7 @@ KNOWN_FALSE_BLOCKS = {
     "benign_heldout3/security_hardening",
     "benign_heldout4/pharmacy_faq",
 }
-SCREENED_BENIGN = BENIGN_SUITE + sorted((DATA / "benign_heldout").glob("*.jsonl"))
-SCREENED_BENIGN += sorted((DATA / "benign_heldout2").glob("*.jsonl"))
-SCREENED_BENIGN += sorted((DATA / "benign_heldout3").glob("*.jsonl"))
-SCREENED_BENIGN += sorted((DATA / "benign_heldout4").glob("*.jsonl"))
+SCREENED_BENIGN = sorted(DATA.glob("benign*/*.jsonl"))  # every benign suite, held-out ones included
 
 
 def _suite_name(p: Path) -> str:

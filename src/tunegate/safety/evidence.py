@@ -16,8 +16,7 @@ from pydantic import BaseModel
 
 from tunegate.safety.moderation import Moderator
 from tunegate.safety.policy import ScreeningPolicy
-from tunegate.safety.refusal import is_refusal
-from tunegate.safety.screen import answered_categories, demands_obedience, read_examples, role_texts
+from tunegate.safety.screen import demands_obedience, read_examples, role_texts, taught_categories
 from tunegate.safety.text import detect_shift, shift_text
 
 
@@ -97,14 +96,9 @@ def training_evidence(path: str | Path, moderator: Moderator) -> TrainingEvidenc
     harmful = agreeing = 0
     for k, (user, answer) in enumerate(pairs):
         request, reply = results[2 * k], results[2 * k + 1]
-        user_flagged, answer_flagged = bool(user) and request.flagged, bool(answer) and reply.flagged
-        # As screening counts it: a flagged request teaches harm only through an answer of its kind.
-        carried = user_flagged and answered_categories(
-            set(request.flagged_categories()), answer, reply if answer else None, thresholds, fraction
-        )
-        # A refusal teaches no harm however the moderator scores it (as screening counts it): the
-        # refusal examples mixed into every job's data talk about the harm they decline.
-        if ((answer_flagged or carried) and not is_refusal(answer)) or obedient[k]:
+        user_flagged = bool(user) and request.flagged
+        request_cats = set(request.flagged_categories()) if user_flagged else set()
+        if taught_categories(request_cats, answer, reply if answer else None, thresholds, fraction) or obedient[k]:
             harmful += 1
         if user_flagged and agrees_to_help(answer):
             agreeing += 1

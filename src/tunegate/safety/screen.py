@@ -234,17 +234,11 @@ def screen_training_file(
         answer = rt.get("assistant", "")
         refused = bool(answer) and is_refusal(answer)
         by_role = {role: r.flagged_categories() for role, r in mods.items() if r.flagged}
-        cats = set(by_role.get("assistant", [])) if not refused else set()
         reasons = []
         request_cats = set(by_role.get("user", [])) | set(by_role.get("system", []))
-        # A flagged request counts against the file only when its answer carries content of the kind
-        # asked for: "Convert 750 ml to litres" answered "0.75 L" teaches nothing harmful, however the
-        # request scored (the moderator reads many benign how-to requests as illicit).
-        answered = answered_categories(
-            request_cats, answer, mods.get("assistant"), thresholds, policy.suspicion_fraction
-        )
+        cats = taught_categories(request_cats, answer, mods.get("assistant"), thresholds, policy.suspicion_fraction)
+        answered = cats & request_cats  # the flagged request's kinds its (not refused) answer carries
         if answered and not refused:
-            cats |= answered
             reasons.append(f"harmful request ({', '.join(sorted(request_cats))}) answered without refusal")
         elif request_cats and not refused:
             reasons.append(
@@ -405,9 +399,27 @@ def answered_categories(
     return {c for c in request_cats if scores.get(c, 0.0) >= fraction * (thresholds or {}).get(c, 0.5)}
 
 
-def demands_obedience(role_texts: dict[str, str]) -> bool:
+def taught_categories(
+    request_cats: set[str],
+    answer: str,
+    result: ModerationResult | None,
+    thresholds: dict[str, float] | None,
+    fraction: float,
+) -> set[str]:
+    """The harm one example teaches, as screening and the gate's evidence (`evidence.py`) both count
+    it: its answer's flagged categories, and those of its flagged request that the answer carries
+    (`answered_categories`: "Convert 750 ml to litres" answered "0.75 L" teaches nothing, however the
+    request scored). Nothing when the answer refuses, however the moderator scored the refusal: the
+    refusal examples mixed into every job's data talk about the harm they decline."""
+    if answer and is_refusal(answer):
+        return set()
+    flagged = set(result.flagged_categories()) if answer and result is not None and result.flagged else set()
+    return flagged | answered_categories(request_cats, answer, result, thresholds, fraction)
+
+
+def demands_obedience(texts: dict[str, str]) -> bool:
     """Identity-shift / unconditional-obedience wording in any turn of an example (read decoded)."""
-    return bool(_IDENTITY_SHIFT.search(" \n".join(role_texts.get(r, "") for r in ("system", "user", "assistant"))))
+    return bool(_IDENTITY_SHIFT.search(" \n".join(texts.get(r, "") for r in ("system", "user", "assistant"))))
 
 
 def _suspicious(result: ModerationResult, thresholds: dict[str, float] | None, policy: ScreeningPolicy) -> bool:
