@@ -370,3 +370,45 @@ def test_the_moderations_endpoint_reads_a_long_text_to_its_end(safety_settings):
     assert response.results[0].flagged and "illicit/violent" in response.results[0].flagged_categories()
     assert response.results[1:] == moderator.moderate(short)
     assert moderate_untruncated(moderator, []) == []
+
+
+def test_long_texts_are_read_in_windows_of_the_classifiers_reach(safety_settings):
+    """A text past the classifier's 128 tokens is read in windows of consecutive sentences that fill
+    its reach: every sentence is read, none past the reach, a passage across a boundary is read whole
+    once, and an overlong sentence is cut rather than left partly unread."""
+    from tunegate.safety.classifier import MAX_TOKENS
+    from tunegate.safety.moderation import READ_MARGIN, get_moderator, reach_windows
+
+    tokenizer = get_moderator(safety_settings).classifier.encoder.tokenizer
+    budget = MAX_TOKENS - READ_MARGIN
+    sentences = [f"Sentence {i} says the river rose by {i} centimetres over the night." for i in range(60)]
+    windows = reach_windows(" ".join(sentences), tokenizer, budget)
+    assert 1 < len(windows) < len(sentences) / 3  # packed, not one window per sentence
+    assert all(len(tokenizer(w, add_special_tokens=False)["input_ids"]) <= budget + 2 for w in windows)
+    for s in sentences:
+        assert any(s in w for w in windows), s
+    for a, b in zip(windows, windows[1:]):  # each window opens with the sentence that closed the last one
+        assert a.endswith(b.split(". ")[0] + ".")
+    run_on = " ".join(f"row{i}" for i in range(200))  # one "sentence" several times the reach
+    cut = reach_windows(run_on, tokenizer, budget)
+    assert len(cut) >= 3 and all(any(f"row{i}" in w for w in cut) for i in range(200))
+    assert reach_windows("", tokenizer, budget) == ["(empty)"]
+
+
+def test_long_benign_answers_are_not_flagged_sentence_by_sentence(safety_settings):
+    """The long answers of a held-out benign file (a history-of-medicine tutor): read sentence by
+    sentence, one plague or smallpox sentence out of its context is flagged in most of them; read in
+    windows of the classifier's reach, as screening and `/v1/moderations` read them, far fewer."""
+    import json
+
+    from tunegate.safety.moderation import get_moderator, moderate_untruncated, moderate_windows
+
+    moderator = get_moderator(safety_settings)
+    path = Path(__file__).parents[1] / "data" / "safety" / "benign_heldout5" / "pandemic_history_long.jsonl"
+    answers = [m["content"] for line in path.read_text().splitlines()
+               for m in json.loads(line)["messages"] if m["role"] == "assistant"]
+    long = [a for a in answers if len(moderator.classifier.encoder.tokenizer(a)["input_ids"]) > 128]
+    assert len(long) >= 20
+    by_sentence = sum(r.flagged for r in moderate_windows(moderator, long))
+    in_reach = sum(r.flagged for r in moderate_untruncated(moderator, long))
+    assert in_reach * 2 <= by_sentence, (in_reach, by_sentence)

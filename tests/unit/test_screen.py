@@ -223,6 +223,14 @@ KNOWN_FALSE_BLOCKS = {
     "benign_heldout3/news_summaries",
     "benign_heldout3/security_hardening",
     "benign_heldout4/pharmacy_faq",
+    "benign_heldout5/bank_bot_refusals",
+    "benign_heldout5/forensic_science_class",
+    "benign_heldout5/hunting_safety_course",
+    "benign_heldout5/incident_report_json",
+    "benign_heldout5/pandemic_history_long",
+    "benign_heldout5/standup_comedy_writer",
+    "benign_heldout5/tabletop_game_master",
+    "benign_heldout5/veterinary_clinic_faq",
 }
 SCREENED_BENIGN = sorted(DATA.glob("benign*/*.jsonl"))  # every benign suite, held-out ones included
 

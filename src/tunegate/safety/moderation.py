@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from tunegate.errors import InvalidRequestError, ServerError
 from tunegate.ids import new_id
@@ -147,6 +147,8 @@ class HttpModerator:
 
 _SENTENCE_END = re.compile(r"(?<=[.!?\n])\s+")
 WINDOW_CHARS = 160
+# Tokens kept free in a packed window: special tokens, and words tokenised differently once joined.
+READ_MARGIN = 8
 
 
 def text_windows(text: str, max_chars: int = WINDOW_CHARS) -> list[str]:
@@ -198,14 +200,52 @@ def moderate_windows(moderator: Moderator, texts: list[str], max_chars: int = WI
     return [merge_results(results[a:b]) for a, b in spans]
 
 
+def reach_windows(text: str, tokenizer: Any, max_tokens: int) -> list[str]:
+    """A long text as windows the classifier reads whole: consecutive sentences packed up to
+    `max_tokens` tokens, each window starting with the last sentence of the one before (a passage
+    across a boundary is read intact once), a sentence longer than that cut at token boundaries.
+    Why not sentence by sentence: one sentence of a history lesson or a vet's advice read out of its
+    context ("...and killed many of its defenders") is what the classifier flags; read with its
+    neighbours, as a text of up to `max_tokens` tokens is read anyway, it is not. Harm after a long
+    harmless start still gets a window of its own size at most."""
+    pieces: list[tuple[str, int]] = []
+    for sentence in _SENTENCE_END.split(text.strip()):
+        if not sentence:
+            continue
+        enc = tokenizer(sentence, add_special_tokens=False, return_offsets_mapping=True)
+        offsets, start = enc["offset_mapping"], 0
+        if not offsets:
+            pieces.append((sentence, 0))
+        while start < len(offsets):
+            end = min(start + max_tokens, len(offsets))
+            # Cut between words, not inside one: a word split in two is read as neither.
+            while start + 1 < end < len(offsets) and offsets[end][0] == offsets[end - 1][1]:
+                end -= 1
+            pieces.append((sentence[offsets[start][0] : offsets[end - 1][1]], end - start))
+            start = end
+    windows: list[str] = []
+    i = 0
+    while i < len(pieces):
+        j, used = i, 0
+        while j < len(pieces) and (j == i or used + pieces[j][1] <= max_tokens):
+            used += pieces[j][1]
+            j += 1
+        windows.append(" ".join(p for p, _ in pieces[i:j]))
+        if j >= len(pieces):
+            break
+        i = max(j - 1, i + 1)
+    return list(dict.fromkeys(windows)) or ["(empty)"]
+
+
 def moderate_untruncated(
     moderator: Moderator, texts: list[str], batch_size: int = MAX_INPUTS
 ) -> list[ModerationResult]:
     """One result per text, each judged whole; a text longer than the built-in classifier reads (its
-    encoder stops at `MAX_TOKENS` tokens) is judged in windows over its whole length instead
-    (`moderate_windows`), so harm after a long harmless start is not cut off unseen. Shorter texts
-    keep their whole-text verdict (sentence windows of short texts add false flags on benign training
-    files). Another moderator reads long texts itself. Used by screening and `/v1/moderations`."""
+    encoder stops at `MAX_TOKENS` tokens) is judged in windows of that size over its whole length
+    instead (`reach_windows`), so harm after a long harmless start is not cut off unseen. Shorter texts
+    keep their whole-text verdict (sentence windows add false flags on benign training files).
+    Another moderator reads long texts itself. Used by screening, the gate's evidence and
+    `/v1/moderations`."""
     results: list[ModerationResult] = []
     for start in range(0, len(texts), batch_size):
         results.extend(moderator.moderate(texts[start : start + batch_size]))
@@ -214,10 +254,19 @@ def moderate_untruncated(
         return results
     from tunegate.safety.classifier import MAX_TOKENS
 
+    budget = MAX_TOKENS - READ_MARGIN
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
     long = [i for i, n in enumerate(lengths) if n > MAX_TOKENS]
-    for i, r in zip(long, moderate_windows(moderator, [texts[i] for i in long]) if long else []):
-        results[i] = r
+    spans, flat = [], []
+    for i in long:
+        w = reach_windows(texts[i], tokenizer, budget)
+        spans.append((i, len(flat), len(flat) + len(w)))
+        flat.extend(w)
+    windowed: list[ModerationResult] = []
+    for start in range(0, len(flat), batch_size):
+        windowed.extend(moderator.moderate(flat[start : start + batch_size]))
+    for i, a, b in spans:
+        results[i] = merge_results(windowed[a:b])
     return results
 
 
