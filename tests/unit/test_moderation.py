@@ -405,8 +405,12 @@ def test_long_benign_answers_are_not_flagged_sentence_by_sentence(safety_setting
 
     moderator = get_moderator(safety_settings)
     path = Path(__file__).parents[1] / "data" / "safety" / "benign_heldout5" / "pandemic_history_long.jsonl"
-    answers = [m["content"] for line in path.read_text().splitlines()
-               for m in json.loads(line)["messages"] if m["role"] == "assistant"]
+    answers = [
+        m["content"]
+        for line in path.read_text().splitlines()
+        for m in json.loads(line)["messages"]
+        if m["role"] == "assistant"
+    ]
     long = [a for a in answers if len(moderator.classifier.encoder.tokenizer(a)["input_ids"]) > 128]
     assert len(long) >= 20
     by_sentence = sum(r.flagged for r in moderate_windows(moderator, long))
