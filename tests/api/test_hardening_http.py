@@ -120,14 +120,21 @@ def test_concurrent_uploads_per_key_are_capped(server):
         + b"\r\nContent-Length: 100000\r\n\r\n"
         + head
     )
-    time.sleep(0.3)
-    second = httpx.post(
-        server.base_url + "/files",
-        headers={"Authorization": f"Bearer {server.key_a}"},
-        files={"file": ("b.jsonl", b"{}\n")},
-        data={"purpose": "fine-tune"},
-        timeout=30,
-    )
+    # The slot is taken once the server has started reading the slow upload, which on a loaded
+    # machine can take longer than any fixed pause: ask until it answers 429 (an earlier answer is a
+    # small upload that went through before the slot was taken), well within the body timeout.
+    deadline = time.time() + 8
+    while True:
+        second = httpx.post(
+            server.base_url + "/files",
+            headers={"Authorization": f"Bearer {server.key_a}"},
+            files={"file": ("b.jsonl", b"{}\n")},
+            data={"purpose": "fine-tune"},
+            timeout=30,
+        )
+        if second.status_code == 429 or time.time() > deadline:
+            break
+        time.sleep(0.2)
     sock.close()
     assert second.status_code == 429, second.text
     assert second.json()["error"]["code"] == "too_many_uploads"
