@@ -120,38 +120,32 @@ def test_concurrent_uploads_per_key_are_capped(server):
         + b"\r\nContent-Length: 100000\r\n\r\n"
         + head
     )
+
+    def upload_until(name: str, content: bytes, done, seconds: float) -> httpx.Response:
+        """Upload a small file until `done(response)` or the time is up; the last response."""
+        deadline = time.time() + seconds
+        while True:
+            r = httpx.post(
+                server.base_url + "/files",
+                headers={"Authorization": f"Bearer {server.key_a}"},
+                files={"file": (name, content)},
+                data={"purpose": "fine-tune"},
+                timeout=30,
+            )
+            if done(r) or time.time() > deadline:
+                return r
+            time.sleep(0.2)
+
     # The slot is taken once the server has started reading the slow upload, which on a loaded
     # machine can take longer than any fixed pause: ask until it answers 429 (an earlier answer is a
     # small upload that went through before the slot was taken), well within the body timeout.
-    deadline = time.time() + 8
-    while True:
-        second = httpx.post(
-            server.base_url + "/files",
-            headers={"Authorization": f"Bearer {server.key_a}"},
-            files={"file": ("b.jsonl", b"{}\n")},
-            data={"purpose": "fine-tune"},
-            timeout=30,
-        )
-        if second.status_code == 429 or time.time() > deadline:
-            break
-        time.sleep(0.2)
+    second = upload_until("b.jsonl", b"{}\n", lambda r: r.status_code == 429, 8)
     sock.close()
     assert second.status_code == 429, second.text
     assert second.json()["error"]["code"] == "too_many_uploads"
     assert "retry-after" in second.headers
     # Once the slow upload is gone (408 or closed), the slot is free again.
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        third = httpx.post(
-            server.base_url + "/files",
-            headers={"Authorization": f"Bearer {server.key_a}"},
-            files={"file": ("c.jsonl", b'{"messages": []}\n')},
-            data={"purpose": "fine-tune"},
-            timeout=30,
-        )
-        if third.status_code != 429:
-            break
-        time.sleep(0.2)
+    third = upload_until("c.jsonl", b'{"messages": []}\n', lambda r: r.status_code != 429, 10)
     assert third.status_code == 200, third.text
 
 

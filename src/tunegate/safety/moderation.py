@@ -246,9 +246,14 @@ def moderate_untruncated(
     keep their whole-text verdict (sentence windows add false flags on benign training files).
     Another moderator reads long texts itself. Used by screening, the gate's evidence and
     `/v1/moderations`."""
-    results: list[ModerationResult] = []
-    for start in range(0, len(texts), batch_size):
-        results.extend(moderator.moderate(texts[start : start + batch_size]))
+
+    def in_batches(items: list[str]) -> list[ModerationResult]:
+        out: list[ModerationResult] = []
+        for start in range(0, len(items), batch_size):
+            out.extend(moderator.moderate(items[start : start + batch_size]))
+        return out
+
+    results = in_batches(texts)
     tokenizer = getattr(getattr(getattr(moderator, "classifier", None), "encoder", None), "tokenizer", None)
     if tokenizer is None or not texts:
         return results
@@ -262,9 +267,7 @@ def moderate_untruncated(
         w = reach_windows(texts[i], tokenizer, budget)
         spans.append((i, len(flat), len(flat) + len(w)))
         flat.extend(w)
-    windowed: list[ModerationResult] = []
-    for start in range(0, len(flat), batch_size):
-        windowed.extend(moderator.moderate(flat[start : start + batch_size]))
+    windowed = in_batches(flat)
     for i, a, b in spans:
         results[i] = merge_results(windowed[a:b])
     return results
